@@ -1,0 +1,29 @@
+"""Pieces shared by the subcommands: the command decorator and common options."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from cli.main import ToolkitCommand, configure_logging
+
+
+def command(name: str | None = None, **settings):
+    """`click.command` with one-line errors and `-h` for help."""
+    settings.setdefault("context_settings", {"help_option_names": ["-h", "--help"], "max_content_width": 100})
+    return click.command(name, cls=ToolkitCommand, **settings)
+
+
+quiet_option = click.option("--quiet", is_flag=True, help="Only warnings and errors; no progress bar.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+
+
+def start(quiet: bool) -> None:
+    """Set up logging for a command run."""
+    configure_logging(quiet)
+
+
+def echo_json(record: dict) -> None:
+    """One JSON object per line on stdout, for scripts."""
+    click.echo(json.dumps(record, default=str))

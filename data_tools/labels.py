@@ -1,0 +1,188 @@
+"""Label CSVs: read, check, split and write them.
+
+Two layouts are accepted (README, "Label CSV format"):
+
+* multilabel: a column `image` (a path relative to the image folder), then one
+  column per label holding 0, 1 or nothing (unknown);
+* multiclass: a column `image` and a column `label` holding a class name.
+
+Unknown labels are kept as NaN in `LabelTable.labels`, so every missing-label
+strategy (`data_tools.missing_labels`) starts from the same matrix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data_tools.atomic import atomic_path
+from data_tools.errors import DataError, OptionError
+
+TASKS = ("multilabel", "multiclass")
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelTable:
+    """Images and their labels: `labels[i, j]` is 1, 0 or NaN (unknown) for image i, label j."""
+
+    images: list[str]
+    labels: np.ndarray
+    label_names: list[str]
+    task: str
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, rows) -> "LabelTable":
+        rows = np.asarray(rows)
+        return LabelTable(
+            images=[self.images[i] for i in rows],
+            labels=self.labels[rows],
+            label_names=self.label_names,
+            task=self.task,
+        )
+
+
+def _read_frame(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(f"{path}: label CSV not found; pass --data_csv with the path of your label file.")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise DataError(
+            f"{path}: the file is empty; expected a header row such as 'image,even,prime' and one row per image."
+        ) from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not a readable CSV ({str(error).splitlines()[0]}).") from None
+    frame.columns = [str(column).strip() for column in frame.columns]
+    if "image" not in frame.columns:
+        raise DataError(
+            f"{path}: no 'image' column (found {', '.join(frame.columns)}); "
+            "the first header cell must be 'image'."
+        )
+    if frame.empty:
+        raise DataError(f"{path}: the header is there but no image rows follow.")
+    frame["image"] = frame["image"].str.strip()
+    duplicated = frame["image"][frame["image"].duplicated()]
+    if not duplicated.empty:
+        first = duplicated.iloc[0]
+        lines = [int(i) + 2 for i in np.flatnonzero(frame["image"] == first)]
+        raise DataError(
+            f"{path}: image '{first}' is listed more than once (lines {', '.join(map(str, lines))}); "
+            "keep one row per image."
+        )
+    blank = np.flatnonzero(frame["image"] == "")
+    if blank.size:
+        raise DataError(f"{path} line {blank[0] + 2}: the 'image' cell is empty.")
+    return frame
+
+
+def _multilabel_matrix(frame: pd.DataFrame, path: Path) -> tuple[np.ndarray, list[str]]:
+    names = [column for column in frame.columns if column != "image"]
+    if not names:
+        raise DataError(
+            f"{path}: no label columns after 'image'; add one 0/1 column per label "
+            "(or use --task multiclass with a 'label' column)."
+        )
+    cells = frame[names].apply(lambda column: column.str.strip())
+    values = {"1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0, "": np.nan}
+    bad = ~cells.isin(values.keys())
+    if bad.to_numpy().any():
+        row, col = np.argwhere(bad.to_numpy())[0]
+        hint = " (a class-name column: use --task multiclass)" if names == ["label"] else ""
+        raise DataError(
+            f"{path} line {row + 2}, column '{names[col]}': value '{cells.iat[row, col]}' "
+            f"is not a label; use 0, 1 or leave the cell blank{hint}."
+        )
+    matrix = cells.replace(values).to_numpy(dtype=np.float32)
+    return matrix, names
+
+
+def _multiclass_matrix(
+    frame: pd.DataFrame, path: Path, class_names: list[str] | None
+) -> tuple[np.ndarray, list[str]]:
+    if "label" not in frame.columns:
+        raise DataError(
+            f"{path}: --task multiclass needs a 'label' column with one class name per image "
+            f"(found {', '.join(frame.columns)})."
+        )
+    classes = frame["label"].str.strip()
+    names = class_names if class_names is not None else sorted(set(classes) - {""})
+    unknown = sorted(set(classes) - set(names) - {""})
+    if unknown:
+        raise DataError(
+            f"{path}: class '{unknown[0]}' does not occur in the training list "
+            f"(classes: {', '.join(names)})."
+        )
+    matrix = np.full((len(frame), len(names)), np.nan, dtype=np.float32)
+    index = {name: i for i, name in enumerate(names)}
+    for row, name in enumerate(classes):
+        if name:
+            matrix[row] = 0.0
+            matrix[row, index[name]] = 1.0
+    return matrix, names
+
+
+def read_label_csv(
+    path: str | Path, task: str = "multilabel", *, label_names: list[str] | None = None
+) -> LabelTable:
+    """Read and check a label CSV; `label_names` (from a training list) fixes the columns' order."""
+    if task not in TASKS:
+        raise OptionError(f"--task: expected one of {', '.join(TASKS)}. Received: {task!r}.")
+    path = Path(path)
+    frame = _read_frame(path)
+    if task == "multiclass":
+        matrix, names = _multiclass_matrix(frame, path, label_names)
+    else:
+        matrix, names = _multilabel_matrix(frame, path)
+        if label_names is not None and names != label_names:
+            raise DataError(
+                f"{path}: label columns {names} differ from the training list's {label_names}."
+            )
+    if task == "multiclass" and len(names) < 2:
+        raise DataError(f"{path}: --task multiclass needs at least 2 classes; found {names}.")
+    return LabelTable(images=frame["image"].tolist(), labels=matrix, label_names=names, task=task)
+
+
+def write_label_csv(table: LabelTable, path: str | Path) -> None:
+    """Write a table in the layout it was read from, atomically (train.csv, val.csv)."""
+    if table.task == "multiclass":
+        known = ~np.isnan(table.labels).any(axis=1)
+        names = np.array(table.label_names, dtype=object)
+        column = np.where(known, names[np.nan_to_num(table.labels).argmax(axis=1)], "")
+        frame = pd.DataFrame({"image": table.images, "label": column})
+    else:
+        frame = pd.DataFrame(table.labels, columns=table.label_names).astype("Int64")
+        frame.insert(0, "image", table.images)
+    with atomic_path(path) as temporary:
+        frame.to_csv(temporary, index=False)
+
+
+def split_table(table: LabelTable, val_split: float, seed: int) -> tuple[LabelTable, LabelTable]:
+    """Split reproducibly into training and validation tables (stratified for multiclass)."""
+    if not 0.0 < val_split < 1.0:
+        raise OptionError(f"--val_split: expected a fraction strictly between 0 and 1. Received: {val_split}.")
+    n_val = int(round(len(table) * val_split))
+    if n_val < 1 or len(table) - n_val < 1:
+        raise DataError(
+            f"--val_split {val_split} leaves no image for training or validation "
+            f"with {len(table)} usable images; label more images or change --val_split."
+        )
+    rng = np.random.default_rng(seed)
+    if table.task == "multiclass":
+        # Stratify: take val_split of every class, so a rare class is in both parts.
+        classes = np.nan_to_num(table.labels).argmax(axis=1)
+        val_rows = []
+        for label in np.unique(classes):
+            rows = rng.permutation(np.flatnonzero(classes == label))
+            val_rows.extend(rows[: int(round(len(rows) * val_split))])
+        val_rows = np.sort(np.asarray(val_rows, dtype=int))
+    else:
+        val_rows = np.sort(rng.permutation(len(table))[:n_val])
+    train_rows = np.setdiff1d(np.arange(len(table)), val_rows)
+    if val_rows.size == 0 or train_rows.size == 0:
+        raise DataError(f"--val_split {val_split} leaves an empty training or validation list.")
+    return table.subset(train_rows), table.subset(val_rows)
