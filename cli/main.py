@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 
 import click
 
@@ -33,6 +34,7 @@ def configure_logging(quiet: bool = False) -> None:
         format="%(message)s",
         stream=sys.stderr,
     )
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"Warning: {message}\n"
     for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 

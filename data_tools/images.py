@@ -67,11 +67,13 @@ def report_skipped(skipped: list[tuple[str, str]], output_dir: str | os.PathLike
     )
 
 
-def require_readable(n_usable: int, skipped: list[tuple[str, str]], where: str) -> None:
+def require_readable(
+    n_usable: int, skipped: list[tuple[str, str]], where: str, *, fix: str = "check the paths and --img_directory"
+) -> None:
     """Fail when no image at all can be read: a run on nothing is a mistake, not a result."""
     if n_usable == 0:
         reason = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
-        raise DataError(f"{where}: no readable image{reason}; check the paths and --img_directory.")
+        raise DataError(f"{where}: no readable image{reason}; {fix}.")
 
 
 def find_images(root: str | os.PathLike) -> list[Path]:

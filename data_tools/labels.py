@@ -20,8 +20,7 @@ import pandas as pd
 
 from data_tools.atomic import atomic_path
 from data_tools.errors import DataError, OptionError
-
-TASKS = ("multilabel", "multiclass")
+from models.names import TASKS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +45,7 @@ class LabelTable:
         )
 
 
-def _read_frame(path: Path) -> pd.DataFrame:
+def _read_frame(path: Path, *, allow_duplicates: bool) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: label CSV not found; pass --data_csv with the path of your label file.")
     try:
@@ -67,7 +66,7 @@ def _read_frame(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: the header is there but no image rows follow.")
     frame["image"] = frame["image"].str.strip()
     duplicated = frame["image"][frame["image"].duplicated()]
-    if not duplicated.empty:
+    if not duplicated.empty and not allow_duplicates:
         first = duplicated.iloc[0]
         lines = [int(i) + 2 for i in np.flatnonzero(frame["image"] == first)]
         raise DataError(
@@ -127,13 +126,23 @@ def _multiclass_matrix(
 
 
 def read_label_csv(
-    path: str | Path, task: str = "multilabel", *, label_names: list[str] | None = None
+    path: str | Path,
+    task: str = "multilabel",
+    *,
+    label_names: list[str] | None = None,
+    allow_duplicates: bool = False,
 ) -> LabelTable:
-    """Read and check a label CSV; `label_names` (from a training list) fixes the columns' order."""
+    """Read and check a label CSV.
+
+    `label_names` (from a training list) fixes the columns' order.
+    `allow_duplicates` admits repeated rows, the way a resampled training list
+    (`toolkit resample`) upsamples an image; a label file proper lists each
+    image once.
+    """
     if task not in TASKS:
         raise OptionError(f"--task: expected one of {', '.join(TASKS)}. Received: {task!r}.")
     path = Path(path)
-    frame = _read_frame(path)
+    frame = _read_frame(path, allow_duplicates=allow_duplicates)
     if task == "multiclass":
         matrix, names = _multiclass_matrix(frame, path, label_names)
     else:

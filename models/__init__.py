@@ -1,6 +1,6 @@
 """Keras model builders, losses, metrics and callbacks of image-toolkit.
 
-Importing any module of this package imports TensorFlow, quietly (see `models.runtime`).
+Modules that need TensorFlow import it through `models.runtime`, which keeps
+its start-up noise quiet; `models.names` imports nothing, so the command line
+can offer the choices without loading TensorFlow.
 """
-
-from models import runtime  # noqa: F401  (silences TensorFlow before Keras loads it)

@@ -1,0 +1,264 @@
+"""Feature files: image paths, one float32 row of CNN features per path, and how they were made.
+
+Three formats hold the same content, picked by the file's suffix:
+
+- `.npz` (recommended): arrays `paths` (unicode), `features` (float32, N x D)
+  and `metadata` (a JSON string). Loads without pickle.
+- `.h5` (recommended): datasets `paths` (UTF-8 strings) and `features`;
+  metadata as JSON in the file's `metadata` attribute.
+- `.pkl` (the original format): a dict {"paths": list, "features": ndarray,
+  "metadata": dict}. A pickle can run any code when loaded, so it is read by
+  an unpickler that admits numpy arrays, lists, dicts, strings and numbers
+  only, and refuses anything else before it runs.
+
+Every file is checked on load (2-D, finite, one path per row), so a damaged
+or foreign file fails here with its name, not deep inside a search.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+from dataclasses import dataclass, field, replace
+from importlib import metadata as package_metadata
+from pathlib import Path
+
+import numpy as np
+
+from data_tools.atomic import atomic_path
+from data_tools.errors import DataError, OptionError
+
+logger = logging.getLogger(__name__)
+
+FORMATS = (".npz", ".h5", ".pkl")
+# Metadata that must agree for feature rows to be comparable, and so to be merged.
+COMPARABLE_KEYS = ("model", "layer", "image_size", "weights")
+# Metadata that describes one shard of an extraction run and means nothing once merged.
+SHARD_KEYS = ("num_shards", "shard_index")
+REEXTRACT = "Re-extract with toolkit get-transfer-layer."
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Paths (relative to the image folder), their features (float32, N x D) and metadata.
+
+    Metadata says how the features were made: model, layer, image_size,
+    weights and toolkit_version, plus num_shards / shard_index for a shard.
+    """
+
+    paths: list[str]
+    features: np.ndarray
+    metadata: dict = field(default_factory=dict)
+
+
+def feature_format(path: str | os.PathLike) -> str:
+    """The format of a feature file, from its suffix; an unknown suffix is a usage error."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise OptionError(
+            f"{Path(path).name}: unknown feature file type. Expected a name ending in "
+            f"{', '.join(FORMATS)}. Received: {suffix or 'no suffix'!r}"
+        )
+    return suffix
+
+
+def check_features(features: object, where: str) -> np.ndarray:
+    """A finite, non-empty 2-D float32 array, or a DataError that names `where`."""
+    array = np.asarray(features) if isinstance(features, (np.ndarray, list, tuple)) else None
+    if array is None or array.ndim != 2 or array.dtype.kind not in "fiu":
+        got = f"shape {array.shape}, dtype {array.dtype}" if array is not None else type(features).__name__
+        raise DataError(f"{where}: expected a 2-D float array 'features' (N x D), got {got}. {REEXTRACT}")
+    if 0 in array.shape:
+        raise DataError(f"{where}: 'features' is empty (shape {array.shape}). {REEXTRACT}")
+    array = array.astype(np.float32, copy=False)
+    bad_rows = np.flatnonzero(~np.isfinite(array).all(axis=1))
+    if len(bad_rows):
+        raise DataError(
+            f"{where}: {len(bad_rows)} rows of 'features' hold NaN or infinity (first: row {bad_rows[0]}). {REEXTRACT}"
+        )
+    return array
+
+
+def _checked(paths: object, features: object, metadata: object, where: str) -> FeatureSet:
+    array = check_features(features, where)
+    if isinstance(paths, np.ndarray):
+        paths = paths.tolist()
+    if not isinstance(paths, (list, tuple)) or not all(isinstance(path, str) for path in paths):
+        raise DataError(f"{where}: 'paths' must be a list of strings. {REEXTRACT}")
+    if len(paths) != len(array):
+        raise DataError(f"{where}: {len(paths)} paths for {len(array)} rows of 'features'. {REEXTRACT}")
+    if not isinstance(metadata, dict):
+        raise DataError(f"{where}: 'metadata' must be a dict, got {type(metadata).__name__}. {REEXTRACT}")
+    return FeatureSet(list(paths), array, dict(metadata))
+
+
+class _FeaturePickle(pickle.Unpickler):
+    """Unpickles numpy arrays and plain containers; refuses every other global before it is called."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),  # How protocol 2 stores bytes.
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def _read_pkl(path: Path) -> tuple[object, object, object]:
+    try:
+        with path.open("rb") as handle:
+            content = _FeaturePickle(handle, encoding="latin1").load()
+    except pickle.UnpicklingError as error:
+        if "." in str(error) and " " not in str(error):
+            raise DataError(
+                f"{path.name}: refused to load: the pickle asks for {error}, and a feature pickle may only hold "
+                "numpy arrays, lists, dicts, strings and numbers. Only load pickles you trust; "
+                "re-extract to .npz with toolkit get-transfer-layer."
+            ) from None
+        raise
+    if not isinstance(content, dict) or not {"paths", "features"} <= content.keys():
+        raise DataError(f"{path.name}: expected a dict with 'paths' and 'features'. {REEXTRACT}")
+    return content["paths"], content["features"], content.get("metadata", {})
+
+
+def _read_npz(path: Path) -> tuple[object, object, object]:
+    with np.load(path, allow_pickle=False) as content:
+        if not {"paths", "features"} <= set(content.files):
+            raise DataError(f"{path.name}: expected arrays 'paths' and 'features', found {content.files}. {REEXTRACT}")
+        metadata = json.loads(str(content["metadata"])) if "metadata" in content.files else {}
+        return content["paths"], content["features"], metadata
+
+
+def _read_h5(path: Path) -> tuple[object, object, object]:
+    import h5py
+
+    with h5py.File(path, "r") as content:
+        if not {"paths", "features"} <= content.keys():
+            raise DataError(
+                f"{path.name}: expected datasets 'paths' and 'features', found {list(content.keys())}. {REEXTRACT}"
+            )
+        metadata = json.loads(content.attrs.get("metadata", "{}"))
+        return content["paths"].asstr()[()], content["features"][()], metadata
+
+
+READERS = {".npz": _read_npz, ".h5": _read_h5, ".pkl": _read_pkl}
+
+
+def read_features(path: str | os.PathLike) -> FeatureSet:
+    """Load and check a feature file; every problem is a DataError naming the file and the fix."""
+    path = Path(path)
+    reader = READERS[feature_format(path)]
+    if not path.is_file():
+        raise DataError(f"{path}: feature file not found. Extract features first with toolkit get-transfer-layer.")
+    try:
+        paths, features, metadata = reader(path)
+    except DataError:
+        raise
+    except Exception as error:  # numpy, h5py and pickle raise many types for a foreign file.
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"{path.name}: not a {path.suffix} feature file ({reason}). {REEXTRACT}") from None
+    return _checked(paths, features, metadata, path.name)
+
+
+def toolkit_version() -> str:
+    """The installed toolkit's version, recorded in every feature file written."""
+    try:
+        return package_metadata.version("image-toolkit")
+    except package_metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _write_npz(target: Path, feature_set: FeatureSet) -> None:
+    with target.open("wb") as handle:
+        np.savez(
+            handle,
+            paths=np.array(feature_set.paths, dtype=str),
+            features=feature_set.features,
+            metadata=np.array(json.dumps(feature_set.metadata)),
+        )
+
+
+def _write_h5(target: Path, feature_set: FeatureSet) -> None:
+    import h5py
+
+    with h5py.File(target, "w") as content:
+        content.create_dataset("paths", data=feature_set.paths, dtype=h5py.string_dtype("utf-8"))
+        content.create_dataset("features", data=feature_set.features)
+        content.attrs["metadata"] = json.dumps(feature_set.metadata)
+
+
+def _write_pkl(target: Path, feature_set: FeatureSet) -> None:
+    content = {"paths": feature_set.paths, "features": feature_set.features, "metadata": feature_set.metadata}
+    with target.open("wb") as handle:
+        pickle.dump(content, handle, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+WRITERS = {".npz": _write_npz, ".h5": _write_h5, ".pkl": _write_pkl}
+
+
+def write_features(path: str | os.PathLike, feature_set: FeatureSet) -> None:
+    """Check and write a feature set atomically, in the format its suffix names.
+
+    The toolkit's version is added to the metadata unless already there.
+    """
+    writer = WRITERS[feature_format(path)]
+    checked = _checked(feature_set.paths, feature_set.features, feature_set.metadata, Path(path).name)
+    checked = replace(checked, metadata={"toolkit_version": toolkit_version(), **checked.metadata})
+    try:
+        with atomic_path(path) as temporary:
+            writer(temporary, checked)
+    except OSError as error:
+        raise DataError(f"{path}: cannot write ({error.strerror or error}). Choose a writable location.") from None
+
+
+def merge_features(inputs: list[str | os.PathLike]) -> FeatureSet:
+    """Concatenate the shards of one extraction run, in the order given.
+
+    Shards must have the same number of features per row and agree on the
+    metadata that makes rows comparable (model, layer, image size, weights).
+    A path found again in a later shard is dropped there, and counted in the log.
+    """
+    if not inputs:
+        raise OptionError("merge needs at least one feature file. Received: none")
+    shards = [(Path(path).name, read_features(path)) for path in inputs]
+    first_name, first = shards[0]
+    for name, shard in shards[1:]:
+        if shard.features.shape[1] != first.features.shape[1]:
+            raise DataError(
+                f"{name}: {shard.features.shape[1]} features per row, but {first_name} has "
+                f"{first.features.shape[1]}; merge only shards of one extraction run."
+            )
+        for key in COMPARABLE_KEYS:
+            if shard.metadata.get(key) != first.metadata.get(key):
+                raise DataError(
+                    f"{name}: {key}={shard.metadata.get(key)!r}, but {first_name} has "
+                    f"{key}={first.metadata.get(key)!r}; merge only shards of one extraction run."
+                )
+    seen: set[str] = set()
+    keep_rows, paths, duplicates = [], [], []
+    for _, shard in shards:
+        keep = np.zeros(len(shard.paths), dtype=bool)
+        for row, path in enumerate(shard.paths):
+            if path in seen:
+                duplicates.append(path)
+            else:
+                seen.add(path)
+                paths.append(path)
+                keep[row] = True
+        keep_rows.append(keep)
+    if duplicates:
+        logger.warning("Kept the first of %d duplicate paths (first: %s)", len(duplicates), duplicates[0])
+    features = np.concatenate([shard.features[keep] for (_, shard), keep in zip(shards, keep_rows)])
+    metadata = {key: value for key, value in first.metadata.items() if key not in SHARD_KEYS}
+    return FeatureSet(paths, features, metadata)

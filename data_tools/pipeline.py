@@ -1,0 +1,88 @@
+"""tf.data input pipelines shared by training, inference and feature extraction.
+
+Files are read and decoded in parallel (JPEG, PNG, BMP and the first frame of
+a GIF), converted to RGB whatever their mode (grayscale, palette, alpha),
+resized, passed through the backbone's own preprocessing, batched and
+prefetched, so the model never waits on the disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from models.runtime import tf
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Decode one file into a float32 RGB tensor of `image_size` x `image_size`."""
+    raw = tf.io.read_file(path)
+    image = tf.io.decode_image(raw, channels=3, expand_animations=False, dtype=tf.uint8)
+    image.set_shape([None, None, 3])
+    return tf.image.resize(image, [image_size, image_size], antialias=True)
+
+
+def image_dataset(
+    paths: Sequence[str],
+    labels: np.ndarray | None = None,
+    *,
+    image_size: int,
+    preprocess: Callable[[tf.Tensor], tf.Tensor],
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int | None = None,
+    augment: Callable[[tf.Tensor], tf.Tensor] | None = None,
+    cache: bool = False,
+) -> tf.data.Dataset:
+    """Batches of preprocessed images (and labels, when given), in file order unless shuffled.
+
+    `cache` keeps the decoded, resized images in memory after the first epoch:
+    right for training sets that fit in RAM, where decoding would otherwise be
+    repeated every epoch.
+    """
+    dataset = tf.data.Dataset.from_tensor_slices(list(map(str, paths)))
+    if labels is not None:
+        dataset = tf.data.Dataset.zip(
+            dataset, tf.data.Dataset.from_tensor_slices(np.asarray(labels, dtype=np.float32))
+        )
+    else:
+        dataset = dataset.map(lambda path: (path,))
+
+    def decode(path, *rest):
+        return (load_image(path, image_size), *rest)
+
+    dataset = dataset.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if cache:
+        dataset = dataset.cache()
+    if shuffle:
+        dataset = dataset.shuffle(min(len(paths), 10_000), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, num_parallel_calls=AUTOTUNE)
+
+    def finish(images, *rest):
+        if augment is not None:
+            images = augment(images)
+        images = preprocess(images)
+        return (images, *rest) if rest else images
+
+    return dataset.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+
+def random_augmentation(seed: int | None = None):
+    """Mild label-preserving changes for photos: flips, small rotations and zooms.
+
+    Built from Keras preprocessing layers, which run as TensorFlow ops inside
+    the tf.data graph (on the CPU, overlapping with training).
+    """
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomRotation(0.05, seed=seed),
+            keras.layers.RandomZoom(0.1, seed=seed),
+        ],
+        name="augmentation",
+    )

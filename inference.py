@@ -1,0 +1,9 @@
+"""Predict labels of images with a trained model: the same command as `toolkit predict`.
+
+    python inference.py image.jpg --model_weights best_model.h5
+"""
+
+from cli.predict import predict
+
+if __name__ == "__main__":
+    predict(prog_name="inference.py")

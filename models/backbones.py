@@ -1,0 +1,140 @@
+"""Backbones for transfer learning: the Keras applications, plus a tiny CNN.
+
+Each entry pairs a builder (the `keras.applications` signature) with that
+network's own input preprocessing, so the pipeline always feeds a backbone
+what its weights were trained on. `small_cnn` has no pretrained weights; it
+exists so that tests and CPU-only users can train in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from data_tools.errors import OptionError
+from models.runtime import keras
+
+logger = logging.getLogger(__name__)
+
+
+def SmallCNN(
+    include_top: bool = False,
+    weights: str | None = None,
+    input_tensor=None,
+    input_shape: tuple[int, int, int] | None = None,
+    pooling: str | None = "avg",
+    name: str = "small_cnn",
+) -> keras.Model:
+    """Three conv blocks (32, 64, 128 filters) and global average pooling.
+
+    Arguments follow `keras.applications`; `include_top` and `weights` are
+    accepted for that reason, but the network has no top and no pretrained
+    weights.
+    """
+    if include_top or weights not in (None, "none"):
+        raise ValueError(f"small_cnn has no top and no pretrained weights. Received: {include_top=}, {weights=}.")
+    inputs = input_tensor if input_tensor is not None else keras.Input(shape=input_shape or (64, 64, 3))
+    x = inputs
+    for block, filters in enumerate((32, 64, 128), start=1):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{block}_conv")(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"block{block}_bn")(x)
+        x = keras.layers.Activation("relu", name=f"block{block}_relu")(x)
+        if block < 3:
+            x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    if pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def _scale_to_unit_range(images):
+    return images / 127.5 - 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    """A backbone's builder, its preprocessing and the input size its weights expect."""
+
+    builder: Callable[..., keras.Model]
+    preprocess: Callable
+    default_size: int
+    min_size: int
+    has_imagenet_weights: bool = True
+
+
+BACKBONES: dict[str, Backbone] = {
+    "resnet50": Backbone(keras.applications.ResNet50, keras.applications.resnet50.preprocess_input, 224, 32),
+    "inceptionv3": Backbone(keras.applications.InceptionV3, keras.applications.inception_v3.preprocess_input, 299, 75),
+    "mobilenetv2": Backbone(keras.applications.MobileNetV2, keras.applications.mobilenet_v2.preprocess_input, 224, 32),
+    "efficientnetb0": Backbone(keras.applications.EfficientNetB0, keras.applications.efficientnet.preprocess_input, 224, 32),
+    "small_cnn": Backbone(SmallCNN, _scale_to_unit_range, 64, 8, has_imagenet_weights=False),
+}
+
+
+def get_backbone(name: str) -> Backbone:
+    """The registry entry for `name`, or an error listing the known backbones."""
+    if name not in BACKBONES:
+        raise OptionError(f"--backbone: expected one of {', '.join(BACKBONES)}. Received: {name!r}.")
+    return BACKBONES[name]
+
+
+def resolve_weights(name: str, weights: str | None) -> str | None:
+    """Normalise `--weights` to 'imagenet', None or an existing file path.
+
+    `small_cnn` has no ImageNet weights; asked for them (the default), it
+    falls back to random initialisation with a warning rather than failing.
+    """
+    if weights in (None, "none", "None"):
+        return None
+    if weights == "imagenet":
+        if not get_backbone(name).has_imagenet_weights:
+            warnings.warn(f"{name} has no ImageNet weights; starting from random weights.", stacklevel=2)
+            return None
+        return "imagenet"
+    if not Path(weights).is_file():
+        raise OptionError(f"--weights: {weights} is not a file; use imagenet, none or the path of a weights file.")
+    return os.fspath(weights)
+
+
+def build_backbone(name: str, *, weights: str | None, image_size: int) -> keras.Model:
+    """Build a backbone without its top, average-pooled, with the requested weights.
+
+    Offline, Keras cannot fetch ImageNet weights; that becomes one line naming
+    the two ways around it instead of a stack of URL errors.
+    """
+    spec = get_backbone(name)
+    weights = resolve_weights(name, weights)
+    if image_size < spec.min_size:
+        raise OptionError(f"--image_size: {name} needs at least {spec.min_size} pixels. Received: {image_size}.")
+    shape = (image_size, image_size, 3)
+    try:
+        model = spec.builder(
+            include_top=False,
+            weights="imagenet" if weights == "imagenet" else None,
+            input_shape=shape,
+            pooling="avg",
+        )
+    except ValueError as error:
+        raise OptionError(f"--backbone {name}: {error}") from None
+    except Exception as error:
+        if weights == "imagenet" and ("URL fetch failure" in str(error) or isinstance(error, OSError)):
+            raise OptionError(
+                f"--weights imagenet: cannot download the ImageNet weights of {name} (no internet?); "
+                "use --weights none, or --weights PATH with a local weights file."
+            ) from None
+        raise
+    if weights not in (None, "imagenet"):
+        try:
+            model.load_weights(weights)
+        except Exception as error:
+            raise OptionError(
+                f"--weights {weights}: does not fit the {name} backbone without its top "
+                f"({str(error).splitlines()[0]})."
+            ) from None
+        logger.info("Loaded backbone weights from %s", weights)
+    return model

@@ -1,0 +1,78 @@
+"""Callbacks that save checkpoints atomically and keep the state `--resume` needs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import h5py
+
+from data_tools.atomic import atomic_path, write_text
+from models.runtime import keras
+
+logger = logging.getLogger(__name__)
+
+METADATA_ATTRIBUTE = "image_toolkit"
+
+
+def save_h5_with_metadata(model: keras.Model, path: str | Path, metadata: dict) -> None:
+    """Save `model` as HDF5 with the toolkit's metadata (label names, backbone...) in its attributes.
+
+    Written to a temporary file and moved into place, so an interrupted run
+    never leaves half a model where inference would find it.
+    """
+    with atomic_path(path) as temporary:
+        model.save(temporary, include_optimizer=False)
+        with h5py.File(temporary, "a") as handle:
+            handle.attrs[METADATA_ATTRIBUTE] = json.dumps(metadata)
+
+
+def read_h5_metadata(path: str | Path) -> dict | None:
+    """The toolkit metadata of an HDF5 model, or None if it has none."""
+    with h5py.File(path, "r") as handle:
+        raw = handle.attrs.get(METADATA_ATTRIBUTE)
+    return None if raw is None else json.loads(raw)
+
+
+class TrainingCheckpoints(keras.callbacks.Callback):
+    """Save the best epoch by `monitor` (HDF5, with metadata) and the last epoch (for `--resume`).
+
+    The last checkpoint is a `.keras` file with the optimizer state; beside it
+    `train_state.json` records the epoch reached and the best score so far,
+    so a resumed run neither repeats epochs nor overwrites a better model.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        *,
+        metadata: dict,
+        monitor: str = "val_macro_f1",
+        best_score: float = -math.inf,
+        best_epoch: int | None = None,
+    ):
+        super().__init__()
+        self.output_dir = Path(output_dir)
+        self.metadata = metadata
+        self.monitor = monitor
+        self.best_score = best_score
+        self.best_epoch = best_epoch
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        score = float((logs or {}).get(self.monitor, math.nan))
+        if score > self.best_score:
+            self.best_score, self.best_epoch = score, epoch + 1
+            save_h5_with_metadata(
+                self.model,
+                self.output_dir / "best_model.h5",
+                {**self.metadata, "best_epoch": self.best_epoch, self.monitor: score},
+            )
+            logger.info("Epoch %d: %s improved to %.4f; saved best_model.h5", epoch + 1, self.monitor, score)
+        with atomic_path(self.output_dir / "last_checkpoint.keras") as temporary:
+            self.model.save(temporary)
+        write_text(
+            self.output_dir / "train_state.json",
+            json.dumps({"epoch": epoch + 1, "best_score": self.best_score, "best_epoch": self.best_epoch}, indent=2),
+        )

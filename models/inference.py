@@ -1,0 +1,97 @@
+"""Predict labels of new images with a trained `best_model.h5`: `toolkit predict` and `inference.py`."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from data_tools.errors import DataError
+from data_tools.images import check_images, find_images, require_readable
+from data_tools.pipeline import image_dataset
+from models.backbones import get_backbone
+from models.callbacks import read_h5_metadata
+from models.runtime import keras
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """One image's probability per label and the labels at or above the threshold."""
+
+    image: str
+    probabilities: dict[str, float]
+    labels: list[str]
+
+
+def load_classifier(path: str | os.PathLike) -> tuple[keras.Model, dict]:
+    """Load a toolkit classifier and its metadata (label names, backbone, image size, task)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: model file not found; train one with 'toolkit train' or pass --model_weights PATH.")
+    try:
+        metadata = read_h5_metadata(path)
+    except OSError:
+        metadata = None
+    if metadata is None:
+        raise DataError(
+            f"{path}: not an image-toolkit model (no label metadata); use the best_model.h5 written by 'toolkit train'."
+        )
+    model = keras.models.load_model(path, compile=False)
+    return model, metadata
+
+
+def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
+    """Image arguments as files: folders are searched recursively; missing paths are an error."""
+    paths: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = find_images(item)
+            if not found:
+                logger.warning("%s: no image files in this folder", item)
+            paths.extend(found)
+        elif item.exists():
+            paths.append(item)
+        else:
+            raise DataError(f"{item}: no such file or folder.")
+    return paths
+
+
+def predict_images(
+    inputs: list[str | os.PathLike],
+    model_path: str | os.PathLike,
+    *,
+    threshold: float = 0.5,
+    batch_size: int = 32,
+) -> tuple[list[Prediction], list[tuple[str, str]]]:
+    """Predictions for every readable image, and (path, reason) for the unreadable ones.
+
+    Images of any size and colour mode are accepted: the pipeline converts
+    them to the model's RGB input size.
+    """
+    model, metadata = load_classifier(model_path)
+    paths = expand_inputs(inputs)
+    usable, skipped = check_images(paths)
+    paths = [path for path, ok in zip(paths, usable) if ok]
+    require_readable(len(paths), skipped, "predict", fix="pass JPEG, PNG, BMP or GIF files or folders")
+    dataset = image_dataset(
+        paths,
+        image_size=metadata["image_size"],
+        preprocess=get_backbone(metadata["backbone"]).preprocess,
+        batch_size=batch_size,
+    )
+    probabilities = np.concatenate([model.predict_on_batch(batch) for batch in dataset])
+    names = metadata["label_names"]
+    if metadata["task"] == "multiclass":
+        chosen = [[names[int(row.argmax())]] for row in probabilities]
+    else:
+        chosen = [[name for name, p in zip(names, row) if p >= threshold] for row in probabilities]
+    predictions = [
+        Prediction(str(path), {name: round(float(p), 4) for name, p in zip(names, row)}, labels)
+        for path, row, labels in zip(paths, probabilities, chosen)
+    ]
+    return predictions, skipped

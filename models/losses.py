@@ -1,0 +1,58 @@
+"""Losses that ignore unknown labels (NaN in `y_true`)."""
+
+from __future__ import annotations
+
+from models.runtime import keras
+
+ops = keras.ops
+
+
+@keras.saving.register_keras_serializable(package="image_toolkit")
+def masked_binary_crossentropy(y_true, y_pred, pos_weight=None, neg_weight=None):
+    """Per-image binary cross-entropy averaged over the image's known labels.
+
+    Unknown cells (NaN) are replaced before the log terms are formed, not only
+    masked afterwards: a NaN that reaches the graph poisons the gradient even
+    where `where` drops its value.
+    """
+    y_pred = ops.cast(y_pred, "float32")
+    y_true = ops.cast(y_true, "float32")
+    known = ops.logical_not(ops.isnan(y_true))
+    y = ops.where(known, y_true, 0.0)
+    p = ops.clip(y_pred, keras.backend.epsilon(), 1.0 - keras.backend.epsilon())
+    positive = y * ops.log(p)
+    negative = (1.0 - y) * ops.log(1.0 - p)
+    if pos_weight is not None:
+        positive = positive * ops.convert_to_tensor(pos_weight, "float32")
+    if neg_weight is not None:
+        negative = negative * ops.convert_to_tensor(neg_weight, "float32")
+    cell_loss = ops.where(known, -(positive + negative), 0.0)
+    n_known = ops.sum(ops.cast(known, "float32"), axis=-1)
+    return ops.sum(cell_loss, axis=-1) / ops.maximum(n_known, 1.0)
+
+
+@keras.saving.register_keras_serializable(package="image_toolkit")
+class MaskedBinaryCrossentropy(keras.losses.Loss):
+    """`masked_binary_crossentropy` as a Loss; optional per-label weights for --class_weight balanced."""
+
+    def __init__(
+        self,
+        pos_weight: list[float] | None = None,
+        neg_weight: list[float] | None = None,
+        reduction: str = "sum_over_batch_size",
+        name: str = "masked_binary_crossentropy",
+    ):
+        super().__init__(reduction=reduction, name=name)
+        self.pos_weight = pos_weight
+        self.neg_weight = neg_weight
+
+    def call(self, y_true, y_pred):
+        return masked_binary_crossentropy(y_true, y_pred, self.pos_weight, self.neg_weight)
+
+    def get_config(self) -> dict:
+        return {
+            "pos_weight": self.pos_weight,
+            "neg_weight": self.neg_weight,
+            "reduction": self.reduction,
+            "name": self.name,
+        }

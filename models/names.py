@@ -1,0 +1,8 @@
+"""The choices the training options accept, importable without TensorFlow (for `--help`)."""
+
+BACKBONES = ("resnet50", "inceptionv3", "mobilenetv2", "efficientnetb0", "small_cnn")
+TASKS = ("multilabel", "multiclass")
+MISSING_LABELS = ("mask", "mean", "mf")
+CLASS_WEIGHTS = ("none", "balanced")
+PRECISIONS = ("fp32", "mixed_bfloat16", "mixed_float16")
+STRATEGIES = ("default", "mirrored")

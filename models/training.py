@@ -1,0 +1,292 @@
+"""Train the transfer-learning classifier from a label CSV: `toolkit train` and `train.py`.
+
+One function, `train_classifier`, does the whole run in the order of the work:
+read and check the lists, drop unreadable images, split, fill or mask missing
+labels, build the pipeline and the model, fit with checkpoints, then write
+the curves and `run.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data_tools.atomic import write_text
+from data_tools.errors import DataError, OptionError
+from data_tools.images import check_images, report_skipped, require_readable
+from data_tools.labels import LabelTable, read_label_csv, split_table, write_label_csv
+from data_tools.missing_labels import fill_missing
+from data_tools.pipeline import image_dataset, random_augmentation
+from data_tools.plots import plot_training_curves
+from data_tools.provenance import library_versions, toolkit_version
+from models.backbones import get_backbone
+from models.callbacks import TrainingCheckpoints
+from models.classifier import ImageClassifier
+from models.losses import MaskedBinaryCrossentropy
+from models.metrics import MaskedF1Score
+from models.names import CLASS_WEIGHTS, PRECISIONS, STRATEGIES
+from models.runtime import distribution_strategy, keras, precision_policy
+
+logger = logging.getLogger(__name__)
+
+# XLA measured faster for training steps on CPU (benchmarks/bench_input_pipeline.py).
+JIT_COMPILE = True
+# Decoded training images are cached in memory when they fit in this budget.
+CACHE_BYTES = 2**30
+# Options that may change between a run and its `--resume`.
+RESUMABLE_CHANGES = {"epochs", "resume"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    """Every option of a training run; `run.json` records them all."""
+
+    data_csv: str = "./label.txt"
+    img_directory: str = "./images"
+    output_dir: str = "."
+    task: str = "multilabel"
+    backbone: str = "resnet50"
+    weights: str = "imagenet"
+    head_units: int = 64
+    image_size: int = 224
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    val_split: float = 0.2
+    seed: int = 42
+    missing_labels: str = "mask"
+    class_weight: str = "none"
+    fine_tune: bool = False
+    augment: bool = False
+    precision: str = "fp32"
+    strategy: str = "default"
+    resume: bool = False
+    train_csv: str | None = None
+    val_csv: str | None = None
+
+    def check(self) -> None:
+        """Refuse impossible values before any file is read or layer built."""
+        get_backbone(self.backbone)
+        choices = {"precision": PRECISIONS, "strategy": STRATEGIES, "class_weight": CLASS_WEIGHTS}
+        for option, allowed in choices.items():
+            if getattr(self, option) not in allowed:
+                raise OptionError(f"--{option}: expected one of {', '.join(allowed)}. Received: {getattr(self, option)!r}.")
+        if not 0.0 < self.val_split < 1.0:
+            raise OptionError(f"--val_split: expected a fraction strictly between 0 and 1. Received: {self.val_split}.")
+        for option in ("epochs", "batch_size", "head_units", "image_size"):
+            if getattr(self, option) < 1:
+                raise OptionError(f"--{option}: expected a positive integer. Received: {getattr(self, option)}.")
+        if not self.learning_rate > 0:
+            raise OptionError(f"--learning_rate: expected a positive number. Received: {self.learning_rate}.")
+        if (self.train_csv is None) != (self.val_csv is None):
+            raise OptionError("--train_csv and --val_csv go together: give both lists, or neither to split --data_csv.")
+
+
+def _usable_rows(table: LabelTable, image_dir: Path, output_dir: Path, source: str) -> LabelTable:
+    """Drop images that cannot be read (listed in skipped_images.txt) and, for multiclass, unlabelled rows."""
+    unique = sorted(set(table.images))
+    usable, skipped = check_images([image_dir / name for name in unique])
+    report_skipped(skipped, output_dir, len(unique))
+    readable = {name for name, ok in zip(unique, usable) if ok}
+    require_readable(len(readable), skipped, source)
+    keep = np.array([name in readable for name in table.images])
+    if table.task == "multiclass":
+        labelled = ~np.isnan(table.labels).any(axis=1)
+        if (~labelled & keep).any():
+            logger.warning("%s: %d rows have no class and are left out", source, int((~labelled & keep).sum()))
+        keep &= labelled
+    return table.subset(np.flatnonzero(keep))
+
+
+def load_lists(options: TrainOptions, output_dir: Path) -> tuple[LabelTable, LabelTable]:
+    """The training and validation lists, from explicit CSVs or a reproducible split of --data_csv."""
+    image_dir = Path(options.img_directory)
+    if not image_dir.is_dir():
+        raise DataError(f"{image_dir}: image folder not found; pass --img_directory with the folder of your images.")
+    if options.train_csv is not None:
+        train = read_label_csv(options.train_csv, options.task, allow_duplicates=True)
+        val = read_label_csv(options.val_csv, options.task, label_names=train.label_names)
+        train = _usable_rows(train, image_dir, output_dir, options.train_csv)
+        val = _usable_rows(val, image_dir, output_dir, options.val_csv)
+        leaked = sorted(set(train.images) & set(val.images))
+        if leaked:
+            raise DataError(f"{options.train_csv}: image '{leaked[0]}' is also in {options.val_csv}; a validation image must not be trained on.")
+    else:
+        table = _usable_rows(read_label_csv(options.data_csv, options.task), image_dir, output_dir, options.data_csv)
+        if len(table) < 2:
+            raise DataError(
+                f"{options.data_csv}: {len(table)} usable image; training needs at least 2 "
+                "(one to train on, one to validate)."
+            )
+        train, val = split_table(table, options.val_split, options.seed)
+    write_label_csv(train, output_dir / "train.csv")
+    write_label_csv(val, output_dir / "val.csv")
+    return train, val
+
+
+def balanced_label_weights(labels: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-label weights of positive and negative cells, as scikit-learn's 'balanced' (n / (2 * count))."""
+    known = ~np.isnan(labels)
+    positives = np.nansum(labels, axis=0)
+    negatives = known.sum(axis=0) - positives
+    n = known.sum(axis=0)
+    pos = np.where(positives > 0, n / (2 * np.maximum(positives, 1e-9)), 1.0)
+    neg = np.where(negatives > 0, n / (2 * np.maximum(negatives, 1e-9)), 1.0)
+    return pos.round(6).tolist(), neg.round(6).tolist()
+
+
+def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:
+    """Keras `class_weight` for one-hot labels: n / (n_classes * count), as scikit-learn's 'balanced'."""
+    counts = labels.sum(axis=0)
+    return {c: float(len(labels) / (len(counts) * count)) if count else 1.0 for c, count in enumerate(counts)}
+
+
+def _compile(model: keras.Model, options: TrainOptions, train_labels: np.ndarray) -> None:
+    n_classes = train_labels.shape[1]
+    if options.task == "multiclass":
+        loss = keras.losses.CategoricalCrossentropy()
+        threshold = None
+    else:
+        weights = balanced_label_weights(train_labels) if options.class_weight == "balanced" else (None, None)
+        loss = MaskedBinaryCrossentropy(pos_weight=weights[0], neg_weight=weights[1])
+        threshold = 0.5
+    model.compile(
+        optimizer=keras.optimizers.Adam(options.learning_rate),
+        loss=loss,
+        metrics=[
+            MaskedF1Score(n_classes, "macro", threshold=threshold),
+            MaskedF1Score(n_classes, "micro", threshold=threshold),
+        ],
+        jit_compile=JIT_COMPILE,
+    )
+
+
+def _check_resumable(options: TrainOptions, output_dir: Path) -> dict:
+    """The saved state of the run to resume, after checking it was made with the same options."""
+    state_path, run_path = output_dir / "train_state.json", output_dir / "run.json"
+    if not (output_dir / "last_checkpoint.keras").is_file() or not state_path.is_file():
+        raise DataError(f"{output_dir}: nothing to resume (no last_checkpoint.keras); run without --resume.")
+    previous = json.loads(run_path.read_text())["options"] if run_path.is_file() else {}
+    for name, value in dataclasses.asdict(options).items():
+        if name not in RESUMABLE_CHANGES and name in previous and previous[name] != value:
+            raise OptionError(
+                f"--resume: the run in {output_dir} used --{name} {previous[name]}, this one {value}; "
+                "resume with the same options or use a new --output_dir."
+            )
+    return json.loads(state_path.read_text())
+
+
+def _write_run_record(output_dir: Path, options: TrainOptions, **fields) -> None:
+    record = {"options": dataclasses.asdict(options), "versions": library_versions(), **fields}
+    write_text(output_dir / "run.json", json.dumps(record, indent=2, default=str))
+
+
+def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
+    """Run a whole training; return the summary also written to `run.json`."""
+    options.check()
+    started = time.time()
+    output_dir = Path(options.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    state = _check_resumable(options, output_dir) if options.resume else None
+
+    train, val = load_lists(options, output_dir)
+    logger.info("Training on %d images, validating on %d; labels: %s", len(train), len(val), ", ".join(train.label_names))
+    train_labels = fill_missing(train.labels, options.missing_labels, seed=options.seed) if options.task == "multilabel" else train.labels
+
+    backbone = get_backbone(options.backbone)
+    image_dir = Path(options.img_directory)
+    per_image_bytes = options.image_size**2 * 3 * 4
+
+    def dataset(table: LabelTable, labels: np.ndarray, training: bool):
+        return image_dataset(
+            [image_dir / name for name in table.images],
+            labels,
+            image_size=options.image_size,
+            preprocess=backbone.preprocess,
+            batch_size=options.batch_size,
+            shuffle=training,
+            seed=options.seed,
+            augment=random_augmentation(options.seed) if training and options.augment else None,
+            cache=len(table) * per_image_bytes < CACHE_BYTES,
+        )
+
+    metadata = {
+        "format_version": 1,
+        "task": options.task,
+        "label_names": train.label_names,
+        "backbone": options.backbone,
+        "image_size": options.image_size,
+        "head_units": options.head_units,
+        "weights": options.weights,
+        "toolkit_version": toolkit_version(),
+    }
+    keras.utils.set_random_seed(options.seed)
+    _write_run_record(output_dir, options, status="running", n_train=len(train), n_val=len(val))
+    with precision_policy(options.precision), distribution_strategy(options.strategy).scope():
+        if state is not None:
+            model = keras.models.load_model(output_dir / "last_checkpoint.keras")
+            logger.info("Resuming after epoch %d (best %.4f at epoch %s)", state["epoch"], state["best_score"], state["best_epoch"])
+        else:
+            model = ImageClassifier(
+                options.backbone,
+                weights=options.weights,
+                image_size=options.image_size,
+                head_units=options.head_units,
+                classes=len(train.label_names),
+                classifier_activation="softmax" if options.task == "multiclass" else "sigmoid",
+                fine_tune=options.fine_tune,
+            )
+            _compile(model, options, train_labels)
+        checkpoints = TrainingCheckpoints(
+            output_dir,
+            metadata=metadata,
+            best_score=state["best_score"] if state and state["best_score"] is not None else -math.inf,
+            best_epoch=state["best_epoch"] if state else None,
+        )
+        initial_epoch = state["epoch"] if state else 0
+        if initial_epoch < options.epochs:
+            model.fit(
+                dataset(train, train_labels, training=True),
+                validation_data=dataset(val, val.labels, training=False),
+                epochs=options.epochs,
+                shuffle=False,  # the dataset shuffles itself, with the run's seed
+                initial_epoch=initial_epoch,
+                class_weight=balanced_class_weights(train_labels) if options.task == "multiclass" and options.class_weight == "balanced" else None,
+                callbacks=[checkpoints, keras.callbacks.CSVLogger(str(output_dir / "history.csv"), append=options.resume)],
+                verbose=verbose,
+            )
+        else:
+            logger.info("Already trained for %d epochs; nothing to do.", initial_epoch)
+
+    history = pd.read_csv(output_dir / "history.csv")
+    plot_training_curves(history, output_dir / "loss_curve.png")
+    best_row = history.loc[history["val_macro_f1"].idxmax()]
+    summary = {
+        "status": "finished",
+        "best_epoch": checkpoints.best_epoch,
+        "best_val_macro_f1": round(checkpoints.best_score, 6),
+        "best_val_micro_f1": round(float(best_row["val_micro_f1"]), 6),
+        "epochs": int(history["epoch"].max()) + 1,
+        "n_train": len(train),
+        "n_val": len(val),
+        "label_names": train.label_names,
+        "wall_time_s": round(time.time() - started, 2),
+        "model": str(output_dir / "best_model.h5"),
+    }
+    _write_run_record(output_dir, options, **summary)
+    return summary
+
+
+def progress_verbosity(quiet: bool) -> int:
+    """Keras `verbose`: a live progress bar on a terminal, a line per epoch in logs, nothing if quiet."""
+    if quiet:
+        return 0
+    return 1 if sys.stdout.isatty() else 2

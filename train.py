@@ -1,0 +1,9 @@
+"""Train the image classifier: the same command as `toolkit train`.
+
+    python train.py --data_csv label.txt --img_directory images
+"""
+
+from cli.train import train
+
+if __name__ == "__main__":
+    train(prog_name="train.py")
