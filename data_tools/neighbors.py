@@ -36,7 +36,6 @@ from data_tools.features import check_features
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("cosine", "euclidean", "sqeuclidean", "inner_product", "manhattan")
 NEIGHBORS_FILE = "neighbors.npy"
 DISTANCES_FILE = "distances.npy"
 CSV_FILE = "neighbors.csv"
@@ -48,66 +47,93 @@ MAX_BLOCK_ROWS = 2048
 PROGRESS_SECONDS = 10.0
 
 
-class Operand(NamedTuple):
-    """A block of rows ready for the kernel, and its squared norms where the metric needs them."""
+class Block(NamedTuple):
+    """Rows of one block, ready for a kernel, with the per-row terms the metric adds back."""
 
     rows: np.ndarray
-    norms: np.ndarray | None
+    terms: np.ndarray | None
 
 
-def _cosine_operand(rows: np.ndarray, *, left: bool) -> Operand:
-    norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
-    norms[norms == 0] = 1  # As scikit-learn: a zero row stays zero, at distance 1 from all.
-    scale = (-1 if left else 1) / norms
-    return Operand(rows * scale[:, None], None)
+class Kernel:
+    """How a metric turns two blocks of rows into keys (smaller = nearer) and keys into distances.
+
+    Per-row terms (norms) are computed once for all rows, so that preparing a
+    block costs one pass over it. The left block carries the negation of
+    similarity metrics, so that one kind of heap serves every metric: faiss's
+    min-heap (keep the largest) would break ties towards larger indices.
+    """
+
+    def row_terms(self, rows: np.ndarray) -> np.ndarray | None:
+        return None
+
+    def block(self, rows: np.ndarray, terms: np.ndarray | None, *, left: bool) -> Block:
+        return Block(rows, terms)
+
+    def fill(self, left: Block, right: Block, out: np.ndarray) -> None:
+        np.matmul(left.rows, right.rows.T, out=out)
+
+    def report(self, keys: np.ndarray) -> np.ndarray:
+        return keys
 
 
-def _inner_operand(rows: np.ndarray, *, left: bool) -> Operand:
-    return Operand(-rows if left else rows, None)
+class InnerProduct(Kernel):
+    def block(self, rows, terms, *, left):
+        return Block(-rows if left else rows, None)
+
+    def report(self, keys):
+        return -keys
 
 
-def _l2_operand(rows: np.ndarray, *, left: bool) -> Operand:
-    # -2x is exact in floating point, so the product gives -2<x, y> at no cost.
-    return Operand(rows * -2 if left else rows, np.einsum("ij,ij->i", rows, rows))
+class Cosine(Kernel):
+    def row_terms(self, rows):
+        norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
+        norms[norms == 0] = 1  # As scikit-learn: a zero row stays zero, at distance 1 from every row.
+        return norms
+
+    def block(self, rows, terms, *, left):
+        return Block(rows / (-terms if left else terms)[:, None], None)
+
+    def report(self, keys):
+        return np.clip(1 + keys, 0, 2)
 
 
-def _plain_operand(rows: np.ndarray, *, left: bool) -> Operand:
-    return Operand(rows, None)
+class SquaredEuclidean(Kernel):
+    def row_terms(self, rows):
+        return np.einsum("ij,ij->i", rows, rows)
 
+    def block(self, rows, terms, *, left):
+        # Scaling by -2 is exact, so the product gives -2<x, y> at no cost.
+        return Block(rows * -2 if left else rows, terms)
 
-def _product_keys(left: Operand, right: Operand, out: np.ndarray) -> None:
-    np.matmul(left.rows, right.rows.T, out=out)
-    if left.norms is not None:
-        out += left.norms[:, None]
-        out += right.norms[None, :]
+    def fill(self, left, right, out):
+        super().fill(left, right, out)
+        out += left.terms[:, None]
+        out += right.terms[None, :]
         np.maximum(out, 0, out=out)  # Rounding can make a tiny squared distance negative.
 
 
-def _manhattan_keys(left: Operand, right: Operand, out: np.ndarray) -> None:
-    (n_left, dim), n_right = left.rows.shape, len(right.rows)
-    faiss.pairwise_extra_distances(
-        dim, n_left, faiss.swig_ptr(left.rows), n_right, faiss.swig_ptr(right.rows),
-        faiss.METRIC_L1, 0, faiss.swig_ptr(out),
-    )
+class Euclidean(SquaredEuclidean):
+    def report(self, keys):
+        return np.sqrt(keys)
 
 
-class Kernel(NamedTuple):
-    """How one metric turns two blocks of rows into heap keys (smaller = nearer) and back."""
+class Manhattan(Kernel):
+    def fill(self, left, right, out):
+        (n_left, dim), n_right = left.rows.shape, len(right.rows)
+        faiss.pairwise_extra_distances(
+            dim, n_left, faiss.swig_ptr(left.rows), n_right, faiss.swig_ptr(right.rows),
+            faiss.METRIC_L1, 0, faiss.swig_ptr(out),
+        )
 
-    operand: callable
-    keys: callable
-    report: callable
 
-
-# Similarities are negated into keys so that one kind of heap serves every
-# metric: faiss's min-heap (keep largest) breaks ties towards larger indices.
 KERNELS = {
-    "cosine": Kernel(_cosine_operand, _product_keys, lambda keys: np.clip(1 + keys, 0, 2)),
-    "inner_product": Kernel(_inner_operand, _product_keys, np.negative),
-    "sqeuclidean": Kernel(_l2_operand, _product_keys, lambda keys: keys),
-    "euclidean": Kernel(_l2_operand, _product_keys, np.sqrt),
-    "manhattan": Kernel(_plain_operand, _manhattan_keys, lambda keys: keys),
+    "cosine": Cosine(),
+    "euclidean": Euclidean(),
+    "sqeuclidean": SquaredEuclidean(),
+    "inner_product": InnerProduct(),
+    "manhattan": Manhattan(),
 }
+METRICS = tuple(KERNELS)
 
 
 class TopK:
@@ -127,11 +153,10 @@ class TopK:
         n_rows, n_columns = block.shape
         self._heaps.addn(n_columns, faiss.swig_ptr(block), first_column, first_row, n_rows)
 
-    def sorted(self) -> tuple[np.ndarray, np.ndarray]:
-        """Keys and indices, nearest first, equal keys by index."""
+    def results(self) -> tuple[np.ndarray, np.ndarray]:
+        """Keys and indices of every row, nearest first."""
         self._heaps.reorder()
-        order = np.lexsort((self.indices, self.keys), axis=1)
-        return np.take_along_axis(self.keys, order, 1), np.take_along_axis(self.indices, order, 1)
+        return self.keys, self.indices
 
 
 def available_cores() -> int:
@@ -226,36 +251,60 @@ def exact_neighbors(
     size = block_rows(gallery.shape[1], max_memory)
     with thread_limit(n_threads):
         top = _search(kernel, queries, gallery, k, size, symmetric=symmetric, include_self=include_self)
-    keys, indices = top.sorted()
-    return kernel.report(keys).astype(np.float32, copy=False), indices
+        keys, indices = top.results()
+    distances = kernel.report(keys)
+    order = np.lexsort((indices, -distances if metric == "inner_product" else distances), axis=1)
+    return np.take_along_axis(distances, order, 1), np.take_along_axis(indices, order, 1)
+
+
+def _transpose_into(out: np.ndarray, block: np.ndarray, tile: int = 16) -> np.ndarray:
+    """Copy block.T into the C-contiguous `out`, a few rows of `block` at a time.
+
+    numpy's plain transposed copy walks memory with a large stride and runs
+    about eight times slower than this cache-friendly tiling.
+    """
+    for start in range(0, len(block), tile):
+        out[:, start : start + tile] = block[start : start + tile].T
+    return out
 
 
 def _search(
-    kernel: Kernel, queries: np.ndarray, gallery: np.ndarray, k: int, size: int, *, symmetric: bool, include_self: bool
+    kernel: Kernel,
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    k: int,
+    size: int,
+    *,
+    symmetric: bool,
+    include_self: bool,
 ) -> TopK:
-    """Feed every block of keys to the heaps; in the symmetric case each pair once, both ways."""
+    """Feed every block of keys to the heaps; in the symmetric case each pair of blocks once, both ways."""
     top = TopK(len(queries), k)
+    gallery_terms = kernel.row_terms(gallery)
+    query_terms = gallery_terms if symmetric else kernel.row_terms(queries)
     keys_buffer = np.empty(size * size, dtype=np.float32)
-    transposed_buffer = np.empty(size * size, dtype=np.float32) if symmetric else None
+    transposed_buffer = np.empty(size * size if symmetric else 0, dtype=np.float32)
     row_spans, column_spans = _spans(len(queries), size), _spans(len(gallery), size)
-    pairs = [(r, c) for r in row_spans for c in column_spans if not symmetric or c[0] >= r[0]]
+    pairs = [(rows, columns) for rows in row_spans for columns in column_spans if not symmetric or columns >= rows]
     started = last_report = time.monotonic()
-    left_span = None
+    left_span = left = None
     for done, ((r0, r1), (c0, c1)) in enumerate(pairs, 1):
-        if (r0, r1) != left_span:
-            left_span, left = (r0, r1), kernel.operand(queries[r0:r1], left=True)
-        right = kernel.operand(gallery[c0:c1], left=False)
+        if left_span != (r0, r1):
+            left_span = (r0, r1)
+            left = kernel.block(queries[r0:r1], _part(query_terms, r0, r1), left=True)
+        right = kernel.block(gallery[c0:c1], _part(gallery_terms, c0, c1), left=False)
         keys = keys_buffer[: (r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0)
-        kernel.keys(left, right, keys)
-        if symmetric and r0 == c0:
-            if not include_self:
-                np.fill_diagonal(keys, np.inf)
-        elif symmetric:
-            transposed = transposed_buffer[: keys.size].reshape(keys.shape[::-1])
-            np.copyto(transposed, keys.T)
-            top.add(transposed, c0, r0)
+        kernel.fill(left, right, keys)
+        if symmetric and r0 == c0 and not include_self:
+            np.fill_diagonal(keys, np.inf)
+        elif symmetric and r0 != c0:
+            top.add(_transpose_into(transposed_buffer[: keys.size].reshape(c1 - c0, r1 - r0), keys), c0, r0)
         top.add(keys, r0, c0)
         if time.monotonic() - last_report > PROGRESS_SECONDS or done == len(pairs):
             last_report = time.monotonic()
             logger.info("Neighbours: %d of %d blocks (%.0f s)", done, len(pairs), last_report - started)
     return top
+
+
+def _part(terms: np.ndarray | None, start: int, stop: int) -> np.ndarray | None:
+    return None if terms is None else terms[start:stop]

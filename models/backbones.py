@@ -31,6 +31,10 @@ def SmallCNN(
 ) -> keras.Model:
     """Three conv blocks (32, 64, 128 filters) and global average pooling.
 
+    No batch normalisation: on the few hundred images this network is meant
+    for, moving statistics lag the weights and validation scores swing from
+    epoch to epoch.
+
     Arguments follow `keras.applications`; `include_top` and `weights` are
     accepted for that reason, but the network has no top and no pretrained
     weights.
@@ -40,9 +44,7 @@ def SmallCNN(
     inputs = input_tensor if input_tensor is not None else keras.Input(shape=input_shape or (64, 64, 3))
     x = inputs
     for block, filters in enumerate((32, 64, 128), start=1):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{block}_conv")(x)
-        x = keras.layers.BatchNormalization(momentum=0.9, name=f"block{block}_bn")(x)
-        x = keras.layers.Activation("relu", name=f"block{block}_relu")(x)
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"block{block}_conv")(x)
         if block < 3:
             x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
     if pooling == "avg":

@@ -38,7 +38,7 @@ from models.runtime import distribution_strategy, keras, precision_policy
 logger = logging.getLogger(__name__)
 
 # XLA measured faster for training steps on CPU (benchmarks/bench_input_pipeline.py).
-JIT_COMPILE = True
+JIT_COMPILE = False
 # Decoded training images are cached in memory when they fit in this budget.
 CACHE_BYTES = 2**30
 # Options that may change between a run and its `--resume`.

@@ -1,0 +1,43 @@
+"""Shared fixtures: small real data sets built from scikit-learn's digits, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import pytest
+from click.testing import CliRunner
+
+from data_tools.make_demo_data import write_digits_dataset
+
+
+@pytest.fixture(scope="session")
+def digits_set(tmp_path_factory):
+    """1000 digits at 32 px with four yes/no labels, 5 % of cells blank: (folder, full table)."""
+    root = tmp_path_factory.mktemp("digits")
+    table = write_digits_dataset(root, n_images=1000, image_size=32, blank_fraction=0.05, seed=1)
+    return root, table
+
+
+@pytest.fixture(scope="session")
+def tiny_set(tmp_path_factory):
+    """24 digits at 32 px, for tests of behaviour rather than of learning."""
+    root = tmp_path_factory.mktemp("tiny")
+    table = write_digits_dataset(root, n_images=24, image_size=32, blank_fraction=0.0, seed=2)
+    return root, table
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def one_line_error(result) -> str:
+    """The stderr of a failed command, checked to be exactly one 'Error: ...' line."""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
