@@ -22,6 +22,8 @@ from data_tools.errors import ToolkitError
 COMMANDS = {
     "train": "cli.train.train",
     "predict": "cli.predict.predict",
+    "compute-distances": "cli.neighbors.compute_distances",
+    "merge-features": "cli.features.merge_features",
 }
 
 

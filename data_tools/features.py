@@ -94,6 +94,10 @@ def _checked(paths: object, features: object, metadata: object, where: str) -> F
     return FeatureSet(list(paths), array, dict(metadata))
 
 
+class _RefusedGlobal(pickle.UnpicklingError):
+    """The pickle names a function or class outside the allowed ones."""
+
+
 class _FeaturePickle(pickle.Unpickler):
     """Unpickles numpy arrays and plain containers; refuses every other global before it is called."""
 
@@ -111,7 +115,7 @@ class _FeaturePickle(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"{module}.{name}")
+            raise _RefusedGlobal(f"{module}.{name}")
         return super().find_class(module, name)
 
 
@@ -119,14 +123,11 @@ def _read_pkl(path: Path) -> tuple[object, object, object]:
     try:
         with path.open("rb") as handle:
             content = _FeaturePickle(handle, encoding="latin1").load()
-    except pickle.UnpicklingError as error:
-        if "." in str(error) and " " not in str(error):
-            raise DataError(
-                f"{path.name}: refused to load: the pickle asks for {error}, and a feature pickle may only hold "
-                "numpy arrays, lists, dicts, strings and numbers. Only load pickles you trust; "
-                "re-extract to .npz with toolkit get-transfer-layer."
-            ) from None
-        raise
+    except _RefusedGlobal as refused:
+        raise DataError(
+            f"{path.name}: refused to load: the pickle calls {refused}, and a feature pickle may only hold "
+            "numpy arrays, lists, dicts, strings and numbers. Re-extract to .npz with toolkit get-transfer-layer."
+        ) from None
     if not isinstance(content, dict) or not {"paths", "features"} <= content.keys():
         raise DataError(f"{path.name}: expected a dict with 'paths' and 'features'. {REEXTRACT}")
     return content["paths"], content["features"], content.get("metadata", {})

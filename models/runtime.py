@@ -46,6 +46,8 @@ def _import_tensorflow():
     import tensorflow
 
     tensorflow.get_logger().setLevel(logging.ERROR)
+    # Keras logs through absl that HDF5 is a legacy format; best_model.h5 is HDF5 on purpose.
+    logging.getLogger("absl").setLevel(logging.ERROR)
     return tensorflow
 
 

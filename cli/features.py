@@ -1,0 +1,38 @@
+"""`toolkit merge-features`: join the shards of a split feature extraction into one file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli.common import command, echo_json, json_option, quiet_option, start
+
+
+@command("merge-features")
+@click.argument("output_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("input_paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@quiet_option
+@json_option
+def merge_features(output_path: Path, input_paths: tuple[Path, ...], quiet: bool, as_json: bool) -> None:
+    """Merge feature files (shards) into OUTPUT_PATH, in the order given.
+
+    The shards must come from one extraction run (same model, layer, image
+    size and weights). A path found in several shards is kept once, from
+    the first. The output format follows OUTPUT_PATH's suffix: .npz, .h5 or .pkl.
+
+    \b
+    Example, after a job array ran with --num_shards 4 --shard_index 0..3:
+      toolkit merge-features features.npz features_shard*.npz
+    """
+    start(quiet)
+    from data_tools.features import feature_format, merge_features as merge, write_features
+
+    feature_format(output_path)
+    merged = merge(list(input_paths))
+    write_features(output_path, merged)
+    n_images, dim = merged.features.shape
+    if as_json:
+        echo_json({"output": str(output_path), "inputs": len(input_paths), "images": n_images, "features": dim})
+    else:
+        click.echo(f"{n_images:,} images x {dim:,} features from {len(input_paths)} files: {output_path}")

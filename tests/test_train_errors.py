@@ -1,0 +1,143 @@
+"""Bad input to `toolkit train` / `toolkit predict`: one line on stderr, the right exit code, no half-written model."""
+
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from cli.predict import predict
+from cli.train import train
+from tests.conftest import one_line_error
+
+SMALL = ["--backbone", "small_cnn", "--weights", "none", "--image_size", "32", "--epochs", "1", "--quiet"]
+
+
+@pytest.fixture
+def data(tiny_set, tmp_path):
+    """A private copy of the tiny set that a test may damage."""
+    root = tmp_path / "data"
+    shutil.copytree(tiny_set[0], root)
+    return root
+
+
+def run_train(runner, root, *extra, csv="label.txt"):
+    args = ["--data_csv", str(root / csv), "--img_directory", str(root / "images"), "--output_dir", str(root / "out"), *SMALL, *extra]
+    return runner.invoke(train, args)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "label CSV not found"),
+        ("", "the file is empty"),
+        ("file,even\n0000.png,1\n", "no 'image' column"),
+        ("image,even\n0000.png,1\n0001.png,yes\n", "line 3, column 'even': value 'yes' is not a label"),
+        ("image,even\n0000.png,1\n0000.png,0\n", "listed more than once"),
+    ],
+)
+def test_bad_label_csv(runner, data, content, message):
+    if content is not None:
+        (data / "bad.csv").write_text(content)
+    result = run_train(runner, data, csv="bad.csv")
+    assert result.exit_code == 1
+    line = one_line_error(result)
+    assert message in line and "bad.csv" in line
+    assert not (data / "out" / "best_model.h5").exists()
+
+
+def test_missing_and_corrupt_images_are_skipped_and_listed(runner, data, caplog):
+    (data / "images" / "0000.png").unlink()
+    (data / "images" / "0001.png").write_text("not an image")
+    (data / "images" / "0002.png").write_bytes((data / "images" / "0003.png").read_bytes()[:50])
+    result = run_train(runner, data)
+    assert result.exit_code == 0, result.output
+    skipped = (data / "out" / "skipped_images.txt").read_text().splitlines()
+    assert [line.split("\t")[0].rsplit("/", 1)[1] for line in skipped] == ["0000.png", "0001.png", "0002.png"]
+    assert "Skipped 3 of 24 images" in caplog.text
+    assert (data / "out" / "best_model.h5").is_file()
+
+
+def test_no_readable_image_fails(runner, data):
+    for image in (data / "images").iterdir():
+        image.write_text("text pretending to be a picture")
+    result = run_train(runner, data)
+    assert result.exit_code == 1
+    assert "no readable image" in one_line_error(result)
+    assert (data / "out" / "skipped_images.txt").is_file()
+    assert not (data / "out" / "best_model.h5").exists()
+
+
+def test_fewer_than_two_usable_images_fails(runner, data):
+    (data / "one.csv").write_text("image,even\n0000.png,1\n")
+    result = run_train(runner, data, csv="one.csv")
+    assert result.exit_code == 1
+    assert "at least 2" in one_line_error(result)
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--val_split", "1.5"], "--val_split"),
+        (["--val_split", "0"], "--val_split"),
+        (["--backbone", "vgg99"], "--backbone"),
+        (["--epochs", "0"], "--epochs"),
+        (["--train_csv", "x.csv"], "--train_csv and --val_csv go together"),
+    ],
+)
+def test_impossible_options_are_usage_errors(runner, data, option, message):
+    result = run_train(runner, data, *option)
+    assert result.exit_code == 2
+    assert message in one_line_error(result)
+
+
+def test_imagenet_weights_offline_name_the_fix(runner, data, monkeypatch):
+    from keras.src.applications import mobilenet_v2
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on https://example.invalid: None -- [Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(mobilenet_v2.file_utils, "get_file", offline)
+    args = ["--data_csv", str(data / "label.txt"), "--img_directory", str(data / "images"), "--output_dir", str(data / "out"),
+            "--backbone", "mobilenetv2", "--weights", "imagenet", "--image_size", "32", "--epochs", "1", "--quiet"]
+    result = runner.invoke(train, args)
+    assert result.exit_code == 2
+    line = one_line_error(result)
+    assert "--weights imagenet" in line and "--weights none" in line and "--weights PATH" in line
+
+
+def test_weights_file_that_does_not_exist(runner, data):
+    result = run_train(runner, data, "--weights", str(data / "nope.h5"))
+    assert result.exit_code == 2
+    assert "nope.h5 is not a file" in one_line_error(result)
+
+
+def test_predict_with_a_missing_model(runner, data):
+    result = runner.invoke(predict, [str(data / "images" / "0000.png"), "--model_weights", str(data / "nope.h5")])
+    assert result.exit_code == 1
+    assert "model file not found" in one_line_error(result)
+
+
+@pytest.mark.parametrize("kind", ["text", "plain_h5"])
+def test_predict_with_a_file_that_is_not_a_toolkit_model(runner, data, kind):
+    model = data / "model.h5"
+    if kind == "text":
+        model.write_text("hello")
+    else:
+        with h5py.File(model, "w") as handle:
+            handle["weights"] = np.zeros(3)
+    result = runner.invoke(predict, [str(data / "images" / "0000.png"), "--model_weights", str(model)])
+    assert result.exit_code == 1
+    assert "not an image-toolkit model" in one_line_error(result)
+
+
+def test_predict_skips_unreadable_images_and_names_them(runner, data):
+    assert run_train(runner, data).exit_code == 0
+    (data / "broken.jpg").write_text("no")
+    args = [str(data / "images" / "0005.png"), str(data / "broken.jpg"), "--model_weights", str(data / "out" / "best_model.h5")]
+    result = runner.invoke(predict, args)
+    assert result.exit_code == 0, result.output
+    assert "Skipped" in result.stderr and "broken.jpg" in result.stderr
+    assert len(result.stdout.strip().splitlines()) == 1
+    missing = runner.invoke(predict, [str(data / "absent.png"), "--model_weights", str(data / "out" / "best_model.h5")])
+    assert missing.exit_code == 1 and "no such file or folder" in one_line_error(missing)
