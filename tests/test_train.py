@@ -110,3 +110,21 @@ def test_resnet50_without_weights_trains_a_step_at_64px(tiny_set, tmp_path, runn
     result = runner.invoke(train, args)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "best_model.h5").is_file()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--missing_labels", "mf", "--class_weight", "balanced"],
+        ["--missing_labels", "mean", "--augment"],
+        ["--precision", "mixed_bfloat16"],
+        ["--strategy", "mirrored", "--fine_tune"],
+    ],
+)
+def test_training_options_run_end_to_end(tiny_set, tmp_path, runner, options):
+    root, _ = tiny_set
+    (root / "holes.csv").write_text((root / "label.txt").read_text().replace(",1,0,", ",,0,", 3))
+    args = ["--data_csv", str(root / "holes.csv"), "--img_directory", str(root / "images"), "--output_dir", str(tmp_path), "--epochs", "1", *SMALL, *options]
+    result = runner.invoke(train, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "finished"
