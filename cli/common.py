@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 
 import click
 
@@ -22,6 +24,11 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print machin
 def start(quiet: bool) -> None:
     """Set up logging for a command run."""
     configure_logging(quiet)
+
+
+def progress_to_stderr(as_json: bool):
+    """With --json, stdout carries the JSON alone, so Keras' progress bars go to stderr."""
+    return contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
 
 
 def echo_json(record: dict) -> None:

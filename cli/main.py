@@ -22,6 +22,8 @@ from data_tools.errors import ToolkitError
 COMMANDS = {
     "train": "cli.train.train",
     "predict": "cli.predict.predict",
+    "get-inception-output": "cli.extract.get_inception_output",
+    "get-transfer-layer": "cli.extract.get_transfer_layer",
     "compute-distances": "cli.neighbors.compute_distances",
     "merge-features": "cli.features.merge_features",
 }

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import sys
-
 import click
 
-from cli.common import command, echo_json, json_option, quiet_option, start
+from cli.common import command, echo_json, json_option, progress_to_stderr, quiet_option, start
 from models import names
 
 
@@ -48,11 +45,10 @@ def train(quiet: bool, as_json: bool, **options) -> None:
                     --epochs 15 --output_dir runs/demo
     """
     start(quiet)
-    from models.training import TrainOptions, progress_verbosity, train_classifier
+    from models.runtime import progress_verbosity
+    from models.training import TrainOptions, train_classifier
 
-    # With --json, stdout carries the summary alone; Keras' progress goes to stderr.
-    redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
-    with redirect:
+    with progress_to_stderr(as_json):
         summary = train_classifier(TrainOptions(**options), verbose=progress_verbosity(quiet))
     if as_json:
         echo_json(summary)

@@ -103,8 +103,12 @@ def resolve_weights(name: str, weights: str | None) -> str | None:
     return os.fspath(weights)
 
 
-def build_backbone(name: str, *, weights: str | None, image_size: int) -> keras.Model:
-    """Build a backbone without its top, average-pooled, with the requested weights.
+def build_backbone(name: str, *, weights: str | None, image_size: int, include_top: bool = False) -> keras.Model:
+    """Build a backbone with the requested weights: average-pooled without its top, or whole.
+
+    With `include_top` the network ends in its 1000 ImageNet class scores
+    (`toolkit get-inception-output`); ImageNet weights then fix the input
+    size (299 px for InceptionV3, 224 px for the others).
 
     Offline, Keras cannot fetch ImageNet weights; that becomes one line naming
     the two ways around it instead of a stack of URL errors.
@@ -116,10 +120,10 @@ def build_backbone(name: str, *, weights: str | None, image_size: int) -> keras.
     shape = (image_size, image_size, 3)
     try:
         model = spec.builder(
-            include_top=False,
+            include_top=include_top,
             weights="imagenet" if weights == "imagenet" else None,
             input_shape=shape,
-            pooling="avg",
+            pooling=None if include_top else "avg",
         )
     except ValueError as error:
         raise OptionError(f"--backbone {name}: {error}") from None
@@ -135,7 +139,7 @@ def build_backbone(name: str, *, weights: str | None, image_size: int) -> keras.
             model.load_weights(weights)
         except Exception as error:
             raise OptionError(
-                f"--weights {weights}: does not fit the {name} backbone without its top "
+                f"--weights {weights}: does not fit the {name} network "
                 f"({str(error).splitlines()[0]})."
             ) from None
         logger.info("Loaded backbone weights from %s", weights)

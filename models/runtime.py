@@ -56,6 +56,13 @@ tf = _import_tensorflow()
 import keras  # noqa: E402
 
 
+def progress_verbosity(quiet: bool) -> int:
+    """Keras `verbose`: a live progress bar on a terminal, a final line in logs, nothing if quiet."""
+    if quiet:
+        return 0
+    return 1 if sys.stdout.isatty() else 2
+
+
 def set_threads(n_cores: int) -> None:
     """Bound TensorFlow's thread pools; -1 keeps TensorFlow's default (all cores)."""
     if n_cores > 0:

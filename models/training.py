@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -284,10 +283,3 @@ def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
     }
     _write_run_record(output_dir, options, **summary)
     return summary
-
-
-def progress_verbosity(quiet: bool) -> int:
-    """Keras `verbose`: a live progress bar on a terminal, a line per epoch in logs, nothing if quiet."""
-    if quiet:
-        return 0
-    return 1 if sys.stdout.isatty() else 2

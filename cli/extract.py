@@ -1,0 +1,81 @@
+"""`toolkit get-inception-output` and `toolkit get-transfer-layer`: images to CNN features."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+from cli.common import command, echo_json, json_option, progress_to_stderr, quiet_option, start
+
+EXTRACT_PRECISIONS = ("fp32", "mixed_bfloat16")
+
+
+def extraction_options(function):
+    """The options both extraction commands share."""
+    decorators = [
+        click.argument("image_path", type=click.Path(exists=True)),
+        click.argument("output_path", type=click.Path(dir_okay=False, writable=True)),
+        click.option("--model", default="inceptionv3", show_default=True, help="inceptionv3, resnet50, or the path of a toolkit model (best_model.h5)."),
+        click.option("--layer", default=None, help="Layer of a model file to read (default: its penultimate layer, or its output for get-inception-output)."),
+        click.option("--weights", default="imagenet", show_default=True, help="imagenet, none, or a local weights file."),
+        click.option("--image_size", type=click.IntRange(min=32), default=None, help="Input size (default: the model's own, 299 for InceptionV3, 224 for ResNet50)."),
+        click.option("--batch_size", type=click.IntRange(min=1), default=32, show_default=True),
+        click.option("--precision", type=click.Choice(EXTRACT_PRECISIONS), default="fp32", show_default=True),
+        click.option("--append", is_flag=True, help="Keep the rows already in OUTPUT_PATH and compute only the images not yet there."),
+        click.option("--num_shards", type=click.IntRange(min=1), default=1, show_default=True, help="Split the images into this many shards (for a job array)..."),
+        click.option("--shard_index", type=click.IntRange(min=0), default=0, show_default=True, help="...and compute shard number I (0-based); join with merge-features."),
+        quiet_option,
+        json_option,
+    ]
+    return functools.reduce(lambda wrapped, decorator: decorator(wrapped), reversed(decorators), function)
+
+
+def run_extraction(output: str, image_path: str, output_path: str, model: str, layer: str | None, weights: str,
+                   image_size: int | None, batch_size: int, precision: str, append: bool, num_shards: int,
+                   shard_index: int, quiet: bool, as_json: bool) -> None:
+    start(quiet)
+    from models.extraction import extract, feature_extractor
+    from models.runtime import progress_verbosity
+
+    extractor = feature_extractor(model, output=output, layer=layer, weights=weights, image_size=image_size, precision=precision)
+    with progress_to_stderr(as_json):
+        summary = extract(image_path, output_path, extractor, batch_size=batch_size, append=append,
+                          num_shards=num_shards, shard_index=shard_index, verbose=progress_verbosity(quiet))
+    if as_json:
+        echo_json(summary)
+    else:
+        click.echo(f"Wrote {summary['rows']} x {summary['dim']} features to {summary['output']} "
+                   f"({summary['computed']} computed, {summary['skipped']} unreadable images skipped)")
+
+
+@command("get-inception-output")
+@extraction_options
+def get_inception_output(**options) -> None:
+    """InceptionV3's output layer (1000 ImageNet class scores) for every image.
+
+    IMAGE_PATH is a folder (searched recursively), one image, or a CSV with
+    an 'image' column; OUTPUT_PATH ends in .npz, .h5 or .pkl.
+
+    \b
+    Example:
+      toolkit get-inception-output images/ scores.npz
+    """
+    run_extraction("scores", **options)
+
+
+@command("get-transfer-layer")
+@extraction_options
+def get_transfer_layer(**options) -> None:
+    """The pooled transfer layer (2048-d for InceptionV3 and ResNet50) for every image.
+
+    IMAGE_PATH is a folder (searched recursively), one image, or a CSV with
+    an 'image' column; OUTPUT_PATH ends in .npz, .h5 or .pkl.
+
+    \b
+    Example:
+      toolkit get-transfer-layer images/ features.npz --model resnet50
+      toolkit get-transfer-layer images/ features.npz --append        # only new images
+      toolkit get-transfer-layer images/ part0.npz --num_shards 4 --shard_index 0
+    """
+    run_extraction("pooled", **options)

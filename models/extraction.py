@@ -1,0 +1,221 @@
+"""Turn images into CNN features: `toolkit get-inception-output` and `toolkit get-transfer-layer`.
+
+The original scripts loaded and predicted one image at a time. Here images
+stream through the training pipeline (parallel decode, batch, prefetch) into
+one compiled forward pass per batch; the last batch is padded to full size so
+the pass is traced once. Extending an image set (`append`) computes only the
+new images, and a large set can be split into shards for a job array and
+merged afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data_tools.errors import DataError, OptionError
+from data_tools.features import COMPARABLE_KEYS, FeatureSet, read_features, write_features
+from data_tools.images import IMAGE_SUFFIXES, check_images, find_images, report_skipped, require_readable
+from data_tools.pipeline import image_dataset
+from models.backbones import build_backbone, get_backbone
+from models.inference import load_classifier
+from models.runtime import keras, precision_policy, tf
+
+logger = logging.getLogger(__name__)
+
+OUTPUTS = ("scores", "pooled")
+NAMED_MODELS = ("inceptionv3", "resnet50")
+EXTRACT_PRECISIONS = ("fp32", "mixed_bfloat16")
+# XLA-compiled inference, by model, where it measured faster on CPU
+# (benchmarks/bench_extract.py): ResNet50 gains, InceptionV3 loses.
+XLA_INFERENCE = {"resnet50": True, "inceptionv3": False}
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureExtractor:
+    """A model cut at the wanted layer, with the input it expects and how it was made."""
+
+    model: keras.Model
+    preprocess: object
+    image_size: int
+    metadata: dict
+    jit_compile: bool
+
+
+def _penultimate(model: keras.Model) -> str:
+    return model.layers[-2].name
+
+
+def _layer_output(model: keras.Model, name: str):
+    """The symbolic output of layer `name` within `model`'s graph.
+
+    A nested model (the backbone of a toolkit classifier) keeps its own inner
+    graph as `.output`; it is called again on the outer input instead, which
+    shares its weights.
+    """
+    layer = model.get_layer(name)
+    if isinstance(layer, keras.Model):
+        return layer(model.inputs[0], training=False)
+    return layer.output
+
+
+def feature_extractor(
+    model: str = "inceptionv3",
+    *,
+    output: str,
+    layer: str | None = None,
+    weights: str = "imagenet",
+    image_size: int | None = None,
+    precision: str = "fp32",
+) -> FeatureExtractor:
+    """Build the network that maps a preprocessed batch to features.
+
+    `model` is a named ImageNet network (`output` 'scores': its 1000 class
+    scores; 'pooled': its pooled last convolutional layer, 2048-d) or the
+    path of a toolkit model (`best_model.h5`), cut at `layer` (default: the
+    penultimate layer for 'pooled', the output for 'scores').
+    """
+    if output not in OUTPUTS:
+        raise OptionError(f"output: expected one of {OUTPUTS}. Received: {output!r}")
+    if precision not in EXTRACT_PRECISIONS:
+        raise OptionError(f"--precision: expected one of {', '.join(EXTRACT_PRECISIONS)}. Received: {precision!r}.")
+    with precision_policy(precision):
+        if model in NAMED_MODELS:
+            if layer is not None:
+                raise OptionError(f"--layer applies to a model file; {model} gives its {output} layer.")
+            size = image_size or get_backbone(model).default_size
+            network = build_backbone(model, weights=weights, image_size=size, include_top=output == "scores")
+            preprocess = get_backbone(model).preprocess
+            layer_name = network.layers[-1].name
+            jit_compile = XLA_INFERENCE[model]
+        else:
+            network, saved = load_classifier(model)
+            if image_size not in (None, saved["image_size"]):
+                raise OptionError(f"--image_size: {model} was trained at {saved['image_size']} px. Received: {image_size}.")
+            size, preprocess = saved["image_size"], get_backbone(saved["backbone"]).preprocess
+            layer_name = layer or (network.layers[-1].name if output == "scores" else _penultimate(network))
+            names = [item.name for item in network.layers]
+            if layer_name not in names:
+                raise OptionError(f"--layer: {model} has no layer {layer_name!r}; its layers are {', '.join(names)}.")
+            network = keras.Model(network.inputs, _layer_output(network, layer_name), name=f"{network.name}_{layer_name}")
+            weights, jit_compile = str(model), False
+    metadata = {"model": Path(model).name if model not in NAMED_MODELS else model, "layer": layer_name,
+                "image_size": size, "weights": weights, "precision": precision}
+    return FeatureExtractor(network, preprocess, size, metadata, jit_compile)
+
+
+def list_images(image_path: str | os.PathLike) -> tuple[Path, list[str]]:
+    """The image root and the image paths relative to it, from a folder, an image or a CSV."""
+    image_path = Path(image_path)
+    if image_path.is_dir():
+        paths = [path.relative_to(image_path).as_posix() for path in find_images(image_path)]
+        if not paths:
+            raise DataError(f"{image_path}: no image files (JPEG, PNG, BMP, GIF) in this folder or below it.")
+        return image_path, paths
+    if not image_path.is_file():
+        raise DataError(f"{image_path}: no such file or folder; give a folder of images, an image or a CSV with an 'image' column.")
+    if image_path.suffix.lower() in IMAGE_SUFFIXES:
+        return image_path.parent, [image_path.name]
+    try:
+        frame = pd.read_csv(image_path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        frame = pd.DataFrame()
+    if "image" not in frame.columns or frame.empty:
+        raise DataError(f"{image_path}: neither an image nor a CSV with an 'image' column and rows.")
+    return image_path.parent, list(dict.fromkeys(frame["image"].str.strip()))
+
+
+def _forward(extractor: FeatureExtractor):
+    """One traced (optionally XLA-compiled) forward pass returning float32 features."""
+
+    def forward(images):
+        return tf.cast(extractor.model(images, training=False), tf.float32)
+
+    return tf.function(forward, jit_compile=extractor.jit_compile, reduce_retracing=True)
+
+
+def compute_features(
+    extractor: FeatureExtractor, paths: list[Path], *, batch_size: int = 32, verbose: int = 1
+) -> np.ndarray:
+    """Features of every path (all readable), in order, float32 (N x D)."""
+    dataset = image_dataset(paths, image_size=extractor.image_size, preprocess=extractor.preprocess, batch_size=batch_size)
+    forward = _forward(extractor)
+    bar = keras.utils.Progbar(len(paths), verbose=verbose, unit_name="image", stateful_metrics=["images/s"]) if verbose else None
+    started, done, blocks = time.perf_counter(), 0, []
+    for images in dataset:
+        n = int(images.shape[0])
+        if n < batch_size:  # pad the last batch, so the compiled pass keeps one shape
+            images = tf.concat([images, tf.zeros([batch_size - n, *images.shape[1:]], images.dtype)], axis=0)
+        blocks.append(forward(images).numpy()[:n])
+        done += n
+        if bar is not None:
+            bar.update(done, values=[("images/s", done / (time.perf_counter() - started))])
+    return np.concatenate(blocks).reshape(len(paths), -1)
+
+
+def extract(
+    image_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    extractor: FeatureExtractor,
+    *,
+    batch_size: int = 32,
+    append: bool = False,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    verbose: int = 1,
+) -> dict:
+    """Extract features for the images under `image_path` into `output_path`; return a summary.
+
+    With `append`, rows already in `output_path` are kept and only images not
+    yet there are computed. With `num_shards` > 1 this run takes every
+    `num_shards`-th image starting at `shard_index` (`toolkit merge-features`
+    joins the shards).
+    """
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise OptionError(f"--shard_index: expected 0 <= shard_index < num_shards ({num_shards}). Received: {shard_index}.")
+    if batch_size < 1:
+        raise OptionError(f"--batch_size: expected a positive integer. Received: {batch_size}.")
+    output_path = Path(output_path)
+    root, paths = list_images(image_path)
+    paths = paths[shard_index::num_shards]
+    metadata = {**extractor.metadata, **({"num_shards": num_shards, "shard_index": shard_index} if num_shards > 1 else {})}
+    previous = None
+    if append and output_path.exists():
+        previous = read_features(output_path)
+        for key in COMPARABLE_KEYS:
+            if previous.metadata.get(key) != metadata.get(key):
+                raise DataError(
+                    f"{output_path}: made with {key}={previous.metadata.get(key)!r}, this run has "
+                    f"{key}={metadata.get(key)!r}; --append only extends a file with the same model and layer."
+                )
+        known = set(previous.paths)
+        paths = [path for path in paths if path not in known]
+        if not paths:
+            logger.info("%s: all %d images are already there; nothing to compute.", output_path, len(known))
+            return {"output": str(output_path), "rows": len(known), "computed": 0, "skipped": 0, "dim": previous.features.shape[1]}
+    usable, skipped = check_images([root / path for path in paths])
+    report_skipped(skipped, output_path.parent, len(paths))
+    paths = [path for path, ok in zip(paths, usable) if ok]
+    require_readable(len(paths), skipped, str(image_path), fix="give a folder or CSV of JPEG, PNG, BMP or GIF files")
+    started = time.perf_counter()
+    features = compute_features(extractor, [root / path for path in paths], batch_size=batch_size, verbose=verbose)
+    seconds = time.perf_counter() - started
+    if previous is not None:
+        paths, features = previous.paths + paths, np.concatenate([previous.features, features])
+    write_features(output_path, FeatureSet(paths, features, metadata))
+    computed = len(features) - (len(previous.paths) if previous else 0)
+    return {
+        "output": str(output_path),
+        "rows": len(paths),
+        "computed": computed,
+        "skipped": len(skipped),
+        "dim": int(features.shape[1]),
+        "images_per_second": round(computed / seconds, 2),
+        **metadata,
+    }
