@@ -32,20 +32,20 @@ logger = logging.getLogger(__name__)
 OUTPUTS = ("scores", "pooled")
 NAMED_MODELS = ("inceptionv3", "resnet50")
 EXTRACT_PRECISIONS = ("fp32", "mixed_bfloat16")
-# XLA-compiled inference, by model, where it measured faster on CPU
-# (benchmarks/bench_extract.py): ResNet50 gains, InceptionV3 loses.
-XLA_INFERENCE = {"resnet50": True, "inceptionv3": False}
+# XLA-compiled inference, by model, where it measured faster (benchmarks/bench_extract.py).
+# On 2 CPU cores it lost for both: ResNet50 23.8 -> 20.3 images/s, InceptionV3 34.4 -> 28.0.
+XLA_INFERENCE = {"resnet50": False, "inceptionv3": False}
 
 
 @dataclasses.dataclass(frozen=True)
 class FeatureExtractor:
-    """A model cut at the wanted layer, with the input it expects and how it was made."""
+    """A model cut at the wanted layer, its traced forward pass, the input it expects and how it was made."""
 
     model: keras.Model
+    forward: object
     preprocess: object
     image_size: int
     metadata: dict
-    jit_compile: bool
 
 
 def _penultimate(model: keras.Model) -> str:
@@ -107,7 +107,7 @@ def feature_extractor(
             weights, jit_compile = str(model), False
     metadata = {"model": Path(model).name if model not in NAMED_MODELS else model, "layer": layer_name,
                 "image_size": size, "weights": weights, "precision": precision}
-    return FeatureExtractor(network, preprocess, size, metadata, jit_compile)
+    return FeatureExtractor(network, traced_forward(network, jit_compile), preprocess, size, metadata)
 
 
 def list_images(image_path: str | os.PathLike) -> tuple[Path, list[str]]:
@@ -131,13 +131,16 @@ def list_images(image_path: str | os.PathLike) -> tuple[Path, list[str]]:
     return image_path.parent, list(dict.fromkeys(frame["image"].str.strip()))
 
 
-def _forward(extractor: FeatureExtractor):
-    """One traced (optionally XLA-compiled) forward pass returning float32 features."""
+def traced_forward(model: keras.Model, jit_compile: bool):
+    """The forward pass as one traced (optionally XLA-compiled) graph returning float32 features.
+
+    Traced once per extractor and reused for every batch and every call.
+    """
 
     def forward(images):
-        return tf.cast(extractor.model(images, training=False), tf.float32)
+        return tf.cast(model(images, training=False), tf.float32)
 
-    return tf.function(forward, jit_compile=extractor.jit_compile, reduce_retracing=True)
+    return tf.function(forward, jit_compile=jit_compile, reduce_retracing=True)
 
 
 def compute_features(
@@ -145,14 +148,13 @@ def compute_features(
 ) -> np.ndarray:
     """Features of every path (all readable), in order, float32 (N x D)."""
     dataset = image_dataset(paths, image_size=extractor.image_size, preprocess=extractor.preprocess, batch_size=batch_size)
-    forward = _forward(extractor)
     bar = keras.utils.Progbar(len(paths), verbose=verbose, unit_name="image", stateful_metrics=["images/s"]) if verbose else None
     started, done, blocks = time.perf_counter(), 0, []
     for images in dataset:
         n = int(images.shape[0])
         if n < batch_size:  # pad the last batch, so the compiled pass keeps one shape
             images = tf.concat([images, tf.zeros([batch_size - n, *images.shape[1:]], images.dtype)], axis=0)
-        blocks.append(forward(images).numpy()[:n])
+        blocks.append(extractor.forward(images).numpy()[:n])
         done += n
         if bar is not None:
             bar.update(done, values=[("images/s", done / (time.perf_counter() - started))])

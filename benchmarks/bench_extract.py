@@ -1,0 +1,150 @@
+"""Images/s of feature extraction, against the ceilings and the original scripts' way.
+
+For each model (InceptionV3 at 299 px, ResNet50 at 224 px; pooled transfer
+layer, random weights, which compute exactly as fast as ImageNet ones), on a
+folder of 224-299 px JPEGs, one run prints:
+
+* ours: files -> features through `models.extraction.compute_features`
+  (tf.data decode + the compiled forward pass), warm;
+* (a) the same forward pass on in-memory random tensors of the same batch
+  shape, warm: the ceiling our pipeline can reach (goal: ours >= 0.9 x a);
+* (b) Keras `model.predict` in fp32 on in-memory tensors, no XLA;
+* (c) a per-image load-and-predict loop, as the original scripts did
+  (goal: ours >= 5 x c);
+* (d) the roofline: measured sgemm GFLOP/s / the model's GFLOPs per image
+  (goal: the default fp32 path >= 85 % of it);
+* XLA on and off for the forward pass (the default per model follows this),
+  and `mixed_bfloat16`: its rate and the cosine similarity of its features
+  to fp32 ones (recommended on CPUs only if >= 0.999).
+
+    python benchmarks/bench_extract.py [--models inceptionv3 resnet50] [--images 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from models.extraction import XLA_INFERENCE, compute_features, feature_extractor, traced_forward
+from models.runtime import keras, tf
+
+
+def write_jpegs(folder: Path, count: int) -> list[Path]:
+    """Photo-like JPEGs between 224 and 299 px a side."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        width, height = rng.integers(224, 300, size=2)
+        coarse = rng.integers(0, 255, (height // 16, width // 16, 3), dtype=np.uint8)
+        path = folder / f"{i:04d}.jpg"
+        Image.fromarray(coarse).resize((int(width), int(height)), Image.BICUBIC).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def sgemm_gflops(size: int = 3072, repeats: int = 5) -> float:
+    """Best measured float32 matrix-multiply rate of TensorFlow on this machine."""
+    a = tf.random.normal([size, size])
+    b = tf.random.normal([size, size])
+    tf.matmul(a, b).numpy()
+    best = 0.0
+    for _ in range(repeats):
+        started = time.perf_counter()
+        tf.matmul(a, b).numpy()
+        best = max(best, 2 * size**3 / (time.perf_counter() - started) / 1e9)
+    return best
+
+
+def model_gflops(model: keras.Model) -> float:
+    """Multiply-add FLOPs of one image through the convolutions and dense layers (2 per MAC)."""
+    total = 0
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            _, h, w, c = layer.output.shape
+            total += 2 * h * w * c * np.prod(layer.kernel_size)
+        elif isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c = layer.output.shape
+            total += 2 * h * w * c * np.prod(layer.kernel_size) * layer.input.shape[-1] // layer.groups
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2 * layer.input.shape[-1] * layer.units
+    return total / 1e9
+
+
+def rate(function, images: int, repeats: int = 2) -> float:
+    """Best images/s of `function()` over `repeats` warm calls (after one warm-up call)."""
+    function()
+    best = 0.0
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        best = max(best, images / (time.perf_counter() - started))
+    return best
+
+
+def bench_model(name: str, paths: list[Path], batch_size: int, loop_images: int, peak: float) -> None:
+    extractor = feature_extractor(name, output="pooled", weights="none")
+    size = extractor.image_size
+    batches = max(1, len(paths) // batch_size)
+    tensors = tf.random.uniform([batch_size, size, size, 3], -1, 1)
+
+    ours = rate(lambda: compute_features(extractor, paths, batch_size=batch_size, verbose=0), len(paths))
+    ceiling = rate(lambda: [extractor.forward(tensors).numpy() for _ in range(batches)], batches * batch_size)
+    by_xla = {}
+    for jit in (False, True):
+        forward = traced_forward(extractor.model, jit)
+        by_xla[jit] = rate(lambda: [forward(tensors).numpy() for _ in range(batches)], batches * batch_size)
+    keras_predict = rate(lambda: extractor.model.predict(tf.tile(tensors, [batches, 1, 1, 1]), batch_size=batch_size, verbose=0), batches * batch_size)
+
+    def per_image_loop():
+        for path in paths[:loop_images]:
+            array = keras.utils.img_to_array(keras.utils.load_img(path, target_size=(size, size)))
+            extractor.model.predict(extractor.preprocess(array[None]), verbose=0)
+
+    loop = rate(per_image_loop, loop_images, repeats=1)
+    gflops = model_gflops(extractor.model)
+    roofline = peak / gflops
+
+    bf16 = feature_extractor(name, output="pooled", weights="none", precision="mixed_bfloat16")
+    bf16.model.set_weights(extractor.model.get_weights())
+    bf16_rate = rate(lambda: compute_features(bf16, paths, batch_size=batch_size, verbose=0), len(paths))
+    fp32_features = compute_features(extractor, paths[:batch_size], batch_size=batch_size, verbose=0)
+    bf16_features = compute_features(bf16, paths[:batch_size], batch_size=batch_size, verbose=0)
+    cosine = np.sum(fp32_features * bf16_features, axis=1) / (
+        np.linalg.norm(fp32_features, axis=1) * np.linalg.norm(bf16_features, axis=1)
+    )
+
+    print(f"\n{name} at {size} px, pooled {extractor.model.output.shape[-1]}-d, batch {batch_size}, "
+          f"{gflops:.2f} GFLOPs/image, default XLA={'on' if XLA_INFERENCE[name] else 'off'}")
+    print(f"  ours, files -> features:             {ours:7.2f} images/s")
+    print(f"  (a) same pass, in-memory tensors:    {ceiling:7.2f} images/s   ours/a = {ours / ceiling:.3f}  (goal >= 0.9)")
+    print(f"  (b) Keras predict fp32, no XLA:      {keras_predict:7.2f} images/s   ours/b = {ours / keras_predict:.2f}")
+    print(f"  (c) per-image load+predict loop:     {loop:7.2f} images/s   ours/c = {ours / loop:.1f}  (goal >= 5)")
+    print(f"  (d) roofline {peak:.0f} GFLOP/s / {gflops:.2f}: {roofline:7.2f} images/s   ours/d = {ours / roofline:.1%}  (goal >= 85 %)")
+    print(f"  forward pass XLA off / on:           {by_xla[False]:7.2f} / {by_xla[True]:.2f} images/s")
+    print(f"  mixed_bfloat16, files -> features:   {bf16_rate:7.2f} images/s   x{bf16_rate / ours:.2f} fp32; "
+          f"cosine to fp32 min {cosine.min():.5f}, mean {cosine.mean():.5f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(XLA_INFERENCE))
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--loop_images", type=int, default=16)
+    args = parser.parse_args()
+    peak = sgemm_gflops()
+    print(f"sgemm (TensorFlow float32 matmul, 3072^3): {peak:.1f} GFLOP/s, "
+          f"{tf.config.threading.get_intra_op_parallelism_threads() or 'all'} threads")
+    with tempfile.TemporaryDirectory() as folder:
+        paths = write_jpegs(Path(folder), args.images)
+        for name in args.models:
+            bench_model(name, paths, args.batch_size, args.loop_images, peak)
+
+
+if __name__ == "__main__":
+    main()
