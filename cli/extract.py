@@ -45,7 +45,7 @@ def run_extraction(output: str, image_path: str, output_path: str, model: str, l
     if as_json:
         echo_json(summary)
     else:
-        click.echo(f"Wrote {summary['rows']} x {summary['dim']} features to {summary['output']} "
+        click.echo(f"Wrote {summary['rows']} x {summary['dim']} features to {summary['path']} "
                    f"({summary['computed']} computed, {summary['skipped']} unreadable images skipped)")
 
 

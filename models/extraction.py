@@ -30,6 +30,8 @@ from models.runtime import keras, precision_policy, tf
 logger = logging.getLogger(__name__)
 
 OUTPUTS = ("scores", "pooled")
+# The `weights` recorded for features of a toolkit model file: the file holds them.
+MODEL_FILE_WEIGHTS = "model file"
 NAMED_MODELS = ("inceptionv3", "resnet50")
 EXTRACT_PRECISIONS = ("fp32", "mixed_bfloat16")
 # XLA-compiled inference, by model, where it measured faster (benchmarks/bench_extract.py).
@@ -104,10 +106,26 @@ def feature_extractor(
             if layer_name not in names:
                 raise OptionError(f"--layer: {model} has no layer {layer_name!r}; its layers are {', '.join(names)}.")
             network = keras.Model(network.inputs, _layer_output(network, layer_name), name=f"{network.name}_{layer_name}")
-            weights, jit_compile = str(model), False
-    metadata = {"model": Path(model).name if model not in NAMED_MODELS else model, "layer": layer_name,
+            weights, jit_compile = MODEL_FILE_WEIGHTS, False
+    metadata = {"model": str(model), "output": output, "layer": layer_name,
                 "image_size": size, "weights": weights, "precision": precision}
     return FeatureExtractor(network, traced_forward(network, jit_compile), preprocess, size, metadata)
+
+
+def extractor_from_metadata(metadata: dict) -> FeatureExtractor:
+    """Rebuild the extractor that made a feature file, from its metadata (to embed a query image)."""
+    missing = sorted({"model", "output", "layer", "image_size", "weights"} - metadata.keys())
+    if missing:
+        raise DataError(f"the features' metadata lacks {', '.join(missing)}; re-extract them with this toolkit version.")
+    from_file = metadata["weights"] == MODEL_FILE_WEIGHTS
+    return feature_extractor(
+        metadata["model"],
+        output=metadata["output"],
+        layer=metadata["layer"] if from_file else None,
+        weights="none" if from_file else metadata["weights"],
+        image_size=None if from_file else metadata["image_size"],
+        precision=metadata.get("precision", "fp32"),
+    )
 
 
 def list_images(image_path: str | os.PathLike) -> tuple[Path, list[str]]:
@@ -200,7 +218,7 @@ def extract(
         paths = [path for path in paths if path not in known]
         if not paths:
             logger.info("%s: all %d images are already there; nothing to compute.", output_path, len(known))
-            return {"output": str(output_path), "rows": len(known), "computed": 0, "skipped": 0, "dim": previous.features.shape[1]}
+            return {"path": str(output_path), "rows": len(known), "computed": 0, "skipped": 0, "dim": previous.features.shape[1]}
     usable, skipped = check_images([root / path for path in paths])
     report_skipped(skipped, output_path.parent, len(paths))
     paths = [path for path, ok in zip(paths, usable) if ok]
@@ -213,7 +231,7 @@ def extract(
     write_features(output_path, FeatureSet(paths, features, metadata))
     computed = len(features) - (len(previous.paths) if previous else 0)
     return {
-        "output": str(output_path),
+        "path": str(output_path),
         "rows": len(paths),
         "computed": computed,
         "skipped": len(skipped),

@@ -47,6 +47,7 @@ def test_transfer_layer_of_a_toolkit_model_in_every_format(runner, model, images
     assert first.features.shape == (24, 64) and first.features.dtype == np.float32
     assert first.paths == sorted(p.name for p in images.iterdir())
     assert first.metadata["layer"] == "head_dense" and first.metadata["image_size"] == 32
+    assert first.metadata["model"] == str(model) and first.metadata["output"] == "pooled"
     assert "toolkit_version" in first.metadata
     for other in sets.values():
         assert other.paths == first.paths
@@ -145,3 +146,13 @@ def test_append_refuses_a_file_from_another_model(runner, model, images, tmp_pat
     result = runner.invoke(get_transfer_layer, [str(images), str(tmp_path / "f.npz"), "--model", "resnet50", "--weights", "none", "--image_size", "32", "--append"])
     assert result.exit_code == 1
     assert "--append only extends" in one_line_error(result)
+
+
+def test_extractor_rebuilt_from_metadata_gives_the_same_features(runner, model, images, tmp_path):
+    from models.extraction import compute_features, extractor_from_metadata
+
+    extract(runner, get_transfer_layer, images, tmp_path / "f.npz", "--model", model)
+    saved = read_features(tmp_path / "f.npz")
+    extractor = extractor_from_metadata(saved.metadata)
+    again = compute_features(extractor, [images / saved.paths[0], images / saved.paths[1]], verbose=0)
+    np.testing.assert_allclose(again, saved.features[:2], rtol=1e-5, atol=1e-6)
