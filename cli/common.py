@@ -8,13 +8,19 @@ import sys
 
 import click
 
-from cli.main import ToolkitCommand, configure_logging
+from cli.main import CommandGroup, ToolkitCommand, configure_logging
 
 
 def command(name: str | None = None, **settings):
     """`click.command` with one-line errors and `-h` for help."""
     settings.setdefault("context_settings", {"help_option_names": ["-h", "--help"], "max_content_width": 100})
     return click.command(name, cls=ToolkitCommand, **settings)
+
+
+def group(name: str | None = None, **settings):
+    """`click.group` for a nested command group, with one-line errors and `-h`."""
+    settings.setdefault("context_settings", {"help_option_names": ["-h", "--help"], "max_content_width": 100})
+    return click.group(name, cls=CommandGroup, **settings)
 
 
 quiet_option = click.option("--quiet", is_flag=True, help="Only warnings and errors; no progress bar.")

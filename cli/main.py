@@ -80,6 +80,10 @@ class ToolkitCommand(OneLineErrors, click.Command):
     """A command with one-line errors; used by every subcommand and by the entry scripts."""
 
 
+class CommandGroup(OneLineErrors, click.Group):
+    """A nested group of subcommands (e.g. `toolkit index build`), with one-line errors."""
+
+
 class ToolkitGroup(OneLineErrors, click.Group):
     """The root group: lazily loaded subcommands, one-line errors."""
 
