@@ -86,3 +86,62 @@ def random_augmentation(seed: int | None = None):
         ],
         name="augmentation",
     )
+
+
+def pair_dataset(
+    paths: Sequence[str],
+    first: np.ndarray,
+    second: np.ndarray,
+    targets: dict[str, np.ndarray],
+    *,
+    image_size: int,
+    preprocess: Callable[[tf.Tensor], tf.Tensor],
+    batch_size: int,
+) -> tf.data.Dataset:
+    """Batches of image pairs `{"image_a", "image_b"}` with per-pair `targets` (same class, classes)."""
+    paths = tf.constant(list(map(str, paths)))
+    dataset = tf.data.Dataset.from_tensor_slices(((first, second), targets))
+
+    def decode(rows, target):
+        images = {
+            "image_a": load_image(tf.gather(paths, rows[0]), image_size),
+            "image_b": load_image(tf.gather(paths, rows[1]), image_size),
+        }
+        return images, target
+
+    dataset = dataset.map(decode, num_parallel_calls=AUTOTUNE).batch(batch_size, num_parallel_calls=AUTOTUNE)
+
+    def finish(images, target):
+        return {name: preprocess(batch) for name, batch in images.items()}, target
+
+    return dataset.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+
+def views_dataset(
+    paths: Sequence[str],
+    order: np.ndarray,
+    *,
+    image_size: int,
+    preprocess: Callable[[tf.Tensor], tf.Tensor],
+    batch_size: int,
+    view: Callable[[tf.Tensor, int], tf.Tensor],
+) -> tf.data.Dataset:
+    """Batches `(view_a, view_b)`: two random views of the same images, for contrastive learning.
+
+    Images are decoded once at their stored size and cached when the set is
+    small; each view is drawn afresh every epoch.
+    """
+    paths = tf.constant(list(map(str, paths)))
+    dataset = tf.data.Dataset.from_tensor_slices(np.asarray(order))
+
+    def decode(row):
+        image = tf.io.decode_image(tf.io.read_file(tf.gather(paths, row)), channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        return tf.cast(image, tf.float32)
+
+    def two_views(image):
+        return view(image, image_size), view(image, image_size)
+
+    dataset = dataset.map(decode, num_parallel_calls=AUTOTUNE).map(two_views, num_parallel_calls=AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
+    return dataset.map(lambda a, b: (preprocess(a), preprocess(b)), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from data_tools.errors import OptionError
+from models.resnet18 import ResNet18
 from models.runtime import keras
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ BACKBONES: dict[str, Backbone] = {
     "inceptionv3": Backbone(keras.applications.InceptionV3, keras.applications.inception_v3.preprocess_input, 299, 75),
     "mobilenetv2": Backbone(keras.applications.MobileNetV2, keras.applications.mobilenet_v2.preprocess_input, 224, 32),
     "efficientnetb0": Backbone(keras.applications.EfficientNetB0, keras.applications.efficientnet.preprocess_input, 224, 32),
+    "resnet18": Backbone(ResNet18, _scale_to_unit_range, 224, 32, has_imagenet_weights=False),
     "small_cnn": Backbone(SmallCNN, _scale_to_unit_range, 64, 8, has_imagenet_weights=False),
 }
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
 
 from data_tools.atomic import atomic_path, write_text
+from models.runs import LAST_CHECKPOINT, STATE_FILE
 from models.runtime import keras
 
 logger = logging.getLogger(__name__)
@@ -37,25 +39,26 @@ def read_h5_metadata(path: str | Path) -> dict | None:
 
 
 class TrainingCheckpoints(keras.callbacks.Callback):
-    """Save the best epoch by `monitor` (HDF5, with metadata) and the last epoch (for `--resume`).
+    """Save the best epoch by `monitor` (through `save_best`) and the last epoch (for `--resume`).
 
-    The last checkpoint is a `.keras` file with the optimizer state; beside it
-    `train_state.json` records the epoch reached and the best score so far,
-    so a resumed run neither repeats epochs nor overwrites a better model.
+    The last checkpoint is a `.keras` file of the whole training model with
+    its optimizer state; beside it `train_state.json` records the epoch
+    reached and the best score so far, so a resumed run neither repeats
+    epochs nor overwrites a better model. Both are written atomically.
     """
 
     def __init__(
         self,
         output_dir: str | Path,
         *,
-        metadata: dict,
+        save_best: Callable[[keras.Model, int, float], None],
         monitor: str = "val_macro_f1",
         best_score: float = -math.inf,
         best_epoch: int | None = None,
     ):
         super().__init__()
         self.output_dir = Path(output_dir)
-        self.metadata = metadata
+        self.save_best = save_best
         self.monitor = monitor
         self.best_score = best_score
         self.best_epoch = best_epoch
@@ -64,15 +67,11 @@ class TrainingCheckpoints(keras.callbacks.Callback):
         score = float((logs or {}).get(self.monitor, math.nan))
         if score > self.best_score:
             self.best_score, self.best_epoch = score, epoch + 1
-            save_h5_with_metadata(
-                self.model,
-                self.output_dir / "best_model.h5",
-                {**self.metadata, "best_epoch": self.best_epoch, self.monitor: score},
-            )
-            logger.info("Epoch %d: %s improved to %.4f; saved best_model.h5", epoch + 1, self.monitor, score)
-        with atomic_path(self.output_dir / "last_checkpoint.keras") as temporary:
+            self.save_best(self.model, self.best_epoch, score)
+            logger.info("Epoch %d: %s improved to %.4f; best model saved", epoch + 1, self.monitor, score)
+        with atomic_path(self.output_dir / LAST_CHECKPOINT) as temporary:
             self.model.save(temporary)
         write_text(
-            self.output_dir / "train_state.json",
+            self.output_dir / STATE_FILE,
             json.dumps({"epoch": epoch + 1, "best_score": self.best_score, "best_epoch": self.best_epoch}, indent=2),
         )

@@ -56,3 +56,43 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
             "reduction": self.reduction,
             "name": self.name,
         }
+
+
+@keras.saving.register_keras_serializable(package="image_toolkit")
+def contrastive_loss(y_true, distance, margin=1.0):
+    """Hadsell et al. (2006): pull same-class pairs together, push others beyond `margin`.
+
+    `y_true` is 1 for a same-class pair, 0 otherwise; `distance` the pair's distance.
+    """
+    y = ops.cast(ops.reshape(y_true, (-1,)), "float32")
+    d = ops.cast(ops.reshape(distance, (-1,)), "float32")
+    return y * ops.square(d) + (1.0 - y) * ops.square(ops.maximum(margin - d, 0.0))
+
+
+@keras.saving.register_keras_serializable(package="image_toolkit")
+class ContrastiveLoss(keras.losses.Loss):
+    """`contrastive_loss` with its margin, serialisable (unlike a closure over `margin`)."""
+
+    def __init__(self, margin: float = 1.0, reduction: str = "sum_over_batch_size", name: str = "contrastive_loss"):
+        super().__init__(reduction=reduction, name=name)
+        self.margin = margin
+
+    def call(self, y_true, y_pred):
+        return contrastive_loss(y_true, y_pred, self.margin)
+
+    def get_config(self) -> dict:
+        return {"margin": self.margin, "reduction": self.reduction, "name": self.name}
+
+
+def nt_xent_loss(projections_a, projections_b, temperature: float):
+    """NT-Xent (Chen et al., SimCLR, 2020): each view must pick its partner among 2N - 1 others.
+
+    Returns the mean loss over the 2N views of a batch of N images.
+    """
+    z = ops.normalize(ops.concatenate([projections_a, projections_b], axis=0), axis=-1)
+    z = ops.cast(z, "float32")
+    n = ops.shape(projections_a)[0]
+    logits = ops.matmul(z, ops.transpose(z)) / temperature
+    logits = logits - 1e9 * ops.eye(2 * n)  # a view is never its own partner
+    partners = ops.concatenate([ops.arange(n, 2 * n), ops.arange(0, n)], axis=0)
+    return ops.mean(keras.losses.sparse_categorical_crossentropy(partners, logits, from_logits=True))

@@ -1,6 +1,6 @@
 """The choices the training options accept, importable without TensorFlow (for `--help`)."""
 
-BACKBONES = ("resnet50", "inceptionv3", "mobilenetv2", "efficientnetb0", "small_cnn")
+BACKBONES = ("resnet50", "inceptionv3", "mobilenetv2", "efficientnetb0", "resnet18", "small_cnn")
 TASKS = ("multilabel", "multiclass")
 MISSING_LABELS = ("mask", "mean", "mf")
 CLASS_WEIGHTS = ("none", "balanced")

@@ -18,20 +18,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data_tools.atomic import write_text
 from data_tools.errors import DataError, OptionError
 from data_tools.images import check_images, report_skipped, require_readable
 from data_tools.labels import LabelTable, read_label_csv, split_table, write_label_csv
 from data_tools.missing_labels import fill_missing
 from data_tools.pipeline import image_dataset, random_augmentation
 from data_tools.plots import plot_training_curves
-from data_tools.provenance import library_versions, toolkit_version
+from data_tools.provenance import toolkit_version
 from models.backbones import get_backbone
-from models.callbacks import TrainingCheckpoints
+from models.callbacks import TrainingCheckpoints, save_h5_with_metadata
 from models.classifier import ImageClassifier
 from models.losses import MaskedBinaryCrossentropy
 from models.metrics import MaskedF1Score
 from models.names import CLASS_WEIGHTS, PRECISIONS, STRATEGIES
+from models.runs import LAST_CHECKPOINT, check_resumable, write_run_record
 from models.runtime import distribution_strategy, keras, precision_policy
 
 logger = logging.getLogger(__name__)
@@ -41,8 +41,6 @@ logger = logging.getLogger(__name__)
 JIT_COMPILE = False
 # Decoded training images are cached in memory when they fit in this budget.
 CACHE_BYTES = 2**30
-# Options that may change between a run and its `--resume`.
-RESUMABLE_CHANGES = {"epochs", "resume"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,33 +167,13 @@ def _compile(model: keras.Model, options: TrainOptions, train_labels: np.ndarray
     )
 
 
-def _check_resumable(options: TrainOptions, output_dir: Path) -> dict:
-    """The saved state of the run to resume, after checking it was made with the same options."""
-    state_path, run_path = output_dir / "train_state.json", output_dir / "run.json"
-    if not (output_dir / "last_checkpoint.keras").is_file() or not state_path.is_file():
-        raise DataError(f"{output_dir}: nothing to resume (no last_checkpoint.keras); run without --resume.")
-    previous = json.loads(run_path.read_text())["options"] if run_path.is_file() else {}
-    for name, value in dataclasses.asdict(options).items():
-        if name not in RESUMABLE_CHANGES and name in previous and previous[name] != value:
-            raise OptionError(
-                f"--resume: the run in {output_dir} used --{name} {previous[name]}, this one {value}; "
-                "resume with the same options or use a new --output_dir."
-            )
-    return json.loads(state_path.read_text())
-
-
-def _write_run_record(output_dir: Path, options: TrainOptions, **fields) -> None:
-    record = {"options": dataclasses.asdict(options), "versions": library_versions(), **fields}
-    write_text(output_dir / "run.json", json.dumps(record, indent=2, default=str))
-
-
 def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
     """Run a whole training; return the summary also written to `run.json`."""
     options.check()
     started = time.time()
     output_dir = Path(options.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    state = _check_resumable(options, output_dir) if options.resume else None
+    state = check_resumable(dataclasses.asdict(options), output_dir) if options.resume else None
 
     train, val = load_lists(options, output_dir)
     logger.info("Training on %d images, validating on %d; labels: %s", len(train), len(val), ", ".join(train.label_names))
@@ -229,10 +207,10 @@ def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
         "toolkit_version": toolkit_version(),
     }
     keras.utils.set_random_seed(options.seed)
-    _write_run_record(output_dir, options, status="running", n_train=len(train), n_val=len(val))
+    write_run_record(output_dir, dataclasses.asdict(options), status="running", n_train=len(train), n_val=len(val))
     with precision_policy(options.precision), distribution_strategy(options.strategy).scope():
         if state is not None:
-            model = keras.models.load_model(output_dir / "last_checkpoint.keras")
+            model = keras.models.load_model(output_dir / LAST_CHECKPOINT)
             logger.info("Resuming after epoch %d (best %.4f at epoch %s)", state["epoch"], state["best_score"], state["best_epoch"])
         else:
             model = ImageClassifier(
@@ -247,7 +225,9 @@ def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
             _compile(model, options, train_labels)
         checkpoints = TrainingCheckpoints(
             output_dir,
-            metadata=metadata,
+            save_best=lambda best, epoch, score: save_h5_with_metadata(
+                best, output_dir / "best_model.h5", {**metadata, "best_epoch": epoch, "val_macro_f1": score}
+            ),
             best_score=state["best_score"] if state and state["best_score"] is not None else -math.inf,
             best_epoch=state["best_epoch"] if state else None,
         )
@@ -281,5 +261,5 @@ def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
         "wall_time_s": round(time.time() - started, 2),
         "model": str(output_dir / "best_model.h5"),
     }
-    _write_run_record(output_dir, options, **summary)
+    write_run_record(output_dir, dataclasses.asdict(options), **summary)
     return summary

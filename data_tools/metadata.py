@@ -1,0 +1,120 @@
+"""Metadata CSVs for similarity learning (`image`, `class`, `split`) and the commands that make them.
+
+`make-metadata` reads a folder of class sub-folders; `filter-images` keeps
+images large enough and classes with enough images, as the face project did
+before training, and reports what each step removed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from data_tools.atomic import atomic_path
+from data_tools.errors import DataError, OptionError
+from data_tools.images import check_images, find_images
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "test")
+
+
+def read_metadata(path: str | Path) -> pd.DataFrame:
+    """Read a metadata CSV: `image` and `class` columns, `split` optional (all 'train' if absent)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: metadata CSV not found; make one with 'toolkit make-metadata IMAGE_DIR {path.name}'.")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
+        raise DataError(f"{path}: not a CSV with a header row 'image,class[,split]'.") from None
+    for column in ("image", "class"):
+        if column not in frame.columns:
+            raise DataError(
+                f"{path}: no '{column}' column (found {', '.join(frame.columns)}); "
+                "the metadata CSV needs 'image' and 'class' (make one with 'toolkit make-metadata')."
+            )
+    if frame.empty:
+        raise DataError(f"{path}: the header is there but no image rows follow.")
+    if "split" not in frame.columns:
+        frame["split"] = "train"
+    return frame[["image", "class", "split"]]
+
+
+def _split_column(classes: np.ndarray, test_split: float, rng: np.random.Generator) -> np.ndarray:
+    """'test' for `test_split` of every class (at least one image when a class has two), else 'train'."""
+    split = np.full(len(classes), "train", dtype=object)
+    for label in np.unique(classes):
+        rows = rng.permutation(np.flatnonzero(classes == label))
+        n_test = int(round(len(rows) * test_split))
+        if test_split > 0 and len(rows) >= 2:
+            n_test = min(max(n_test, 1), len(rows) - 1)
+        split[rows[:n_test]] = "test"
+    return split
+
+
+def make_metadata(image_dir: str | Path, output_csv: str | Path, *, balanced: bool = False,
+                  test_split: float = 0.2, seed: int = 0) -> pd.DataFrame:
+    """One row per image of `image_dir/CLASS/...`, with a stratified train/test split."""
+    if not 0.0 <= test_split < 1.0:
+        raise OptionError(f"--test_split: expected a fraction in [0, 1). Received: {test_split}.")
+    image_dir = Path(image_dir)
+    paths = find_images(image_dir)
+    paths = [path for path in paths if path.parent != image_dir]
+    if not paths:
+        raise DataError(f"{image_dir}: no images in class sub-folders (expected {image_dir}/CLASS/image.jpg).")
+    images = [path.relative_to(image_dir).as_posix() for path in paths]
+    classes = np.array([Path(image).parts[0] for image in images])
+    rng = np.random.default_rng(seed)
+    if balanced:
+        smallest = min(np.bincount(np.unique(classes, return_inverse=True)[1]))
+        keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(classes == c))[:smallest] for c in np.unique(classes)]))
+        images, classes = [images[i] for i in keep], classes[keep]
+    frame = pd.DataFrame({"image": images, "class": classes, "split": _split_column(classes, test_split, rng)})
+    with atomic_path(output_csv) as temporary:
+        frame.to_csv(temporary, index=False)
+    return frame
+
+
+def filter_images(image_dir: str | Path, output_dir: str | Path, *, min_size: int = 100, min_per_class: int = 50,
+                  sample: int | None = None, resize: int | None = None, seed: int = 0) -> list[tuple[str, int]]:
+    """Copy (and optionally resize) the images that pass each filter; return (step, images left) counts."""
+    image_dir, output_dir = Path(image_dir), Path(output_dir)
+    paths = [path for path in find_images(image_dir) if path.parent != image_dir]
+    counts = [("found in class folders", len(paths))]
+    usable, _ = check_images(paths)
+    paths = [path for path, ok in zip(paths, usable) if ok]
+    counts.append(("readable", len(paths)))
+
+    def large_enough(path: Path) -> bool:
+        with Image.open(path) as image:
+            return min(image.size) >= min_size
+
+    paths = [path for path in paths if large_enough(path)]
+    counts.append((f"at least {min_size} px on both sides", len(paths)))
+    classes = np.array([path.relative_to(image_dir).parts[0] for path in paths])
+    labels, sizes = np.unique(classes, return_counts=True)
+    kept_classes = set(labels[sizes >= min_per_class])
+    paths = [path for path, label in zip(paths, classes) if label in kept_classes]
+    counts.append((f"in classes with at least {min_per_class} images ({len(kept_classes)} classes)", len(paths)))
+    if sample is not None and sample < len(paths):
+        rng = np.random.default_rng(seed)
+        paths = [paths[i] for i in np.sort(rng.choice(len(paths), size=sample, replace=False))]
+        counts.append((f"sampled", len(paths)))
+    if not paths:
+        raise DataError(f"{image_dir}: no image passes the filters; lower --min_size or --min_per_class.")
+    for path in paths:
+        target = output_dir / path.relative_to(image_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            if resize:
+                image = image.resize((resize, resize), Image.BICUBIC)
+            with atomic_path(target) as temporary:
+                image.save(temporary, format=Image.registered_extensions().get(target.suffix.lower(), "PNG"))
+    make_metadata(output_dir, output_dir / "metadata.csv", test_split=0.2, seed=seed)
+    return counts

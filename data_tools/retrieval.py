@@ -1,0 +1,41 @@
+"""Retrieval scores of an embedding: recall@k, mAP@R and kNN accuracy, leave-one-out.
+
+Every image of a gallery is a query against all the others (never itself).
+`recall@k` is the share of queries with at least one same-class image among
+their k nearest (the usual definition in metric learning); `mAP@R` is mean
+average precision over the R nearest, R being the number of other images of
+the query's class (Musgrave et al., "A Metric Learning Reality Check", 2020);
+kNN accuracy is the majority class of the k nearest.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from data_tools.errors import DataError
+from data_tools.neighbors import exact_neighbors
+
+RECALL_AT = (1, 5, 10)
+
+
+def retrieval_scores(embeddings: np.ndarray, classes: np.ndarray, *, metric: str = "cosine", knn: int = 5) -> dict[str, float]:
+    """recall@1/5/10, mAP@R and kNN accuracy of `embeddings` (N x D) labelled by `classes` (N)."""
+    classes = np.asarray(classes)
+    counts = {label: int(count) for label, count in zip(*np.unique(classes, return_counts=True))}
+    if min(counts.values()) < 2:
+        lonely = min(counts, key=counts.get)
+        raise DataError(f"class '{lonely}' has a single image in the gallery; retrieval needs at least 2 per class.")
+    max_r = max(counts.values()) - 1
+    k = min(len(classes) - 1, max(max(RECALL_AT), max_r, knn))
+    _, neighbors = exact_neighbors(np.asarray(embeddings, dtype=np.float32), k=k, metric=metric)
+    hits = classes[neighbors] == classes[:, None]
+    scores = {f"recall@{at}": float(hits[:, :at].any(axis=1).mean()) for at in RECALL_AT}
+    relevant = np.array([counts[label] - 1 for label in classes])
+    ranks = np.arange(1, k + 1)
+    within_r = ranks[None, :] <= relevant[:, None]
+    precision_at = np.cumsum(hits, axis=1) / ranks
+    scores["map@r"] = float(((precision_at * hits * within_r).sum(axis=1) / relevant).mean())
+    votes = classes[neighbors[:, :knn]]
+    predicted = np.array([max(set(row), key=list(row).count) for row in votes])
+    scores["knn_accuracy"] = float((predicted == classes).mean())
+    return scores
