@@ -76,6 +76,18 @@ def write_digits_dataset(
     return table
 
 
+def write_digit_folders(output_dir: str | Path, *, n_images: int = 1797, image_size: int = 32, seed: int = 0) -> Path:
+    """Digits as class sub-folders (`zero/`, `one/`, ...), for the similarity commands; returns the folder."""
+    output_dir = Path(output_dir)
+    digits = load_digits()
+    rows = np.random.default_rng(seed).permutation(len(digits.target))[:n_images]
+    for i, row in enumerate(rows):
+        folder = output_dir / DIGIT_NAMES[digits.target[row]]
+        folder.mkdir(parents=True, exist_ok=True)
+        digit_image(digits.data[row], image_size).save(folder / f"{i:04d}.png")
+    return output_dir
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n_images", type=int, default=300)

@@ -18,7 +18,7 @@ def _pyplot():
     return plt
 
 
-def plot_training_curves(history: pd.DataFrame, path: str | Path, *, score: str = "val_macro_f1") -> None:
+def plot_training_curves(history: pd.DataFrame, path: str | Path, *, score: str | None = "val_macro_f1") -> None:
     """Training and validation loss (left axis) and the validation score (right axis) by epoch."""
     plt = _pyplot()
     epochs = history["epoch"] + 1
@@ -29,7 +29,7 @@ def plot_training_curves(history: pd.DataFrame, path: str | Path, *, score: str 
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("loss")
     handles, labels = loss_axis.get_legend_handles_labels()
-    if score in history:
+    if score is not None and score in history:
         score_axis = loss_axis.twinx()
         score_axis.plot(epochs, history[score], label=score.replace("_", " "), color="tab:green", marker="o")
         score_axis.set_ylabel(score.replace("_", " "))
@@ -38,6 +38,76 @@ def plot_training_curves(history: pd.DataFrame, path: str | Path, *, score: str 
         handles, labels = handles + more_handles, labels + more_labels
     loss_axis.legend(handles, labels, loc="center right")
     loss_axis.set_title("Training curves")
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png")
+    plt.close(figure)
+
+
+def plot_embedding(
+    coords,
+    path: str | Path,
+    *,
+    classes: list[str] | None = None,
+    highlight=None,
+    highlight_label: str = "highlighted",
+    title: str = "t-SNE of the image features",
+) -> None:
+    """A 2-D map of the images, coloured by class, with the highlighted ones drawn on top."""
+    import numpy as np
+
+    plt = _pyplot()
+    coords = np.asarray(coords)
+    figure, axis = plt.subplots(figsize=(8, 7), dpi=100)
+    size = max(2.0, min(20.0, 20000.0 / max(len(coords), 1)))
+    if classes is None:
+        axis.scatter(coords[:, 0], coords[:, 1], s=size, color="tab:blue", alpha=0.7, linewidths=0)
+    else:
+        names = sorted(set(classes), key=lambda name: (name == "", name))
+        colours = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+        classes = np.asarray(classes, dtype=object)
+        for index, name in enumerate(names):
+            rows = classes == name
+            axis.scatter(coords[rows, 0], coords[rows, 1], s=size, alpha=0.7, linewidths=0,
+                         color="lightgrey" if name == "" else colours(index % colours.N), label=name or "unknown")
+    if highlight is not None and np.any(highlight):
+        rows = np.asarray(highlight, dtype=bool)
+        axis.scatter(coords[rows, 0], coords[rows, 1], s=size * 3 + 10, facecolors="none", edgecolors="black",
+                     linewidths=1.2, label=f"{highlight_label} ({int(rows.sum())})", zorder=3)
+    if classes is not None or highlight is not None:
+        axis.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small", markerscale=2, frameon=False)
+    axis.set_xticks([])
+    axis.set_yticks([])
+    axis.set_title(title)
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png")
+    plt.close(figure)
+
+
+def plot_class_f1(per_class: pd.DataFrame, path: str | Path, *, title: str = "Test F1 per class") -> None:
+    """Bars of each class's test F1 per variant (mean over seeds, whiskers: std).
+
+    `per_class` has columns class, variant, mean, std; the classes keep their
+    order of first appearance.
+    """
+    import numpy as np
+
+    plt = _pyplot()
+    classes = list(dict.fromkeys(per_class["class"]))
+    variants = list(dict.fromkeys(per_class["variant"]))
+    width = 0.8 / max(len(variants), 1)
+    positions = np.arange(len(classes))
+    figure, axis = plt.subplots(figsize=(max(6, 0.7 * len(classes) + 2), 4), dpi=100)
+    for index, variant in enumerate(variants):
+        rows = per_class[per_class["variant"] == variant].set_index("class").reindex(classes)
+        axis.bar(positions + (index - (len(variants) - 1) / 2) * width, rows["mean"], width,
+                 yerr=rows["std"].fillna(0), capsize=2, label=variant)
+    axis.set_xticks(positions, classes, rotation=45 if len(classes) > 6 else 0, ha="right" if len(classes) > 6 else "center")
+    axis.set_ylim(0, 1.05)
+    axis.set_ylabel("F1 on the test split")
+    axis.legend()
+    axis.set_title(title)
     figure.tight_layout()
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png")

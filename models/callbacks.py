@@ -53,19 +53,21 @@ class TrainingCheckpoints(keras.callbacks.Callback):
         *,
         save_best: Callable[[keras.Model, int, float], None],
         monitor: str = "val_macro_f1",
-        best_score: float = -math.inf,
+        mode: str = "max",
+        best_score: float | None = None,
         best_epoch: int | None = None,
     ):
         super().__init__()
         self.output_dir = Path(output_dir)
         self.save_best = save_best
         self.monitor = monitor
-        self.best_score = best_score
+        self.sign = 1.0 if mode == "max" else -1.0
+        self.best_score = -self.sign * math.inf if best_score is None else best_score
         self.best_epoch = best_epoch
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         score = float((logs or {}).get(self.monitor, math.nan))
-        if score > self.best_score:
+        if self.sign * score > self.sign * self.best_score:
             self.best_score, self.best_epoch = score, epoch + 1
             self.save_best(self.model, self.best_epoch, score)
             logger.info("Epoch %d: %s improved to %.4f; best model saved", epoch + 1, self.monitor, score)
@@ -75,3 +77,27 @@ class TrainingCheckpoints(keras.callbacks.Callback):
             self.output_dir / STATE_FILE,
             json.dumps({"epoch": epoch + 1, "best_score": self.best_score, "best_epoch": self.best_epoch}, indent=2),
         )
+
+
+class RetrievalEvaluation(keras.callbacks.Callback):
+    """Embed a labelled gallery after every epoch and log recall@1/5/10, mAP@R and kNN accuracy.
+
+    The scores go into the epoch's logs as `val_recall@1` etc., so the
+    progress bar, `history.csv` and the best-epoch checkpoint all see them.
+    Must come before those callbacks in the list.
+    """
+
+    def __init__(self, tower: keras.Model, gallery, classes, *, metric: str):
+        super().__init__()
+        self.tower = tower
+        self.gallery = gallery
+        self.classes = classes
+        self.metric = metric
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        from data_tools.retrieval import retrieval_scores
+
+        embeddings = self.tower.predict(self.gallery, verbose=0)
+        scores = retrieval_scores(embeddings, self.classes, metric=self.metric)
+        if logs is not None:
+            logs.update({f"val_{name}": value for name, value in scores.items()})

@@ -78,8 +78,15 @@ class SimCLR(keras.Model):
         self.projection_dim = projection_dim
         self.temperature = temperature
         width = encoder.output_shape[-1]
+        # Batch normalisation in the head, as in the SimCLR paper: without it a small
+        # encoder's first projections are nearly equal and the loss stalls at log(2N - 1).
         self.projection = keras.Sequential(
-            [keras.layers.Dense(width, activation="relu"), keras.layers.Dense(projection_dim, dtype="float32")],
+            [
+                keras.layers.Dense(width, use_bias=False),
+                keras.layers.BatchNormalization(),
+                keras.layers.Activation("relu"),
+                keras.layers.Dense(projection_dim, dtype="float32"),
+            ],
             name="projection_head",
         )
         self.loss_tracker = keras.metrics.Mean(name="loss")

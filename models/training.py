@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -228,7 +227,7 @@ def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
             save_best=lambda best, epoch, score: save_h5_with_metadata(
                 best, output_dir / "best_model.h5", {**metadata, "best_epoch": epoch, "val_macro_f1": score}
             ),
-            best_score=state["best_score"] if state and state["best_score"] is not None else -math.inf,
+            best_score=state["best_score"] if state else None,
             best_epoch=state["best_epoch"] if state else None,
         )
         initial_epoch = state["epoch"] if state else 0

@@ -1,0 +1,264 @@
+"""Train embeddings: `toolkit train-siamese` and `toolkit train-simclr`, and load them back.
+
+Both runs follow the classifier's shape: check the data, build the pipeline
+and the model, fit with a retrieval evaluation and checkpoints every epoch
+(so `--resume` works), then write `embedding_model.keras` (the tower alone,
+the best epoch by validation recall@1), `history.csv`, `curves.png` and
+`run.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data_tools.atomic import atomic_path
+from data_tools.augment import simclr_view
+from data_tools.errors import DataError, OptionError
+from data_tools.images import check_images, find_images, report_skipped, require_readable
+from data_tools.metadata import read_metadata
+from data_tools.pairs import balanced_batches, require_pairs, sample_pairs
+from data_tools.pipeline import image_dataset, pair_dataset, views_dataset
+from data_tools.plots import plot_training_curves
+from models.backbones import BACKBONES, get_backbone
+from models.callbacks import RetrievalEvaluation, TrainingCheckpoints
+from models.embedding import SIAMESE_TYPES, EmbeddingTower, SiameseNetwork, SimCLR
+from models.layers import L2Normalize
+from models.losses import ContrastiveLoss
+from models.runs import LAST_CHECKPOINT, check_resumable, write_run_record
+from models.runtime import keras
+
+logger = logging.getLogger(__name__)
+
+EMBEDDING_FILE = "embedding_model.keras"
+
+
+@dataclasses.dataclass(frozen=True)
+class SimilarityOptions:
+    """Every option of a Siamese or SimCLR run; `run.json` records them all."""
+
+    method: str  # "siamese" or "simclr"
+    data: str  # metadata CSV (siamese), or an image folder / metadata CSV (simclr)
+    img_directory: str | None = None
+    output_dir: str = "."
+    siamese_type: str = "b"
+    backbone: str = "resnet18"
+    weights: str = "none"
+    embedding_dim: int = 128
+    margin: float = 1.0
+    positive_ratio: float = 0.5
+    projection_dim: int = 128
+    temperature: float = 0.1
+    classes_per_batch: int | None = None
+    examples_per_class: int | None = None
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    image_size: int = 224
+    seed: int = 42
+    resume: bool = False
+
+    def check(self) -> None:
+        get_backbone(self.backbone)
+        if self.siamese_type not in SIAMESE_TYPES:
+            raise OptionError(f"--type: expected one of {', '.join(SIAMESE_TYPES)}. Received: {self.siamese_type!r}.")
+        if not self.temperature > 0:
+            raise OptionError(f"--temperature: expected a positive number. Received: {self.temperature}.")
+        if not self.margin > 0:
+            raise OptionError(f"--margin: expected a positive number. Received: {self.margin}.")
+        if (self.classes_per_batch is None) != (self.examples_per_class is None):
+            raise OptionError("--classes_per_batch and --examples_per_class go together.")
+        for option in ("epochs", "batch_size", "embedding_dim", "projection_dim", "image_size"):
+            if getattr(self, option) < 1:
+                raise OptionError(f"--{option}: expected a positive integer. Received: {getattr(self, option)}.")
+
+    @property
+    def metric(self) -> str:
+        """Distance the embedding is trained for, and evaluated with."""
+        return "euclidean" if self.method == "siamese" and self.siamese_type in ("b", "c") else "cosine"
+
+
+def _load_images(options: SimilarityOptions, output_dir: Path) -> tuple[Path, pd.DataFrame]:
+    """Readable images with `class` (empty when unknown) and `split`, from a metadata CSV or a folder."""
+    source = Path(options.data)
+    if source.is_dir():
+        root = source
+        images = [path.relative_to(root).as_posix() for path in find_images(root)]
+        nested = [Path(image).parts[0] if len(Path(image).parts) > 1 else "" for image in images]
+        frame = pd.DataFrame({"image": images, "class": nested, "split": "train"})
+    else:
+        frame = read_metadata(source)
+        root = Path(options.img_directory) if options.img_directory else source.parent
+    if frame.empty:
+        raise DataError(f"{source}: no images found.")
+    usable, skipped = check_images([root / image for image in frame["image"]])
+    report_skipped(skipped, output_dir, len(frame))
+    require_readable(sum(usable), skipped, str(source))
+    return root, frame[np.array(usable)].reset_index(drop=True)
+
+
+def _gallery(frame: pd.DataFrame, root: Path, options: SimilarityOptions):
+    """The labelled held-out images for the per-epoch retrieval evaluation, or None."""
+    held_out = frame[(frame["split"] != "train") & (frame["class"] != "")]
+    if held_out.empty or held_out["class"].value_counts().min() < 2:
+        return None
+    dataset = image_dataset(
+        [root / image for image in held_out["image"]],
+        image_size=options.image_size,
+        preprocess=get_backbone(options.backbone).preprocess,
+        batch_size=64,
+    )
+    return dataset, held_out["class"].to_numpy()
+
+
+def _siamese_data(train: pd.DataFrame, root: Path, options: SimilarityOptions, epochs: int, rng):
+    classes = train["class"].to_numpy()
+    require_pairs(classes, options.data)
+    names = sorted(set(classes))
+    class_ids = np.array([names.index(c) for c in classes])
+    first, second, same = [], [], []
+    for _ in range(epochs):
+        batches = None
+        if options.classes_per_batch:
+            batches = balanced_batches(classes, classes_per_batch=options.classes_per_batch,
+                                       examples_per_class=options.examples_per_class, rng=rng)
+        a, b, s = sample_pairs(classes, n_pairs=len(classes), positive_ratio=options.positive_ratio, rng=rng, batches=batches)
+        first.append(a[: len(classes)])
+        second.append(b[: len(classes)])
+        same.append(s[: len(classes)])
+    first, second, same = np.concatenate(first), np.concatenate(second), np.concatenate(same)
+    targets = {"distance": same}
+    if options.siamese_type in ("c", "d"):
+        targets.update(class_a=class_ids[first], class_b=class_ids[second])
+    dataset = pair_dataset([root / image for image in train["image"]], first, second, targets,
+                           image_size=options.image_size, preprocess=get_backbone(options.backbone).preprocess,
+                           batch_size=options.batch_size)
+    return dataset, max(1, len(classes) // options.batch_size), len(names)
+
+
+def _simclr_data(train: pd.DataFrame, root: Path, options: SimilarityOptions, epochs: int, rng):
+    classes = train["class"].to_numpy()
+    order = []
+    for _ in range(epochs):
+        if options.classes_per_batch:
+            batches = balanced_batches(classes, classes_per_batch=options.classes_per_batch,
+                                       examples_per_class=options.examples_per_class, rng=rng)
+            order.append(np.concatenate(batches))
+        else:
+            order.append(rng.permutation(len(train)))
+    steps = len(order[0]) // options.batch_size
+    if steps < 1:
+        raise DataError(f"{options.data}: {len(order[0])} training images, fewer than one --batch_size {options.batch_size}.")
+    dataset = views_dataset([root / image for image in train["image"]], np.concatenate(order),
+                            image_size=options.image_size, preprocess=get_backbone(options.backbone).preprocess,
+                            batch_size=options.batch_size, view=simclr_view)
+    return dataset, steps, 0
+
+
+def _build(options: SimilarityOptions, n_classes: int) -> tuple[keras.Model, keras.Model]:
+    """(training model, tower), compiled."""
+    normalize = options.method == "siamese" and options.siamese_type == "d"
+    tower = EmbeddingTower(options.backbone, weights=options.weights, image_size=options.image_size,
+                           embedding_dim=options.embedding_dim, normalize=normalize)
+    optimizer = keras.optimizers.Adam(options.learning_rate)
+    if options.method == "simclr":
+        model = SimCLR(tower, projection_dim=options.projection_dim, temperature=options.temperature)
+        model.compile(optimizer=optimizer)
+        return model, tower
+    model = SiameseNetwork(tower, siamese_type=options.siamese_type, classes=n_classes)
+    losses = {"distance": ContrastiveLoss(options.margin)}
+    if options.siamese_type in ("c", "d"):
+        losses.update(class_a=keras.losses.SparseCategoricalCrossentropy(), class_b=keras.losses.SparseCategoricalCrossentropy())
+    model.compile(optimizer=optimizer, loss=losses)
+    return model, tower
+
+
+def tower_of(model: keras.Model) -> keras.Model:
+    """The embedding tower inside a Siamese or SimCLR training model."""
+    return model.encoder if isinstance(model, SimCLR) else model.get_layer("embedding_model")
+
+
+def train_embedding(options: SimilarityOptions, *, verbose: int = 1) -> dict:
+    """Run a whole Siamese or SimCLR training; return the summary also written to `run.json`."""
+    options.check()
+    started = time.time()
+    output_dir = Path(options.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    recorded = dataclasses.asdict(options)
+    state = check_resumable(recorded, output_dir) if options.resume else None
+    root, frame = _load_images(options, output_dir)
+    if options.method == "siamese" and (frame["class"] == "").any():
+        raise DataError(f"{options.data}: every image needs a class for Siamese training.")
+    train = frame[frame["split"] == "train"].reset_index(drop=True)
+    initial_epoch = state["epoch"] if state else 0
+    remaining = max(options.epochs - initial_epoch, 1)
+    rng = np.random.default_rng(options.seed + initial_epoch)
+    keras.utils.set_random_seed(options.seed + initial_epoch)
+    make_data = _siamese_data if options.method == "siamese" else _simclr_data
+    dataset, steps, n_classes = make_data(train, root, options, remaining, rng)
+    gallery = _gallery(frame, root, options)
+    logger.info("Training on %d images%s", len(train), f", evaluating retrieval on {len(gallery[1])}" if gallery else " (no labelled held-out split: no retrieval evaluation)")
+
+    if state is not None:
+        model = keras.models.load_model(output_dir / LAST_CHECKPOINT)
+        tower = tower_of(model)
+        logger.info("Resuming after epoch %d", state["epoch"])
+    else:
+        model, tower = _build(options, n_classes)
+    monitor, mode = ("val_recall@1", "max") if gallery else ("loss", "min")
+
+    def save_tower(_model, _epoch, _score):
+        with atomic_path(output_dir / EMBEDDING_FILE) as temporary:
+            tower.save(temporary)
+
+    callbacks = [RetrievalEvaluation(tower, *gallery, metric=options.metric)] if gallery else []
+    checkpoints = TrainingCheckpoints(output_dir, save_best=save_tower, monitor=monitor, mode=mode,
+                                      best_score=state["best_score"] if state else None,
+                                      best_epoch=state["best_epoch"] if state else None)
+    callbacks += [checkpoints, keras.callbacks.CSVLogger(str(output_dir / "history.csv"), append=options.resume)]
+    write_run_record(output_dir, recorded, status="running", n_train=len(train))
+    if initial_epoch < options.epochs:
+        model.fit(dataset, epochs=options.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                  callbacks=callbacks, verbose=verbose)
+    history = pd.read_csv(output_dir / "history.csv")
+    plot_training_curves(history, output_dir / "curves.png", score=monitor if gallery else None)
+    summary = {
+        "status": "finished",
+        "best_epoch": checkpoints.best_epoch,
+        f"best_{monitor}": round(checkpoints.best_score, 6),
+        "epochs": int(history["epoch"].max()) + 1,
+        "n_train": len(train),
+        "wall_time_s": round(time.time() - started, 2),
+        "model": str(output_dir / EMBEDDING_FILE),
+    }
+    if gallery:
+        best = history.loc[history[monitor].idxmax()]
+        summary.update({name: round(float(best[name]), 6) for name in history.columns if name.startswith("val_")})
+    write_run_record(output_dir, recorded, **summary)
+    return summary
+
+
+def load_embedding_model(path: str | Path) -> tuple[keras.Model, dict]:
+    """Load an embedding tower (`embedding_model.keras`) and what its input needs.
+
+    The backbone is the tower's nested model, named after it, which gives
+    the preprocessing; the input shape gives the image size.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: model file not found; train one with 'toolkit train-siamese' or 'toolkit train-simclr'.")
+    try:
+        tower = keras.models.load_model(path, compile=False)
+    except Exception as error:
+        raise DataError(f"{path}: not a Keras model ({str(error).splitlines()[0]}).") from None
+    backbones = [layer.name for layer in tower.layers if layer.name in BACKBONES]
+    if not backbones:
+        raise DataError(f"{path}: not an image-toolkit embedding model (no known backbone inside).")
+    normalized = any(isinstance(layer, L2Normalize) for layer in tower.layers)
+    return tower, {"backbone": backbones[0], "image_size": int(tower.input_shape[1]), "normalized": normalized}
