@@ -22,10 +22,21 @@ from data_tools.errors import ToolkitError
 COMMANDS = {
     "train": "cli.train.train",
     "predict": "cli.predict.predict",
+    "make-metadata": "cli.similarity.make_metadata",
+    "filter-images": "cli.similarity.filter_images",
+    "train-siamese": "cli.similarity.train_siamese",
+    "train-simclr": "cli.similarity.train_simclr",
+    "assess": "cli.similarity.assess",
     "get-inception-output": "cli.extract.get_inception_output",
     "get-transfer-layer": "cli.extract.get_transfer_layer",
     "compute-distances": "cli.neighbors.compute_distances",
     "merge-features": "cli.features.merge_features",
+    "index": "cli.index.index",
+    "search": "cli.search.search",
+    "feedback": "cli.feedback.feedback",
+    "resample": "cli.resample.resample",
+    "experiment": "cli.experiment.experiment",
+    "tsne": "cli.tsne.tsne",
 }
 
 
@@ -39,7 +50,7 @@ def configure_logging(quiet: bool = False) -> None:
         stream=sys.stderr,
     )
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"Warning: {message}\n"
-    for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL"):
+    for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL", "faiss"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 

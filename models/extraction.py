@@ -25,6 +25,7 @@ from data_tools.images import IMAGE_SUFFIXES, check_images, find_images, report_
 from data_tools.pipeline import image_dataset
 from models.backbones import build_backbone, get_backbone
 from models.inference import load_classifier
+from models.similarity import load_embedding_model
 from models.runtime import keras, precision_policy, tf
 
 logger = logging.getLogger(__name__)
@@ -80,8 +81,9 @@ def feature_extractor(
 
     `model` is a named ImageNet network (`output` 'scores': its 1000 class
     scores; 'pooled': its pooled last convolutional layer, 2048-d) or the
-    path of a toolkit model (`best_model.h5`), cut at `layer` (default: the
-    penultimate layer for 'pooled', the output for 'scores').
+    path of a toolkit model (`best_model.h5`, or an `embedding_model.keras`),
+    cut at `layer` (default: a classifier's penultimate layer for 'pooled',
+    the output for 'scores' and for an embedding model).
     """
     if output not in OUTPUTS:
         raise OptionError(f"output: expected one of {OUTPUTS}. Received: {output!r}")
@@ -97,11 +99,14 @@ def feature_extractor(
             layer_name = network.layers[-1].name
             jit_compile = XLA_INFERENCE[model]
         else:
-            network, saved = load_classifier(model)
+            embedding = Path(model).suffix == ".keras"
+            network, saved = load_embedding_model(model) if embedding else load_classifier(model)
             if image_size not in (None, saved["image_size"]):
                 raise OptionError(f"--image_size: {model} was trained at {saved['image_size']} px. Received: {image_size}.")
             size, preprocess = saved["image_size"], get_backbone(saved["backbone"]).preprocess
-            layer_name = layer or (network.layers[-1].name if output == "scores" else _penultimate(network))
+            # An embedding model's output is the embedding; a classifier's transfer layer is its penultimate.
+            default = network.layers[-1].name if output == "scores" or embedding else _penultimate(network)
+            layer_name = layer or default
             names = [item.name for item in network.layers]
             if layer_name not in names:
                 raise OptionError(f"--layer: {model} has no layer {layer_name!r}; its layers are {', '.join(names)}.")

@@ -224,7 +224,7 @@ def train_embedding(options: SimilarityOptions, *, verbose: int = 1) -> dict:
     callbacks += [checkpoints, keras.callbacks.CSVLogger(str(output_dir / "history.csv"), append=options.resume)]
     write_run_record(output_dir, recorded, status="running", n_train=len(train))
     if initial_epoch < options.epochs:
-        model.fit(dataset, epochs=options.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+        model.fit(dataset, epochs=options.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps, shuffle=False,
                   callbacks=callbacks, verbose=verbose)
     history = pd.read_csv(output_dir / "history.csv")
     plot_training_curves(history, output_dir / "curves.png", score=monitor if gallery else None)
@@ -262,3 +262,34 @@ def load_embedding_model(path: str | Path) -> tuple[keras.Model, dict]:
         raise DataError(f"{path}: not an image-toolkit embedding model (no known backbone inside).")
     normalized = any(isinstance(layer, L2Normalize) for layer in tower.layers)
     return tower, {"backbone": backbones[0], "image_size": int(tower.input_shape[1]), "normalized": normalized}
+
+
+def assess(model_path: str | Path, metadata_csv: str | Path, *, img_directory: str | Path | None = None,
+           split: str = "test", output_dir: str | Path = ".", metric: str = "cosine", n_queries: int = 8, seed: int = 0) -> dict:
+    """Retrieval scores of an embedding model on one split, plus `similarity_heatmap.png` and `query_grid.png`."""
+    from data_tools.neighbors import exact_neighbors
+    from data_tools.retrieval import retrieval_scores
+    from data_tools.retrieval_plots import plot_query_grid, plot_similarity_heatmap
+    from models.extraction import FeatureExtractor, compute_features, traced_forward
+
+    tower, info = load_embedding_model(model_path)
+    frame = read_metadata(metadata_csv)
+    frame = frame[frame["split"] == split]
+    if frame.empty:
+        raise DataError(f"{metadata_csv}: no rows with split '{split}'; choose --split among the file's splits.")
+    root = Path(img_directory) if img_directory else Path(metadata_csv).parent
+    output_dir = Path(output_dir)
+    paths = [root / image for image in frame["image"]]
+    usable, skipped = check_images(paths)
+    report_skipped(skipped, output_dir, len(paths))
+    require_readable(sum(usable), skipped, str(metadata_csv))
+    paths = [path for path, ok in zip(paths, usable) if ok]
+    classes = frame["class"].to_numpy()[np.array(usable)]
+    extractor = FeatureExtractor(tower, traced_forward(tower, False), get_backbone(info["backbone"]).preprocess, info["image_size"], {})
+    embeddings = compute_features(extractor, paths, verbose=0)
+    scores = retrieval_scores(embeddings, classes, metric=metric)
+    plot_similarity_heatmap(embeddings, classes, output_dir / "similarity_heatmap.png", seed=seed)
+    _, neighbors = exact_neighbors(embeddings, k=min(5, len(paths) - 1), metric=metric)
+    queries = np.random.default_rng(seed).choice(len(paths), size=min(n_queries, len(paths)), replace=False)
+    plot_query_grid(paths, classes, neighbors, queries, output_dir / "query_grid.png")
+    return {"split": split, "images": len(paths), "metric": metric, **{k: round(v, 4) for k, v in scores.items()}}

@@ -1,0 +1,167 @@
+"""`toolkit index build | add | info`: an approximate nearest-neighbour index of image features.
+
+The commands import faiss and numpy inside their bodies, and never TensorFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import click
+
+from cli.common import echo_json, group, json_option, quiet_option, start
+from cli.main import ToolkitCommand
+
+# The same as data_tools.index.KINDS and METRICS (a test checks): repeated so that --help loads no faiss.
+KINDS = ("hnsw", "ivf", "flat")
+METRICS = ("cosine", "euclidean", "inner_product")
+SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+threads_option = click.option(
+    "--n_threads", type=int, default=-1, show_default=True, help="Threads for faiss and BLAS (-1: all cores)."
+)
+
+
+def _start(quiet: bool) -> None:
+    start(quiet)
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # Its loader logs every CPU feature it tries.
+
+
+@group("index")
+def index() -> None:
+    """Build, grow and describe an approximate index of image features, for toolkit search.
+
+    An index folder holds the faiss index (index.faiss), the image paths
+    (paths.json) and metadata.json: how the features were made, the metric,
+    the faiss parameters, and the recall measured when the index tuned itself.
+
+    \b
+    Example:
+      toolkit get-transfer-layer images/ features.npz
+      toolkit index build features.npz my_index/
+      toolkit get-transfer-layer new_images/ more.npz
+      toolkit index add my_index/ more.npz
+      toolkit index info my_index/
+    """
+
+
+@index.command("build", cls=ToolkitCommand, context_settings=SETTINGS)
+@click.argument("features", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--kind", type=click.Choice(KINDS), default="hnsw", show_default=True,
+              help="hnsw: graph, fast search; ivf: k-means lists, faster build on large sets; flat: exact.")
+@click.option("--metric", type=click.Choice(METRICS), default="cosine", show_default=True,
+              help="cosine: inner product of L2-normalised rows; inner_product ranks larger first.")
+@click.option("--target_recall", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
+              help="Raise efSearch (hnsw) or nprobe (ivf) until recall@10 on 1000 indexed images reaches this.")
+@click.option("--M", "m", type=click.IntRange(min=2), default=32, show_default=True, help="hnsw: links per node.")
+@click.option("--ef_construction", type=click.IntRange(min=1), default=80, show_default=True, help="hnsw: build-time search depth.")
+@click.option("--nlist", type=click.IntRange(min=1), default=None, help="ivf: number of lists (default: 4 sqrt(N), at most N/39).")
+@click.option("--overwrite", is_flag=True, help="Replace an index already in INDEX_DIR.")
+@threads_option
+@quiet_option
+@json_option
+def build(features: Path, index_dir: Path, kind: str, metric: str, target_recall: float, m: int, ef_construction: int,
+          nlist: int | None, overwrite: bool, n_threads: int, quiet: bool, as_json: bool) -> None:
+    """Index the features in FEATURES (.npz, .h5 or .pkl) into the folder INDEX_DIR.
+
+    After building, the index tunes itself: it searches 1000 of its own
+    images (each leaving itself out) and raises efSearch / nprobe until
+    recall@10 against exact search reaches --target_recall; the chosen value
+    and the recall are stored and shown by toolkit index info.
+
+    \b
+    Example:
+      toolkit index build features.npz my_index/
+      toolkit index build features.npz my_index/ --kind ivf --target_recall 0.99
+    """
+    _start(quiet)
+    from data_tools.errors import DataError
+    from data_tools.features import read_features
+    from data_tools.index import INDEX_FILE, ImageIndex, check_index_options
+    from data_tools.keywords import with_class_names
+
+    check_index_options(kind=kind, metric=metric, target_recall=target_recall, n_threads=n_threads)
+    if (index_dir / INDEX_FILE).exists() and not overwrite:
+        raise DataError(f"{index_dir} already holds an index; grow it with toolkit index add, or give --overwrite to replace it.")
+    feature_set = read_features(features)
+    feature_set = type(feature_set)(feature_set.paths, feature_set.features,
+                                    with_class_names(feature_set.metadata, feature_set.features.shape[1]))
+    started = time.monotonic()
+    image_index = ImageIndex(kind=kind, metric=metric, target_recall=target_recall, m=m,
+                             ef_construction=ef_construction, nlist=nlist, n_threads=n_threads).fit(feature_set)
+    seconds = time.monotonic() - started
+    image_index.save(index_dir)
+    _report(image_index, index_dir, as_json, f"Built {index_dir} in {seconds:.1f} s", seconds=round(seconds, 3))
+
+
+@index.command("add", cls=ToolkitCommand, context_settings=SETTINGS)
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("features", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@threads_option
+@quiet_option
+@json_option
+def add(index_dir: Path, features: Path, n_threads: int, quiet: bool, as_json: bool) -> None:
+    """Add the images of FEATURES to the index in INDEX_DIR, without a rebuild.
+
+    Images already in the index are skipped. The features must come from
+    the same model and layer. The index tunes itself again afterwards.
+
+    \b
+    Example:
+      toolkit get-transfer-layer new_images/ more.npz
+      toolkit index add my_index/ more.npz
+    """
+    _start(quiet)
+    from data_tools.features import read_features
+    from data_tools.index import ImageIndex
+
+    image_index = ImageIndex.load(index_dir, n_threads=n_threads)
+    before = image_index.size
+    image_index.add(read_features(features))
+    image_index.save(index_dir)
+    _report(image_index, index_dir, as_json, f"Added {image_index.size - before} images to {index_dir}",
+            added=image_index.size - before)
+
+
+@index.command("info", cls=ToolkitCommand, context_settings=SETTINGS)
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@quiet_option
+@json_option
+def info(index_dir: Path, quiet: bool, as_json: bool) -> None:
+    """Show the size, kind, metric, parameters and measured recall of the index in INDEX_DIR.
+
+    \b
+    Example:
+      toolkit index info my_index/
+      toolkit index info my_index/ --json
+    """
+    _start(quiet)
+    from data_tools.index import ImageIndex
+
+    _report(ImageIndex.load(index_dir), index_dir, as_json, None)
+
+
+def _report(image_index, index_dir: Path, as_json: bool, headline: str | None, **extra) -> None:
+    """The index's description, as JSON or as a few lines for people."""
+    description = image_index.info()
+    size_bytes = sum(path.stat().st_size for path in index_dir.iterdir() if path.is_file())
+    if as_json:
+        echo_json({"index_dir": str(index_dir), **extra, **description, "bytes": size_bytes})
+        return
+    params = ", ".join(f"{key}={value}" for key, value in description["params"].items())
+    tuning = description["tuning"]
+    features = description["features"]
+    lines = [headline] if headline else []
+    lines.append(f"{index_dir}: {description['size']:,} images x {description['dim']} features, "
+                 f"{description['kind']}{f' ({params})' if params else ''}, metric {description['metric']}, "
+                 f"{size_bytes / 2**20:.1f} MB")
+    if tuning:
+        chosen = f"{tuning['parameter']}={tuning['value']}" if tuning.get("parameter") else "exact search"
+        lines.append(f"recall@{tuning['k']}: {tuning['recall']:.3f} with {chosen} on {tuning['sample']:,} indexed images "
+                     f"(target {tuning['target_recall']})")
+    shown = [f"{key} {features[key]}" for key in ("model", "output", "layer", "image_size", "weights") if features.get(key) is not None]
+    lines.append(f"features: {', '.join(shown) if shown else 'no metadata (search --image unavailable)'}")
+    click.echo("\n".join(lines))

@@ -1,0 +1,171 @@
+"""Similarity learning on real digits: Siamese types B/C/D and SimCLR learn, reload, resume, refuse bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from cli.extract import get_transfer_layer
+from cli.similarity import assess, filter_images, make_metadata, train_siamese, train_simclr
+from data_tools.features import read_features
+from data_tools.make_demo_data import write_digit_folders
+from data_tools.retrieval import retrieval_scores
+from tests.conftest import one_line_error
+
+SMALL = ["--backbone", "small_cnn", "--image_size", "32", "--embedding_dim", "32", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """1,000 real digits in class folders, 30 % held out as the retrieval gallery."""
+    root = write_digit_folders(tmp_path_factory.mktemp("folders"), n_images=1000, image_size=32, seed=3)
+    result = CliRunner().invoke(make_metadata, [str(root), str(root / "metadata.csv"), "--test_split", "0.3"])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def untrained_recall(root, **tower_options):
+    from models.embedding import EmbeddingTower
+    from models.extraction import FeatureExtractor, compute_features, traced_forward
+    from models.backbones import get_backbone
+    from models.runtime import keras
+
+    keras.utils.set_random_seed(0)
+    tower = EmbeddingTower("small_cnn", image_size=32, embedding_dim=32, **tower_options)
+    gallery = pd.read_csv(root / "metadata.csv").query("split == 'test'")
+    extractor = FeatureExtractor(tower, traced_forward(tower, False), get_backbone("small_cnn").preprocess, 32, {})
+    embeddings = compute_features(extractor, [root / image for image in gallery["image"]], verbose=0)
+    return retrieval_scores(embeddings, gallery["class"].to_numpy())
+
+
+def run(command, *args):
+    result = CliRunner().invoke(command, [*map(str, args), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def siamese_d(digits, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("siamese_d")
+    summary = run(train_siamese, digits / "metadata.csv", "--type", "d", "--margin", "0.5", "--epochs", "6",
+                  "--batch_size", "64", "--output_dir", output_dir, *SMALL)
+    return output_dir, summary
+
+
+def test_make_metadata_splits_every_class(digits):
+    frame = pd.read_csv(digits / "metadata.csv")
+    assert len(frame) == 1000 and set(frame.columns) == {"image", "class", "split"}
+    shares = frame.groupby("class")["split"].apply(lambda s: (s == "test").mean())
+    assert shares.between(0.2, 0.4).all()
+
+
+def test_siamese_type_d_learns_digit_similarity(siamese_d, digits):
+    output_dir, summary = siamese_d
+    before = untrained_recall(digits, normalize=True)
+    assert summary["val_recall@1"] >= 0.85, summary
+    assert summary["val_recall@1"] >= before["recall@1"] + 0.15, (summary, before)
+    history = pd.read_csv(output_dir / "history.csv")
+    assert {"val_recall@1", "val_recall@5", "val_recall@10", "val_map@r"} <= set(history.columns)
+    for name in ["embedding_model.keras", "curves.png", "run.json", "last_checkpoint.keras"]:
+        assert (output_dir / name).is_file(), name
+
+
+def test_simclr_learns_without_labels(digits, tmp_path):
+    summary = run(train_simclr, digits / "metadata.csv", "--epochs", "10", "--batch_size", "64", "--temperature", "0.2",
+                  "--output_dir", tmp_path, *SMALL)
+    before = untrained_recall(digits)
+    assert summary["val_knn_accuracy"] >= 0.75, summary
+    assert summary["val_knn_accuracy"] >= before["knn_accuracy"] + 0.1, (summary, before)
+
+
+@pytest.mark.parametrize("siamese_type", ["b", "c"])
+def test_siamese_types_b_and_c_train(digits, tmp_path, siamese_type):
+    summary = run(train_siamese, digits / "metadata.csv", "--type", siamese_type, "--epochs", "1", "--batch_size", "64",
+                  "--output_dir", tmp_path, "--classes_per_batch", "4", "--examples_per_class", "8", *SMALL)
+    assert summary["epochs"] == 1 and "val_recall@1" in summary
+
+
+def test_tower_reloads_in_a_fresh_process_with_the_same_embeddings(siamese_d, digits, tmp_path):
+    output_dir, _ = siamese_d
+    model = output_dir / "embedding_model.keras"
+    summary = run(get_transfer_layer, digits, tmp_path / "emb.npz", "--model", model)
+    features = read_features(tmp_path / "emb.npz")
+    assert summary["dim"] == 32 and np.allclose(np.linalg.norm(features.features, axis=1), 1, atol=1e-4)
+    code = (
+        "import sys, numpy as np, keras; from PIL import Image; import models.layers; "
+        "from models.backbones import get_backbone; "
+        f"m = keras.models.load_model(r'{model}'); "
+        f"x = np.asarray(Image.open(r'{digits / features.paths[0]}').convert('RGB'), dtype='float32')[None]; "
+        "print(' '.join(map(str, m.predict(get_backbone('small_cnn').preprocess(x), verbose=0)[0])))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_allclose(np.array(done.stdout.split(), dtype=np.float32), features.features[0], atol=1e-4)
+
+
+def test_assess_scores_and_draws(siamese_d, digits, tmp_path):
+    output_dir, summary = siamese_d
+    scores = run(assess, output_dir / "embedding_model.keras", digits / "metadata.csv", "--output_dir", tmp_path)
+    assert scores["recall@1"] == pytest.approx(summary["val_recall@1"], abs=1e-3)
+    assert {"knn_accuracy", "recall@5", "recall@10", "map@r"} <= scores.keys()
+    assert (tmp_path / "similarity_heatmap.png").is_file() and (tmp_path / "query_grid.png").is_file()
+
+
+def test_resume_continues_and_refuses_changed_options(digits, tmp_path, runner):
+    args = [str(digits / "metadata.csv"), "--type", "b", "--batch_size", "64", "--output_dir", str(tmp_path), *SMALL]
+    assert runner.invoke(train_siamese, [*args, "--epochs", "1"]).exit_code == 0
+    assert runner.invoke(train_siamese, [*args, "--epochs", "2", "--resume"]).exit_code == 0
+    assert pd.read_csv(tmp_path / "history.csv")["epoch"].tolist() == [0, 1]
+    changed = runner.invoke(train_siamese, [*args, "--epochs", "3", "--resume", "--margin", "2"])
+    assert changed.exit_code == 2
+    assert "used --margin 1.0, this one 2.0" in one_line_error(changed)
+
+
+def test_filter_images_reports_each_step(digits, tmp_path, runner):
+    result = runner.invoke(filter_images, [str(digits), str(tmp_path / "kept"), "--min_size", "16", "--min_per_class", "95", "--resize", "24"])
+    assert result.exit_code == 0, result.output
+    kept = pd.read_csv(tmp_path / "kept" / "metadata.csv")
+    counts = pd.read_csv(digits / "metadata.csv")["class"].value_counts()
+    assert set(kept["class"]) == set(counts[counts >= 95].index)
+    assert "at least 16 px" in result.output and "classes with at least 95 images" in result.output
+
+
+@pytest.mark.parametrize(
+    "make_args, code, message",
+    [
+        (lambda root, t: [t / "noclass.csv"], 1, "no 'class' column"),
+        (lambda root, t: [t / "lonely.csv", "--img_directory", root], 1, "has one image, so no positive pair"),
+        (lambda root, t: [root / "metadata.csv", "--classes_per_batch", "11", "--examples_per_class", "2"], 2, "more than the 10 classes"),
+    ],
+)
+def test_bad_siamese_input(digits, tmp_path, runner, make_args, code, message):
+    frame = pd.read_csv(digits / "metadata.csv")
+    frame[["image", "split"]].to_csv(tmp_path / "noclass.csv", index=False)
+    lonely = frame[frame["split"] == "train"].head(20).copy()
+    lonely.iloc[0, lonely.columns.get_loc("class")] = "unique"
+    lonely.to_csv(tmp_path / "lonely.csv", index=False)
+    args = [*map(str, make_args(digits, tmp_path)), "--type", "b", "--epochs", "1", "--output_dir", str(tmp_path / "out"), *SMALL]
+    result = runner.invoke(train_siamese, args)
+    assert result.exit_code == code, result.output
+    assert message in one_line_error(result)
+
+
+def test_temperature_must_be_positive(digits, tmp_path, runner):
+    result = runner.invoke(train_simclr, [str(digits / "metadata.csv"), "--temperature", "0", *SMALL, "--output_dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "--temperature" in one_line_error(result)
+
+
+def test_unreadable_images_are_skipped_and_listed(digits, tmp_path, runner):
+    frame = pd.read_csv(digits / "metadata.csv")
+    (tmp_path / "broken.png").write_text("no")
+    extra = pd.DataFrame({"image": [str(tmp_path / "broken.png")], "class": ["zero"], "split": ["train"]})
+    pd.concat([frame, extra]).to_csv(tmp_path / "with_broken.csv", index=False)
+    result = runner.invoke(train_siamese, [str(tmp_path / "with_broken.csv"), "--img_directory", str(digits), "--epochs", "1",
+                                           "--batch_size", "64", "--output_dir", str(tmp_path / "out"), *SMALL])
+    assert result.exit_code == 0, result.output
+    assert "broken.png" in (tmp_path / "out" / "skipped_images.txt").read_text()
