@@ -169,3 +169,23 @@ def test_unreadable_images_are_skipped_and_listed(digits, tmp_path, runner):
                                            "--batch_size", "64", "--output_dir", str(tmp_path / "out"), *SMALL])
     assert result.exit_code == 0, result.output
     assert "broken.png" in (tmp_path / "out" / "skipped_images.txt").read_text()
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_every_embedding_model_saves_and_reloads(tmp_path, suffix):
+    from models.embedding import EmbeddingTower, SiameseNetwork, SimCLR
+    from models.runtime import keras
+
+    images = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype("float32")
+    tower = EmbeddingTower("resnet18", image_size=32, embedding_dim=8, normalize=True)
+    models = {"tower": tower, "siamese": SiameseNetwork(tower, siamese_type="d", classes=3)}
+    if suffix == ".keras":  # a subclassed model saves as .keras only, as in Keras itself
+        models["simclr"] = SimCLR(EmbeddingTower("small_cnn", image_size=32, embedding_dim=8), projection_dim=4)
+        models["simclr"](images)
+    for name, model in models.items():
+        inputs = {"image_a": images, "image_b": images[::-1]} if name == "siamese" else images
+        model.save(tmp_path / f"{name}{suffix}")
+        again = keras.models.load_model(tmp_path / f"{name}{suffix}")
+        expected, actual = model.predict(inputs, verbose=0), again.predict(inputs, verbose=0)
+        for key in expected if isinstance(expected, dict) else [None]:
+            np.testing.assert_allclose(actual[key] if key else actual, expected[key] if key else expected, atol=1e-5)
