@@ -18,6 +18,13 @@ from data_tools.neighbors import exact_neighbors
 RECALL_AT = (1, 5, 10)
 
 
+def _majority(votes: np.ndarray):
+    """The most frequent class among the nearest; a tie goes to the class of the nearer image."""
+    labels, first, counts = np.unique(votes, return_index=True, return_counts=True)
+    tied = counts == counts.max()
+    return labels[tied][np.argmin(first[tied])]
+
+
 def retrieval_scores(embeddings: np.ndarray, classes: np.ndarray, *, metric: str = "cosine", knn: int = 5) -> dict[str, float]:
     """recall@1/5/10, mAP@R and kNN accuracy of `embeddings` (N x D) labelled by `classes` (N)."""
     classes = np.asarray(classes)
@@ -36,6 +43,6 @@ def retrieval_scores(embeddings: np.ndarray, classes: np.ndarray, *, metric: str
     precision_at = np.cumsum(hits, axis=1) / ranks
     scores["map@r"] = float(((precision_at * hits * within_r).sum(axis=1) / relevant).mean())
     votes = classes[neighbors[:, :knn]]
-    predicted = np.array([max(set(row), key=list(row).count) for row in votes])
+    predicted = np.array([_majority(row) for row in votes])
     scores["knn_accuracy"] = float((predicted == classes).mean())
     return scores
