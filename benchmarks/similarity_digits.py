@@ -26,6 +26,7 @@ from data_tools.retrieval import retrieval_scores
 from models.backbones import get_backbone
 from models.embedding import EmbeddingTower
 from models.extraction import FeatureExtractor, compute_features, traced_forward
+from models.runtime import keras
 from models.similarity import SimilarityOptions, load_embedding_model, train_embedding
 
 
@@ -51,6 +52,7 @@ def main() -> None:
         rows = {}
         pixels = np.stack([np.asarray(Image.open(p).convert("L"), dtype=np.float32).ravel() for p in paths])
         rows["raw pixels (euclidean)"] = retrieval_scores(pixels, classes, metric="euclidean")
+        keras.utils.set_random_seed(args.seed)
         rows["untrained small_cnn tower"] = retrieval_scores(embed(EmbeddingTower("small_cnn", image_size=32, embedding_dim=64), paths), classes)
         common = dict(data=str(root / "metadata.csv"), backbone="small_cnn", image_size=32, embedding_dim=64, seed=args.seed)
         runs = {

@@ -120,8 +120,9 @@ def add(index_dir: Path, features: Path, n_threads: int, quiet: bool, as_json: b
 
     image_index = ImageIndex.load(index_dir, n_threads=n_threads)
     before = image_index.size
-    image_index.add(read_features(features))
-    image_index.save(index_dir)
+    image_index.add(read_features(features), where=features.name)
+    if image_index.size > before:
+        image_index.save(index_dir)
     _report(image_index, index_dir, as_json, f"Added {image_index.size - before} images to {index_dir}",
             added=image_index.size - before)
 
@@ -158,10 +159,14 @@ def _report(image_index, index_dir: Path, as_json: bool, headline: str | None, *
     lines.append(f"{index_dir}: {description['size']:,} images x {description['dim']} features, "
                  f"{description['kind']}{f' ({params})' if params else ''}, metric {description['metric']}, "
                  f"{size_bytes / 2**20:.1f} MB")
-    if tuning:
-        chosen = f"{tuning['parameter']}={tuning['value']}" if tuning.get("parameter") else "exact search"
-        lines.append(f"recall@{tuning['k']}: {tuning['recall']:.3f} with {chosen} on {tuning['sample']:,} indexed images "
+    if tuning.get("exact"):
+        lines.append("recall: 1 (exact search)")
+    elif tuning.get("recall") is not None:
+        lines.append(f"recall@{tuning['k']}: {tuning['recall']:.3f} with {tuning['parameter']}={tuning['value']}, "
+                     f"measured on {tuning['sample']:,} held-out images against {tuning['indexed']:,} "
                      f"(target {tuning['target_recall']})")
+    elif tuning:
+        lines.append(f"recall: not measured (too few images); {tuning['parameter']}={tuning['value']}")
     shown = [f"{key} {features[key]}" for key in ("model", "output", "layer", "image_size", "weights") if features.get(key) is not None]
     lines.append(f"features: {', '.join(shown) if shown else 'no metadata (search --image unavailable)'}")
     click.echo("\n".join(lines))

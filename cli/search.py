@@ -74,7 +74,7 @@ def search(index_dir: Path, images: tuple[Path, ...], features: Path | None, tex
 
             query_set = read_features(features)
             names, rows = query_set.paths, query_set.features
-            image_index.check_comparable(rows.shape[1], query_set.metadata, f"{features.name}'s features")
+            image_index.check_comparable(rows.shape[1], query_set.metadata, features.name)
         values, indices = image_index.search(rows, k=k)
         queries = [
             {"query": name, "results": [

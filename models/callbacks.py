@@ -11,12 +11,11 @@ from pathlib import Path
 import h5py
 
 from data_tools.atomic import atomic_path, write_text
+from models.model_file import METADATA_ATTRIBUTE
 from models.runs import LAST_CHECKPOINT, STATE_FILE
 from models.runtime import keras
 
 logger = logging.getLogger(__name__)
-
-METADATA_ATTRIBUTE = "image_toolkit"
 
 
 def save_h5_with_metadata(model: keras.Model, path: str | Path, metadata: dict) -> None:
@@ -29,13 +28,6 @@ def save_h5_with_metadata(model: keras.Model, path: str | Path, metadata: dict) 
         model.save(temporary, include_optimizer=False)
         with h5py.File(temporary, "a") as handle:
             handle.attrs[METADATA_ATTRIBUTE] = json.dumps(metadata)
-
-
-def read_h5_metadata(path: str | Path) -> dict | None:
-    """The toolkit metadata of an HDF5 model, or None if it has none."""
-    with h5py.File(path, "r") as handle:
-        raw = handle.attrs.get(METADATA_ATTRIBUTE)
-    return None if raw is None else json.loads(raw)
 
 
 class TrainingCheckpoints(keras.callbacks.Callback):

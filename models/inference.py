@@ -13,7 +13,7 @@ from data_tools.errors import DataError
 from data_tools.images import check_images, find_images, require_readable
 from data_tools.pipeline import image_dataset
 from models.backbones import get_backbone
-from models.callbacks import read_h5_metadata
+from models.model_file import read_h5_metadata
 from models.runtime import keras
 
 logger = logging.getLogger(__name__)

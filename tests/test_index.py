@@ -1,0 +1,274 @@
+"""`toolkit index build | add | info` and `data_tools.index.ImageIndex`: recall, growth, reload, bad input."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cli import index as cli_index
+from cli.index import index
+from data_tools import index as index_module
+from data_tools.errors import DataError, OptionError
+from data_tools.features import FeatureSet, read_features, write_features
+from data_tools.index import ImageIndex
+from tests.conftest import one_line_error
+
+ROOT = Path(__file__).resolve().parent.parent
+METADATA = {"model": "resnet50", "output": "pooled", "layer": "avg_pool", "image_size": 224, "weights": "imagenet"}
+
+
+def clustered(n: int, dim: int = 32, *, clusters: int = 40, spread: float = 0.6, seed: int = 0) -> np.ndarray:
+    """Rows around `clusters` random centres, with noise in every dimension: neighbours are not trivial."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim))
+    return (centres[rng.integers(0, clusters, n)] + spread * rng.standard_normal((n, dim))).astype(np.float32)
+
+
+def feature_set(rows: np.ndarray, start: int = 0, metadata: dict | None = None) -> FeatureSet:
+    return FeatureSet([f"images/{start + i:05d}.jpg" for i in range(len(rows))], rows, dict(METADATA if metadata is None else metadata))
+
+
+@pytest.fixture(scope="module")
+def data():
+    rows = clustered(3200)
+    return rows[:3000], rows[3000:]  # Indexed rows, and new rows as queries.
+
+
+@pytest.fixture(scope="module")
+def hard_data():
+    """64-d rows with wide clusters: neither hnsw nor ivf reaches recall 0.95 at its cheapest setting."""
+    rows = clustered(3200, 64, spread=1.5)
+    return rows[:3000], rows[3000:]
+
+
+@pytest.fixture
+def features_file(tmp_path, data):
+    write_features(tmp_path / "features.npz", feature_set(data[0]))
+    return tmp_path / "features.npz"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, data):
+    """A flat index of the 3000 rows, to copy: building is not what its users test."""
+    folder = tmp_path_factory.mktemp("built") / "index"
+    ImageIndex(kind="flat").fit(feature_set(data[0])).save(folder)
+    return folder
+
+
+def invoke(runner, *args):
+    return runner.invoke(index, [*map(str, args), "--quiet"])
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_tuned_index_reaches_the_target_recall_against_flat(hard_data, kind, metric):
+    rows, queries = hard_data
+    approximate = ImageIndex(kind=kind, metric=metric, target_recall=0.95, n_threads=1).fit(feature_set(rows))
+    exact = ImageIndex(kind="flat", metric=metric, n_threads=1).fit(feature_set(rows))
+    found = [{approximate.paths_[i] for i in row} for row in approximate.search(queries, k=10)[1]]
+    truth = [{exact.paths_[i] for i in row} for row in exact.search(queries, k=10)[1]]
+    recall = np.mean([len(a & b) / 10 for a, b in zip(found, truth)])
+    assert recall >= 0.95
+    tuning = approximate.tuning_
+    assert tuning["recall"] >= 0.95 and tuning["sample"] == 300 and tuning["k"] == 10 and tuning["indexed"] == 2700
+    assert tuning["parameter"] == {"hnsw": "efSearch", "ivf": "nprobe"}[kind]
+    assert approximate.params_[tuning["parameter"]] == tuning["value"] == tuning["tried"][-1][0]
+    # Tuning raised the setting: the cheaper ones tried first fell short.
+    assert len(tuning["tried"]) > 1 and all(recall < 0.95 for _, recall in tuning["tried"][:-1])
+
+
+def test_tuning_raises_the_parameter_when_the_target_needs_it(data):
+    rows, _ = data
+    low = ImageIndex(kind="ivf", target_recall=0.5, n_threads=1).fit(feature_set(rows))
+    high = ImageIndex(kind="ivf", target_recall=1.0, n_threads=1).fit(feature_set(rows))
+    assert low.params_["nprobe"] < high.params_["nprobe"]
+    assert high.tuning_["recall"] == 1.0
+
+
+def test_flat_index_is_exact_and_reports_compute_distances_values(data):
+    rows, queries = data
+    from data_tools.neighbors import exact_neighbors
+
+    for metric in ("cosine", "euclidean", "inner_product"):
+        values, indices = ImageIndex(kind="flat", metric=metric).fit(feature_set(rows)).search(queries[:20], k=5)
+        expected_values, expected_indices = exact_neighbors(rows, k=5, metric=metric, queries=queries[:20])
+        np.testing.assert_array_equal(indices, expected_indices)
+        np.testing.assert_allclose(values, expected_values, rtol=1e-4, atol=1e-4)
+
+
+def test_add_then_search_equals_building_from_all_features_for_flat(runner, tmp_path, data):
+    rows, queries = data
+    write_features(tmp_path / "first.npz", feature_set(rows[:2000]))
+    write_features(tmp_path / "second.h5", feature_set(rows[2000:], start=2000))
+    write_features(tmp_path / "all.npz", feature_set(rows))
+    write_features(tmp_path / "queries.npz", feature_set(queries, start=9000))
+    assert invoke(runner, "build", tmp_path / "first.npz", tmp_path / "grown", "--kind", "flat").exit_code == 0
+    result = invoke(runner, "add", tmp_path / "grown", tmp_path / "second.h5")
+    assert result.exit_code == 0, result.output
+    assert "Added 1000 images" in result.stdout
+    assert invoke(runner, "build", tmp_path / "all.npz", tmp_path / "whole", "--kind", "flat").exit_code == 0
+
+    grown, whole = ImageIndex.load(tmp_path / "grown"), ImageIndex.load(tmp_path / "whole")
+    assert grown.paths_ == whole.paths_ == read_features(tmp_path / "all.npz").paths
+    for got, expected in zip(grown.search(queries, k=10), whole.search(queries, k=10)):
+        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_allclose(grown.vectors(), rows, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_add_grows_an_approximate_index_and_tunes_it_again(tmp_path, data, kind):
+    rows, queries = data
+    grown = ImageIndex(kind=kind, n_threads=1).fit(feature_set(rows[:1500]))
+    grown.save(tmp_path / "index")
+    first_tuning = grown.tuning_
+    grown = ImageIndex.load(tmp_path / "index").add(feature_set(rows[1000:], start=1000))  # 500 rows again: skipped.
+    assert grown.size == 3000 and sorted(grown.paths_) == feature_set(rows).paths
+    assert grown.tuning_["recall"] >= 0.95 and grown.tuning_["indexed"] == 3000 - 150
+    assert grown.tuning_ != first_tuning
+    position = grown.paths_.index("images/02500.jpg")
+    assert grown.search(rows[2500:2501], k=1)[1][0, 0] == position
+    order = [int(path[7:12]) for path in grown.paths_]
+    np.testing.assert_allclose(grown.vectors(), rows[order], rtol=1e-5, atol=1e-5)
+    # A few new images keep the tuned setting.
+    kept = grown.tuning_
+    grown.add(feature_set(clustered(5, seed=9), start=7000))
+    assert grown.size == 3005 and grown.tuning_ == kept
+
+
+def test_saved_index_reloads_with_its_settings(tmp_path, data):
+    rows, queries = data
+    built = ImageIndex(kind="hnsw", m=16, ef_construction=40, n_threads=1).fit(feature_set(rows))
+    built.save(tmp_path / "index")
+    loaded = ImageIndex.load(tmp_path / "index")
+    assert loaded.get_config() == {**built.get_config(), "n_threads": -1}
+    assert loaded.params_ == built.params_ and loaded.tuning_ == built.tuning_
+    assert loaded.index_.hnsw.efSearch == built.params_["efSearch"]
+    for got, expected in zip(loaded.search(queries, k=10), built.search(queries, k=10)):
+        np.testing.assert_array_equal(got, expected)
+    assert sorted(path.name for path in (tmp_path / "index").iterdir()) == ["index.faiss", "metadata.json", "norms.npy", "paths.json"]
+    metadata = json.loads((tmp_path / "index" / "metadata.json").read_text())
+    assert metadata["features"]["model"] == "resnet50" and metadata["size"] == 3000
+
+
+def test_large_k_is_clamped_with_a_warning_and_every_row_returned(data):
+    rows, _ = data
+    for kind in ("hnsw", "ivf"):
+        small = ImageIndex(kind=kind, n_threads=1).fit(feature_set(rows[:300]))
+        with pytest.warns(UserWarning, match="k=500 is more than the 300 indexed images"):
+            values, indices = small.search(rows[:2], k=500)
+        assert indices.shape == (2, 300)
+        assert all(sorted(row) == list(range(300)) for row in indices.tolist())
+        assert np.all(np.diff(values, axis=1) >= -1e-6)
+
+
+def test_tiny_sets_build_and_tune(data):
+    rows, _ = data
+    for n in (1, 2, 24):
+        for kind in ("hnsw", "ivf", "flat"):
+            built = ImageIndex(kind=kind).fit(feature_set(rows[:n]))
+            assert built.size == n
+            assert built.tuning_["recall"] is None if (n == 1 and kind != "flat") else built.tuning_["recall"] >= 0.95
+            assert built.paths_[built.search(rows[:1], k=1)[1][0, 0]] == "images/00000.jpg"
+
+
+def test_duplicate_paths_keep_the_first_row(data, caplog):
+    rows, _ = data
+    duplicated = FeatureSet(["a.jpg", "b.jpg", "a.jpg"], rows[:3], {})
+    built = ImageIndex(kind="flat").fit(duplicated)
+    assert built.paths_ == ["a.jpg", "b.jpg"] and "Skipped 1 images" in caplog.text
+
+
+def test_info_command_shows_size_kind_parameters_and_recall(runner, tmp_path, features_file):
+    assert invoke(runner, "build", features_file, tmp_path / "index", "--kind", "ivf").exit_code == 0
+    result = invoke(runner, "info", tmp_path / "index")
+    assert result.exit_code == 0, result.output
+    assert "3,000 images x 32 features, ivf (nlist=" in result.stdout
+    assert "recall@10: " in result.stdout and "held-out images against 2,700 (target 0.95)" in result.stdout
+    assert "model resnet50" in result.stdout
+    record = json.loads(invoke(runner, "info", tmp_path / "index", "--json").stdout)
+    assert record["size"] == 3000 and record["kind"] == "ivf" and record["metric"] == "cosine"
+    assert record["tuning"]["recall"] >= 0.95 and record["params"]["nprobe"] == record["tuning"]["value"]
+    assert record["bytes"] > 3000 * 32 * 4
+
+
+def test_build_refuses_an_existing_index_unless_overwrite(runner, tmp_path, features_file, built):
+    shutil.copytree(built, tmp_path / "index")
+    result = invoke(runner, "build", features_file, tmp_path / "index", "--kind", "ivf")
+    assert result.exit_code == 1
+    assert "already holds an index" in one_line_error(result)
+    assert invoke(runner, "build", features_file, tmp_path / "index", "--kind", "ivf", "--overwrite").exit_code == 0
+    assert ImageIndex.load(tmp_path / "index").kind == "ivf"
+
+
+# Bad input.
+
+
+@pytest.mark.parametrize("option, value", [("--kind", "lsh"), ("--metric", "manhattan"), ("--target_recall", "1.5")])
+def test_unknown_kind_metric_or_impossible_recall_is_a_usage_error(runner, tmp_path, features_file, option, value):
+    result = invoke(runner, "build", features_file, tmp_path / "index", option, value)
+    assert result.exit_code == 2
+    assert option in one_line_error(result) and not (tmp_path / "index").exists()
+
+
+def test_library_rejects_unknown_kind_and_metric(data):
+    with pytest.raises(OptionError, match=r"Expected one of hnsw, ivf, flat. Received: kind='lsh'"):
+        ImageIndex(kind="lsh").fit(feature_set(data[0]))
+    with pytest.raises(OptionError, match=r"Expected one of cosine, euclidean, inner_product. Received: metric='l1'"):
+        ImageIndex(metric="l1").fit(feature_set(data[0]))
+    assert cli_index.KINDS == index_module.KINDS and cli_index.METRICS == index_module.METRICS
+
+
+def test_missing_index_dir(runner, tmp_path, features_file):
+    for args in (("info", tmp_path / "nowhere"), ("add", tmp_path / "nowhere", features_file)):
+        result = invoke(runner, *args)
+        assert result.exit_code == 2 and "does not exist" in one_line_error(result)
+    with pytest.raises(DataError, match="no such index folder"):
+        ImageIndex.load(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda folder: (folder / "index.faiss").write_bytes(b"not an index"), "index.faiss: not a readable faiss index"),
+    (lambda folder: (folder / "index.faiss").unlink(), "not an index folder (no index.faiss)"),
+    (lambda folder: (folder / "paths.json").write_text('["only one.jpg"]'), "disagree on the number of images"),
+    (lambda folder: (folder / "metadata.json").write_text("{"), "metadata.json: not readable JSON"),
+    (lambda folder: (folder / "norms.npy").write_bytes(b"\x93NUMPY garbage"), "norms.npy: missing or damaged"),
+])
+def test_corrupt_index_dir_is_one_line_error(runner, tmp_path, built, damage, message):
+    shutil.copytree(built, tmp_path / "index")
+    damage(tmp_path / "index")
+    result = invoke(runner, "info", tmp_path / "index")
+    assert result.exit_code == 1
+    assert message in one_line_error(result)
+
+
+def test_add_refuses_features_of_another_dimension_or_model(runner, tmp_path, built, data):
+    shutil.copytree(built, tmp_path / "index")
+    write_features(tmp_path / "narrow.npz", feature_set(data[1][:, :16], start=5000))
+    result = invoke(runner, "add", tmp_path / "index", tmp_path / "narrow.npz")
+    assert result.exit_code == 1 and "narrow.npz: 16 features per row, but the index has 32" in one_line_error(result)
+    write_features(tmp_path / "other.npz", feature_set(data[1], start=5000, metadata={**METADATA, "model": "inceptionv3"}))
+    result = invoke(runner, "add", tmp_path / "index", tmp_path / "other.npz")
+    assert result.exit_code == 1 and "other.npz: made with model='inceptionv3', but the index with model='resnet50'" in one_line_error(result)
+    assert ImageIndex.load(tmp_path / "index").size == 3000
+
+
+def test_index_commands_load_no_tensorflow_and_reload_in_a_fresh_process(tmp_path, features_file):
+    code = (
+        "import sys; from click.testing import CliRunner; from cli.main import toolkit; "
+        f"r = CliRunner().invoke(toolkit, ['index', 'build', {str(features_file)!r}, {str(tmp_path / 'index')!r}, '--quiet']); "
+        "assert r.exit_code == 0, r.output; "
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.stdout.strip() == "False False", done.stderr
+    code = (
+        "from data_tools.index import ImageIndex; import numpy as np; "
+        f"i = ImageIndex.load({str(tmp_path / 'index')!r}); v = i.vectors(); "
+        "print(i.size, i.search(v[7:8], k=1)[1][0, 0])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.stdout.strip() == "3000 7", done.stderr
