@@ -13,8 +13,9 @@ in the order of the work:
    (`data_tools.resample`, drawn with that seed). All other options are
    identical. Both are scored on the same test split, loading each run's
    best_model.h5.
-4. Append one row per run to ExperimentLog.csv, per-class precision, recall
-   and F1 plus macro-F1 to Results.csv, and draw experiment.png.
+4. Append one row per run to ExperimentLog.csv and per-class precision,
+   recall and F1 plus macro-F1 to Results.csv as each run ends; draw
+   experiment.png.
 5. Report mean ± std of test macro-F1 per variant and the paired difference
    (meta - baseline, by seed) with a 95 % t interval, whatever it says.
 
@@ -168,15 +169,23 @@ def evaluate(model_path: str | Path, test: LabelTable, image_dir: Path, *, batch
 # --- Logs and summary ---------------------------------------------------------------------------
 
 
+def read_log(path: Path, columns: list[str]) -> pd.DataFrame | None:
+    """The rows of an existing CSV log, or None; a log with other columns is refused, not mixed."""
+    if not path.is_file():
+        return None
+    existing = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if list(existing.columns) != columns:
+        raise DataError(
+            f"{path}: its columns ({', '.join(existing.columns)}) are not those of this experiment's log; "
+            "move the file aside or pass another --output_dir."
+        )
+    return existing
+
+
 def append_csv(path: Path, rows: pd.DataFrame) -> None:
-    """Append rows to a CSV log, atomically; a log with other columns is refused, not mixed."""
-    if path.is_file():
-        existing = pd.read_csv(path, dtype=str, keep_default_na=False)
-        if list(existing.columns) != list(rows.columns):
-            raise DataError(
-                f"{path}: its columns ({', '.join(existing.columns)}) are not those of this experiment's log; "
-                "move the file aside or pass another --output_dir."
-            )
+    """Append rows to a CSV log, atomically."""
+    existing = read_log(path, list(rows.columns))
+    if existing is not None:
         rows = pd.concat([existing, rows.astype(str)], ignore_index=True)
     with atomic_path(path) as temporary:
         rows.to_csv(temporary, index=False)
@@ -270,6 +279,8 @@ def run_experiment(training: TrainOptions, options: ExperimentOptions, *, verbos
     experiment = started.strftime("%Y%m%dT%H%M%SZ")
     output_dir = Path(training.output_dir)
     image_dir = Path(training.img_directory)
+    read_log(output_dir / "ExperimentLog.csv", LOG_COLUMNS)
+    read_log(output_dir / "Results.csv", RESULT_COLUMNS)
     feedback = read_image_feedback(options.feedback)
     train, val, test = fixed_lists(training, options)
     lists = output_dir / "lists"
@@ -298,20 +309,23 @@ def run_experiment(training: TrainOptions, options: ExperimentOptions, *, verbos
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
             macro_f1 = float(scores.loc[scores["class"] == MACRO, "f1"].iloc[0])
             logger.info("%s seed %d: test macro-F1 %.4f", variant, seed, macro_f1)
-            log_rows.append({
+            run_log = {
                 "time": now, "experiment": experiment, "variant": variant, "seed": seed,
                 "epochs": summary["epochs"], "best_epoch": summary["best_epoch"],
                 "wall_time_s": round(time.time() - run_started, 2), "best_val_macro_f1": summary["best_val_macro_f1"],
                 "test_macro_f1": round(macro_f1, 6), "train_rows": len(rows), "train_images": len(set(rows.images)),
                 "val_images": len(val), "test_images": len(test), "ratios": json.dumps(options.ratios),
                 "feedback": options.feedback, "options": json.dumps(shared, default=str),
-            })
-            result_rows.extend({"time": now, "experiment": experiment, "variant": variant, "seed": seed, **row}
-                               for row in scores.round(6).to_dict(orient="records"))
+            }
+            run_results = [{"time": now, "experiment": experiment, "variant": variant, "seed": seed, **row}
+                           for row in scores.round(6).to_dict(orient="records")]
+            # Logged run by run, so an interrupted experiment keeps the runs it finished.
+            append_csv(output_dir / "ExperimentLog.csv", pd.DataFrame([run_log], columns=LOG_COLUMNS))
+            append_csv(output_dir / "Results.csv", pd.DataFrame(run_results, columns=RESULT_COLUMNS))
+            log_rows.append(run_log)
+            result_rows.extend(run_results)
     log = pd.DataFrame(log_rows, columns=LOG_COLUMNS)
     results = pd.DataFrame(result_rows, columns=RESULT_COLUMNS)
-    append_csv(output_dir / "ExperimentLog.csv", log)
-    append_csv(output_dir / "Results.csv", results)
     summary = {
         "experiment": experiment,
         "output_dir": str(output_dir),

@@ -1,0 +1,165 @@
+"""2-D maps of feature vectors: PCA (scikit-learn) or t-SNE (openTSNE).
+
+Used by `toolkit tsne` to draw the images and by `toolkit feedback simulate`
+to give simulated users a map to lasso on. t-SNE runs on the first 50
+principal components (the usual first step: it removes noise and makes the
+neighbour search cheap), with openTSNE on `n_jobs` threads. openTSNE picks the
+gradient method: FFT-accelerated interpolation from 10,000 points on, and
+Barnes-Hut below, where the FFT grid's fixed cost dominates (300 points, one
+thread, here: 6 s with FFT, 0.4 s with Barnes-Hut). Memory: the features, their 50-d projection and openTSNE's
+sparse neighbour graph (about 90 neighbours per point at perplexity 30).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from data_tools.errors import DataError, OptionError
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("tsne", "pca")
+PCA_DIMS = 50
+
+
+def reduce_pca(features: np.ndarray, n_components: int, *, seed: int = 0) -> np.ndarray:
+    """The first `n_components` principal components (fewer when the data has fewer)."""
+    from sklearn.decomposition import PCA
+
+    n_components = min(n_components, features.shape[0], features.shape[1])
+    return PCA(n_components=n_components, random_state=seed).fit_transform(features).astype(np.float32)
+
+
+def embed_2d(
+    features: np.ndarray,
+    *,
+    method: str = "tsne",
+    perplexity: float = 30.0,
+    seed: int = 0,
+    n_jobs: int = -1,
+) -> np.ndarray:
+    """An (N, 2) float32 map of N feature rows; the same seed gives the same map.
+
+    t-SNE needs more than 3 x perplexity points; with fewer, the perplexity is
+    lowered to (N - 1) / 3 with a warning.
+    """
+    if method not in METHODS:
+        raise OptionError(f"--method: expected one of {', '.join(METHODS)}. Received: {method!r}.")
+    if not perplexity > 0:
+        raise OptionError(f"--perplexity: expected a positive number. Received: {perplexity}.")
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim != 2 or len(features) < 4:
+        raise DataError(f"a 2-D map needs at least 4 feature rows; got {len(features)}. Extract features of more images.")
+    if method == "pca":
+        coords = reduce_pca(features, 2, seed=seed)
+        if coords.shape[1] < 2:
+            coords = np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
+        return coords
+    from openTSNE import TSNE
+
+    largest = (len(features) - 1) / 3
+    if perplexity > largest:
+        warnings.warn(f"perplexity {perplexity:g} is too large for {len(features)} points; using {largest:.1f}", stacklevel=2)
+        perplexity = largest
+    reduced = reduce_pca(features, PCA_DIMS, seed=seed)
+    logger.info("t-SNE of %d points (%d-d after PCA), perplexity %g", len(reduced), reduced.shape[1], perplexity)
+    embedding = TSNE(
+        n_components=2,
+        perplexity=perplexity,
+        initialization="pca",
+        negative_gradient_method="auto",
+        n_jobs=n_jobs,
+        random_state=seed,
+        verbose=False,
+    ).fit(reduced)
+    return np.asarray(embedding, dtype=np.float32)
+
+
+def highlighted_images(path: str | Path) -> tuple[set[str], str]:
+    """The images to draw on top and what they are: the deselected images of an
+    image feedback CSV, else every image listed."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path, dtype={"image": str}, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not a readable CSV ({str(error).splitlines()[0]}).") from None
+    if "image" not in frame.columns:
+        raise DataError(f"{path}: no 'image' column (found {', '.join(frame.columns)}); --highlight needs one.")
+    if "deselect_count" not in frame.columns:
+        return set(frame["image"].str.strip()), "highlighted"
+    counts = pd.to_numeric(frame["deselect_count"], errors="coerce").fillna(0)
+    return set(frame.loc[counts > 0, "image"].str.strip()), "deselected"
+
+
+def draw_map(
+    features_path: str | Path,
+    output: str | Path,
+    *,
+    labels: str | Path | None = None,
+    highlight: str | Path | None = None,
+    coords_path: str | Path | None = None,
+    method: str = "tsne",
+    perplexity: float = 30.0,
+    seed: int = 0,
+    n_jobs: int = -1,
+    task: str | None = None,
+) -> dict:
+    """Embed a feature file in 2-D; write the coordinates (image,x,y) and the plot, atomically."""
+    import time
+
+    import pandas as pd
+
+    from data_tools.atomic import atomic_path
+    from data_tools.features import read_features
+    from data_tools.feedback import image_classes, read_labels
+    from data_tools.plots import plot_embedding
+
+    output = Path(output)
+    if output.suffix.lower() != ".png":
+        raise OptionError(f"-o {output}: the plot is a PNG; give a name ending in .png.")
+    coords_path = Path(coords_path) if coords_path is not None else output.with_suffix(".csv")
+    feature_set = read_features(features_path)
+    classes = None
+    if labels is not None:
+        table = read_labels(labels, task)
+        known = dict(zip(table.images, image_classes(table)))
+        missing = sum(path not in known for path in feature_set.paths)
+        if missing == len(feature_set.paths):
+            raise DataError(
+                f"{labels}: none of its images is in {features_path} (e.g. '{table.images[0]}' vs "
+                f"'{feature_set.paths[0]}'); pass the label CSV of the same images."
+            )
+        if missing:
+            logger.warning("%d images of %s are not in %s and are drawn as 'unknown'", missing, features_path, labels)
+        classes = [known.get(path, "") for path in feature_set.paths]
+        if table.task == "multilabel":
+            classes = [name.replace(";", "+") if name else ("" if path not in known else "none") for name, path in zip(classes, feature_set.paths)]
+    marked, what = None, "highlighted"
+    if highlight is not None:
+        chosen, what = highlighted_images(highlight)
+        marked = np.array([path in chosen for path in feature_set.paths])
+        absent = len(chosen - set(feature_set.paths))
+        if absent:
+            logger.warning("%d highlighted images of %s are not in %s", absent, highlight, features_path)
+    started = time.monotonic()
+    coords = embed_2d(feature_set.features, method=method, perplexity=perplexity, seed=seed, n_jobs=n_jobs)
+    seconds = time.monotonic() - started
+    frame = pd.DataFrame({"image": feature_set.paths, "x": coords[:, 0].round(4), "y": coords[:, 1].round(4)})
+    with atomic_path(coords_path) as temporary:
+        frame.to_csv(temporary, index=False)
+    title = f"{'t-SNE' if method == 'tsne' else 'PCA'} of {Path(features_path).name} ({len(frame)} images)"
+    plot_embedding(coords, output, classes=classes, highlight=marked, highlight_label=what, title=title)
+    return {
+        "plot": str(output),
+        "coords": str(coords_path),
+        "images": len(frame),
+        "highlighted": int(marked.sum()) if marked is not None else 0,
+        "method": method,
+        "seconds": round(seconds, 3),
+    }

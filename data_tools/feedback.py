@@ -1,0 +1,439 @@
+"""The feedback store: lasso / select / deselect events of people labelling images, in SQLite.
+
+An event is what a web page sends when someone works on one class:
+
+    {"user": "ann", "session": "s1", "timestamp": "2024-05-01T12:30:00Z",
+     "query_class": "kitchen", "action": "deselect", "images": ["0012.png", "0040.png"]}
+
+`lasso` adds every image inside a drawn region to the selection, `select`
+adds single images, `deselect` removes images that do not belong to the
+query class: those are the "decision boundary" images of the experiment.
+
+The store is one SQLite file (default `feedback.sqlite`) in WAL mode, so a
+reader never blocks the writer. Its schema version is SQLite's
+`PRAGMA user_version`; a file written by a newer toolkit is refused, not
+guessed at. The data set (image -> class) is registered in the store at
+import, so every event is checked against real image names and exported with
+the images' classes.
+
+An event's id is its `id` field when it has one, else a stable hash of its
+content, so importing the same file twice adds nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data_tools.atomic import atomic_path
+from data_tools.errors import DataError, OptionError
+from data_tools.labels import LabelTable, read_label_csv
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+ACTIONS = ("lasso", "select", "deselect")
+EVENT_FIELDS = ("user", "session", "timestamp", "query_class", "action", "images")
+EXPORT_COLUMNS = ["image", "class", "query_class", "lasso_count", "deselect_count", "select_count", "users"]
+# Separates class names (multilabel positives, query classes) and images in one CSV cell.
+SEPARATOR = ";"
+DEFAULT_WAIT_S = 10.0
+
+_SCHEMA = """
+CREATE TABLE dataset (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE images (image TEXT PRIMARY KEY, class TEXT NOT NULL);
+CREATE TABLE events (
+    id TEXT PRIMARY KEY,
+    content_hash TEXT NOT NULL,
+    user TEXT NOT NULL,
+    session TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    query_class TEXT NOT NULL,
+    action TEXT NOT NULL CHECK (action IN ('lasso', 'select', 'deselect')),
+    source TEXT NOT NULL,
+    imported_at TEXT NOT NULL
+);
+CREATE TABLE event_images (
+    event_id TEXT NOT NULL REFERENCES events (id),
+    position INTEGER NOT NULL,
+    image TEXT NOT NULL,
+    PRIMARY KEY (event_id, position)
+);
+CREATE INDEX event_images_by_image ON event_images (image);
+"""
+
+
+# --- Label files of either task -------------------------------------------------------------
+
+
+def infer_task(path: str | Path) -> str:
+    """`multiclass` when the CSV has a 'label' column, else `multilabel` (README, "Label CSV format")."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: label CSV not found; pass the path of your label file.")
+    with path.open(newline="", encoding="utf-8") as handle:
+        header = [cell.strip() for cell in next(csv.reader(handle), [])]
+    return "multiclass" if "label" in header else "multilabel"
+
+
+def read_labels(path: str | Path, task: str | None = None, *, allow_duplicates: bool = False) -> LabelTable:
+    """`read_label_csv` with the task inferred from the header when not given."""
+    return read_label_csv(path, task or infer_task(path), allow_duplicates=allow_duplicates)
+
+
+def image_classes(table: LabelTable) -> list[str]:
+    """Each image's class as text: its class (multiclass) or its positive labels joined by ';' (multilabel).
+
+    An unknown class is ''.
+    """
+    names = np.array(table.label_names, dtype=object)
+    classes = []
+    for row in table.labels:
+        if table.task == "multiclass":
+            classes.append("" if np.isnan(row).any() else str(names[int(np.nanargmax(row))]))
+        else:
+            classes.append(SEPARATOR.join(names[np.nan_to_num(row) == 1]))
+    return classes
+
+
+# --- Events -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejection:
+    """An event left out of an import, and why."""
+
+    line: int
+    reason: str
+
+
+def _normalised_timestamp(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"malformed timestamp {value!r} (expected ISO 8601, e.g. 2024-05-01T12:30:00Z)")
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(f"malformed timestamp {value!r} (expected ISO 8601, e.g. 2024-05-01T12:30:00Z)") from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc)
+    return moment.isoformat()
+
+
+def check_event(raw: object, known_images: set[str], classes: set[str]) -> dict:
+    """The event with its fields checked and normalised, or ValueError with the reason."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"expected a JSON object with fields {', '.join(EVENT_FIELDS)}, got {type(raw).__name__}")
+    missing = [name for name in EVENT_FIELDS if raw.get(name) in (None, "")]
+    if missing:
+        raise ValueError(f"missing field '{missing[0]}' (an event has {', '.join(EVENT_FIELDS)})")
+    action = str(raw["action"]).strip()
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action '{action}' (expected one of {', '.join(ACTIONS)})")
+    query_class = str(raw["query_class"]).strip()
+    if query_class not in classes:
+        raise ValueError(f"unknown query_class '{query_class}' (classes: {', '.join(sorted(classes))})")
+    images = raw["images"]
+    if isinstance(images, str):
+        images = images.split(SEPARATOR)
+    if not isinstance(images, list) or not all(isinstance(image, str) for image in images):
+        raise ValueError("'images' must be a list of image names")
+    images = list(dict.fromkeys(image.strip() for image in images if image.strip()))
+    if not images:
+        raise ValueError("'images' is empty")
+    unknown = [image for image in images if image not in known_images]
+    if unknown:
+        more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
+        raise ValueError(f"image '{unknown[0]}'{more} not in the data set")
+    event = {
+        "user": str(raw["user"]).strip(),
+        "session": str(raw["session"]).strip(),
+        "timestamp": _normalised_timestamp(raw["timestamp"]),
+        "query_class": query_class,
+        "action": action,
+        "images": images,
+    }
+    content = json.dumps(event, sort_keys=True, separators=(",", ":"))
+    event["content_hash"] = hashlib.sha256(content.encode("utf-8")).hexdigest()
+    given_id = raw.get("id")
+    event["id"] = str(given_id).strip() if given_id not in (None, "") else event["content_hash"][:32]
+    return event
+
+
+def read_event_lines(path: str | Path) -> list[tuple[int, object]]:
+    """(line number, raw event) for every event in a .jsonl or .csv file.
+
+    A line that is not JSON becomes a `Rejection` in place of its event.
+    CSV columns are the event's fields, `images` holding names joined by ';'.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: events file not found.")
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".csv"):
+        raise OptionError(f"{path.name}: expected an events file ending in .jsonl or .csv. Received: {suffix or 'no suffix'!r}")
+    rows: list[tuple[int, object]] = []
+    with path.open(newline="", encoding="utf-8") as handle:
+        if suffix == ".jsonl":
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append((number, json.loads(line.strip())))
+                except json.JSONDecodeError as error:
+                    rows.append((number, Rejection(number, f"malformed JSON ({error.msg} at column {error.colno})")))
+        else:
+            reader = csv.DictReader(handle)
+            header = [name.strip() for name in reader.fieldnames or []]
+            missing = [name for name in EVENT_FIELDS if name not in header]
+            if missing:
+                raise DataError(
+                    f"{path}: no '{missing[0]}' column; an events CSV has the columns "
+                    f"{','.join(EVENT_FIELDS)} (images joined by ';') and optionally id."
+                )
+            reader.fieldnames = header
+            for row in reader:
+                rows.append((reader.line_num, {key: value for key, value in row.items() if key is not None}))
+    return rows
+
+
+# --- The store --------------------------------------------------------------------------------
+
+
+def _locked(path: Path, wait: float) -> DataError:
+    return DataError(
+        f"{path}: the database is locked by another writer (waited {wait:g} s); "
+        "let the other import finish and run again, or raise --wait."
+    )
+
+
+def connect(path: str | Path, *, create: bool = False, wait: float = DEFAULT_WAIT_S) -> sqlite3.Connection:
+    """Open the store, creating it when `create`; refuse a newer schema or a foreign file.
+
+    `wait` is SQLite's busy timeout: how long a write waits for another writer
+    before giving up with a clear error.
+    """
+    path = Path(path)
+    if not path.is_file() and not create:
+        raise DataError(f"{path}: feedback database not found; create it with 'toolkit feedback import EVENTS --db {path}'.")
+    if wait < 0:
+        raise OptionError(f"--wait: expected seconds >= 0. Received: {wait}.")
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path, timeout=wait, isolation_level=None)
+    try:
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if version > SCHEMA_VERSION:
+            raise DataError(
+                f"{path}: schema version {version} is newer than this toolkit's {SCHEMA_VERSION}; "
+                "upgrade image-toolkit to read it, or pass another --db."
+            )
+        if version == 0 and tables:
+            raise DataError(f"{path}: an SQLite file but not a feedback database (tables: {', '.join(sorted(tables))}); pass another --db.")
+        if version == 0:
+            if not create:
+                raise DataError(f"{path}: an empty feedback database; import events first with 'toolkit feedback import'.")
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("BEGIN IMMEDIATE")
+            if connection.execute("PRAGMA user_version").fetchone()[0] == 0:
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    connection.execute(statement)
+                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            connection.execute("COMMIT")
+    except sqlite3.OperationalError as error:
+        connection.close()
+        if "locked" in str(error) or "busy" in str(error):
+            raise _locked(path, wait) from None
+        raise DataError(f"{path}: cannot open the feedback database ({error}).") from None
+    except sqlite3.DatabaseError as error:
+        connection.close()
+        raise DataError(f"{path}: not an SQLite database ({error}); pass another --db.") from None
+    except DataError:
+        connection.close()
+        raise
+    connection.execute("PRAGMA foreign_keys = ON")
+    return connection
+
+
+def _registered(connection: sqlite3.Connection) -> tuple[dict[str, str], set[str], str | None]:
+    images = dict(connection.execute("SELECT image, class FROM images"))
+    meta = dict(connection.execute("SELECT key, value FROM dataset"))
+    classes = set(json.loads(meta.get("label_names", "[]")))
+    return images, classes, meta.get("data_csv")
+
+
+def import_events(
+    events_path: str | Path,
+    db: str | Path = "feedback.sqlite",
+    *,
+    data_csv: str | Path | None = None,
+    task: str | None = None,
+    wait: float = DEFAULT_WAIT_S,
+) -> dict:
+    """Check every event of a .jsonl / .csv file and add the good ones to the store.
+
+    `data_csv` registers (or updates) the data set the events refer to; it is
+    needed on the first import. Bad events are left out and reported with
+    their line numbers; events already stored (same id) are not added again.
+    An id seen before with other content is a rejection, not an overwrite.
+    """
+    db = Path(db)
+    table = read_labels(data_csv, task) if data_csv is not None else None
+    rows = read_event_lines(events_path)
+    connection = connect(db, create=True, wait=wait)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        if table is not None:
+            connection.executemany(
+                "INSERT INTO images (image, class) VALUES (?, ?) ON CONFLICT (image) DO UPDATE SET class = excluded.class",
+                zip(table.images, image_classes(table)),
+            )
+            connection.executemany(
+                "INSERT OR REPLACE INTO dataset (key, value) VALUES (?, ?)",
+                [("task", table.task), ("label_names", json.dumps(table.label_names)), ("data_csv", str(data_csv))],
+            )
+        images, classes, registered_from = _registered(connection)
+        if not images:
+            raise DataError(f"{db}: no data set registered yet; pass --data_csv with the label file the events refer to.")
+        source = Path(events_path).name
+        where = f"the data set ({registered_from})" if registered_from else "the data set"
+        rejected: list[Rejection] = []
+        added = already = 0
+        imported_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        for line, raw in rows:
+            if isinstance(raw, Rejection):
+                rejected.append(raw)
+                continue
+            try:
+                event = check_event(raw, set(images), classes)
+            except ValueError as error:
+                rejected.append(Rejection(line, str(error).replace("the data set", where)))
+                continue
+            stored = connection.execute("SELECT content_hash FROM events WHERE id = ?", (event["id"],)).fetchone()
+            if stored is not None:
+                if stored[0] == event["content_hash"]:
+                    already += 1
+                else:
+                    rejected.append(Rejection(line, f"event id '{event['id']}' is already stored with other content"))
+                continue
+            connection.execute(
+                "INSERT INTO events (id, content_hash, user, session, timestamp, query_class, action, source, imported_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (event["id"], event["content_hash"], event["user"], event["session"], event["timestamp"],
+                 event["query_class"], event["action"], source, imported_at),
+            )
+            connection.executemany(
+                "INSERT INTO event_images (event_id, position, image) VALUES (?, ?, ?)",
+                [(event["id"], position, image) for position, image in enumerate(event["images"])],
+            )
+            added += 1
+        connection.execute("COMMIT")
+        total = connection.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    except sqlite3.OperationalError as error:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        if "locked" in str(error) or "busy" in str(error):
+            raise _locked(db, wait) from None
+        raise
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+    finally:
+        connection.close()
+    for rejection in rejected:
+        logger.warning("%s line %d: %s; event left out", Path(events_path).name, rejection.line, rejection.reason)
+    return {
+        "db": str(db),
+        "events": str(events_path),
+        "read": len(rows),
+        "added": added,
+        "already_stored": already,
+        "rejected": [dataclasses.asdict(rejection) for rejection in rejected],
+        "events_in_db": total,
+    }
+
+
+def image_feedback(db: str | Path = "feedback.sqlite", *, wait: float = DEFAULT_WAIT_S) -> pd.DataFrame:
+    """One row per image any event names: its class, the query classes and the count of each action.
+
+    `query_class` lists the classes the image was shown for, most frequent
+    first, joined by ';'; `users` counts the distinct users who acted on it.
+    """
+    connection = connect(db, wait=wait)
+    try:
+        events = pd.read_sql_query(
+            "SELECT event_images.image AS image, events.action AS action, events.query_class AS query_class, "
+            "events.user AS user FROM event_images JOIN events ON events.id = event_images.event_id",
+            connection,
+        )
+        classes = dict(connection.execute("SELECT image, class FROM images"))
+    except sqlite3.OperationalError as error:
+        if "locked" in str(error) or "busy" in str(error):
+            raise _locked(Path(db), wait) from None
+        raise
+    finally:
+        connection.close()
+    if events.empty:
+        return pd.DataFrame(columns=EXPORT_COLUMNS)
+    counts = pd.crosstab(events["image"], events["action"]).reindex(columns=list(ACTIONS), fill_value=0)
+
+    def ordered_classes(values: pd.Series) -> str:
+        tally = values.value_counts()
+        return SEPARATOR.join(sorted(tally.index, key=lambda name: (-tally[name], name)))
+
+    grouped = events.groupby("image")
+    frame = pd.DataFrame({
+        "image": counts.index,
+        "class": [classes.get(image, "") for image in counts.index],
+        "query_class": grouped["query_class"].agg(ordered_classes).reindex(counts.index).to_numpy(),
+        "lasso_count": counts["lasso"].to_numpy(),
+        "deselect_count": counts["deselect"].to_numpy(),
+        "select_count": counts["select"].to_numpy(),
+        "users": grouped["user"].nunique().reindex(counts.index).to_numpy(),
+    })
+    return frame.sort_values("image", kind="stable").reset_index(drop=True)
+
+
+def export_image_feedback(db: str | Path, output: str | Path, *, wait: float = DEFAULT_WAIT_S) -> pd.DataFrame:
+    """Write `image_feedback(db)` as CSV, atomically; return it."""
+    frame = image_feedback(db, wait=wait)
+    with atomic_path(output) as temporary:
+        frame.to_csv(temporary, index=False)
+    return frame
+
+
+def read_image_feedback(path: str | Path) -> pd.DataFrame:
+    """Read and check an image feedback CSV (the output of `toolkit feedback export`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: image feedback CSV not found; write one with 'toolkit feedback export'.")
+    try:
+        frame = pd.read_csv(path, dtype={"image": str, "class": str, "query_class": str}, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not a readable CSV ({str(error).splitlines()[0]}).") from None
+    missing = [column for column in EXPORT_COLUMNS if column not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{path}: no '{missing[0]}' column; expected the columns {','.join(EXPORT_COLUMNS)} "
+            "written by 'toolkit feedback export'."
+        )
+    for column in ("lasso_count", "deselect_count", "select_count", "users"):
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = np.flatnonzero(values.isna().to_numpy() | (values < 0).to_numpy())
+        if bad.size:
+            raise DataError(f"{path} line {bad[0] + 2}, column '{column}': expected a count >= 0, got '{frame[column].iat[bad[0]]}'.")
+        frame[column] = values.astype(int)
+    duplicated = frame["image"][frame["image"].duplicated()]
+    if not duplicated.empty:
+        raise DataError(f"{path}: image '{duplicated.iloc[0]}' is listed more than once; export it again with 'toolkit feedback export'.")
+    return frame

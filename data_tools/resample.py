@@ -1,0 +1,177 @@
+"""Repeat rows of a training list by designated ratios: `toolkit resample`.
+
+A ratio is given per group of training rows:
+
+* `deselected`: images someone deselected (deselect_count > 0 in the image
+  feedback CSV), the "decision boundary" images;
+* `selected`: images lassoed or selected and never deselected;
+* `feedback`: every image the feedback names;
+* `class:NAME`: images of class NAME (multiclass) or with label NAME = 1 (multilabel).
+
+A row in several groups gets the product of their ratios (a deselected
+kitchen image with `deselected=3` and `class:kitchen=2` appears 6 times).
+A ratio r keeps floor(r) copies of a row and one more with probability
+r - floor(r), drawn with the seed, so 2.5 means "2 or 3 copies, 2.5 on
+average" and 0.5 "half of the rows". Only training rows are ever repeated;
+a training list that shares an image with the validation or test list is
+refused, because repeating it would train on what is scored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data_tools.errors import DataError, OptionError
+from data_tools.feedback import read_image_feedback, read_labels
+from data_tools.labels import LabelTable, write_label_csv
+
+logger = logging.getLogger(__name__)
+
+FEEDBACK_GROUPS = ("deselected", "selected", "feedback")
+CLASS_PREFIX = "class:"
+
+
+def parse_ratios(items: Iterable[str]) -> dict[str, float]:
+    """`["deselected=3", "class:kitchen=2"]` -> `{"deselected": 3.0, "class:kitchen": 2.0}`."""
+    ratios: dict[str, float] = {}
+    for item in items:
+        group, equals, value = item.partition("=")
+        group = group.strip()
+        if not equals or not group:
+            raise OptionError(f"--ratio {item}: expected GROUP=RATIO, e.g. deselected=3 or class:kitchen=2.")
+        if group not in FEEDBACK_GROUPS and not (group.startswith(CLASS_PREFIX) and len(group) > len(CLASS_PREFIX)):
+            raise OptionError(
+                f"--ratio {item}: unknown group '{group}'; expected one of {', '.join(FEEDBACK_GROUPS)} or class:NAME."
+            )
+        try:
+            ratio = float(value)
+        except ValueError:
+            ratio = math.nan
+        if not (math.isfinite(ratio) and ratio > 0):
+            raise OptionError(
+                f"--ratio {item}: the ratio must be a positive number "
+                f"(1 keeps the rows, 3 triples them, 0.5 keeps half). Received: {value.strip()!r}."
+            )
+        if group in ratios:
+            raise OptionError(f"--ratio {item}: group '{group}' is given twice; give each group once.")
+        ratios[group] = ratio
+    if not ratios:
+        raise OptionError("--ratio: give at least one, e.g. --ratio deselected=3.")
+    return ratios
+
+
+def group_members(table: LabelTable, feedback: pd.DataFrame, groups: Iterable[str], *, source: str = "the training list") -> dict[str, np.ndarray]:
+    """For each group, a boolean mask over the table's rows."""
+    by_image = feedback.set_index("image")
+    deselected = set(by_image.index[by_image["deselect_count"] > 0])
+    picked = by_image["lasso_count"] + by_image["select_count"] > 0
+    selected = set(by_image.index[picked & (by_image["deselect_count"] == 0)])
+    images = np.array(table.images, dtype=object)
+    masks = {}
+    for group in groups:
+        if group == "deselected":
+            masks[group] = np.isin(images, list(deselected))
+        elif group == "selected":
+            masks[group] = np.isin(images, list(selected))
+        elif group == "feedback":
+            masks[group] = np.isin(images, list(by_image.index))
+        else:
+            name = group[len(CLASS_PREFIX):]
+            if name not in table.label_names:
+                raise OptionError(f"--ratio {group}: no class '{name}' in {source} (classes: {', '.join(table.label_names)}).")
+            masks[group] = table.labels[:, table.label_names.index(name)] == 1
+    return masks
+
+
+@dataclasses.dataclass(frozen=True)
+class Resampled:
+    """The resampled table, the source row of each of its rows, and counts per group."""
+
+    table: LabelTable
+    rows: np.ndarray
+    counts: pd.DataFrame
+
+
+def check_no_leak(train: LabelTable, held_out: dict[str, Iterable[str]], source: str) -> None:
+    """Refuse a training list that shares an image with a validation or test list."""
+    train_images = set(train.images)
+    for name, images in held_out.items():
+        leaked = sorted(train_images.intersection(images))
+        if leaked:
+            more = f" (and {len(leaked) - 1} more)" if len(leaked) > 1 else ""
+            raise DataError(
+                f"{source}: image '{leaked[0]}'{more} is also in {name}; resampling would train on held-out images. "
+                f"Remove it from {source} or from {name}."
+            )
+
+
+def resample_table(
+    train: LabelTable,
+    feedback: pd.DataFrame,
+    ratios: dict[str, float],
+    *,
+    seed: int = 0,
+    held_out: dict[str, Iterable[str]] | None = None,
+    source: str = "the training list",
+) -> Resampled:
+    """Repeat the training rows by the ratios of their groups (module docstring); deterministic with `seed`."""
+    if not ratios:
+        raise OptionError("--ratio: give at least one, e.g. --ratio deselected=3.")
+    for group, ratio in ratios.items():
+        if not (math.isfinite(ratio) and ratio > 0):
+            raise OptionError(f"--ratio {group}={ratio}: the ratio must be a positive number.")
+    check_no_leak(train, held_out or {}, source)
+    masks = group_members(train, feedback, ratios, source=source)
+    for group, mask in masks.items():
+        if not mask.any():
+            logger.warning("--ratio %s: no row of %s is in this group; it changes nothing", group, source)
+    outside = sorted(set(feedback["image"]) - set(train.images))
+    if outside:
+        logger.info("%d images with feedback are not in %s (validation, test or unlabelled) and are not added", len(outside), source)
+    per_row = np.ones(len(train))
+    for group, mask in masks.items():
+        per_row[mask] *= ratios[group]
+    whole = np.floor(per_row)
+    draws = np.random.default_rng(seed).random(len(train))
+    copies = (whole + (draws < per_row - whole)).astype(int)
+    rows = np.repeat(np.arange(len(train)), copies)
+    in_no_group = ~np.any(list(masks.values()), axis=0) if masks else np.ones(len(train), dtype=bool)
+    counts = pd.DataFrame(
+        [
+            {"group": group, "ratio": ratios.get(group, 1.0), "rows_before": int(mask.sum()), "rows_after": int(copies[mask].sum())}
+            for group, mask in [*masks.items(), ("other", in_no_group), ("total", np.ones(len(train), dtype=bool))]
+        ]
+    )
+    counts.loc[counts["group"].isin(["other", "total"]), "ratio"] = np.nan
+    return Resampled(train.subset(rows), rows, counts)
+
+
+def resample_csv(
+    train_csv: str | Path,
+    feedback_csv: str | Path,
+    output: str | Path,
+    ratios: dict[str, float],
+    *,
+    seed: int = 0,
+    val_csv: str | Path | None = None,
+    test_csv: str | Path | None = None,
+    task: str | None = None,
+) -> Resampled:
+    """Read the lists, resample the training list and write it to `output` (atomically)."""
+    train = read_labels(train_csv, task, allow_duplicates=True)
+    held_out = {}
+    for path in (val_csv, test_csv):
+        if path is not None:
+            held_out[str(path)] = read_labels(path, train.task, allow_duplicates=True).images
+    if not held_out:
+        logger.warning("No --val_csv or --test_csv given: cannot check that no held-out image is resampled.")
+    result = resample_table(train, read_image_feedback(feedback_csv), ratios, seed=seed, held_out=held_out, source=str(train_csv))
+    write_label_csv(result.table, output)
+    return result

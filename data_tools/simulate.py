@@ -1,0 +1,153 @@
+"""Simulated users, so the feedback loop can be measured without a crowd: `toolkit feedback simulate`.
+
+Each simulated user works on one class, as a person on the web page would:
+
+1. looks at the 2-D map of the images (t-SNE or PCA of their features);
+2. lassoes a disc around the densest part of the class (one of its five
+   images with the closest class neighbours), widened until it holds a
+   random 50-90 % of the class, or until the class's own images would no
+   longer be the majority inside (a person stops at the visible edge of a
+   cluster); the disc also catches the other classes' images that lie
+   among them;
+3. deselects the caught images whose true label is another class, missing
+   each with probability `noise` and wrongly deselecting a right one with
+   probability `noise`;
+4. selects a few images of the class just outside the disc.
+
+Users take the classes in turn (a shuffled order), so every class gets
+feedback. The events are built from the data set's real labels and real
+features, so the deselected images are the ones that a feature map puts on
+the wrong side of a class boundary. Images whose label is unknown are never
+deselected. Everything is drawn from `seed`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+
+from data_tools.atomic import write_text
+from data_tools.embedding import embed_2d
+from data_tools.errors import DataError, OptionError
+from data_tools.features import read_features
+from data_tools.feedback import read_labels
+from data_tools.labels import LabelTable
+
+logger = logging.getLogger(__name__)
+
+START = datetime(2024, 1, 1, 9, 0, tzinfo=timezone.utc)
+MAX_SELECTS = 3
+# The disc stops growing before the class's own images fall below this share of those inside.
+MIN_PURITY = 0.5
+# Neighbours that measure how dense a class is around each of its images.
+DENSITY_NEIGHBOURS = 10
+
+
+def dense_centres(coords: np.ndarray, members: np.ndarray, count: int = 5) -> np.ndarray:
+    """The `count` members whose nearest fellow members are closest: the heart of the class on the map."""
+    from sklearn.neighbors import NearestNeighbors
+
+    k = min(DENSITY_NEIGHBOURS, len(members) - 1)
+    if k < 1:
+        return members
+    distances, _ = NearestNeighbors(n_neighbors=k + 1).fit(coords[members]).kneighbors(coords[members])
+    return members[np.argsort(distances[:, 1:].mean(axis=1), kind="stable")[:count]]
+
+
+def lasso(coords: np.ndarray, column: np.ndarray, centre: np.ndarray, share: float) -> np.ndarray:
+    """The images inside the disc around `centre` that holds `share` of the class, purity permitting."""
+    distance = np.linalg.norm(coords - centre, axis=1)
+    order = np.argsort(distance, kind="stable")
+    own = np.cumsum(column[order] == 1)
+    inside = np.arange(1, len(order) + 1)
+    target = max(1, int(np.ceil(share * own[-1])))
+    allowed = np.flatnonzero((own <= target) & (own >= MIN_PURITY * inside))
+    return order[: allowed[-1] + 1] if allowed.size else order[:1]
+
+
+def simulate_events(table: LabelTable, coords: np.ndarray, *, users: int = 20, noise: float = 0.05, seed: int = 0) -> list[dict]:
+    """The events of `users` simulated users on the map `coords` (one row per image of `table`)."""
+    if users < 1:
+        raise OptionError(f"--users: expected a positive integer. Received: {users}.")
+    if not 0.0 <= noise < 0.5:
+        raise OptionError(f"--noise: expected an error rate in [0, 0.5). Received: {noise}.")
+    coords = np.asarray(coords, dtype=np.float64)
+    if coords.shape != (len(table), 2):
+        raise DataError(f"expected one 2-D position per image ({len(table)}, 2); got {coords.shape}.")
+    rng = np.random.default_rng(seed)
+    classes = [j for j in range(len(table.label_names)) if (table.labels[:, j] == 1).any()]
+    if not classes:
+        raise DataError("no image has a known positive label; simulated users need labelled images.")
+    order = rng.permutation(classes)
+    images = np.array(table.images, dtype=object)
+    events: list[dict] = []
+    for user in range(users):
+        column = table.labels[:, order[user % len(order)]]
+        query_class = table.label_names[order[user % len(order)]]
+        members = np.flatnonzero(column == 1)
+        centre = coords[rng.choice(dense_centres(coords, members))]
+        caught = np.sort(lasso(coords, column, centre, rng.uniform(0.5, 0.9)))
+        distance = np.linalg.norm(coords - centre, axis=1)
+        radius = distance[caught].max()
+        draws = rng.random(len(caught))
+        wrong_class = column[caught] == 0
+        right_class = column[caught] == 1
+        deselected = caught[(wrong_class & (draws >= noise)) | (right_class & (draws < noise))]
+        outside = members[distance[members] > radius]
+        selected = outside[np.argsort(distance[outside], kind="stable")][: rng.integers(0, MAX_SELECTS + 1)]
+        moment = START + timedelta(minutes=10 * user)
+        base = {"user": f"sim{user:03d}", "session": f"sim-{seed}-{user:03d}", "query_class": query_class}
+        for step, (action, rows) in enumerate([("lasso", caught), ("deselect", deselected), ("select", selected)]):
+            if len(rows):
+                timestamp = (moment + timedelta(seconds=20 * step)).isoformat().replace("+00:00", "Z")
+                events.append({**base, "timestamp": timestamp, "action": action, "images": images[rows].tolist()})
+    return events
+
+
+def simulate_feedback(
+    data_csv: str | Path,
+    features_path: str | Path,
+    output: str | Path,
+    *,
+    task: str | None = None,
+    users: int = 20,
+    noise: float = 0.05,
+    method: str = "tsne",
+    seed: int = 0,
+    n_jobs: int = -1,
+) -> dict:
+    """Map the images' features to 2-D, simulate the users and write their events as JSON lines."""
+    if Path(output).suffix.lower() != ".jsonl":
+        raise OptionError(f"-o {output}: simulated events are written as JSON lines; give a name ending in .jsonl.")
+    table = read_labels(data_csv, task)
+    feature_set = read_features(features_path)
+    row_of = {path: row for row, path in enumerate(feature_set.paths)}
+    keep = [i for i, image in enumerate(table.images) if image in row_of]
+    if not keep:
+        raise DataError(
+            f"{features_path}: none of its paths is an image of {data_csv} (e.g. '{feature_set.paths[0]}' vs "
+            f"'{table.images[0]}'); extract features of the same image folder."
+        )
+    if len(keep) < len(table):
+        logger.warning("%d images of %s have no features in %s and are left out", len(table) - len(keep), data_csv, features_path)
+    table = table.subset(keep)
+    features = feature_set.features[[row_of[image] for image in table.images]]
+    coords = embed_2d(features, method=method, seed=seed, n_jobs=n_jobs)
+    events = simulate_events(table, coords, users=users, noise=noise, seed=seed)
+    write_text(output, "".join(json.dumps(event) + "\n" for event in events))
+    truth = {image: row for row, image in enumerate(table.images)}
+    deselected = {(event["query_class"], image) for event in events if event["action"] == "deselect" for image in event["images"]}
+    right = sum(table.labels[truth[image], table.label_names.index(name)] == 0 for name, image in deselected)
+    return {
+        "output": str(output),
+        "users": users,
+        "events": len(events),
+        "lassoed_images": len({image for event in events if event["action"] == "lasso" for image in event["images"]}),
+        "deselected_images": len({image for _, image in deselected}),
+        "deselects_of_another_class": round(right / len(deselected), 4) if deselected else None,
+        "method": method,
+    }
