@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
 
@@ -30,6 +31,15 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print machin
 def start(quiet: bool) -> None:
     """Set up logging for a command run."""
     configure_logging(quiet)
+
+
+def option_group(*decorators):
+    """Several Click options as one decorator, applied in the order given (for options commands share)."""
+
+    def apply(function):
+        return functools.reduce(lambda wrapped, decorator: decorator(wrapped), reversed(decorators), function)
+
+    return apply
 
 
 def progress_to_stderr(as_json: bool):

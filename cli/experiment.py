@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from cli.common import command, echo_json, json_option, progress_to_stderr, quiet_option, start
-from models import names
+from cli.train import classifier_options
 
 
 @command("experiment")
@@ -20,20 +20,7 @@ from models import names
 @click.option("--split_seed", type=int, default=12345, show_default=True, help="Seed of the test and validation splits, independent of the training seeds.")
 @click.option("--min_test_per_class", type=click.IntRange(min=1), default=3, show_default=True, help="Refuse a test split with fewer images of some class.")
 @click.option("--output_dir", default="experiment", show_default=True, help="Where lists/, runs/, ExperimentLog.csv, Results.csv and experiment.png go.")
-@click.option("--task", type=click.Choice(names.TASKS), default="multiclass", show_default=True)
-@click.option("--backbone", type=click.Choice(names.BACKBONES), default="resnet50", show_default=True)
-@click.option("--weights", default="imagenet", show_default=True, help="imagenet, none, or the path of a local weights file for the backbone.")
-@click.option("--head_units", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--image_size", type=click.IntRange(min=8), default=224, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--batch_size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--learning_rate", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
-@click.option("--val_split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True, help="Share of the non-test images held out for validation (best-epoch choice).")
-@click.option("--missing_labels", type=click.Choice(names.MISSING_LABELS), default="mask", show_default=True)
-@click.option("--class_weight", type=click.Choice(names.CLASS_WEIGHTS), default="none", show_default=True)
-@click.option("--fine_tune", is_flag=True, help="Unfreeze the pretrained backbone.")
-@click.option("--augment", is_flag=True, help="Random flips, rotations and zooms of training images.")
-@click.option("--precision", type=click.Choice(names.PRECISIONS), default="fp32", show_default=True)
+@classifier_options(task="multiclass")
 @quiet_option
 @json_option
 def experiment(feedback: str, ratios: tuple[str, ...], seeds: int, seed_base: int, test_split: float, test_csv: str | None,

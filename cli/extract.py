@@ -2,33 +2,28 @@
 
 from __future__ import annotations
 
-import functools
-
 import click
 
-from cli.common import command, echo_json, json_option, progress_to_stderr, quiet_option, start
+from cli.common import command, echo_json, json_option, option_group, progress_to_stderr, quiet_option, start
+from models import names
 
-EXTRACT_PRECISIONS = ("fp32", "mixed_bfloat16")
 
-
-def extraction_options(function):
-    """The options both extraction commands share."""
-    decorators = [
-        click.argument("image_path", type=click.Path(exists=True)),
-        click.argument("output_path", type=click.Path(dir_okay=False, writable=True)),
-        click.option("--model", default="inceptionv3", show_default=True, help="inceptionv3, resnet50, or the path of a toolkit model (best_model.h5)."),
-        click.option("--layer", default=None, help="Layer of a model file to read (default: its penultimate layer, or its output for get-inception-output)."),
-        click.option("--weights", default="imagenet", show_default=True, help="imagenet, none, or a local weights file."),
-        click.option("--image_size", type=click.IntRange(min=32), default=None, help="Input size (default: the model's own, 299 for InceptionV3, 224 for ResNet50)."),
-        click.option("--batch_size", type=click.IntRange(min=1), default=32, show_default=True),
-        click.option("--precision", type=click.Choice(EXTRACT_PRECISIONS), default="fp32", show_default=True),
-        click.option("--append", is_flag=True, help="Keep the rows already in OUTPUT_PATH and compute only the images not yet there."),
-        click.option("--num_shards", type=click.IntRange(min=1), default=1, show_default=True, help="Split the images into this many shards (for a job array)..."),
-        click.option("--shard_index", type=click.IntRange(min=0), default=0, show_default=True, help="...and compute shard number I (0-based); join with merge-features."),
-        quiet_option,
-        json_option,
-    ]
-    return functools.reduce(lambda wrapped, decorator: decorator(wrapped), reversed(decorators), function)
+# The options both extraction commands share.
+extraction_options = option_group(
+    click.argument("image_path", type=click.Path(exists=True)),
+    click.argument("output_path", type=click.Path(dir_okay=False, writable=True)),
+    click.option("--model", default="inceptionv3", show_default=True, help="inceptionv3, resnet50, or the path of a toolkit model (best_model.h5)."),
+    click.option("--layer", default=None, help="Layer of a model file to read (default: its penultimate layer, or its output for get-inception-output)."),
+    click.option("--weights", default="imagenet", show_default=True, help="imagenet, none, or a local weights file."),
+    click.option("--image_size", type=click.IntRange(min=32), default=None, help="Input size (default: the model's own, 299 for InceptionV3, 224 for ResNet50)."),
+    click.option("--batch_size", type=click.IntRange(min=1), default=32, show_default=True),
+    click.option("--precision", type=click.Choice(names.EXTRACT_PRECISIONS), default="fp32", show_default=True),
+    click.option("--append", is_flag=True, help="Keep the rows already in OUTPUT_PATH and compute only the images not yet there."),
+    click.option("--num_shards", type=click.IntRange(min=1), default=1, show_default=True, help="Split the images into this many shards (for a job array)..."),
+    click.option("--shard_index", type=click.IntRange(min=0), default=0, show_default=True, help="...and compute shard number I (0-based); join with merge-features."),
+    quiet_option,
+    json_option,
+)
 
 
 def run_extraction(output: str, image_path: str, output_path: str, model: str, layer: str | None, weights: str,

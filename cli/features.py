@@ -26,7 +26,8 @@ def merge_features(output_path: Path, input_paths: tuple[Path, ...], quiet: bool
       toolkit merge-features features.npz features_shard*.npz
     """
     start(quiet)
-    from data_tools.features import feature_format, merge_features as merge, write_features
+    from data_tools.features import feature_format, write_features
+    from data_tools.features import merge_features as merge
 
     feature_format(output_path)
     merged = merge(list(input_paths))

@@ -37,6 +37,7 @@ COMMANDS = {
     "resample": "cli.resample.resample",
     "experiment": "cli.experiment.experiment",
     "tsne": "cli.tsne.tsne",
+    "serve": "cli.serve.serve",
 }
 
 

@@ -23,7 +23,9 @@ from cli.common import command, echo_json, json_option, quiet_option, start
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Feature file of other images: find their neighbours in FEATURES_PATH instead.",
 )
-@click.option("--max_memory", type=int, default=512, show_default=True, help="Working memory in MB, beyond the features.")
+@click.option(
+    "--max_memory", type=int, default=512, show_default=True, help="Working memory in MB, beyond the features."
+)
 @quiet_option
 @json_option
 def compute_distances(
@@ -58,7 +60,7 @@ def compute_distances(
     start(quiet)
     logging.getLogger("faiss").setLevel(logging.WARNING)  # Its loader logs every CPU feature it tries.
     from data_tools.features import read_features
-    from data_tools.neighbors import check_options, exact_neighbors, write_neighbors, writable_dir
+    from data_tools.neighbors import check_options, exact_neighbors, writable_dir, write_neighbors
 
     max_bytes = max_memory * 2**20
     check_options(metric=distance_metric, n_threads=n_cores, max_memory=max_bytes)
@@ -79,10 +81,16 @@ def compute_distances(
     query_paths = gallery.paths if query_set is None else query_set.paths
     files = write_neighbors(output_dir_path, distances, indices, query_paths, gallery.paths)
     if as_json:
-        echo_json({
-            "output_dir": str(output_dir_path), "files": [file.name for file in files], "queries": len(indices),
-            "n_neighbors": n_neighbors, "metric": distance_metric, "seconds": round(seconds, 3),
-        })
+        echo_json(
+            {
+                "output_dir": str(output_dir_path),
+                "files": [file.name for file in files],
+                "queries": len(indices),
+                "n_neighbors": n_neighbors,
+                "metric": distance_metric,
+                "seconds": round(seconds, 3),
+            }
+        )
     else:
         click.echo(
             f"{len(indices):,} images x {n_neighbors} neighbours ({distance_metric}, {seconds:.1f} s): "

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-
 import click
 
-from cli.common import command, echo_json, json_option, progress_to_stderr, quiet_option, start
+from cli.common import command, echo_json, json_option, option_group, progress_to_stderr, quiet_option, start
 from models import names
 
 
@@ -55,26 +53,24 @@ def filter_images(image_dir: str, output_dir: str, min_size: int, min_per_class:
     click.echo(f"Wrote the images and metadata.csv to {output_dir}")
 
 
-def training_options(function):
-    """Options both embedding trainings share."""
-    decorators = [
-        click.option("--img_directory", default=None, help="Folder the CSV's image paths are relative to (default: the CSV's folder)."),
-        click.option("--backbone", type=click.Choice(names.BACKBONES), default="resnet18", show_default=True),
-        click.option("--weights", default="none", show_default=True, help="imagenet (not for resnet18 or small_cnn), none, or a weights file."),
-        click.option("--embedding_dim", type=click.IntRange(min=1), default=128, show_default=True),
-        click.option("--classes_per_batch", type=click.IntRange(min=1), default=None, help="Balanced batches: this many classes..."),
-        click.option("--examples_per_class", type=click.IntRange(min=1), default=None, help="...times this many images of each."),
-        click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
-        click.option("--batch_size", type=click.IntRange(min=2), default=32, show_default=True),
-        click.option("--learning_rate", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True),
-        click.option("--image_size", type=click.IntRange(min=8), default=224, show_default=True),
-        click.option("--output_dir", default=".", show_default=True),
-        click.option("--resume", is_flag=True, help="Continue the run in --output_dir; refused if other options differ."),
-        click.option("--seed", type=int, default=42, show_default=True),
-        quiet_option,
-        json_option,
-    ]
-    return functools.reduce(lambda wrapped, decorator: decorator(wrapped), reversed(decorators), function)
+# Options both embedding trainings share.
+training_options = option_group(
+    click.option("--img_directory", default=None, help="Folder the CSV's image paths are relative to (default: the CSV's folder)."),
+    click.option("--backbone", type=click.Choice(names.BACKBONES), default="resnet18", show_default=True),
+    click.option("--weights", default="none", show_default=True, help="imagenet (not for resnet18 or small_cnn), none, or a weights file."),
+    click.option("--embedding_dim", type=click.IntRange(min=1), default=128, show_default=True),
+    click.option("--classes_per_batch", type=click.IntRange(min=1), default=None, help="Balanced batches: this many classes..."),
+    click.option("--examples_per_class", type=click.IntRange(min=1), default=None, help="...times this many images of each."),
+    click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
+    click.option("--batch_size", type=click.IntRange(min=2), default=32, show_default=True),
+    click.option("--learning_rate", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True),
+    click.option("--image_size", type=click.IntRange(min=8), default=224, show_default=True),
+    click.option("--output_dir", default=".", show_default=True),
+    click.option("--resume", is_flag=True, help="Continue the run in --output_dir; refused if other options differ."),
+    click.option("--seed", type=int, default=42, show_default=True),
+    quiet_option,
+    json_option,
+)
 
 
 def run_training(method: str, data: str, quiet: bool, as_json: bool, **options) -> None:

@@ -25,6 +25,7 @@ from data_tools.images import IMAGE_SUFFIXES, check_images, find_images, report_
 from data_tools.pipeline import image_dataset
 from models.backbones import build_backbone, get_backbone
 from models.inference import load_classifier
+from models.names import EXTRACT_PRECISIONS
 from models.similarity import load_embedding_model
 from models.runtime import keras, precision_policy, tf
 
@@ -34,7 +35,6 @@ OUTPUTS = ("scores", "pooled")
 # The `weights` recorded for features of a toolkit model file: the file holds them.
 MODEL_FILE_WEIGHTS = "model file"
 NAMED_MODELS = ("inceptionv3", "resnet50")
-EXTRACT_PRECISIONS = ("fp32", "mixed_bfloat16")
 # XLA-compiled inference, by model, where it measured faster (benchmarks/bench_extract.py).
 # On 2 CPU cores it lost for both: ResNet50 23.8 -> 20.3 images/s, InceptionV3 34.4 -> 28.0.
 XLA_INFERENCE = {"resnet50": False, "inceptionv3": False}
