@@ -264,11 +264,52 @@ def connect(path: str | Path, *, create: bool = False, wait: float = DEFAULT_WAI
     return connection
 
 
-def _registered(connection: sqlite3.Connection) -> tuple[dict[str, str], set[str], str | None]:
+class EventConflict(ValueError):
+    """An event's id is already stored with other content."""
+
+
+def register_dataset(connection: sqlite3.Connection, table: LabelTable, data_csv: str | Path) -> None:
+    """Record (or update) the images, their classes and the label names events are checked against."""
+    connection.executemany(
+        "INSERT INTO images (image, class) VALUES (?, ?) ON CONFLICT (image) DO UPDATE SET class = excluded.class",
+        zip(table.images, image_classes(table)),
+    )
+    connection.executemany(
+        "INSERT OR REPLACE INTO dataset (key, value) VALUES (?, ?)",
+        [("task", table.task), ("label_names", json.dumps(table.label_names)), ("data_csv", str(data_csv))],
+    )
+
+
+def registered(connection: sqlite3.Connection) -> tuple[dict[str, str], list[str], str | None]:
+    """The registered images with their classes, the label names, and the label file they came from."""
     images = dict(connection.execute("SELECT image, class FROM images"))
     meta = dict(connection.execute("SELECT key, value FROM dataset"))
-    classes = set(json.loads(meta.get("label_names", "[]")))
+    classes = list(json.loads(meta.get("label_names", "[]")))
     return images, classes, meta.get("data_csv")
+
+
+def store_event(connection: sqlite3.Connection, event: dict, *, source: str, imported_at: str) -> bool:
+    """Insert a checked event inside the caller's transaction; False if the same event is already stored.
+
+    Idempotent by id: the same event again adds nothing; another event under
+    a stored id raises EventConflict rather than overwriting it.
+    """
+    stored = connection.execute("SELECT content_hash FROM events WHERE id = ?", (event["id"],)).fetchone()
+    if stored is not None:
+        if stored[0] != event["content_hash"]:
+            raise EventConflict(f"event id '{event['id']}' is already stored with other content")
+        return False
+    connection.execute(
+        "INSERT INTO events (id, content_hash, user, session, timestamp, query_class, action, source, imported_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (event["id"], event["content_hash"], event["user"], event["session"], event["timestamp"],
+         event["query_class"], event["action"], source, imported_at),
+    )
+    connection.executemany(
+        "INSERT INTO event_images (event_id, position, image) VALUES (?, ?, ?)",
+        [(event["id"], position, image) for position, image in enumerate(event["images"])],
+    )
+    return True
 
 
 def import_events(
@@ -293,15 +334,8 @@ def import_events(
     try:
         connection.execute("BEGIN IMMEDIATE")
         if table is not None:
-            connection.executemany(
-                "INSERT INTO images (image, class) VALUES (?, ?) ON CONFLICT (image) DO UPDATE SET class = excluded.class",
-                zip(table.images, image_classes(table)),
-            )
-            connection.executemany(
-                "INSERT OR REPLACE INTO dataset (key, value) VALUES (?, ?)",
-                [("task", table.task), ("label_names", json.dumps(table.label_names)), ("data_csv", str(data_csv))],
-            )
-        images, classes, registered_from = _registered(connection)
+            register_dataset(connection, table, data_csv)
+        images, classes, registered_from = registered(connection)
         if not images:
             raise DataError(f"{db}: no data set registered yet; pass --data_csv with the label file the events refer to.")
         source = Path(events_path).name
@@ -314,28 +348,17 @@ def import_events(
                 rejected.append(raw)
                 continue
             try:
-                event = check_event(raw, set(images), classes)
+                event = check_event(raw, set(images), set(classes))
             except ValueError as error:
                 rejected.append(Rejection(line, str(error).replace("the data set", where)))
                 continue
-            stored = connection.execute("SELECT content_hash FROM events WHERE id = ?", (event["id"],)).fetchone()
-            if stored is not None:
-                if stored[0] == event["content_hash"]:
-                    already += 1
+            try:
+                if store_event(connection, event, source=source, imported_at=imported_at):
+                    added += 1
                 else:
-                    rejected.append(Rejection(line, f"event id '{event['id']}' is already stored with other content"))
-                continue
-            connection.execute(
-                "INSERT INTO events (id, content_hash, user, session, timestamp, query_class, action, source, imported_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (event["id"], event["content_hash"], event["user"], event["session"], event["timestamp"],
-                 event["query_class"], event["action"], source, imported_at),
-            )
-            connection.executemany(
-                "INSERT INTO event_images (event_id, position, image) VALUES (?, ?, ?)",
-                [(event["id"], position, image) for position, image in enumerate(event["images"])],
-            )
-            added += 1
+                    already += 1
+            except EventConflict as conflict:
+                rejected.append(Rejection(line, str(conflict)))
         connection.execute("COMMIT")
         total = connection.execute("SELECT COUNT(*) FROM events").fetchone()[0]
     except sqlite3.OperationalError as error:

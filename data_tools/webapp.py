@@ -1,0 +1,496 @@
+"""The web app of `toolkit serve`: search an image index, lasso and deselect, refine by Rocchio, store feedback.
+
+`create_app` builds a FastAPI app (the `serve` extra) over three things a
+user already has: an index folder (`toolkit index build`), the folder of the
+images it names, and the SQLite feedback store (`data_tools.feedback`).
+
+API (JSON unless said; the schema is at /openapi.json):
+
+- `GET  /api/info`: size, metric, the classes of the store, the defaults below.
+- `GET  /api/search?q=sofa&k=40`: keyword query (see "Keyword ranking").
+- `POST /api/search/image`: multipart upload `file`, at most `max_upload_bytes`;
+  the image is embedded with the index's model. The answer carries the
+  query's feature row (`query_vector`) for `refine`.
+- `POST /api/search/refine`: `{"query": {"text": ..} | {"id": ..} | {"vector": [..]},
+  "selected": [ids], "deselected": [ids], "k": 40}`: Rocchio (`data_tools.rocchio`)
+  over the index features: q' = alpha q + beta mean(selected) - gamma mean(deselected).
+  For a text query, q is the mean of its top-k results' (normalised) rows.
+- `GET  /api/images/{id}`, `GET /api/thumbnails/{id}`: an indexed image by its
+  row number, only from inside the image folder; never by a client's path.
+- `GET  /api/map`: 2-D coordinates of every image: the `--map` CSV of
+  `toolkit tsne` (image,x,y), else a PCA of the index features.
+- `POST /api/feedback`: one event of the feedback store's schema; stored.
+- `GET  /api/feedback/export`: the per-image CSV of `toolkit feedback export`.
+
+Keyword ranking: when the index (or `scores`) holds class scores, an image's
+score is the weighted sum of its scores for the classes the keyword names
+(`data_tools.keywords`). Learned queries: the keyword's query class is the
+store's class it names; every image users confirmed for that class (lasso or
+select, minus deselect) gains `learned_weight` x clip(net votes, -1, 1), so
+confirmed images rank higher next time and rejected ones lower. Without class
+scores, a keyword that names a store class ranks by cosine similarity to the
+mean of the images confirmed for it, plus the same bonus.
+
+The store must know the data set (image -> class): pass `labels` (the label
+CSV, as `toolkit feedback import --data_csv`) unless it already does.
+
+Memory: the app keeps the index features (N x D float32), their normalised
+copy, and up to `THUMBNAIL_CACHE` thumbnails.
+"""
+
+import csv
+import io
+import logging
+import os
+import sqlite3
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from data_tools import feedback, rocchio
+from data_tools.errors import DataError, OptionError
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).with_name("static")
+STATIC_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+DEFAULT_K = 40
+MAX_K = 1000
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+LEARNED_WEIGHT = 0.5
+THUMBNAIL_SIZE = 128
+THUMBNAIL_CACHE = 4096
+
+
+def missing_extra() -> str | None:
+    """None when FastAPI, uvicorn and python-multipart are installed, else the pip line to install them."""
+    import importlib.util
+
+    if all(importlib.util.find_spec(name) for name in ("fastapi", "uvicorn", "multipart")):
+        return None
+    return "toolkit serve needs: pip install 'image-toolkit[serve]'"
+
+
+class Collection:
+    """The indexed images, their features, classes and map: what every request reads, loaded once."""
+
+    def __init__(self, index_dir, images_dir, *, scores=None, map_csv=None):
+        from data_tools.index import ImageIndex
+
+        self.root = Path(images_dir).resolve()
+        if not self.root.is_dir():
+            raise DataError(f"{images_dir}: no such image folder; pass the folder the index's image paths are relative to.")
+        index = ImageIndex.load(index_dir, n_threads=1)
+        self.metadata = dict(index.features_metadata_)
+        self.metric = "euclidean" if index.metric == "euclidean" else "cosine"
+        self.names = [self._relative(path) for path in index.paths_]
+        self.ids = {name: i for i, name in enumerate(self.names)}
+        self.features = np.ascontiguousarray(index.vectors(), dtype=np.float32)
+        self.class_scores, self.vocabulary = self._class_scores(index, scores)
+        self.map_csv, self._coords = map_csv, None
+
+    def _relative(self, path: str) -> str:
+        """An index path as a name relative to the image folder (absolute paths inside it are shortened)."""
+        candidate = Path(path)
+        if candidate.is_absolute():
+            try:
+                return candidate.resolve().relative_to(self.root).as_posix()
+            except ValueError:
+                return path
+        return candidate.as_posix()
+
+    def _class_scores(self, index, scores) -> tuple[np.ndarray | None, list[str] | None]:
+        from data_tools.features import read_features
+        from data_tools.keywords import class_names, scores_for_index
+
+        try:
+            paths, values, metadata, source = scores_for_index(index, read_features(scores) if scores else None, "the index")
+            names = class_names(metadata, values.shape[1], source)
+        except DataError as error:
+            if scores:
+                raise
+            logger.info("Keyword search by learned queries only: %s", error)
+            return None, None
+        full = np.zeros((len(self.names), values.shape[1]), dtype=np.float32)
+        rows = [self.ids.get(self._relative(path)) for path in paths]
+        keep = [i for i, row in enumerate(rows) if row is not None]
+        full[[rows[i] for i in keep]] = values[keep]
+        return full, names
+
+    def file(self, image_id: int) -> Path | None:
+        """The image file of an id, or None when the id is unknown or its file is not inside the image folder."""
+        if not 0 <= image_id < len(self.names):
+            return None
+        path = (self.root / self.names[image_id]).resolve()
+        if not path.is_relative_to(self.root) or not path.is_file():
+            return None
+        return path
+
+    def coords(self) -> tuple[np.ndarray, str]:
+        """(N x 2 coordinates, NaN where the map has no point, and where they come from)."""
+        if self._coords is None:
+            if self.map_csv is not None:
+                self._coords = (self._read_map(Path(self.map_csv)), Path(self.map_csv).name)
+            else:
+                from data_tools.embedding import embed_2d
+
+                self._coords = (embed_2d(self.features, method="pca"), "pca")
+        return self._coords
+
+    def _read_map(self, path: Path) -> np.ndarray:
+        coords = np.full((len(self.names), 2), np.nan, dtype=np.float32)
+        try:
+            with path.open(newline="", encoding="utf-8") as handle:
+                reader = csv.DictReader(handle)
+                missing = [name for name in ("image", "x", "y") if name not in (reader.fieldnames or [])]
+                if missing:
+                    raise DataError(f"{path}: no '{missing[0]}' column; --map takes the image,x,y CSV of toolkit tsne.")
+                for line, row in enumerate(reader, start=2):
+                    image_id = self.ids.get(self._relative(row["image"]))
+                    if image_id is None:
+                        continue
+                    try:
+                        coords[image_id] = float(row["x"]), float(row["y"])
+                    except ValueError:
+                        raise DataError(f"{path} line {line}: x and y must be numbers; got {row['x']!r}, {row['y']!r}.") from None
+        except OSError as error:
+            raise DataError(f"{path}: cannot read ({error.strerror or error}).") from None
+        absent = int(np.isnan(coords[:, 0]).sum())
+        if absent == len(self.names):
+            raise DataError(f"{path}: none of its images is in the index; make the map from the index's features.")
+        if absent:
+            logger.warning("%s: %d indexed images have no coordinates and are left off the map.", path, absent)
+        return coords
+
+
+class Store:
+    """The feedback store, one SQLite connection per server thread (SQLite's rule), in WAL mode."""
+
+    def __init__(self, db: Path, *, labels=None, wait: float = feedback.DEFAULT_WAIT_S):
+        self.db, self.wait, self._local = Path(db), wait, threading.local()
+        connection = feedback.connect(self.db, create=True, wait=wait)
+        try:
+            if labels is not None:
+                with connection:
+                    feedback.register_dataset(connection, feedback.read_labels(labels), labels)
+            self.images, classes, _ = feedback.registered(connection)
+        finally:
+            connection.close()
+        self.classes = classes
+        if not self.images:
+            raise OptionError(
+                f"{self.db}: no data set registered; give --labels LABEL_CSV (the label file of the images, "
+                "as for toolkit feedback import --data_csv) so feedback events have classes."
+            )
+        self.known = set(self.images)
+
+    def connection(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = feedback.connect(self.db, wait=self.wait)
+            # Safe in WAL mode: a crash of the app loses nothing committed; only a power cut could.
+            connection.execute("PRAGMA synchronous = NORMAL")
+            self._local.connection = connection
+        return connection
+
+    def add(self, raw: dict, source: str = "web") -> tuple[dict, bool]:
+        """Check and store one event; (event, added). ValueError: invalid; EventConflict: the id holds another event."""
+        from datetime import datetime, timezone
+
+        event = feedback.check_event(raw, self.known, set(self.classes))
+        connection = self.connection()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            added = feedback.store_event(
+                connection, event, source=source, imported_at=datetime.now(timezone.utc).isoformat(timespec="seconds")
+            )
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+        return event, added
+
+    def votes(self, query_class: str) -> dict[str, int]:
+        """Net votes of every image for a class: lasso and select count +1 each, deselect -1."""
+        rows = self.connection().execute(
+            "SELECT event_images.image, events.action, COUNT(*) FROM event_images "
+            "JOIN events ON events.id = event_images.event_id WHERE events.query_class = ? "
+            "GROUP BY event_images.image, events.action",
+            (query_class,),
+        )
+        net: dict[str, int] = {}
+        for image, action, count in rows:
+            net[image] = net.get(image, 0) + (-count if action == "deselect" else count)
+        return net
+
+
+def query_class_for(keyword: str, classes: list[str]) -> str | None:
+    """The store class a keyword names: the same name (any case), else the best class-name match, else None."""
+    from data_tools.keywords import match_classes
+
+    lowered = {name.lower(): name for name in classes}
+    if keyword.strip().lower() in lowered:
+        return lowered[keyword.strip().lower()]
+    try:
+        return match_classes(keyword, classes)[0].name
+    except (DataError, OptionError):
+        return None
+
+
+def create_app(
+    index_dir: str | os.PathLike,
+    images_dir: str | os.PathLike,
+    db_path: str | os.PathLike = "feedback.sqlite",
+    map_csv: str | os.PathLike | None = None,
+    *,
+    labels: str | os.PathLike | None = None,
+    scores: str | os.PathLike | None = None,
+    embed: Callable[[list[Path]], np.ndarray] | None = None,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    alpha: float = rocchio.ALPHA,
+    beta: float = rocchio.BETA,
+    gamma: float = rocchio.GAMMA,
+    learned_weight: float = LEARNED_WEIGHT,
+):
+    """The FastAPI app of `toolkit serve` (module docstring: API, keyword ranking, learned queries).
+
+    `embed` turns image files into feature rows like the index's (default:
+    the model recorded in the index metadata, loaded on the first upload).
+    """
+    from fastapi import Body, FastAPI, File, HTTPException, Query, UploadFile
+    from fastapi.responses import FileResponse, HTMLResponse, Response
+    from pydantic import BaseModel, Field
+
+    if max_upload_bytes < 1:
+        raise OptionError(f"The upload limit must be at least 1 byte. Received: max_upload_bytes={max_upload_bytes}")
+    if min(alpha, beta, gamma, learned_weight) < 0:
+        raise OptionError(f"alpha, beta, gamma and learned_weight must be >= 0. Received: {alpha}, {beta}, {gamma}, {learned_weight}")
+    collection = Collection(index_dir, images_dir, scores=scores, map_csv=map_csv)
+    store = Store(Path(db_path), labels=labels)
+    normalised = rocchio.normalised(collection.features)
+    thumbnails: OrderedDict[int, bytes] = OrderedDict()
+    thumbnail_lock = threading.Lock()
+    embedding = {"embed": embed}
+
+    app = FastAPI(title="image-toolkit", version="1", description="Search, lasso, deselect and refine an image index.")
+
+    class Event(BaseModel):
+        user: str
+        session: str
+        timestamp: str
+        query_class: str
+        action: str
+        images: list[str]
+        id: str | None = None
+
+    class TextQuery(BaseModel):
+        text: str | None = None
+        id: int | None = None
+        vector: list[float] | None = None
+
+    class Refine(BaseModel):
+        query: TextQuery
+        selected: list[int] = Field(default_factory=list)
+        deselected: list[int] = Field(default_factory=list)
+        k: int = Field(DEFAULT_K, ge=1, le=MAX_K)
+
+    def results(ids, scores_) -> list[dict]:
+        return [{"rank": rank, "id": int(i), "image": collection.names[i], "score": round(float(s), 6)}
+                for rank, (i, s) in enumerate(zip(ids, scores_), start=1)]
+
+    def top(scores_: np.ndarray, k: int):
+        order = np.lexsort((np.arange(len(scores_)), -scores_))[: min(k, len(scores_))]
+        return order, scores_[order]
+
+    def keyword_scores(q: str) -> tuple[np.ndarray, str | None, list[dict]]:
+        """Every image's score for a keyword, its query class and the classes matched."""
+        from data_tools.keywords import match_classes
+
+        query_class = query_class_for(q, store.classes)
+        votes = store.votes(query_class) if query_class else {}
+        net = np.zeros(len(collection.names), dtype=np.float32)
+        for image, count in votes.items():
+            if image in collection.ids:
+                net[collection.ids[image]] = count
+        matched = []
+        if collection.vocabulary is not None:
+            try:
+                matches = match_classes(q, collection.vocabulary)
+            except (DataError, OptionError) as error:
+                raise HTTPException(404, str(error)) from None
+            columns = np.array([m.index for m in matches])
+            weights = np.array([m.weight for m in matches], dtype=np.float32)
+            base = collection.class_scores[:, columns] @ weights
+            matched = [{"name": m.name, "weight": m.weight} for m in matches]
+        elif query_class is None:
+            raise HTTPException(404, f"no class matches '{q}' (classes: {', '.join(store.classes)}).")
+        elif (net > 0).any():
+            centroid = normalised[net > 0].mean(axis=0)
+            base = rocchio.similarities(centroid, collection.features, metric=collection.metric)
+        else:
+            raise HTTPException(
+                404, f"the index holds no class scores and no image is confirmed for '{query_class}' yet; "
+                     "search by image, lasso the right ones and submit: the keyword learns from that.")
+        return base + learned_weight * np.clip(net, -1, 1), query_class, matched
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page():
+        return HTMLResponse((STATIC_DIR / "index.html").read_text(encoding="utf-8"))
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str):
+        if name not in STATIC_FILES:
+            raise HTTPException(404, "no such file")
+        return FileResponse(STATIC_DIR / name, media_type=STATIC_FILES[name])
+
+    @app.get("/api/info")
+    def info():
+        coords_source = Path(map_csv).name if map_csv else "pca"
+        return {
+            "size": len(collection.names), "dim": int(collection.features.shape[1]), "metric": collection.metric,
+            "classes": store.classes, "keywords": collection.vocabulary is not None, "map": coords_source,
+            "max_upload_bytes": max_upload_bytes, "rocchio": {"alpha": alpha, "beta": beta, "gamma": gamma},
+            "learned_weight": learned_weight, "default_k": DEFAULT_K,
+        }
+
+    @app.get("/api/search")
+    def search(q: str = Query(..., min_length=1, max_length=200), k: int = Query(DEFAULT_K, ge=1, le=MAX_K)):
+        scores_, query_class, matched = keyword_scores(q)
+        ids, values = top(scores_, k)
+        return {"query": {"text": q}, "query_class": query_class, "classes": matched, "results": results(ids, values)}
+
+    @app.post("/api/search/image")
+    def search_image(file: UploadFile = File(...), k: int = Query(DEFAULT_K, ge=1, le=MAX_K)):
+        from PIL import Image, UnidentifiedImageError
+
+        content = file.file.read(max_upload_bytes + 1)
+        if len(content) > max_upload_bytes:
+            raise HTTPException(413, f"the upload is over the limit of {max_upload_bytes:,} bytes.")
+        try:
+            with Image.open(io.BytesIO(content)) as image:
+                image.verify()
+                suffix = "." + (image.format or "png").lower()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            raise HTTPException(415, "the upload is not an image (JPEG, PNG, BMP or GIF).") from None
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"query{suffix}"
+            path.write_bytes(content)
+            try:
+                if embedding["embed"] is None:
+                    embedding["embed"] = _model_embedder(collection.metadata)
+                vector = np.asarray(embedding["embed"]([path]), dtype=np.float32).reshape(-1)
+            except DataError as error:
+                raise HTTPException(400, str(error)) from None
+        if vector.shape[0] != collection.features.shape[1]:
+            raise HTTPException(400, f"the query has {vector.shape[0]} features but the index {collection.features.shape[1]}.")
+        ids, values = rocchio.rank(vector, collection.features, metric=collection.metric, k=k)
+        return {"query": {"image": file.filename}, "query_vector": [round(float(v), 7) for v in vector],
+                "query_class": None, "results": results(ids, values)}
+
+    @app.post("/api/search/refine")
+    def refine(body: Refine):
+        query = body.query
+        given = [name for name in ("text", "id", "vector") if getattr(query, name) is not None]
+        if len(given) != 1:
+            raise HTTPException(422, f"give exactly one of query.text, query.id or query.vector; received {given or 'none'}.")
+        for name, ids in (("selected", body.selected), ("deselected", body.deselected)):
+            bad = [i for i in ids if not 0 <= i < len(collection.names)]
+            if bad:
+                raise HTTPException(404, f"{name}: unknown image id {bad[0]}.")
+        query_class = None
+        if query.text is not None:
+            scores_, query_class, _ = keyword_scores(query.text)
+            ids, _ = top(scores_, body.k)
+            vector = normalised[ids].mean(axis=0)
+        elif query.id is not None:
+            if not 0 <= query.id < len(collection.names):
+                raise HTTPException(404, f"unknown image id {query.id}.")
+            vector = collection.features[query.id]
+        else:
+            vector = np.asarray(query.vector, dtype=np.float32)
+            if vector.shape[0] != collection.features.shape[1]:
+                raise HTTPException(422, f"query.vector has {vector.shape[0]} features but the index {collection.features.shape[1]}.")
+        refined = rocchio.rocchio(vector, collection.features, body.selected, body.deselected,
+                                  alpha=alpha, beta=beta, gamma=gamma, metric=collection.metric)
+        ids, values = rocchio.rank(refined, collection.features, metric=collection.metric, k=body.k)
+        return {"query": query.model_dump(exclude_none=True) if query.vector is None else {"vector": "given"},
+                "query_class": query_class, "rocchio": {"alpha": alpha, "beta": beta, "gamma": gamma},
+                "selected": len(body.selected), "deselected": len(body.deselected), "results": results(ids, values)}
+
+    @app.get("/api/images/{image_id}")
+    def image(image_id: int):
+        path = collection.file(image_id)
+        if path is None:
+            raise HTTPException(404, f"unknown image id {image_id}.")
+        return FileResponse(path)
+
+    @app.get("/api/thumbnails/{image_id}")
+    def thumbnail(image_id: int):
+        with thumbnail_lock:
+            cached = thumbnails.get(image_id)
+        if cached is None:
+            path = collection.file(image_id)
+            if path is None:
+                raise HTTPException(404, f"unknown image id {image_id}.")
+            from PIL import Image
+
+            with Image.open(path) as picture:
+                picture = picture.convert("RGB")
+                picture.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+                buffer = io.BytesIO()
+                picture.save(buffer, format="PNG")
+            cached = buffer.getvalue()
+            with thumbnail_lock:
+                thumbnails[image_id] = cached
+                while len(thumbnails) > THUMBNAIL_CACHE:
+                    thumbnails.popitem(last=False)
+        return Response(cached, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+    @app.get("/api/map")
+    def map_points():
+        coords, source = collection.coords()
+        return {"source": source, "points": [
+            {"id": i, "x": round(float(x), 5), "y": round(float(y), 5)}
+            for i, (x, y) in enumerate(coords.tolist()) if x == x]}
+
+    @app.post("/api/feedback")
+    def add_feedback(event: Event = Body(...)):
+        try:
+            stored, added = store.add(event.model_dump(exclude_none=True))
+        except feedback.EventConflict as conflict:
+            raise HTTPException(409, f"{conflict}.") from None
+        except ValueError as error:
+            raise HTTPException(422, str(error)) from None
+        except sqlite3.OperationalError as error:
+            raise HTTPException(503, f"the feedback store is busy ({error}); send the event again.") from None
+        return {"id": stored["id"], "added": added}
+
+    @app.get("/api/feedback/export")
+    def export():
+        frame = feedback.image_feedback(store.db, wait=store.wait)
+        return Response(frame.to_csv(index=False), media_type="text/csv",
+                        headers={"Content-Disposition": 'attachment; filename="image_feedback.csv"'})
+
+    app.state.collection, app.state.store = collection, store
+    return app
+
+
+def _model_embedder(metadata: dict) -> Callable[[list[Path]], np.ndarray]:
+    """Embed query images with the model recorded in the index (TensorFlow loads here, once)."""
+    if not metadata.get("model"):
+        raise DataError("the index records no feature model, so an uploaded image cannot be embedded.")
+    from models.extraction import compute_features, extractor_from_metadata
+
+    extractor = extractor_from_metadata(metadata)
+    lock = threading.Lock()
+
+    def embed(paths: list[Path]) -> np.ndarray:
+        with lock:
+            return compute_features(extractor, paths, batch_size=len(paths), verbose=0)
+
+    return embed

@@ -1,0 +1,338 @@
+"""`toolkit serve`: the API with FastAPI's test client, refusals, a live load test and a real browser.
+
+Real data: scikit-learn digits at 32 px, their grey pixels as features, the
+four yes/no labels of the demo data set as the feedback store's classes.
+"""
+
+import contextlib
+import importlib.util
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, python-multipart) is not installed")
+pytest.importorskip("multipart", reason="python-multipart is not installed")
+pytest.importorskip("httpx", reason="httpx (FastAPI's test client) is not installed")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from cli.main import toolkit  # noqa: E402
+from data_tools import rocchio  # noqa: E402
+from data_tools.features import FeatureSet, write_features  # noqa: E402
+from data_tools.index import ImageIndex  # noqa: E402
+from data_tools.make_demo_data import write_digits_dataset  # noqa: E402
+from data_tools.webapp import LEARNED_WEIGHT, create_app  # noqa: E402
+from tests.conftest import one_line_error  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+CLASSES = ["even", "prime", "five_or_more", "closed_loop"]
+
+
+def pixels(paths) -> np.ndarray:
+    """Grey pixels in [0, 1]: real features that need no network; also the app's `embed` for uploads."""
+    return np.stack([np.asarray(Image.open(p).convert("L"), dtype=np.float32).ravel() / 255 for p in paths])
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("bench_feedback_load", REPO / "benchmarks" / "bench_feedback_load.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """48 digits, a flat index of their pixels, their labels, and class scores (noisy labels) for keywords."""
+    root = tmp_path_factory.mktemp("webapp")
+    table = write_digits_dataset(root, n_images=48, image_size=32, blank_fraction=0.0, seed=5)
+    names = table["image"].tolist()
+    features = pixels([root / "images" / name for name in names])
+    ImageIndex(kind="flat").fit(FeatureSet(names, features, {"model": "pixels"})).save(root / "index")
+    scores = (0.6 * table[CLASSES].to_numpy(float) + 0.4 * np.random.default_rng(0).random((48, 4))).astype(np.float32)
+    write_features(root / "scores.npz", FeatureSet(names, scores, {"model": "labels", "output": "scores", "class_names": CLASSES}))
+    (root / "secret.txt").write_text("not for the web")
+    return {"root": root, "names": names, "features": features, "scores": scores, "table": table}
+
+
+def make_app(digits, db: Path, **settings):
+    root = digits["root"]
+    return create_app(root / "index", root / "images", db, labels=root / "label.txt", scores=root / "scores.npz",
+                      embed=pixels, **settings)
+
+
+@pytest.fixture
+def client(digits, tmp_path):
+    return TestClient(make_app(digits, tmp_path / "feedback.sqlite", max_upload_bytes=20_000))
+
+
+def event(images, action="lasso", query_class="even", **extra):
+    return {"user": "ann", "session": "s1", "timestamp": "2024-05-01T12:30:00Z", "query_class": query_class,
+            "action": action, "images": images, **extra}
+
+
+# Searching.
+
+
+def test_keyword_search_ranks_by_class_scores(client, digits):
+    answer = client.get("/api/search", params={"q": "even", "k": 5}).json()
+    expected = np.lexsort((np.arange(48), -digits["scores"][:, 0]))[:5]
+    assert answer["query_class"] == "even" and [r["id"] for r in answer["results"]] == expected.tolist()
+    assert answer["results"][0]["image"] == digits["names"][expected[0]] and answer["results"][0]["rank"] == 1
+
+
+def test_learned_query_raises_confirmed_images_by_the_documented_weight(client, digits):
+    last = client.get("/api/search", params={"q": "prime", "k": 48}).json()["results"][-1]
+    assert client.post("/api/feedback", json=event([last["image"]], "select", "prime")).status_code == 200
+    again = {r["id"]: r for r in client.get("/api/search", params={"q": "prime", "k": 48}).json()["results"]}[last["id"]]
+    assert again["score"] == pytest.approx(last["score"] + LEARNED_WEIGHT, abs=1e-5) and again["rank"] < last["rank"]
+
+
+def test_image_upload_finds_the_same_image_first(client, digits):
+    name = digits["names"][7]
+    content = (digits["root"] / "images" / name).read_bytes()
+    answer = client.post("/api/search/image", files={"file": ("q.png", content, "image/png")}, params={"k": 3}).json()
+    assert answer["results"][0]["image"] == name and len(answer["query_vector"]) == 1024
+    refined = client.post("/api/search/refine", json={"query": {"vector": answer["query_vector"]}, "selected": [7], "k": 3})
+    assert refined.status_code == 200 and refined.json()["results"][0]["id"] == 7
+
+
+def test_refine_is_rocchio_over_the_index_features(tmp_path, digits):
+    """Hand-made 2-d features at known angles: the refined order is known exactly (tests/test_rocchio.py)."""
+    names = digits["names"][:6]
+    rows = np.array([[np.cos(np.radians(a)), np.sin(np.radians(a))] for a in (0, 30, 60, 90, -30, -60)], dtype=np.float32)
+    ImageIndex(kind="flat").fit(FeatureSet(names, rows, {"model": "angles"})).save(tmp_path / "index")
+    app = create_app(tmp_path / "index", digits["root"] / "images", tmp_path / "f.sqlite", labels=digits["root"] / "label.txt")
+    client = TestClient(app)
+    plain = client.post("/api/search/refine", json={"query": {"id": 0}, "k": 6}).json()
+    assert [r["id"] for r in plain["results"]] == [0, 1, 4, 2, 5, 3]
+    refined = client.post("/api/search/refine", json={"query": {"id": 0}, "selected": [2], "deselected": [5], "k": 6}).json()
+    assert [r["id"] for r in refined["results"]] == [1, 2, 0, 3, 4, 5]
+    assert refined["rocchio"] == {"alpha": 1.0, "beta": 0.75, "gamma": 0.15}
+
+
+def test_map_gives_pca_coordinates_or_the_tsne_csv(client, digits, tmp_path):
+    points = client.get("/api/map").json()
+    assert points["source"] == "pca" and len(points["points"]) == 48
+    (tmp_path / "tsne.csv").write_text("image,x,y\n" + "".join(f"{n},{i},{-i}\n" for i, n in enumerate(digits["names"][:10])))
+    app = make_app(digits, tmp_path / "m.sqlite", map_csv=tmp_path / "tsne.csv")
+    answer = TestClient(app).get("/api/map").json()
+    assert answer["source"] == "tsne.csv" and answer["points"][3] == {"id": 3, "x": 3.0, "y": -3.0} and len(answer["points"]) == 10
+
+
+def test_page_thumbnails_and_openapi(client):
+    assert "lasso" in client.get("/").text and client.get("/static/app.js").status_code == 200
+    thumb = client.get("/api/thumbnails/0")
+    assert thumb.headers["content-type"] == "image/png" and Image.open(__import__("io").BytesIO(thumb.content)).size == (32, 32)
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/api/search", "/api/search/image", "/api/search/refine", "/api/feedback", "/api/feedback/export",
+            "/api/images/{image_id}", "/api/thumbnails/{image_id}", "/api/map"} <= set(paths)
+
+
+# Feedback.
+
+
+def test_feedback_is_stored_and_exported(client, digits, tmp_path):
+    images = digits["names"][:2]
+    first = client.post("/api/feedback", json=event(images)).json()
+    assert first["added"] and not client.post("/api/feedback", json=event(images)).json()["added"]  # same content: once
+    client.post("/api/feedback", json=event(images[1:], "deselect"))
+    csv_text = client.get("/api/feedback/export").text.splitlines()
+    assert csv_text[0] == "image,class,query_class,lasso_count,deselect_count,select_count,users"
+    assert csv_text[2].startswith(f"{images[1]},") and csv_text[2].endswith(",even,1,1,0,1")
+    with contextlib.closing(sqlite3.connect(tmp_path / "feedback.sqlite")) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 2
+
+
+@pytest.mark.parametrize("body, reason", [
+    (event(["9999.png"]), "not in the data set"),
+    (event(["0000.png"], query_class="kitchen"), "unknown query_class"),
+    (event(["0000.png"], action="like"), "unknown action"),
+    (event(["0000.png"], timestamp="yesterday"), "malformed timestamp"),
+])
+def test_bad_events_are_refused_with_the_reason(client, body, reason):
+    answer = client.post("/api/feedback", json=body)
+    assert answer.status_code == 422 and reason in answer.json()["detail"]
+
+
+# Refusals.
+
+
+def test_malformed_json_and_missing_fields_are_422(client):
+    assert client.post("/api/feedback", content=b"{not json", headers={"Content-Type": "application/json"}).status_code == 422
+    assert client.post("/api/feedback", json={"user": "ann"}).status_code == 422
+    assert client.post("/api/search/refine", content=b"[1,", headers={"Content-Type": "application/json"}).status_code == 422
+    assert client.post("/api/search/refine", json={"query": {}}).status_code == 422
+
+
+@pytest.mark.parametrize("url", [
+    "/api/images/../secret.txt", "/api/images/..%2Fsecret.txt", "/api/images/%2e%2e%2fsecret.txt",
+    "/api/images/..%252Fsecret.txt", "/api/images//etc/passwd", "/api/images/%2Fetc%2Fpasswd",
+    "/api/thumbnails/..%2F..%2Fsecret.txt", "/static/..%2Fwebapp.py", "/static/../webapp.py", "/static/%2Fetc%2Fpasswd",
+])
+def test_path_traversal_is_refused(client, url):
+    answer = client.get(url)
+    assert answer.status_code in (404, 405, 422) and b"not for the web" not in answer.content and b"import" not in answer.content
+
+
+def test_indexed_paths_outside_the_image_folder_are_not_served(tmp_path, digits):
+    root = digits["root"]
+    names = [digits["names"][0], "../secret.txt", str(root / "secret.txt"), "/etc/passwd"]
+    ImageIndex(kind="flat").fit(FeatureSet(names, np.eye(4, dtype=np.float32), {"model": "x"})).save(tmp_path / "index")
+    client = TestClient(create_app(tmp_path / "index", root / "images", tmp_path / "f.sqlite", labels=root / "label.txt"))
+    assert client.get("/api/images/0").status_code == 200
+    for image_id in (1, 2, 3):
+        assert client.get(f"/api/images/{image_id}").status_code == 404
+        assert client.get(f"/api/thumbnails/{image_id}").status_code == 404
+
+
+def test_unknown_ids_oversized_and_non_image_uploads_are_refused(client):
+    assert client.get("/api/images/48").status_code == 404 and client.get("/api/images/-1").status_code == 404
+    assert client.get("/api/thumbnails/1000").status_code == 404
+    assert client.post("/api/search/refine", json={"query": {"id": 0}, "selected": [48]}).status_code == 404
+    assert client.post("/api/search/refine", json={"query": {"id": 99}}).status_code == 404
+    big = client.post("/api/search/image", files={"file": ("big.png", b"\x89PNG" + b"0" * 30_000, "image/png")})
+    assert big.status_code == 413 and "over the limit of 20,000 bytes" in big.json()["detail"]
+    text = client.post("/api/search/image", files={"file": ("notes.png", b"hello, not an image", "image/png")})
+    assert text.status_code == 415
+    assert client.get("/api/search", params={"q": "kitchen"}).status_code == 404
+
+
+# The command.
+
+
+def test_serve_help_and_default_host(runner):
+    result = runner.invoke(toolkit, ["serve", "--help"])
+    assert result.exit_code == 0 and "Example" in result.output
+    from cli.serve import serve
+
+    assert next(p for p in serve.params if p.name == "host").default == "127.0.0.1"
+
+
+def test_missing_extra_is_one_line(runner, monkeypatch, digits):
+    import data_tools.webapp
+
+    monkeypatch.setattr(data_tools.webapp, "missing_extra", lambda: "toolkit serve needs: pip install 'image-toolkit[serve]'")
+    root = digits["root"]
+    result = runner.invoke(toolkit, ["serve", str(root / "index"), "--images", str(root / "images")])
+    assert result.exit_code == 1 and "pip install 'image-toolkit[serve]'" in one_line_error(result)
+
+
+def test_no_data_set_in_the_store_is_one_line(runner, digits, tmp_path):
+    root = digits["root"]
+    result = runner.invoke(toolkit, ["serve", str(root / "index"), "--images", str(root / "images"), "--db", str(tmp_path / "new.sqlite")])
+    assert result.exit_code == 2 and "give --labels LABEL_CSV" in one_line_error(result)
+
+
+# A live server.
+
+
+def test_load_20_clients_500_posts_none_lost(digits, tmp_path, capsys):
+    bench = load_benchmark()
+    root, db = digits["root"], tmp_path / "load.sqlite"
+    with bench.live_server(root / "index", root / "images", db, labels=root / "label.txt") as url:
+        assert url.startswith("http://127.0.0.1:")
+        result = bench.post_events(url, digits["names"], "even", clients=20, posts=500)
+    assert result["statuses"] == {200: 10_000} and bench.stored_events(db) == 10_000
+    with capsys.disabled():
+        print(f"\nload: 20 clients x 500 posts, 10,000 of 10,000 events stored, {result['requests_per_s']:.0f} requests/s")
+
+
+@contextlib.contextmanager
+def uvicorn_thread(app):
+    """The app on 127.0.0.1 and a free port, in a thread of this process; yields its URL."""
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_browser_lasso_deselect_submit_refines(digits, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium: apt-get install -y chromium")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs Python Playwright: pip install playwright")
+    db = tmp_path / "browser.sqlite"
+    app = make_app(digits, db)
+    with uvicorn_thread(app) as url, sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1000, "height": 900})
+        try:
+            page = browser.new_page() if not browser.pages else browser.pages[0]
+            page.goto(url)
+            page.wait_for_function("document.querySelectorAll('#query-class option').length === 5")
+            page.fill("#q", "even")
+            page.press("#q", "Enter")
+            page.wait_for_function("document.querySelectorAll('#grid .thumb').length === 40")
+            thumbs = page.query_selector_all("#grid .thumb")
+            boxes = [t.bounding_box() for t in thumbs]
+            ids = [int(t.get_attribute("data-id")) for t in thumbs]
+            tops = sorted({round(b["y"]) for b in boxes})
+            columns = sum(round(b["y"]) == tops[0] for b in boxes)
+            # A free-form path around the centres of the first two rows.
+            x0, x1 = boxes[0]["x"] + 3, boxes[columns - 1]["x"] + boxes[columns - 1]["width"] - 3
+            y0, y2 = boxes[0]["y"] + 3, boxes[columns]["y"] + boxes[columns]["height"] * 0.75
+            page.mouse.move(x0, y0)
+            page.mouse.down()
+            for x, y in [(x1, y0), (x1, y2), ((x0 + x1) / 2, y2 + 4), (x0, y2)]:
+                page.mouse.move(x, y, steps=8)
+            page.mouse.up()
+            lassoed = ids[: 2 * columns]
+            assert page.text_content("#counts") == f"Selected: {2 * columns} · Deselected: 0"
+            thumbs[2].click()  # deselect one
+            page.focus(f"#grid .thumb[data-id='{ids[3 * columns]}']")
+            page.keyboard.press("ArrowRight")
+            page.keyboard.press("Space")  # select one more by keyboard
+            assert page.text_content("#counts") == f"Selected: {2 * columns} · Deselected: 1"
+            page.screenshot(path=str(tmp_path / "webapp_selection.png"))
+            page.click("#submit")
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('Refined')")
+            shown = [int(t.get_attribute("data-id")) for t in page.query_selector_all("#grid .thumb")]
+            page.screenshot(path=str(tmp_path / "webapp_refined.png"))
+            page.click("#view-map")
+            page.wait_for_function("document.querySelectorAll('#map-layer .thumb').length === 40")
+            page.screenshot(path=str(tmp_path / "webapp_map.png"))
+        finally:
+            browser.close()
+    names = digits["names"]
+    deselected, keyed = ids[2], ids[3 * columns + 1]
+    selected = [i for i in lassoed if i != deselected]
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        rows = connection.execute(
+            "SELECT events.action, events.query_class, event_images.image FROM events "
+            "JOIN event_images ON events.id = event_images.event_id ORDER BY events.action, event_images.position").fetchall()
+    assert sorted(r[2] for r in rows if r[0] == "lasso") == sorted(names[i] for i in selected)
+    assert [r[2] for r in rows if r[0] == "deselect"] == [names[deselected]]
+    assert [r[2] for r in rows if r[0] == "select"] == [names[keyed]]
+    assert {r[1] for r in rows} == {"even"}
+    # The refined order, computed here: keyword scores plus the learned bonus, the mean of the top 40 rows, Rocchio.
+    net = np.zeros(48)
+    net[selected + [keyed]] += 1
+    net[deselected] -= 1
+    base = digits["scores"][:, 0] + LEARNED_WEIGHT * np.clip(net, -1, 1)
+    top = np.lexsort((np.arange(48), -base))[:40]
+    features = digits["features"]
+    query = rocchio.normalised(features[top]).mean(axis=0)
+    refined = rocchio.rocchio(query, features, selected + [keyed], [deselected])
+    assert shown == rocchio.rank(refined, features, k=40)[0].tolist()
