@@ -76,7 +76,8 @@ def check_features(features: object, where: str) -> np.ndarray:
     bad_rows = np.flatnonzero(~np.isfinite(array).all(axis=1))
     if len(bad_rows):
         raise DataError(
-            f"{where}: {len(bad_rows)} rows of 'features' hold NaN or infinity (first: row {bad_rows[0]}). {REEXTRACT}"
+            f"{where}: 'features' holds NaN or infinity in {len(bad_rows)} of {len(array)} rows "
+            f"(first: row {bad_rows[0]}). {REEXTRACT}"
         )
     return array
 
@@ -246,20 +247,15 @@ def merge_features(inputs: list[str | os.PathLike]) -> FeatureSet:
                     f"{name}: {key}={shard.metadata.get(key)!r}, but {first_name} has "
                     f"{key}={first.metadata.get(key)!r}; merge only shards of one extraction run."
                 )
-    seen: set[str] = set()
-    keep_rows, paths, duplicates = [], [], []
-    for _, shard in shards:
-        keep = np.zeros(len(shard.paths), dtype=bool)
-        for row, path in enumerate(shard.paths):
-            if path in seen:
-                duplicates.append(path)
-            else:
-                seen.add(path)
-                paths.append(path)
-                keep[row] = True
-        keep_rows.append(keep)
-    if duplicates:
-        logger.warning("Kept the first of %d duplicate paths (first: %s)", len(duplicates), duplicates[0])
-    features = np.concatenate([shard.features[keep] for (_, shard), keep in zip(shards, keep_rows)])
+    paths = [path for _, shard in shards for path in shard.paths]
+    features = np.concatenate([shard.features for _, shard in shards])
+    first_rows = {}
+    for row, path in enumerate(paths):
+        first_rows.setdefault(path, row)
+    if len(first_rows) < len(paths):
+        repeated = next(path for row, path in enumerate(paths) if first_rows[path] != row)
+        logger.warning("Kept the first of %d duplicate paths (first: %s)", len(paths) - len(first_rows), repeated)
+        keep = np.fromiter(first_rows.values(), dtype=np.int64, count=len(first_rows))
+        paths, features = list(first_rows), features[keep]
     metadata = {key: value for key, value in first.metadata.items() if key not in SHARD_KEYS}
     return FeatureSet(paths, features, metadata)

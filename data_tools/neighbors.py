@@ -1,19 +1,18 @@
 """Exact k nearest neighbours of feature rows, in blocks, with faiss heaps.
 
-All against all, the search is symmetric: the distances between row blocks
-j and i are the transpose of those between i and j, so each pair of blocks
-(i, j), j >= i, is computed once and offered to the heaps of both, and a
-diagonal block i against itself is one symmetric product (BLAS syrk, half
-the work). That halves the matrix products, which are the bulk of the work.
-The products run on numpy's BLAS (`manhattan` on faiss's
-`pairwise_extra_distances`), and faiss's C++ heaps keep the k best of every
-row, so no Python loop touches a distance.
+The matrix products are the bulk of the work, and all against all they are
+symmetric: the keys between row blocks i and j are the transpose of those
+between j and i. So each pair of blocks is computed once and offered to
+the heaps of both, and a block against itself is one symmetric product
+(BLAS syrk): half the products of a plain search. The products run on
+numpy's BLAS (`manhattan` on faiss's `pairwise_extra_distances`); faiss's
+C++ heaps keep the k best of every row, so no Python loop touches a key.
 
-Memory: besides the features and the (n_queries, k) results, the working set
-is two blocks of distances and two blocks of rows, sized to `max_memory`.
+Memory: besides the features and the (n_queries, k) results, the working
+set is a few blocks of keys and rows, sized to fit `max_memory`.
 
-Determinism: every row receives its candidates in increasing index order and
-a faiss max-heap admits only a strictly smaller key, so among equal
+Determinism: every heap receives its candidates in increasing index order,
+and a faiss max-heap admits only a strictly smaller key, so among equal
 distances the smaller index wins; results are sorted by (distance, index).
 """
 
@@ -26,7 +25,8 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -43,10 +43,14 @@ logger = logging.getLogger(__name__)
 NEIGHBORS_FILE = "neighbors.npy"
 DISTANCES_FILE = "distances.npy"
 CSV_FILE = "neighbors.csv"
-# Larger blocks only add memory: the per-block work beside the product is
-# already small at this size.
+# Larger blocks only take memory: the work beside the products is already small at this size.
 MAX_BLOCK_ROWS = 4096
+# A block is offered whole, not key by key, when more than 1 key in this many may enter the heaps.
+DENSE_FRACTION = 16
 PROGRESS_SECONDS = 10.0
+
+
+# Kernels: how a metric turns blocks of rows into keys.
 
 
 class Block(NamedTuple):
@@ -59,10 +63,10 @@ class Block(NamedTuple):
 class Kernel:
     """How a metric turns two blocks of rows into keys (smaller = nearer), and keys into distances.
 
-    Per-row terms (norms) are computed once for all rows, so that preparing a
-    block costs one pass over it. Similarities become keys by negation, so
-    one kind of heap serves every metric: faiss's min-heap (keep the largest)
-    would break ties towards larger indices.
+    This base class is the inner product. Similarities become keys by
+    negation, so one kind of heap serves every metric: faiss's min-heap
+    (keep the largest) would break ties towards the larger index.
+    Per-row terms (norms) are computed once for all rows.
     """
 
     def row_terms(self, rows: np.ndarray) -> np.ndarray | None:
@@ -73,7 +77,7 @@ class Kernel:
 
     def fill(self, left: Block, right: Block, out: np.ndarray) -> None:
         """Write the keys of every left row against every right row into `out`."""
-        # numpy runs the symmetric product (syrk) when `left is right`.
+        # numpy runs the symmetric product (syrk, half the work) when `left is right`.
         np.matmul(left.rows, right.rows.T, out=out)
         self.product_to_keys(out, left.terms, right.terms)
 
@@ -81,7 +85,7 @@ class Kernel:
         np.negative(out, out=out)
 
     def report(self, keys: np.ndarray) -> np.ndarray:
-        """The distance (or similarity) users see, from the keys."""
+        """What users see: the distance, or for `inner_product` the product."""
         return -keys
 
 
@@ -121,8 +125,14 @@ class Manhattan(Kernel):
     def fill(self, left, right, out):
         (n_left, dim), n_right = left.rows.shape, len(right.rows)
         faiss.pairwise_extra_distances(
-            dim, n_left, faiss.swig_ptr(left.rows), n_right, faiss.swig_ptr(right.rows),
-            faiss.METRIC_L1, 0, faiss.swig_ptr(out),
+            dim,
+            n_left,
+            faiss.swig_ptr(left.rows),
+            n_right,
+            faiss.swig_ptr(right.rows),
+            faiss.METRIC_L1,
+            0,
+            faiss.swig_ptr(out),
         )
 
     def report(self, keys):
@@ -139,6 +149,9 @@ KERNELS = {
 METRICS = tuple(KERNELS)
 
 
+# Heaps.
+
+
 class TopK:
     """The k smallest keys of every row, kept by faiss's C++ max-heaps."""
 
@@ -150,11 +163,55 @@ class TopK:
         self._heaps.val = faiss.swig_ptr(self.keys)
         self._heaps.ids = faiss.swig_ptr(self.indices)
         self._heaps.heapify()
+        self._transposed = np.empty(0, dtype=np.float32)
 
     def add(self, keys: np.ndarray, first_row: int, first_column: int) -> None:
-        """Offer a C-contiguous block of keys: rows from first_row against columns from first_column."""
+        """Offer a C-contiguous block of keys of rows first_row... against columns first_column..."""
         n_rows, n_columns = keys.shape
         self._heaps.addn(n_columns, faiss.swig_ptr(keys), first_column, first_row, n_rows)
+
+    def add_transposed(self, keys: np.ndarray, first_row: int, first_column: int) -> None:
+        """Offer keys.T: to the rows first_column... against the columns first_row...
+
+        Once a heap is full, only keys below its top (its k-th best so far)
+        can enter, and those are few: one vectorised comparison picks them
+        out, and only they are offered, column by column in increasing row
+        order. That spares transposing the block.
+        """
+        n_rows, n_columns = keys.shape
+        worst_kept = self.keys[first_column : first_column + n_columns, 0].copy()  # Contiguous compares faster.
+        if not np.isinf(worst_kept).any():
+            found = np.flatnonzero(keys < worst_kept)
+            if len(found) * DENSE_FRACTION <= keys.size and self._add_found(found, keys, first_row, first_column):
+                return
+        if self._transposed.size < keys.size:
+            self._transposed = np.empty(keys.size, dtype=np.float32)
+        self.add(_transpose_into(_view(self._transposed, n_columns, n_rows), keys), first_column, first_row)
+
+    def _add_found(self, found: np.ndarray, keys: np.ndarray, first_row: int, first_column: int) -> bool:
+        """Offer the keys at flat positions `found` to their columns' heaps; False if padding would cost too much."""
+        n_columns = keys.shape[1]
+        rows, columns = np.divmod(found, n_columns)
+        # A stable sort groups them by column, rows still increasing; on 16 bits numpy makes it a radix sort.
+        order = np.argsort(columns.astype(np.uint16 if n_columns <= 2**16 else np.int64), kind="stable")
+        rows, columns = rows[order], columns[order]
+        counts = np.bincount(columns, minlength=n_columns)
+        heaps = np.flatnonzero(counts)
+        counts = counts[heaps]
+        width = int(counts.max(initial=0))
+        if len(heaps) * width * DENSE_FRACTION > keys.size:
+            return False
+        line = np.repeat(np.arange(len(heaps)), counts)
+        slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+        values = np.full((len(heaps), width), np.inf, dtype=np.float32)  # +inf never enters a full heap.
+        ids = np.full((len(heaps), width), -1, dtype=np.int64)
+        values[line, slot] = keys[rows, columns]
+        ids[line, slot] = rows + first_row
+        heaps += first_column
+        self._heaps.addn_query_subset_with_ids(
+            len(heaps), faiss.swig_ptr(heaps), width, faiss.swig_ptr(values), faiss.swig_ptr(ids), width
+        )
+        return True
 
     def results(self) -> tuple[np.ndarray, np.ndarray]:
         """Keys and indices of every row, nearest first."""
@@ -162,22 +219,7 @@ class TopK:
         return self.keys, self.indices
 
 
-def available_cores() -> int:
-    """Cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-@contextlib.contextmanager
-def thread_limit(n_threads: int) -> Iterator[None]:
-    """Bound BLAS and OpenMP (faiss) threads to n_threads (-1 = all cores) inside the block."""
-    n_threads = available_cores() if n_threads == -1 else n_threads
-    previous = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(n_threads)
-    try:
-        with threadpool_limits(limits=n_threads):
-            yield
-    finally:
-        faiss.omp_set_num_threads(previous)
+# Options, threads and memory.
 
 
 def check_options(*, metric: str, n_threads: int, max_memory: int) -> None:
@@ -190,21 +232,51 @@ def check_options(*, metric: str, n_threads: int, max_memory: int) -> None:
         raise OptionError(f"The memory limit must be positive. Received: {max_memory} bytes")
 
 
+def _check_k(k: int, n_candidates: int, why: str) -> None:
+    if not 1 <= k <= n_candidates:
+        raise OptionError(f"The number of neighbours must be between 1 and {n_candidates} ({why}). Received: {k}")
+
+
+def available_cores() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def thread_limit(n_threads: int) -> Iterator[int]:
+    """Bound BLAS and faiss (OpenMP) threads to n_threads (-1: all cores) inside the block; yields the number."""
+    n_threads = available_cores() if n_threads == -1 else n_threads
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n_threads)
+    try:
+        with threadpool_limits(limits=n_threads):
+            yield n_threads
+    finally:
+        faiss.omp_set_num_threads(previous)
+
+
+def working_set(rows: int, dim: int) -> int:
+    """Bytes a search with blocks of `rows` needs beside the features and results.
+
+    Two blocks of keys (one filled while the heaps read the other), one
+    transposed block, the temporaries that pick out candidates (4 bytes a
+    key at most) and two blocks of prepared rows.
+    """
+    return 16 * rows * rows + 8 * rows * dim
+
+
 def block_rows(dim: int, max_memory: int) -> int:
-    """Rows per block such that two blocks of keys and two blocks of rows fit in max_memory bytes."""
-    # 2 * rows**2 * 4 bytes of keys + 2 * rows * dim * 4 bytes of rows <= max_memory.
-    rows = int((math.sqrt(dim * dim + max_memory / 2) - dim) / 2)
+    """The most rows per block whose working set fits in max_memory bytes, up to MAX_BLOCK_ROWS."""
+    rows = int((math.sqrt(dim * dim + max_memory) - dim) / 4)  # The root of working_set(rows, dim) = max_memory.
     if rows < 1:
         raise OptionError(
             f"A memory limit of {max_memory / 2**20:g} MB cannot hold one block of {dim} features. "
-            f"Give at least {math.ceil(8 * (dim + 1) / 2**20)} MB."
+            f"Give at least {math.ceil(working_set(1, dim) / 2**20)} MB."
         )
     return min(rows, MAX_BLOCK_ROWS)
 
 
-def _check_k(k: int, n_candidates: int, why: str) -> None:
-    if not 1 <= k <= n_candidates:
-        raise OptionError(f"The number of neighbours must be between 1 and {n_candidates} ({why}). Received: {k}")
+# The search.
 
 
 def exact_neighbors(
@@ -223,15 +295,19 @@ def exact_neighbors(
     first, ties by index. Without `queries`, a row is not its own neighbour
     unless `include_self`; with them, every feature row is a candidate.
     `inner_product` reports the product and ranks larger first; the other
-    metrics report a distance and rank smaller first. `max_memory` (bytes)
-    bounds the working set beyond the features and the results; `n_threads`
-    bounds BLAS and faiss threads (-1: all cores).
+    metrics report a distance and rank smaller first. Distances come from
+    float32 products, as in faiss: (sq)euclidean ones are exact to about
+    1e-7 of the squared norms, so identical rows may be 1e-6 apart.
+    `max_memory` (bytes) bounds the working set beyond the features and the
+    results; `n_threads` bounds BLAS and faiss threads (-1: all cores).
     """
     check_options(metric=metric, n_threads=n_threads, max_memory=max_memory)
     gallery = np.ascontiguousarray(check_features(features, "features"))
     if queries is None:
-        limit, why = (len(gallery), "the number of rows") if include_self else (
-            len(gallery) - 1, "the number of rows less the row itself")
+        if include_self:
+            _check_k(k, len(gallery), "the number of rows")
+        else:
+            _check_k(k, len(gallery) - 1, "the number of rows less the row itself")
     else:
         queries = np.ascontiguousarray(check_features(queries, "queries"))
         if queries.shape[1] != gallery.shape[1]:
@@ -239,38 +315,145 @@ def exact_neighbors(
                 f"queries have {queries.shape[1]} features per row but the set has {gallery.shape[1]}; "
                 "extract both with the same model and layer."
             )
-        limit, why = len(gallery), "the number of rows"
-    _check_k(k, limit, why)
+        _check_k(k, len(gallery), "the number of rows")
 
     kernel = KERNELS[metric]
     size = block_rows(gallery.shape[1], max_memory)
-    with thread_limit(n_threads):
+    with thread_limit(n_threads) as threads, _Feeder(size, threads) as feeder:
         if queries is None:
-            top = _search_symmetric(kernel, gallery, k, size, include_self=include_self)
+            top = _search_symmetric(kernel, gallery, k, size, feeder, include_self=include_self)
         else:
-            top = _search(kernel, queries, gallery, k, size)
+            top = _search(kernel, queries, gallery, k, size, feeder)
+        feeder.drain()
         keys, indices = top.results()
     distances = kernel.report(keys)
     order = np.lexsort((indices, keys), axis=1)  # Ties by index, whatever order the heaps left them in.
     return np.take_along_axis(distances, order, 1), np.take_along_axis(indices, order, 1)
 
 
+def _search(kernel: Kernel, queries: np.ndarray, gallery: np.ndarray, k: int, size: int, feeder: _Feeder) -> TopK:
+    """Every block of queries against every block of the gallery."""
+    top = TopK(len(queries), k)
+    query_blocks, gallery_blocks = _Blocks(kernel, queries), _Blocks(kernel, gallery)
+    row_spans, column_spans = _spans(len(queries), size), _spans(len(gallery), size)
+    progress = _Progress(len(row_spans) * len(column_spans))
+    for r0, r1 in row_spans:
+        left = query_blocks(r0, r1)
+        for c0, c1 in column_spans:
+            keys = feeder.buffer(r1 - r0, c1 - c0)
+            kernel.fill(left, gallery_blocks(c0, c1), keys)
+            feeder.submit(top.add, keys, r0, c0)
+            progress.step()
+    return top
+
+
+def _search_symmetric(
+    kernel: Kernel, features: np.ndarray, k: int, size: int, feeder: _Feeder, *, include_self: bool
+) -> TopK:
+    """Every pair of blocks once, offered to the heaps of both blocks.
+
+    Block j meets the earlier blocks i < j first, then itself. So the heaps
+    of block j receive candidates in increasing index order (blocks i < j,
+    then j, then the later blocks as those come), and the heaps of block i
+    are already full when block j's keys come back to them, which is what
+    lets `TopK.add_transposed` offer only the few that can enter.
+    """
+    top = TopK(len(features), k)
+    blocks = _Blocks(kernel, features)
+    spans = _spans(len(features), size)
+    progress = _Progress(len(spans) * (len(spans) + 1) // 2)
+
+    def offer_both_ways(keys: np.ndarray, r0: int, c0: int) -> None:
+        top.add(keys, r0, c0)
+        top.add_transposed(keys, r0, c0)
+
+    def offer_diagonal(keys: np.ndarray, r0: int) -> None:
+        if not include_self:
+            np.fill_diagonal(keys, np.inf)
+        top.add(keys, r0, r0)
+
+    for j, (r0, r1) in enumerate(spans):
+        left = blocks(r0, r1)
+        for c0, c1 in spans[:j]:
+            keys = feeder.buffer(r1 - r0, c1 - c0)
+            kernel.fill(left, blocks(c0, c1), keys)
+            feeder.submit(offer_both_ways, keys, r0, c0)
+            progress.step()
+        keys = feeder.buffer(r1 - r0, r1 - r0)
+        kernel.fill(left, left, keys)
+        feeder.submit(offer_diagonal, keys, r0)
+        progress.step()
+    return top
+
+
 def _spans(n: int, size: int) -> list[tuple[int, int]]:
     """Cut range(n) into equal spans of at most `size`."""
     count = math.ceil(n / size)
     edges = [round(n * i / count) for i in range(count + 1)]
-    return list(zip(edges[:-1], edges[1:]))
+    return list(zip(edges[:-1], edges[1:], strict=True))
 
 
 class _Blocks:
     """Blocks of rows of one array, prepared for a kernel; the per-row terms are computed once."""
 
     def __init__(self, kernel: Kernel, rows: np.ndarray):
-        self.kernel, self.rows, self.terms = kernel, rows, kernel.row_terms(rows)
+        self._kernel, self._rows, self._terms = kernel, rows, kernel.row_terms(rows)
 
     def __call__(self, start: int, stop: int) -> Block:
-        terms = None if self.terms is None else self.terms[start:stop]
-        return self.kernel.block(self.rows[start:stop], terms)
+        terms = None if self._terms is None else self._terms[start:stop]
+        return self._kernel.block(self._rows[start:stop], terms)
+
+
+class _Feeder:
+    """Offers blocks of keys to the heaps on a helper thread while the next product runs.
+
+    Between products, the heap work (mostly single-threaded) would leave
+    the other cores idle, or spinning in the BLAS. Two key buffers take
+    turns: the next product fills one while the heaps read the other. One
+    helper keeps the offers in order, as ties require. With one core
+    allowed, offers run in turn with the products instead.
+    """
+
+    def __init__(self, size: int, n_threads: int):
+        self._buffers = [np.empty(size * size, dtype=np.float32) for _ in range(2)]
+        self._pending: list[Future | None] = [None, None]
+        self._turn = 0
+        # OpenMP thread counts belong to each thread: the helper sets its own.
+        self._helper = (
+            ThreadPoolExecutor(1, initializer=faiss.omp_set_num_threads, initargs=(n_threads,))
+            if n_threads > 1
+            else None
+        )
+
+    def buffer(self, n_rows: int, n_columns: int) -> np.ndarray:
+        """The next key buffer, as (n_rows, n_columns), once the heaps are done with it."""
+        self._turn ^= 1
+        self._wait(self._turn)
+        return _view(self._buffers[self._turn], n_rows, n_columns)
+
+    def submit(self, offer: Callable[..., None], keys: np.ndarray, *args: int) -> None:
+        """Run offer(keys, *args) on the helper; `keys` must be the last buffer handed out."""
+        if self._helper is None:
+            offer(keys, *args)
+        else:
+            self._pending[self._turn] = self._helper.submit(offer, keys, *args)
+
+    def drain(self) -> None:
+        """Wait for every offer, raising the first error of one."""
+        self._wait(self._turn ^ 1)
+        self._wait(self._turn)
+
+    def _wait(self, turn: int) -> None:
+        pending, self._pending[turn] = self._pending[turn], None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> _Feeder:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._helper is not None:
+            self._helper.shutdown(wait=True)
 
 
 class _Progress:
@@ -288,53 +471,9 @@ class _Progress:
             logger.info("Neighbours: %d of %d blocks (%.0f s)", self.done, self.total, now - self.started)
 
 
-def _key_buffer(size: int) -> np.ndarray:
-    return np.empty(size * size, dtype=np.float32)
-
-
 def _view(buffer: np.ndarray, n_rows: int, n_columns: int) -> np.ndarray:
     """A C-contiguous (n_rows, n_columns) view on the front of a flat buffer."""
     return buffer[: n_rows * n_columns].reshape(n_rows, n_columns)
-
-
-def _search(kernel: Kernel, queries: np.ndarray, gallery: np.ndarray, k: int, size: int) -> TopK:
-    """Every query block against every gallery block."""
-    top, buffer = TopK(len(queries), k), _key_buffer(size)
-    query_blocks, gallery_blocks = _Blocks(kernel, queries), _Blocks(kernel, gallery)
-    row_spans, column_spans = _spans(len(queries), size), _spans(len(gallery), size)
-    progress = _Progress(len(row_spans) * len(column_spans))
-    for r0, r1 in row_spans:
-        left = query_blocks(r0, r1)
-        for c0, c1 in column_spans:
-            keys = _view(buffer, r1 - r0, c1 - c0)
-            kernel.fill(left, gallery_blocks(c0, c1), keys)
-            top.add(keys, r0, c0)
-            progress.step()
-    return top
-
-
-def _search_symmetric(kernel: Kernel, features: np.ndarray, k: int, size: int, *, include_self: bool) -> TopK:
-    """Every block pair (i, j), j >= i, once, offered to the heaps of both blocks."""
-    top, buffer, transposed = TopK(len(features), k), _key_buffer(size), _key_buffer(size)
-    blocks = _Blocks(kernel, features)
-    spans = _spans(len(features), size)
-    progress = _Progress(len(spans) * (len(spans) + 1) // 2)
-    for i, (r0, r1) in enumerate(spans):
-        left = blocks(r0, r1)
-        keys = _view(buffer, r1 - r0, r1 - r0)
-        kernel.fill(left, left, keys)
-        if not include_self:
-            np.fill_diagonal(keys, np.inf)
-        top.add(keys, r0, r0)
-        progress.step()
-        for c0, c1 in spans[i + 1 :]:
-            keys = _view(buffer, r1 - r0, c1 - c0)
-            kernel.fill(left, blocks(c0, c1), keys)
-            # Rows c0:c1 see columns r0:r1 before any later ones: ids keep increasing per row.
-            top.add(_transpose_into(_view(transposed, c1 - c0, r1 - r0), keys), c0, r0)
-            top.add(keys, r0, c0)
-            progress.step()
-    return top
 
 
 def _transpose_into(out: np.ndarray, block: np.ndarray, tile: int = 16) -> np.ndarray:
@@ -348,6 +487,9 @@ def _transpose_into(out: np.ndarray, block: np.ndarray, tile: int = 16) -> np.nd
     return out
 
 
+# Output files.
+
+
 def writable_dir(path: str | os.PathLike) -> Path:
     """Create the output folder and prove a file can be written there, before any long computation."""
     path = Path(path)
@@ -356,7 +498,9 @@ def writable_dir(path: str | os.PathLike) -> Path:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as error:
-        raise DataError(f"{path}: cannot write there ({error.strerror or error}); choose another output folder.") from None
+        raise DataError(
+            f"{path}: cannot write there ({error.strerror or error}); choose another output folder."
+        ) from None
     return path
 
 
@@ -389,6 +533,7 @@ def write_neighbors(
                         np.tile(np.arange(1, k + 1), len(indices)).tolist(),
                         np.asarray(gallery_paths, dtype=object)[indices.ravel()],
                         (f"{distance:.6g}" for distance in distances.ravel().tolist()),
+                        strict=True,
                     )
                 )
     except OSError as error:

@@ -1,0 +1,144 @@
+"""Feature files: the three formats round-trip, bad files fail with their name, shards merge."""
+
+import logging
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from data_tools.errors import DataError, OptionError
+from data_tools.features import FeatureSet, merge_features, read_features, write_features
+
+METADATA = {"model": "resnet50", "layer": "avg_pool", "image_size": 224, "weights": "imagenet"}
+
+
+def feature_set(n=6, dim=4, start=0, **metadata):
+    rng = np.random.default_rng(start)
+    paths = [f"class_{i % 2}/image_{i:03d}.png" for i in range(start, start + n)]
+    return FeatureSet(paths, rng.random((n, dim), dtype=np.float32), {**METADATA, **metadata})
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5", ".pkl"])
+def test_every_format_round_trips(tmp_path, suffix):
+    written = feature_set()
+    write_features(tmp_path / f"features{suffix}", written)
+    read = read_features(tmp_path / f"features{suffix}")
+    assert read.paths == written.paths
+    assert read.features.dtype == np.float32
+    np.testing.assert_array_equal(read.features, written.features)
+    assert read.metadata == {**METADATA, "toolkit_version": read.metadata["toolkit_version"]}
+    assert [path.name for path in tmp_path.iterdir()] == [f"features{suffix}"]  # No temporary left.
+
+
+def test_original_pickle_of_float64_features_loads_as_float32(tmp_path):
+    target = tmp_path / "features.pkl"
+    content = {"paths": ["a.png", "b.png"], "features": np.ones((2, 3)), "metadata": {"scale": np.float32(2)}}
+    target.write_bytes(pickle.dumps(content, protocol=2))
+    read = read_features(target)
+    assert read.features.dtype == np.float32 and read.metadata == {"scale": 2.0}
+
+
+class RunsCode:
+    def __reduce__(self):
+        return os.system, ("touch hacked",)
+
+
+def test_pickle_that_would_run_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "features.pkl"
+    target.write_bytes(pickle.dumps({"paths": ["a.png"], "features": RunsCode()}))
+    with pytest.raises(DataError, match=r"features.pkl: refused to load: the pickle calls posix.system"):
+        read_features(target)
+    assert not (tmp_path / "hacked").exists()
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        (
+            {"paths": np.array(["a"] * 5), "features": np.ones(5)},
+            r"expected a 2-D float array 'features' \(N x D\), got shape \(5,\)",
+        ),
+        (
+            {"paths": np.array(["a", "b"]), "features": np.array([[1.0], [np.nan]])},
+            r"'features' holds NaN or infinity in 1 of 2 rows \(first: row 1\)",
+        ),
+        (
+            {"paths": np.array(["a"]), "features": np.array([[np.inf]])},
+            r"NaN or infinity in 1 of 1 rows \(first: row 0\)",
+        ),
+        ({"paths": np.array([], dtype=str), "features": np.ones((0, 4))}, r"'features' is empty"),
+        ({"paths": np.array(["a"]), "features": np.ones((2, 3))}, r"1 paths for 2 rows"),
+        ({"paths": np.array(["a"]), "features": np.array([["x"]])}, r"expected a 2-D float array.*dtype <U1"),
+        ({"features": np.ones((2, 3))}, r"expected arrays 'paths' and 'features'"),
+    ],
+)
+def test_bad_content_names_the_file_and_the_fix(tmp_path, arrays, message):
+    target = tmp_path / "features.npz"
+    np.savez(target, **arrays)
+    with pytest.raises(DataError, match=message) as raised:
+        read_features(target)
+    assert str(raised.value).startswith("features.npz: ") and "get-transfer-layer" in str(raised.value)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5", ".pkl"])
+def test_a_file_of_another_kind_is_not_a_feature_file(tmp_path, suffix):
+    target = tmp_path / f"notes{suffix}"
+    target.write_text("just some text\n")
+    with pytest.raises(DataError, match=rf"notes\{suffix}: not a \{suffix} feature file"):
+        read_features(target)
+
+
+def test_missing_file_and_unknown_suffix(tmp_path):
+    with pytest.raises(DataError, match="feature file not found"):
+        read_features(tmp_path / "missing.npz")
+    with pytest.raises(OptionError, match=r"Expected a name ending in .npz, .h5, .pkl. Received: '.csv'"):
+        read_features(tmp_path / "features.csv")
+    with pytest.raises(OptionError, match="unknown feature file type"):
+        write_features(tmp_path / "features.txt", feature_set())
+
+
+def test_invalid_features_are_never_written(tmp_path):
+    bad = FeatureSet(["a.png"], np.full((1, 3), np.nan, dtype=np.float32), {})
+    with pytest.raises(DataError, match="NaN"):
+        write_features(tmp_path / "features.npz", bad)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_shards_merge_into_what_one_file_holds(tmp_path):
+    whole = feature_set(n=10)
+    for index, rows in enumerate([slice(0, 4), slice(4, 7), slice(7, 10)]):
+        shard = FeatureSet(
+            whole.paths[rows], whole.features[rows], {**whole.metadata, "num_shards": 3, "shard_index": index}
+        )
+        write_features(tmp_path / f"shard_{index}.h5", shard)
+    merged = merge_features([tmp_path / f"shard_{index}.h5" for index in range(3)])
+    assert merged.paths == whole.paths
+    np.testing.assert_array_equal(merged.features, whole.features)
+    assert "shard_index" not in merged.metadata and merged.metadata["layer"] == "avg_pool"
+
+
+def test_merge_keeps_the_first_of_duplicate_paths(tmp_path, caplog):
+    first, second = feature_set(n=4), feature_set(n=4, start=2)
+    write_features(tmp_path / "a.npz", first)
+    write_features(tmp_path / "b.npz", second)
+    with caplog.at_level(logging.WARNING):
+        merged = merge_features([tmp_path / "a.npz", tmp_path / "b.npz"])
+    assert merged.paths == first.paths + second.paths[2:]
+    np.testing.assert_array_equal(merged.features[:4], first.features)
+    assert "Kept the first of 2 duplicate paths (first: class_0/image_002.png)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("other", "message"),
+    [
+        (feature_set(dim=5, start=10), r"b.npz: 5 features per row, but a.npz has 4"),
+        (feature_set(start=10, layer="conv5"), r"b.npz: layer='conv5', but a.npz has layer='avg_pool'"),
+    ],
+)
+def test_merge_refuses_shards_of_different_runs(tmp_path, other, message):
+    write_features(tmp_path / "a.npz", feature_set())
+    write_features(tmp_path / "b.npz", other)
+    with pytest.raises(DataError, match=message):
+        merge_features([tmp_path / "a.npz", tmp_path / "b.npz"])
