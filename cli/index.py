@@ -55,7 +55,7 @@ def index() -> None:
 @click.option("--metric", type=click.Choice(METRICS), default="cosine", show_default=True,
               help="cosine: inner product of L2-normalised rows; inner_product ranks larger first.")
 @click.option("--target_recall", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
-              help="Raise efSearch (hnsw) or nprobe (ivf) until recall@10 on 1000 indexed images reaches this.")
+              help="Raise efSearch (hnsw) or nprobe (ivf) until recall@10 on held-out images reaches this.")
 @click.option("--M", "m", type=click.IntRange(min=2), default=32, show_default=True, help="hnsw: links per node.")
 @click.option("--ef_construction", type=click.IntRange(min=1), default=80, show_default=True, help="hnsw: build-time search depth.")
 @click.option("--nlist", type=click.IntRange(min=1), default=None, help="ivf: number of lists (default: 4 sqrt(N), at most N/39).")
@@ -67,10 +67,11 @@ def build(features: Path, index_dir: Path, kind: str, metric: str, target_recall
           nlist: int | None, overwrite: bool, n_threads: int, quiet: bool, as_json: bool) -> None:
     """Index the features in FEATURES (.npz, .h5 or .pkl) into the folder INDEX_DIR.
 
-    After building, the index tunes itself: it searches 1000 of its own
-    images (each leaving itself out) and raises efSearch / nprobe until
-    recall@10 against exact search reaches --target_recall; the chosen value
-    and the recall are stored and shown by toolkit index info.
+    The index tunes itself: it holds out a sample of the images (a tenth,
+    100 to 1000), indexes the rest, and raises efSearch / nprobe until the
+    sample's recall@10 against exact search reaches --target_recall; then it
+    adds the sample too. The chosen value and the recall are stored and
+    shown by toolkit index info.
 
     \b
     Example:
@@ -107,7 +108,8 @@ def add(index_dir: Path, features: Path, n_threads: int, quiet: bool, as_json: b
     """Add the images of FEATURES to the index in INDEX_DIR, without a rebuild.
 
     Images already in the index are skipped. The features must come from
-    the same model and layer. The index tunes itself again afterwards.
+    the same model and layer. Adding at least 100 images at once tunes the
+    index again, on a sample of them; fewer keep the tuned setting.
 
     \b
     Example:

@@ -456,8 +456,11 @@ class ImageIndex:
         metadata = _read_json(directory / METADATA_FILE, dict)
         if metadata.get("format") != FORMAT or not isinstance(metadata.get("config"), dict):
             raise DataError(f"{directory / METADATA_FILE}: not the metadata of a toolkit index. {BUILD}")
-        if metadata.get("format_version", 0) > FORMAT_VERSION:
-            raise DataError(f"{directory}: written by a newer toolkit (format {metadata['format_version']}); upgrade image-toolkit.")
+        version = metadata.get("format_version", 0)
+        if not isinstance(version, int):
+            raise DataError(f"{directory / METADATA_FILE}: format_version is {version!r}, not a number. {BUILD}")
+        if version > FORMAT_VERSION:
+            raise DataError(f"{directory}: written by a newer toolkit (format {version}); upgrade image-toolkit.")
         paths = _read_json(directory / PATHS_FILE, list)
         try:
             index = faiss.read_index(str(directory / INDEX_FILE))
@@ -468,6 +471,7 @@ class ImageIndex:
         self = cls(**{key: config.get(key, value) for key, value in cls().get_config().items()})
         self.index_, self.paths_ = index, [str(path) for path in paths]
         self.params_, self.tuning_ = dict(metadata.get("params", {})), dict(metadata.get("tuning", {}))
+        self._check_loaded(directory)
         self.features_metadata_ = dict(metadata.get("features", {}))
         self.norms_ = None
         if self.metric == "cosine":
@@ -481,9 +485,24 @@ class ImageIndex:
         if len(set(counts.values())) != 1 or index.d != metadata.get("dim"):
             found = ", ".join(f"{name}: {count}" for name, count in counts.items())
             raise DataError(f"{directory}: the index files disagree on the number of images ({found}). {BUILD}")
-        if self.kind in ("hnsw", "ivf") and self.params_:
-            self._set_search_parameter(self.params_["efSearch" if self.kind == "hnsw" else "nprobe"])
+        if self.kind in ("hnsw", "ivf"):
+            self._set_search_parameter(self.params_[self._parameter_name()])
         return self
+
+    def _check_loaded(self, directory: Path) -> None:
+        """A DataError unless the metadata's kind, metric and parameters describe the faiss index beside it."""
+        where = directory / METADATA_FILE
+        if self.kind not in KINDS or self.metric not in METRICS:
+            raise DataError(f"{where}: unknown kind {self.kind!r} or metric {self.metric!r}. {BUILD}")
+        faiss_class = {"hnsw": faiss.IndexHNSW, "ivf": faiss.IndexIVF, "flat": faiss.IndexFlat}[self.kind]
+        if not isinstance(self.index_, faiss_class) or self.index_.metric_type != FAISS_METRICS[self.metric]:
+            raise DataError(
+                f"{where}: says a {self.kind} index of metric {self.metric}, but {INDEX_FILE} is a "
+                f"{type(self.index_).__name__} of another kind or metric. {BUILD}"
+            )
+        name = self._parameter_name()
+        if name is not None and not isinstance(self.params_.get(name), int):
+            raise DataError(f"{where}: no {name} among the parameters ({self.params_}). {BUILD}")
 
 
 def _read_json(path: Path, expected: type):

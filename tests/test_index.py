@@ -230,12 +230,26 @@ def test_missing_index_dir(runner, tmp_path, features_file):
         ImageIndex.load(tmp_path / "nowhere")
 
 
+def edit_metadata(folder, **changes):
+    """Change the format version or the config in an index folder's metadata.json."""
+    metadata = json.loads((folder / "metadata.json").read_text())
+    if "format_version" in changes:
+        metadata["format_version"] = changes.pop("format_version")
+    metadata["config"].update(changes)
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda folder: (folder / "index.faiss").write_bytes(b"not an index"), "index.faiss: not a readable faiss index"),
     (lambda folder: (folder / "index.faiss").unlink(), "not an index folder (no index.faiss)"),
     (lambda folder: (folder / "paths.json").write_text('["only one.jpg"]'), "disagree on the number of images"),
     (lambda folder: (folder / "metadata.json").write_text("{"), "metadata.json: not readable JSON"),
     (lambda folder: (folder / "norms.npy").write_bytes(b"\x93NUMPY garbage"), "norms.npy: missing or damaged"),
+    (lambda folder: edit_metadata(folder, format_version="x"), "format_version is 'x', not a number"),
+    (lambda folder: edit_metadata(folder, kind="lsh"), "unknown kind 'lsh' or metric 'cosine'"),
+    (lambda folder: edit_metadata(folder, metric="manhattan"), "unknown kind 'flat' or metric 'manhattan'"),
+    (lambda folder: edit_metadata(folder, kind="hnsw"), "says a hnsw index of metric cosine, but index.faiss is a"),
+    (lambda folder: edit_metadata(folder, metric="euclidean"), "says a flat index of metric euclidean, but"),
 ])
 def test_corrupt_index_dir_is_one_line_error(runner, tmp_path, built, damage, message):
     shutil.copytree(built, tmp_path / "index")
