@@ -21,8 +21,8 @@ from data_tools.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-# The formats TensorFlow's `decode_image` reads, with the suffixes they go by.
-DECODABLE_FORMATS = {"JPEG", "PNG", "BMP", "GIF"}
+# The formats the pipeline decodes (MPO: a camera's multi-picture JPEG, read as its first picture).
+DECODABLE_FORMATS = {"JPEG", "MPO", "PNG", "BMP", "GIF"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
 SKIPPED_FILE = "skipped_images.txt"
 

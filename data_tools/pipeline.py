@@ -8,6 +8,7 @@ prefetched, so the model never waits on the disk.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -17,12 +18,39 @@ from models.runtime import tf
 AUTOTUNE = tf.data.AUTOTUNE
 
 
+def decode_rgb(path: tf.Tensor) -> tf.Tensor:
+    """Decode one file into a uint8 RGB tensor at its own size.
+
+    TensorFlow's BMP decoder reads a palette BMP's colour indices as grey
+    levels and refuses 1-bit ones, so BMPs of fewer than 24 bits per pixel
+    (the bit count is at byte 28 of the header) are decoded by Pillow.
+    """
+    raw = tf.io.read_file(path)
+
+    def palette_bmp() -> tf.Tensor:
+        bits = tf.io.decode_raw(tf.strings.substr(raw, 28, 2), tf.uint16)
+        return tf.logical_and(tf.size(bits) == 1, tf.reduce_all(bits < 24))
+
+    is_bmp = tf.strings.substr(raw, 0, 2) == b"BM"
+    image = tf.cond(
+        tf.cond(is_bmp, palette_bmp, lambda: tf.constant(False)),
+        lambda: tf.numpy_function(_pillow_rgb, [path], tf.uint8, stateful=False),
+        lambda: tf.io.decode_image(raw, channels=3, expand_animations=False, dtype=tf.uint8),
+    )
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _pillow_rgb(path: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(os.fsdecode(np.asarray(path).item())) as image:  # bytes in a graph, an array eagerly.
+        return np.asarray(image.convert("RGB"))
+
+
 def load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
     """Decode one file into a float32 RGB tensor of `image_size` x `image_size`."""
-    raw = tf.io.read_file(path)
-    image = tf.io.decode_image(raw, channels=3, expand_animations=False, dtype=tf.uint8)
-    image.set_shape([None, None, 3])
-    return tf.image.resize(image, [image_size, image_size], antialias=True)
+    return tf.image.resize(decode_rgb(path), [image_size, image_size], antialias=True)
 
 
 def image_dataset(
@@ -128,16 +156,14 @@ def views_dataset(
 ) -> tf.data.Dataset:
     """Batches `(view_a, view_b)`: two random views of the same images, for contrastive learning.
 
-    Images are decoded once at their stored size and cached when the set is
-    small; each view is drawn afresh every epoch.
+    Images are decoded at their stored size; each view is drawn afresh
+    every epoch.
     """
     paths = tf.constant(list(map(str, paths)))
     dataset = tf.data.Dataset.from_tensor_slices(np.asarray(order))
 
     def decode(row):
-        image = tf.io.decode_image(tf.io.read_file(tf.gather(paths, row)), channels=3, expand_animations=False)
-        image.set_shape([None, None, 3])
-        return tf.cast(image, tf.float32)
+        return tf.cast(decode_rgb(tf.gather(paths, row)), tf.float32)
 
     def two_views(image):
         return view(image, image_size), view(image, image_size)

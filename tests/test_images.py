@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from data_tools.images import check_images, find_images
-from data_tools.pipeline import image_dataset
+from data_tools.pipeline import decode_rgb, image_dataset
 
 
 def make_images(folder):
@@ -15,6 +15,9 @@ def make_images(folder):
         "gray.png": Image.fromarray(pixels[..., 0], mode="L"),
         "alpha.png": Image.fromarray(np.dstack([pixels, pixels[..., :1]]), mode="RGBA"),
         "palette.bmp": Image.fromarray(pixels).convert("P"),
+        "one_bit.bmp": Image.fromarray(pixels).convert("1"),
+        "gray.bmp": Image.fromarray(pixels[..., 0], mode="L"),
+        "rgb.bmp": Image.fromarray(pixels),
         "cmyk.jpg": Image.fromarray(pixels).convert("CMYK"),
         "wide16.png": Image.fromarray(pixels[..., 0].astype(np.uint16) * 200),
     }
@@ -22,7 +25,21 @@ def make_images(folder):
         image.save(folder / name)
     frames = [Image.fromarray(pixels), Image.fromarray(255 - pixels)]
     frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:])
-    return sorted(folder / name for name in [*files, "anim.gif"])
+    frames[0].save(folder / "camera.jpg", format="MPO", save_all=True, append_images=frames[1:])
+    return sorted(folder / name for name in [*files, "anim.gif", "camera.jpg"])
+
+
+def test_lossless_files_decode_to_the_colours_pillow_sees(tmp_path):
+    # TensorFlow alone reads a palette BMP's indices as grey levels and refuses 1-bit BMPs.
+    for path in make_images(tmp_path):
+        if path.name == "wide16.png":
+            continue  # Pillow clips 16-bit grey to 255 where TensorFlow scales it.
+        with Image.open(path) as image:
+            expected = np.asarray(image.convert("RGB"), dtype=np.int16)
+        decoded = decode_rgb(str(path)).numpy().astype(np.int16)
+        tolerance = 40 if path.suffix == ".jpg" else 0  # JPEG decoders round differently.
+        assert decoded.shape == expected.shape, path.name
+        assert np.abs(decoded - expected).mean() <= tolerance / 10 and np.abs(decoded - expected).max() <= tolerance, path.name
 
 
 def make_bad_files(folder):
