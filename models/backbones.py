@@ -100,9 +100,16 @@ def resolve_weights(name: str, weights: str | None) -> str | None:
             warnings.warn(f"{name} has no ImageNet weights; starting from random weights.", stacklevel=2)
             return None
         return "imagenet"
-    if not Path(weights).is_file():
-        raise OptionError(f"--weights: {weights} is not a file; use imagenet, none or the path of a weights file.")
     return os.fspath(weights)
+
+
+def check_backbone_options(name: str, *, weights: str | None, image_size: int) -> None:
+    """Refuse a backbone, weights file or input size that cannot work, before anything is built or written."""
+    spec = get_backbone(name)
+    if image_size < spec.min_size:
+        raise OptionError(f"--image_size: {name} needs at least {spec.min_size} pixels. Received: {image_size}.")
+    if weights not in (None, "none", "None", "imagenet") and not Path(weights).is_file():
+        raise OptionError(f"--weights: {weights} is not a file; use imagenet, none or the path of a weights file.")
 
 
 def build_backbone(name: str, *, weights: str | None, image_size: int, include_top: bool = False) -> keras.Model:
@@ -115,10 +122,9 @@ def build_backbone(name: str, *, weights: str | None, image_size: int, include_t
     Offline, Keras cannot fetch ImageNet weights; that becomes one line naming
     the two ways around it instead of a stack of URL errors.
     """
+    check_backbone_options(name, weights=weights, image_size=image_size)
     spec = get_backbone(name)
     weights = resolve_weights(name, weights)
-    if image_size < spec.min_size:
-        raise OptionError(f"--image_size: {name} needs at least {spec.min_size} pixels. Received: {image_size}.")
     shape = (image_size, image_size, 3)
     try:
         model = spec.builder(

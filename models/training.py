@@ -24,7 +24,7 @@ from data_tools.missing_labels import fill_missing
 from data_tools.pipeline import image_dataset, random_augmentation
 from data_tools.plots import plot_training_curves
 from data_tools.provenance import toolkit_version
-from models.backbones import get_backbone
+from models.backbones import check_backbone_options, get_backbone
 from models.callbacks import TrainingCheckpoints, save_h5_with_metadata
 from models.classifier import ImageClassifier
 from models.losses import MaskedBinaryCrossentropy
@@ -71,7 +71,7 @@ class TrainOptions:
 
     def check(self) -> None:
         """Refuse impossible values before any file is read or layer built."""
-        get_backbone(self.backbone)
+        check_backbone_options(self.backbone, weights=self.weights, image_size=self.image_size)
         choices = {"precision": PRECISIONS, "strategy": STRATEGIES, "class_weight": CLASS_WEIGHTS}
         for option, allowed in choices.items():
             if getattr(self, option) not in allowed:
@@ -104,7 +104,10 @@ def _usable_rows(table: LabelTable, image_dir: Path, output_dir: Path, source: s
 
 
 def load_lists(options: TrainOptions, output_dir: Path) -> tuple[LabelTable, LabelTable]:
-    """The training and validation lists, from explicit CSVs or a reproducible split of --data_csv."""
+    """The training and validation lists, from explicit CSVs or a reproducible split of --data_csv.
+
+    Unreadable images are left out and listed in output_dir.
+    """
     image_dir = Path(options.img_directory)
     if not image_dir.is_dir():
         raise DataError(f"{image_dir}: image folder not found; pass --img_directory with the folder of your images.")
@@ -124,8 +127,6 @@ def load_lists(options: TrainOptions, output_dir: Path) -> tuple[LabelTable, Lab
                 "(one to train on, one to validate)."
             )
         train, val = split_table(table, options.val_split, options.seed)
-    write_label_csv(train, output_dir / "train.csv")
-    write_label_csv(val, output_dir / "val.csv")
     return train, val
 
 
@@ -206,7 +207,6 @@ def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
         "toolkit_version": toolkit_version(),
     }
     keras.utils.set_random_seed(options.seed)
-    write_run_record(output_dir, dataclasses.asdict(options), status="running", n_train=len(train), n_val=len(val))
     with precision_policy(options.precision), distribution_strategy(options.strategy).scope():
         if state is not None:
             model = keras.models.load_model(output_dir / LAST_CHECKPOINT)
@@ -230,6 +230,10 @@ def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
             best_score=state["best_score"] if state else None,
             best_epoch=state["best_epoch"] if state else None,
         )
+        # Only now that the model stands (weights found, sizes fit) does the run leave files.
+        write_label_csv(train, output_dir / "train.csv")
+        write_label_csv(val, output_dir / "val.csv")
+        write_run_record(output_dir, dataclasses.asdict(options), status="running", n_train=len(train), n_val=len(val))
         initial_epoch = state["epoch"] if state else 0
         if initial_epoch < options.epochs:
             model.fit(

@@ -1,5 +1,6 @@
 """Bad input to `toolkit train` / `toolkit predict`: one line on stderr, the right exit code, no half-written model."""
 
+import json
 import shutil
 
 import h5py
@@ -9,6 +10,7 @@ import pytest
 from cli.predict import predict
 from cli.train import train
 from tests.conftest import one_line_error
+from tests.test_images import make_images
 
 SMALL = ["--backbone", "small_cnn", "--weights", "none", "--image_size", "32", "--epochs", "1", "--quiet"]
 
@@ -48,12 +50,18 @@ def test_bad_label_csv(runner, data, content, message):
 
 def test_missing_and_corrupt_images_are_skipped_and_listed(runner, data, caplog):
     (data / "images" / "0000.png").unlink()
-    (data / "images" / "0001.png").write_text("not an image")
+    (data / "images" / "0001.png").unlink()
+    (data / "images" / "0001.jpg").write_text("a text file named .jpg")
+    (data / "label.txt").write_text((data / "label.txt").read_text().replace("0001.png", "0001.jpg"))
     (data / "images" / "0002.png").write_bytes((data / "images" / "0003.png").read_bytes()[:50])
     result = run_train(runner, data)
     assert result.exit_code == 0, result.output
-    skipped = (data / "out" / "skipped_images.txt").read_text().splitlines()
-    assert [line.split("\t")[0].rsplit("/", 1)[1] for line in skipped] == ["0000.png", "0001.png", "0002.png"]
+    skipped = dict(line.split("\t") for line in (data / "out" / "skipped_images.txt").read_text().splitlines())
+    assert {path.rsplit("/", 1)[1]: reason.split(" (")[0] for path, reason in skipped.items()} == {
+        "0000.png": "file not found",
+        "0001.jpg": "cannot decode",
+        "0002.png": "cannot decode",
+    }
     assert "Skipped 3 of 24 images" in caplog.text
     assert (data / "out" / "best_model.h5").is_file()
 
@@ -68,11 +76,14 @@ def test_no_readable_image_fails(runner, data):
     assert not (data / "out" / "best_model.h5").exists()
 
 
-def test_fewer_than_two_usable_images_fails(runner, data):
-    (data / "one.csv").write_text("image,even\n0000.png,1\n")
-    result = run_train(runner, data, csv="one.csv")
+@pytest.mark.parametrize("rows", ["0000.png,1\n", "0000.png,1\n0001.png,0\n"])
+def test_fewer_than_two_usable_images_fails(runner, data, rows):
+    (data / "images" / "0001.png").write_text("unreadable")
+    (data / "few.csv").write_text("image,even\n" + rows)
+    result = run_train(runner, data, csv="few.csv")
     assert result.exit_code == 1
-    assert "at least 2" in one_line_error(result)
+    assert "few.csv: 1 usable image; training needs at least 2" in one_line_error(result)
+    assert not (data / "out" / "train.csv").exists() and not (data / "out" / "run.json").exists()
 
 
 @pytest.mark.parametrize(
@@ -83,12 +94,14 @@ def test_fewer_than_two_usable_images_fails(runner, data):
         (["--backbone", "vgg99"], "--backbone"),
         (["--epochs", "0"], "--epochs"),
         (["--train_csv", "x.csv"], "--train_csv and --val_csv go together"),
+        (["--backbone", "inceptionv3", "--image_size", "64"], "inceptionv3 needs at least 75 pixels. Received: 64"),
     ],
 )
 def test_impossible_options_are_usage_errors(runner, data, option, message):
     result = run_train(runner, data, *option)
     assert result.exit_code == 2
     assert message in one_line_error(result)
+    assert not (data / "out").exists()
 
 
 def test_imagenet_weights_offline_name_the_fix(runner, data, monkeypatch):
@@ -104,6 +117,7 @@ def test_imagenet_weights_offline_name_the_fix(runner, data, monkeypatch):
     assert result.exit_code == 2
     line = one_line_error(result)
     assert "--weights imagenet" in line and "--weights none" in line and "--weights PATH" in line
+    assert not {"run.json", "train.csv", "val.csv"} & {path.name for path in (data / "out").iterdir()}
 
 
 def test_weights_file_that_does_not_exist(runner, data):
@@ -129,6 +143,16 @@ def test_predict_with_a_file_that_is_not_a_toolkit_model(runner, data, kind):
     result = runner.invoke(predict, [str(data / "images" / "0000.png"), "--model_weights", str(model)])
     assert result.exit_code == 1
     assert "not an image-toolkit model" in one_line_error(result)
+
+
+def test_predict_reads_images_of_any_size_and_mode(runner, data, tmp_path):
+    assert run_train(runner, data).exit_code == 0
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    paths = make_images(folder)
+    result = runner.invoke(predict, [str(folder), "--model_weights", str(data / "out" / "best_model.h5"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert sorted(json.loads(line)["image"] for line in result.stdout.splitlines()) == sorted(map(str, paths))
 
 
 def test_predict_skips_unreadable_images_and_names_them(runner, data):
