@@ -59,7 +59,8 @@ training_options = option_group(
     click.option("--backbone", type=click.Choice(names.BACKBONES), default="resnet18", show_default=True),
     click.option("--weights", default="none", show_default=True, help="imagenet (not for resnet18 or small_cnn), none, or a weights file."),
     click.option("--embedding_dim", type=click.IntRange(min=1), default=128, show_default=True),
-    click.option("--classes_per_batch", type=click.IntRange(min=1), default=None, help="Balanced batches: this many classes..."),
+    click.option("--classes_per_batch", type=click.IntRange(min=1), default=None,
+                 help="Balanced batches: this many classes... (the batch then replaces --batch_size)"),
     click.option("--examples_per_class", type=click.IntRange(min=1), default=None, help="...times this many images of each."),
     click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
     click.option("--batch_size", type=click.IntRange(min=2), default=32, show_default=True),
@@ -131,10 +132,11 @@ def train_simclr(image_dir_or_csv: str, **options) -> None:
 @click.argument("metadata_csv", type=click.Path(exists=True, dir_okay=False))
 @click.option("--img_directory", default=None, help="Folder the CSV's image paths are relative to (default: the CSV's folder).")
 @click.option("--split", default="test", show_default=True)
-@click.option("--metric", type=click.Choice(["cosine", "euclidean"]), default="cosine", show_default=True)
+@click.option("--metric", type=click.Choice(["cosine", "euclidean"]), default=None,
+              help="Distance to rank by. Default: the one the model was trained for (run.json beside it), else cosine.")
 @click.option("--output_dir", default=".", show_default=True, help="Where similarity_heatmap.png and query_grid.png go.")
 @json_option
-def assess(model: str, metadata_csv: str, img_directory: str | None, split: str, metric: str, output_dir: str, as_json: bool) -> None:
+def assess(model: str, metadata_csv: str, img_directory: str | None, split: str, metric: str | None, output_dir: str, as_json: bool) -> None:
     """Score an embedding model on a split: kNN accuracy, recall@1/5/10, mAP@R, plus pictures.
 
     \b

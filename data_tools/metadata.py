@@ -8,6 +8,7 @@ before training, and reports what each step removed.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from PIL import Image
 
 from data_tools.atomic import atomic_path
 from data_tools.errors import DataError, OptionError
-from data_tools.images import check_images, find_images
+from data_tools.images import check_images, find_images, report_skipped
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,9 @@ def filter_images(image_dir: str | Path, output_dir: str | Path, *, min_size: in
     image_dir, output_dir = Path(image_dir), Path(output_dir)
     paths = [path for path in find_images(image_dir) if path.parent != image_dir]
     counts = [("found in class folders", len(paths))]
-    usable, _ = check_images(paths)
+    usable, skipped = check_images(paths)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    report_skipped(skipped, output_dir, len(paths))
     paths = [path for path, ok in zip(paths, usable) if ok]
     counts.append(("readable", len(paths)))
 
@@ -110,11 +113,12 @@ def filter_images(image_dir: str | Path, output_dir: str | Path, *, min_size: in
     for path in paths:
         target = output_dir / path.relative_to(image_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
-        with Image.open(path) as image:
-            image = image.convert("RGB")
+        with atomic_path(target) as temporary:
             if resize:
-                image = image.resize((resize, resize), Image.BICUBIC)
-            with atomic_path(target) as temporary:
-                image.save(temporary, format=Image.registered_extensions().get(target.suffix.lower(), "PNG"))
+                with Image.open(path) as image:
+                    image = image.convert("RGB").resize((resize, resize), Image.BICUBIC)
+                    image.save(temporary, format=Image.registered_extensions().get(target.suffix.lower(), "PNG"), quality=95)
+            else:
+                shutil.copyfile(path, temporary)  # As it is: no second JPEG compression.
     make_metadata(output_dir, output_dir / "metadata.csv", test_split=0.2, seed=seed)
     return counts

@@ -59,22 +59,34 @@ def sample_pairs(
     """Pairs (first, second, same_class) with about `positive_ratio` positives.
 
     Without `batches`, partners come from the whole set; with balanced
-    `batches`, every image of a batch is paired inside its batch.
+    `batches`, every image of a batch is paired inside its batch. An image
+    with no other of its class in the group gets a negative partner, one
+    whose class fills the group a positive. Partners are drawn for a whole
+    group at once, from its rows sorted by class: O(n log n) per epoch.
     """
     if not 0.0 < positive_ratio < 1.0:
         raise OptionError(f"--positive_ratio: expected a fraction strictly between 0 and 1. Received: {positive_ratio}.")
+    codes = np.unique(classes, return_inverse=True)[1]
     groups = batches if batches is not None else [rng.permutation(len(classes))[: max(n_pairs, 1)]]
     first, second = [], []
     for group in groups:
-        by_class = class_indices(classes[group])
-        for position, row in enumerate(group):
-            same = by_class[classes[row]]
-            others = np.flatnonzero(classes[group] != classes[row])
-            want_positive = rng.random() < positive_ratio or others.size == 0
-            pool = same[same != position] if want_positive else others
-            if pool.size == 0:
-                pool = others
-            first.append(row)
-            second.append(group[rng.choice(pool)])
-    first, second = np.array(first), np.array(second)
+        n = len(group)
+        if n < 2:
+            raise OptionError("A batch of one image has no partner for it; use larger batches.")
+        group_codes = codes[group]
+        order = np.argsort(group_codes, kind="stable")
+        sorted_codes = group_codes[order]
+        start = np.searchsorted(sorted_codes, group_codes, side="left")  # Each row's class block in `order`.
+        count = np.searchsorted(sorted_codes, group_codes, side="right") - start
+        place = np.empty(n, dtype=np.int64)
+        place[order] = np.arange(n)
+        positive = ((rng.random(n) < positive_ratio) | (count == n)) & (count > 1)
+        # A positive: another place of the block (skipping the row's own); a negative: a place outside it.
+        inside = start + rng.integers(0, np.maximum(count - 1, 1))
+        inside += inside >= place
+        outside = rng.integers(0, np.maximum(n - count, 1))
+        outside += np.where(outside >= start, count, 0)
+        first.append(group)
+        second.append(group[order[np.where(positive, inside, outside)]])
+    first, second = np.concatenate(first), np.concatenate(second)
     return first, second, (classes[first] == classes[second]).astype(np.float32)

@@ -1,6 +1,7 @@
 """Retrieval scores of an embedding: recall@k, mAP@R and kNN accuracy, leave-one-out.
 
-Every image of a gallery is a query against all the others (never itself).
+Every image of a gallery is a query against all the others (never itself),
+except an image alone in its class, which only stands in the way.
 `recall@k` is the share of queries with at least one same-class image among
 their k nearest (the usual definition in metric learning); `mAP@R` is mean
 average precision over the R nearest, R being the number of other images of
@@ -26,23 +27,27 @@ def _majority(votes: np.ndarray):
 
 
 def retrieval_scores(embeddings: np.ndarray, classes: np.ndarray, *, metric: str = "cosine", knn: int = 5) -> dict[str, float]:
-    """recall@1/5/10, mAP@R and kNN accuracy of `embeddings` (N x D) labelled by `classes` (N)."""
-    classes = np.asarray(classes)
-    counts = {label: int(count) for label, count in zip(*np.unique(classes, return_counts=True))}
-    if min(counts.values()) < 2:
-        lonely = min(counts, key=counts.get)
-        raise DataError(f"class '{lonely}' has a single image in the gallery; retrieval needs at least 2 per class.")
+    """recall@1/5/10, mAP@R and kNN accuracy of `embeddings` (N x D) labelled by `classes` (N).
+
+    An image alone in its class has nothing to find: it stays in the
+    gallery, as a distractor, but is not a query.
+    """
+    gallery_classes = np.asarray(classes)
+    counts = {label: int(count) for label, count in zip(*np.unique(gallery_classes, return_counts=True))}
     max_r = max(counts.values()) - 1
-    k = min(len(classes) - 1, max(max(RECALL_AT), max_r, knn))
+    if max_r < 1:
+        raise DataError("every class has a single image in the gallery; retrieval needs a class with at least 2.")
+    k = min(len(gallery_classes) - 1, max(max(RECALL_AT), max_r, knn))
     _, neighbors = exact_neighbors(np.asarray(embeddings, dtype=np.float32), k=k, metric=metric)
-    hits = classes[neighbors] == classes[:, None]
+    queries = np.array([counts[label] > 1 for label in gallery_classes])
+    classes, neighbor_classes = gallery_classes[queries], gallery_classes[neighbors[queries]]
+    hits = neighbor_classes == classes[:, None]
     scores = {f"recall@{at}": float(hits[:, :at].any(axis=1).mean()) for at in RECALL_AT}
     relevant = np.array([counts[label] - 1 for label in classes])
     ranks = np.arange(1, k + 1)
     within_r = ranks[None, :] <= relevant[:, None]
     precision_at = np.cumsum(hits, axis=1) / ranks
     scores["map@r"] = float(((precision_at * hits * within_r).sum(axis=1) / relevant).mean())
-    votes = classes[neighbors[:, :knn]]
-    predicted = np.array([_majority(row) for row in votes])
+    predicted = np.array([_majority(row) for row in neighbor_classes[:, :knn]])
     scores["knn_accuracy"] = float((predicted == classes).mean())
     return scores

@@ -8,14 +8,16 @@ design with convolutional neural networks":
 * D: C with L2-normalised embeddings and cosine distance.
 
 The tower (`embedding_model`) is what retrieval uses; the Siamese network
-and SimCLR only train it. Every piece is a registered Keras serialisable, so
-a saved model reloads in a fresh process with `keras.models.load_model`.
+and SimCLR only train it. The tower is made of built-in Keras layers only, so
+a saved tower reloads with plain `keras.models.load_model` in any process;
+the training models' own pieces are registered Keras serialisables, which
+reload once the toolkit is imported.
 """
 
 from __future__ import annotations
 
 from models.backbones import build_backbone, resolve_weights
-from models.layers import L2Normalize, PairDistance
+from models.layers import PairDistance
 from models.losses import nt_xent_loss
 from models.runtime import keras
 
@@ -38,7 +40,8 @@ def EmbeddingTower(
     x = base(inputs)
     x = keras.layers.Dense(embedding_dim, dtype="float32", name="embedding")(x)
     if normalize:
-        x = L2Normalize(name="l2_normalize")(x)
+        # A built-in layer, so the tower reloads with plain Keras, without the toolkit installed.
+        x = keras.layers.UnitNormalization(axis=-1, dtype="float32", name="l2_normalize")(x)
     return keras.Model(inputs, x, name=name)
 
 

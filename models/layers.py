@@ -9,17 +9,6 @@ DISTANCES = ("euclidean", "cosine")
 
 
 @keras.saving.register_keras_serializable(package="image_toolkit")
-class L2Normalize(keras.layers.Layer):
-    """Scale each embedding to unit length, so cosine similarity is a dot product."""
-
-    def call(self, inputs):
-        return ops.normalize(ops.cast(inputs, "float32"), axis=-1, order=2)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-
-@keras.saving.register_keras_serializable(package="image_toolkit")
 class PairDistance(keras.layers.Layer):
     """Distance between two embeddings: Euclidean, or cosine distance (1 - cosine similarity)."""
 

@@ -11,6 +11,8 @@ from data_tools.provenance import library_versions
 
 # Options that may change between a run and its `--resume`.
 RESUMABLE_CHANGES = frozenset({"epochs", "resume"})
+# How a user names the recorded options that are not spelled as their flag.
+SPELLED = {"siamese_type": "--type", "method": "the method", "data": "the data argument"}
 LAST_CHECKPOINT = "last_checkpoint.keras"
 STATE_FILE = "train_state.json"
 
@@ -30,7 +32,7 @@ def check_resumable(options: dict, output_dir: Path) -> dict:
     for name, value in options.items():
         if name not in RESUMABLE_CHANGES and name in previous and previous[name] != value:
             raise OptionError(
-                f"--resume: the run in {output_dir} used --{name} {previous[name]}, this one {value}; "
+                f"--resume: the run in {output_dir} used {SPELLED.get(name, '--' + name)} {previous[name]}, this one {value}; "
                 "resume with the same options or use a new --output_dir."
             )
     return json.loads(state_path.read_text())

@@ -10,6 +10,7 @@ the best epoch by validation recall@1), `history.csv`, `curves.png` and
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -29,7 +30,6 @@ from data_tools.plots import plot_training_curves
 from models.backbones import BACKBONES, get_backbone
 from models.callbacks import RetrievalEvaluation, TrainingCheckpoints
 from models.embedding import SIAMESE_TYPES, EmbeddingTower, SiameseNetwork, SimCLR
-from models.layers import L2Normalize
 from models.losses import ContrastiveLoss
 from models.runs import LAST_CHECKPOINT, check_resumable, write_run_record
 from models.runtime import keras
@@ -79,6 +79,11 @@ class SimilarityOptions:
                 raise OptionError(f"--{option}: expected a positive integer. Received: {getattr(self, option)}.")
 
     @property
+    def batch(self) -> int:
+        """Images per batch: a balanced batch's classes x examples, else --batch_size."""
+        return self.classes_per_batch * self.examples_per_class if self.classes_per_batch else self.batch_size
+
+    @property
     def metric(self) -> str:
         """Distance the embedding is trained for, and evaluated with."""
         return "euclidean" if self.method == "siamese" and self.siamese_type in ("b", "c") else "cosine"
@@ -106,7 +111,7 @@ def _load_images(options: SimilarityOptions, output_dir: Path) -> tuple[Path, pd
 def _gallery(frame: pd.DataFrame, root: Path, options: SimilarityOptions):
     """The labelled held-out images for the per-epoch retrieval evaluation, or None."""
     held_out = frame[(frame["split"] != "train") & (frame["class"] != "")]
-    if held_out.empty or held_out["class"].value_counts().min() < 2:
+    if held_out.empty or held_out["class"].value_counts().max() < 2:
         return None
     dataset = image_dataset(
         [root / image for image in held_out["image"]],
@@ -120,8 +125,7 @@ def _gallery(frame: pd.DataFrame, root: Path, options: SimilarityOptions):
 def _siamese_data(train: pd.DataFrame, root: Path, options: SimilarityOptions, epochs: int, rng):
     classes = train["class"].to_numpy()
     require_pairs(classes, options.data)
-    names = sorted(set(classes))
-    class_ids = np.array([names.index(c) for c in classes])
+    names, class_ids = np.unique(classes, return_inverse=True)
     first, second, same = [], [], []
     for _ in range(epochs):
         batches = None
@@ -138,8 +142,8 @@ def _siamese_data(train: pd.DataFrame, root: Path, options: SimilarityOptions, e
         targets.update(class_a=class_ids[first], class_b=class_ids[second])
     dataset = pair_dataset([root / image for image in train["image"]], first, second, targets,
                            image_size=options.image_size, preprocess=get_backbone(options.backbone).preprocess,
-                           batch_size=options.batch_size)
-    return dataset, max(1, len(classes) // options.batch_size), len(names)
+                           batch_size=options.batch)
+    return dataset, max(1, len(first) // (epochs * options.batch)), len(names)
 
 
 def _simclr_data(train: pd.DataFrame, root: Path, options: SimilarityOptions, epochs: int, rng):
@@ -152,12 +156,12 @@ def _simclr_data(train: pd.DataFrame, root: Path, options: SimilarityOptions, ep
             order.append(np.concatenate(batches))
         else:
             order.append(rng.permutation(len(train)))
-    steps = len(order[0]) // options.batch_size
+    steps = len(order[0]) // options.batch
     if steps < 1:
-        raise DataError(f"{options.data}: {len(order[0])} training images, fewer than one --batch_size {options.batch_size}.")
+        raise DataError(f"{options.data}: {len(order[0])} training images, fewer than one batch of {options.batch}.")
     dataset = views_dataset([root / image for image in train["image"]], np.concatenate(order),
                             image_size=options.image_size, preprocess=get_backbone(options.backbone).preprocess,
-                            batch_size=options.batch_size, view=simclr_view)
+                            batch_size=options.batch, view=simclr_view)
     return dataset, steps, 0
 
 
@@ -260,19 +264,33 @@ def load_embedding_model(path: str | Path) -> tuple[keras.Model, dict]:
     backbones = [layer.name for layer in tower.layers if layer.name in BACKBONES]
     if not backbones:
         raise DataError(f"{path}: not an image-toolkit embedding model (no known backbone inside).")
-    normalized = any(isinstance(layer, L2Normalize) for layer in tower.layers)
+    normalized = any(isinstance(layer, keras.layers.UnitNormalization) for layer in tower.layers)
     return tower, {"backbone": backbones[0], "image_size": int(tower.input_shape[1]), "normalized": normalized}
 
 
+def trained_metric(model_path: str | Path) -> str:
+    """The distance a tower was trained for, from the run.json beside it; cosine when there is none."""
+    try:
+        recorded = json.loads((Path(model_path).parent / "run.json").read_text())["options"]
+        return SimilarityOptions(**recorded).metric
+    except (OSError, ValueError, KeyError, TypeError):
+        return "cosine"
+
+
 def assess(model_path: str | Path, metadata_csv: str | Path, *, img_directory: str | Path | None = None,
-           split: str = "test", output_dir: str | Path = ".", metric: str = "cosine", n_queries: int = 8, seed: int = 0) -> dict:
-    """Retrieval scores of an embedding model on one split, plus `similarity_heatmap.png` and `query_grid.png`."""
+           split: str = "test", output_dir: str | Path = ".", metric: str | None = None, n_queries: int = 8,
+           seed: int = 0) -> dict:
+    """Retrieval scores of an embedding model on one split, plus `similarity_heatmap.png` and `query_grid.png`.
+
+    `metric` defaults to the one the model was trained for (`trained_metric`).
+    """
     from data_tools.neighbors import exact_neighbors
     from data_tools.retrieval import retrieval_scores
     from data_tools.retrieval_plots import plot_query_grid, plot_similarity_heatmap
     from models.extraction import FeatureExtractor, compute_features, traced_forward
 
     tower, info = load_embedding_model(model_path)
+    metric = metric or trained_metric(model_path)
     frame = read_metadata(metadata_csv)
     frame = frame[frame["split"] == split]
     if frame.empty:

@@ -26,6 +26,13 @@ def test_map_at_r_on_a_hand_computed_case():
     assert scores["recall@1"] == pytest.approx(2 / 5)
 
 
-def test_single_image_class_is_refused():
-    with pytest.raises(DataError, match="class 'c' has a single image"):
-        retrieval_scores(np.zeros((3, 2)), np.array(["a", "a", "c"]))
+def test_an_image_alone_in_its_class_is_a_distractor_not_a_query():
+    # c sits between a's two images: a's queries miss at rank 1; c itself is not scored.
+    embeddings = np.array([[0.0], [2.0], [1.0]], dtype=np.float32)
+    scores = retrieval_scores(embeddings, np.array(["a", "a", "c"]), metric="euclidean", knn=1)
+    assert scores["recall@1"] == 0.0 and scores["map@r"] == 0.0
+
+
+def test_a_gallery_of_single_images_is_refused():
+    with pytest.raises(DataError, match="every class has a single image"):
+        retrieval_scores(np.zeros((3, 2)), np.array(["a", "b", "c"]))

@@ -1,6 +1,7 @@
 """Similarity learning on real digits: Siamese types B/C/D and SimCLR learn, reload, resume, refuse bad input."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -95,12 +96,13 @@ def test_tower_reloads_in_a_fresh_process_with_the_same_embeddings(siamese_d, di
     summary = run(get_transfer_layer, digits, tmp_path / "emb.npz", "--model", model)
     features = read_features(tmp_path / "emb.npz")
     assert summary["dim"] == 32 and np.allclose(np.linalg.norm(features.features, axis=1), 1, atol=1e-4)
+    # Plain Keras loads the tower: no toolkit module is imported before load_model.
     code = (
-        "import sys, numpy as np, keras; from PIL import Image; import models.layers; "
-        "from models.backbones import get_backbone; "
+        "import sys, numpy as np, keras; from PIL import Image; "
         f"m = keras.models.load_model(r'{model}'); "
+        "assert not [name for name in sys.modules if name.split('.')[0] in ('models', 'data_tools', 'cli')]; "
         f"x = np.asarray(Image.open(r'{digits / features.paths[0]}').convert('RGB'), dtype='float32')[None]; "
-        "print(' '.join(map(str, m.predict(get_backbone('small_cnn').preprocess(x), verbose=0)[0])))"
+        "print(' '.join(map(str, m.predict(x / 127.5 - 1, verbose=0)[0])))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -123,6 +125,9 @@ def test_resume_continues_and_refuses_changed_options(digits, tmp_path, runner):
     changed = runner.invoke(train_siamese, [*args, "--epochs", "3", "--resume", "--margin", "2"])
     assert changed.exit_code == 2
     assert "used --margin 1.0, this one 2.0" in one_line_error(changed)
+    changed = runner.invoke(train_siamese, [*args, "--epochs", "3", "--resume", "--type", "c"])
+    assert changed.exit_code == 2
+    assert "used --type b, this one c" in one_line_error(changed)
 
 
 def test_filter_images_reports_each_step(digits, tmp_path, runner):
@@ -132,6 +137,21 @@ def test_filter_images_reports_each_step(digits, tmp_path, runner):
     counts = pd.read_csv(digits / "metadata.csv")["class"].value_counts()
     assert set(kept["class"]) == set(counts[counts >= 95].index)
     assert "at least 16 px" in result.output and "classes with at least 95 images" in result.output
+
+
+def test_filter_images_copies_files_as_they_are_and_lists_unreadable_ones(digits, tmp_path, runner):
+    source = tmp_path / "source"
+    originals = sorted((digits / "zero").iterdir())[:3] + sorted((digits / "one").iterdir())[:3]
+    for original in originals:
+        (source / original.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(original, source / original.parent.name / original.name)
+    (source / "one" / "broken.png").write_text("not an image")
+    result = runner.invoke(filter_images, [str(source), str(tmp_path / "kept"), "--min_size", "16", "--min_per_class", "2"])
+    assert result.exit_code == 0, result.output
+    for original in originals:
+        assert (tmp_path / "kept" / original.parent.name / original.name).read_bytes() == original.read_bytes()
+    assert "broken.png" in (tmp_path / "kept" / "skipped_images.txt").read_text()
+    assert len(pd.read_csv(tmp_path / "kept" / "metadata.csv")) == 6
 
 
 @pytest.mark.parametrize(
