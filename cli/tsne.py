@@ -13,7 +13,7 @@ from models.names import TASKS
 
 @command("tsne")
 @click.argument("features", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Label CSV: colour the points by class.")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Label CSV, or metadata CSV (image,class,split): colour the points by class.")
 @click.option("--highlight", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="CSV with an 'image' column to draw on top; an image feedback CSV highlights its deselected images.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default="tsne.png", show_default=True, help="The plot (.png).")
 @click.option("--coords", type=click.Path(dir_okay=False, path_type=Path), default=None, help="The coordinates CSV (image,x,y); default: the plot's name with .csv.")

@@ -97,6 +97,21 @@ def highlighted_images(path: str | Path) -> tuple[set[str], str]:
     return set(frame.loc[counts > 0, "image"].str.strip()), "deselected"
 
 
+def classes_by_image(labels: str | Path, task: str | None = None) -> tuple[dict[str, str], bool]:
+    """Each image's class from a label CSV or a metadata CSV (image,class,split), and whether it is multilabel.
+
+    A multilabel image's class is its positive labels joined by ';'.
+    """
+    from data_tools.feedback import csv_header, image_classes, read_labels
+    from data_tools.metadata import read_metadata
+
+    if task is None and "class" in csv_header(labels):
+        frame = read_metadata(labels)
+        return dict(zip(frame["image"], frame["class"])), False
+    table = read_labels(labels, task)
+    return dict(zip(table.images, image_classes(table))), table.task == "multilabel"
+
+
 def draw_map(
     features_path: str | Path,
     output: str | Path,
@@ -117,7 +132,6 @@ def draw_map(
 
     from data_tools.atomic import atomic_path
     from data_tools.features import read_features
-    from data_tools.feedback import image_classes, read_labels
     from data_tools.plots import plot_embedding
 
     output = Path(output)
@@ -127,18 +141,17 @@ def draw_map(
     feature_set = read_features(features_path)
     classes = None
     if labels is not None:
-        table = read_labels(labels, task)
-        known = dict(zip(table.images, image_classes(table)))
+        known, multilabel = classes_by_image(labels, task)
         missing = sum(path not in known for path in feature_set.paths)
         if missing == len(feature_set.paths):
             raise DataError(
-                f"{labels}: none of its images is in {features_path} (e.g. '{table.images[0]}' vs "
+                f"{labels}: none of its images is in {features_path} (e.g. '{next(iter(known))}' vs "
                 f"'{feature_set.paths[0]}'); pass the label CSV of the same images."
             )
         if missing:
             logger.warning("%d images of %s are not in %s and are drawn as 'unknown'", missing, features_path, labels)
         classes = [known.get(path, "") for path in feature_set.paths]
-        if table.task == "multilabel":
+        if multilabel:
             classes = [name.replace(";", "+") if name else ("" if path not in known else "none") for name, path in zip(classes, feature_set.paths)]
     marked, what = None, "highlighted"
     if highlight is not None:

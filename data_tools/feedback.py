@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
@@ -75,14 +76,18 @@ CREATE INDEX event_images_by_image ON event_images (image);
 # --- Label files of either task -------------------------------------------------------------
 
 
-def infer_task(path: str | Path) -> str:
-    """`multiclass` when the CSV has a 'label' column, else `multilabel` (README, "Label CSV format")."""
+def csv_header(path: str | Path) -> list[str]:
+    """The column names of a label or metadata CSV."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: label CSV not found; pass the path of your label file.")
     with path.open(newline="", encoding="utf-8") as handle:
-        header = [cell.strip() for cell in next(csv.reader(handle), [])]
-    return "multiclass" if "label" in header else "multilabel"
+        return [cell.strip() for cell in next(csv.reader(handle), [])]
+
+
+def infer_task(path: str | Path) -> str:
+    """`multiclass` when the CSV has a 'label' column, else `multilabel` (README, "Label CSV format")."""
+    return "multiclass" if "label" in csv_header(path) else "multilabel"
 
 
 def read_labels(path: str | Path, task: str | None = None, *, allow_duplicates: bool = False) -> LabelTable:
@@ -120,7 +125,8 @@ def _normalised_timestamp(value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"malformed timestamp {value!r} (expected ISO 8601, e.g. 2024-05-01T12:30:00Z)")
     try:
-        moment = datetime.fromisoformat(value.strip())
+        # Python 3.10's fromisoformat does not read the 'Z' (UTC) that browsers and our simulator write.
+        moment = datetime.fromisoformat(re.sub(r"[zZ]$", "+00:00", value.strip()))
     except ValueError:
         raise ValueError(f"malformed timestamp {value!r} (expected ISO 8601, e.g. 2024-05-01T12:30:00Z)") from None
     if moment.tzinfo is not None:

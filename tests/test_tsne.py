@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from cli.main import toolkit
-from data_tools.embedding import embed_2d
+from data_tools.embedding import classes_by_image, embed_2d
 from tests.conftest import one_line_error
 from tests.test_feedback import class_csv, pixel_features
 
@@ -75,6 +75,17 @@ def test_coordinates_path_and_pca(mapped, runner):
     result = runner.invoke(toolkit, ["tsne", str(mapped["features"]), "--method", "pca", "-o", str(mapped["work"] / "pca.png"), "--coords", str(coords)])
     assert result.exit_code == 0, result.output
     assert len(pd.read_csv(coords)) == 150
+
+
+def test_a_metadata_csv_colours_by_its_class_column(mapped, runner, tmp_path):
+    table = mapped["table"]
+    metadata = tmp_path / "metadata.csv"
+    pd.DataFrame({"image": table["image"], "class": table["digit_name"], "split": "test"}).to_csv(metadata, index=False)
+    known, multilabel = classes_by_image(metadata)
+    assert not multilabel and known == dict(zip(table["image"], table["digit_name"]))
+    args = ["tsne", str(mapped["features"]), "--labels", str(metadata), "--method", "pca", "-o", str(tmp_path / "m.png")]
+    result = runner.invoke(toolkit, args)
+    assert result.exit_code == 0, result.output
 
 
 def test_few_points_lower_the_perplexity_with_a_warning():
