@@ -108,7 +108,7 @@ def check_test_split(test: LabelTable, minimum: int, source: str) -> None:
         if count < minimum:
             raise DataError(
                 f"{source}: the test split holds {count} image(s) of class '{name}'; scoring a class needs at least "
-                f"{minimum} (--min_test_per_class). Raise --test_split, label more '{name}' images or pass a larger --test_csv."
+                f"{minimum} (--min_test_per_class). Raise --test_split or pass a larger --test_csv, or label more '{name}' images."
             )
 
 
@@ -294,6 +294,11 @@ def run_experiment(training: TrainOptions, options: ExperimentOptions, *, verbos
     for seed in range(options.seed_base, options.seed_base + options.seeds):
         meta = resample_table(train, feedback, options.ratios, seed=seed,
                               held_out={str(val_csv): val.images, str(test_csv): test.images}, source=str(base_csv))
+        if np.array_equal(meta.rows, np.arange(len(train))):
+            raise DataError(
+                f"{options.feedback}: no training image is in a group of --ratio {options.ratios}, so the meta model "
+                "would train on the baseline list; check that the feedback CSV names the images of --data_csv."
+            )
         meta_csv = lists / f"train_meta_seed{seed}.csv"
         write_label_csv(meta.table, meta_csv)
         logger.info("Seed %d, meta list:\n%s", seed, meta.counts.to_string(index=False))

@@ -120,6 +120,19 @@ def test_a_test_list_that_overlaps_the_data_is_refused(setup, tmp_path):
     assert result.exit_code == 1 and "must be held out" in one_line_error(result)
 
 
+def test_feedback_on_none_of_the_training_images_is_refused_before_training(setup, tmp_path):
+    elsewhere = tmp_path / "elsewhere.csv"
+    feedback = pd.read_csv(setup["feedback"])
+    feedback["image"] = "other_folder/" + feedback["image"]
+    feedback.to_csv(elsewhere, index=False)
+    args = experiment_args(setup, tmp_path / "out")
+    args[args.index(str(setup["feedback"]))] = str(elsewhere)
+    result = CliRunner().invoke(toolkit, args)
+    assert result.exit_code == 1
+    assert "elsewhere.csv: no training image is in a group of --ratio" in one_line_error(result)
+    assert not (tmp_path / "out" / "runs").exists()
+
+
 def test_bad_ratio_is_refused_before_training(setup, tmp_path):
     args = experiment_args(setup, tmp_path / "out")
     args[args.index("deselected=3")] = "deselected=-1"
