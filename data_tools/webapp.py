@@ -64,6 +64,12 @@ MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 LEARNED_WEIGHT = 0.5
 THUMBNAIL_SIZE = 128
 THUMBNAIL_CACHE = 4096
+# A multipart upload carries a few hundred bytes of headers around the file.
+MULTIPART_OVERHEAD = 64 * 1024
+NO_DATA_SET = (
+    "give --labels LABEL_CSV (the label file of the images, as for toolkit feedback import --data_csv) "
+    "so feedback events have classes."
+)
 
 
 def missing_extra() -> str | None:
@@ -172,6 +178,8 @@ class Store:
 
     def __init__(self, db: Path, *, labels=None, wait: float = feedback.DEFAULT_WAIT_S):
         self.db, self.wait, self._local = Path(db), wait, threading.local()
+        if labels is None and not self.db.is_file():
+            raise OptionError(f"{self.db}: no such feedback store; {NO_DATA_SET}")
         connection = feedback.connect(self.db, create=True, wait=wait)
         try:
             if labels is not None:
@@ -182,10 +190,7 @@ class Store:
             connection.close()
         self.classes = classes
         if not self.images:
-            raise OptionError(
-                f"{self.db}: no data set registered; give --labels LABEL_CSV (the label file of the images, "
-                "as for toolkit feedback import --data_csv) so feedback events have classes."
-            )
+            raise OptionError(f"{self.db}: no data set registered; {NO_DATA_SET}")
         self.known = set(self.images)
 
     def connection(self) -> sqlite3.Connection:
@@ -263,7 +268,7 @@ def create_app(
     the model recorded in the index metadata, loaded on the first upload).
     """
     from fastapi import Body, FastAPI, File, HTTPException, Query, UploadFile
-    from fastapi.responses import FileResponse, HTMLResponse, Response
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from pydantic import BaseModel, Field
 
     if max_upload_bytes < 1:
@@ -278,6 +283,14 @@ def create_app(
     embedding = {"embed": embed}
 
     app = FastAPI(title="image-toolkit", version="1", description="Search, lasso, deselect and refine an image index.")
+
+    @app.middleware("http")
+    async def refuse_large_uploads(request, call_next):
+        # Refused before the body is read: Starlette would take in the whole multipart body first.
+        length = request.headers.get("content-length", "")
+        if request.url.path == "/api/search/image" and length.isdigit() and int(length) > max_upload_bytes + MULTIPART_OVERHEAD:
+            return JSONResponse({"detail": f"the upload is over the limit of {max_upload_bytes:,} bytes."}, status_code=413)
+        return await call_next(request)
 
     class Event(BaseModel):
         user: str
@@ -317,12 +330,14 @@ def create_app(
         for image, count in votes.items():
             if image in collection.ids:
                 net[collection.ids[image]] = count
-        matched = []
+        matched, matches = [], None
         if collection.vocabulary is not None:
             try:
                 matches = match_classes(q, collection.vocabulary)
             except (DataError, OptionError) as error:
-                raise HTTPException(404, str(error)) from None
+                if query_class is None:
+                    raise HTTPException(404, str(error)) from None
+        if matches:
             columns = np.array([m.index for m in matches])
             weights = np.array([m.weight for m in matches], dtype=np.float32)
             base = collection.class_scores[:, columns] @ weights
@@ -334,7 +349,7 @@ def create_app(
             base = rocchio.similarities(centroid, collection.features, metric=collection.metric)
         else:
             raise HTTPException(
-                404, f"the index holds no class scores and no image is confirmed for '{query_class}' yet; "
+                404, f"no class scores match '{q}' and no image is confirmed for '{query_class}' yet; "
                      "search by image, lasso the right ones and submit: the keyword learns from that.")
         return base + learned_weight * np.clip(net, -1, 1), query_class, matched
 
@@ -439,11 +454,14 @@ def create_app(
                 raise HTTPException(404, f"unknown image id {image_id}.")
             from PIL import Image
 
-            with Image.open(path) as picture:
-                picture = picture.convert("RGB")
-                picture.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-                buffer = io.BytesIO()
-                picture.save(buffer, format="PNG")
+            try:
+                with Image.open(path) as picture:
+                    picture = picture.convert("RGB")
+                    picture.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+                    buffer = io.BytesIO()
+                    picture.save(buffer, format="PNG")
+            except (OSError, ValueError) as error:  # Pillow's UnidentifiedImageError is an OSError.
+                raise HTTPException(422, f"image {image_id} ({collection.names[image_id]}) cannot be decoded: {error}.") from None
             cached = buffer.getvalue()
             with thumbnail_lock:
                 thumbnails[image_id] = cached
@@ -472,7 +490,10 @@ def create_app(
 
     @app.get("/api/feedback/export")
     def export():
-        frame = feedback.image_feedback(store.db, wait=store.wait)
+        try:
+            frame = feedback.image_feedback(store.db, wait=store.wait)
+        except (sqlite3.OperationalError, DataError) as error:
+            raise HTTPException(503, f"the feedback store cannot be read now ({error}); try again.") from None
         return Response(frame.to_csv(index=False), media_type="text/csv",
                         headers={"Content-Disposition": 'attachment; filename="image_feedback.csv"'})
 

@@ -194,6 +194,28 @@ def test_indexed_paths_outside_the_image_folder_are_not_served(tmp_path, digits)
         assert client.get(f"/api/thumbnails/{image_id}").status_code == 404
 
 
+def test_an_indexed_file_that_cannot_be_decoded_is_a_clear_422(tmp_path, digits):
+    root = digits["root"]
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "broken.png").write_text("not a picture")
+    ImageIndex(kind="flat").fit(FeatureSet(["broken.png"], np.ones((1, 4), np.float32), {"model": "x"})).save(tmp_path / "index")
+    client = TestClient(create_app(tmp_path / "index", tmp_path / "images", tmp_path / "f.sqlite", labels=root / "label.txt"))
+    answer = client.get("/api/thumbnails/0")
+    assert answer.status_code == 422 and "broken.png" in answer.json()["detail"]
+
+
+def test_learned_query_works_when_the_class_scores_name_other_classes(tmp_path, digits):
+    root, names = digits["root"], digits["names"]
+    other = FeatureSet(names, digits["scores"][:, :2], {"model": "labels", "output": "scores", "class_names": ["cat", "dog"]})
+    write_features(tmp_path / "scores.npz", other)
+    client = TestClient(create_app(root / "index", root / "images", tmp_path / "f.sqlite", labels=root / "label.txt",
+                                   scores=tmp_path / "scores.npz", embed=pixels))
+    assert client.get("/api/search", params={"q": "even"}).status_code == 404  # Nothing learned yet.
+    assert client.post("/api/feedback", json=event([names[3]], "select", "even")).status_code == 200
+    answer = client.get("/api/search", params={"q": "even", "k": 3}).json()
+    assert answer["query_class"] == "even" and answer["results"][0]["image"] == names[3]
+
+
 def test_unknown_ids_oversized_and_non_image_uploads_are_refused(client):
     assert client.get("/api/images/48").status_code == 404 and client.get("/api/images/-1").status_code == 404
     assert client.get("/api/thumbnails/1000").status_code == 404
@@ -201,6 +223,8 @@ def test_unknown_ids_oversized_and_non_image_uploads_are_refused(client):
     assert client.post("/api/search/refine", json={"query": {"id": 99}}).status_code == 404
     big = client.post("/api/search/image", files={"file": ("big.png", b"\x89PNG" + b"0" * 30_000, "image/png")})
     assert big.status_code == 413 and "over the limit of 20,000 bytes" in big.json()["detail"]
+    huge = client.post("/api/search/image", files={"file": ("huge.png", b"\x89PNG" + b"0" * 200_000, "image/png")})
+    assert huge.status_code == 413 and "over the limit of 20,000 bytes" in huge.json()["detail"]  # Before the body is read.
     text = client.post("/api/search/image", files={"file": ("notes.png", b"hello, not an image", "image/png")})
     assert text.status_code == 415
     assert client.get("/api/search", params={"q": "kitchen"}).status_code == 404
@@ -230,6 +254,7 @@ def test_no_data_set_in_the_store_is_one_line(runner, digits, tmp_path):
     root = digits["root"]
     result = runner.invoke(toolkit, ["serve", str(root / "index"), "--images", str(root / "images"), "--db", str(tmp_path / "new.sqlite")])
     assert result.exit_code == 2 and "give --labels LABEL_CSV" in one_line_error(result)
+    assert not (tmp_path / "new.sqlite").exists()
 
 
 # A live server.
