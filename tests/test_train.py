@@ -81,6 +81,14 @@ def test_inference_script_reloads_the_model_in_a_fresh_process(trained, digits_s
     assert done.stderr.strip() == "", done.stderr
 
 
+def test_train_script_runs_the_same_command(tiny_set, tmp_path):
+    root, _ = tiny_set
+    command = [sys.executable, "train.py", *train_args(root, tmp_path, "--epochs", "1")]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "best_model.h5").is_file() and (tmp_path / "loss_curve.png").is_file()
+
+
 def test_resume_continues_from_the_last_epoch(tiny_set, tmp_path, runner):
     root, _ = tiny_set
     first = runner.invoke(train, train_args(root, tmp_path, "--epochs", "1"))
@@ -118,6 +126,7 @@ def test_resnet50_without_weights_trains_a_step_at_64px(tiny_set, tmp_path, runn
         ["--missing_labels", "mf", "--class_weight", "balanced"],
         ["--missing_labels", "mean", "--augment"],
         ["--precision", "mixed_bfloat16"],
+        ["--precision", "mixed_float16"],
         ["--strategy", "mirrored", "--fine_tune"],
     ],
 )
