@@ -76,18 +76,21 @@ def test_siamese_type_d_learns_digit_similarity(siamese_d, digits):
 
 
 def test_simclr_learns_without_labels(digits, tmp_path):
-    summary = run(train_simclr, digits / "metadata.csv", "--epochs", "10", "--batch_size", "64", "--temperature", "0.1",
+    # 20 epochs (about 40 s on two cores) measured 5-NN 0.91 and recall@1 0.92, from 0.67 and 0.69 untrained.
+    summary = run(train_simclr, digits / "metadata.csv", "--epochs", "20", "--batch_size", "64", "--temperature", "0.1",
                   "--output_dir", tmp_path, *SMALL)
     before = untrained_recall(digits)
-    assert summary["val_knn_accuracy"] >= 0.75, summary
-    assert summary["val_knn_accuracy"] >= before["knn_accuracy"] + 0.05, (summary, before)
+    assert summary["val_knn_accuracy"] >= 0.85, summary
+    assert summary["val_knn_accuracy"] >= before["knn_accuracy"] + 0.15, (summary, before)
 
 
-@pytest.mark.parametrize("siamese_type", ["b", "c"])
-def test_siamese_types_b_and_c_train(digits, tmp_path, siamese_type):
+@pytest.mark.parametrize(("siamese_type", "backbone"), [("b", "small_cnn"), ("c", "small_cnn"), ("b", "resnet18")])
+def test_siamese_types_b_and_c_train(digits, tmp_path, siamese_type, backbone):
     summary = run(train_siamese, digits / "metadata.csv", "--type", siamese_type, "--epochs", "1", "--batch_size", "64",
-                  "--output_dir", tmp_path, "--classes_per_batch", "4", "--examples_per_class", "8", *SMALL)
+                  "--output_dir", tmp_path, "--classes_per_batch", "4", "--examples_per_class", "8", *SMALL,
+                  "--backbone", backbone)
     assert summary["epochs"] == 1 and "val_recall@1" in summary
+    assert json.loads((tmp_path / "run.json").read_text())["options"]["backbone"] == backbone
 
 
 def test_tower_reloads_in_a_fresh_process_with_the_same_embeddings(siamese_d, digits, tmp_path):
