@@ -1,7 +1,7 @@
 """Load test of `toolkit serve`: concurrent clients post feedback events; none may be lost.
 
 A live server (`toolkit serve`, a subprocess) on 127.0.0.1 and a free port,
-over 1,797 real digits (scikit-learn, offline) with pixel features; CLIENTS
+over real digits (scikit-learn, offline; --n_images of them) with pixel features; CLIENTS
 threads, each with its own keep-alive HTTP connection, post POSTS distinct
 events each. The script then counts the events in the SQLite store and
 prints requests/s.

@@ -335,6 +335,13 @@ def test_browser_lasso_deselect_submit_refines(digits, tmp_path):
             page.wait_for_function("document.getElementById('status').textContent.startsWith('Refined')")
             shown = [int(t.get_attribute("data-id")) for t in page.query_selector_all("#grid .thumb")]
             page.screenshot(path=str(tmp_path / "webapp_refined.png"))
+            # A second round: deselect one more; the refinement keeps the first round's judgements.
+            extra = next(i for i in shown if i not in ids[: 3 * columns + 2])
+            page.click(f"#grid .thumb[data-id='{extra}']")
+            page.click(f"#grid .thumb[data-id='{extra}']")
+            page.click("#submit")
+            page.wait_for_function("document.getElementById('status').textContent.includes('and 2 deselected')")
+            second = [int(t.get_attribute("data-id")) for t in page.query_selector_all("#grid .thumb")]
             page.click("#view-map")
             page.wait_for_function("document.querySelectorAll('#map-layer .thumb').length === 40")
             page.screenshot(path=str(tmp_path / "webapp_map.png"))
@@ -348,16 +355,22 @@ def test_browser_lasso_deselect_submit_refines(digits, tmp_path):
             "SELECT events.action, events.query_class, event_images.image FROM events "
             "JOIN event_images ON events.id = event_images.event_id ORDER BY events.action, event_images.position").fetchall()
     assert sorted(r[2] for r in rows if r[0] == "lasso") == sorted(names[i] for i in selected)
-    assert [r[2] for r in rows if r[0] == "deselect"] == [names[deselected]]
     assert [r[2] for r in rows if r[0] == "select"] == [names[keyed]]
     assert {r[1] for r in rows} == {"even"}
-    # The refined order, computed here: keyword scores plus the learned bonus, the mean of the top 40 rows, Rocchio.
+    assert sorted(r[2] for r in rows if r[0] == "deselect") == sorted([names[deselected], names[extra]])
+
+    def refined_order(net, deselected_ids):
+        """Keyword scores plus the learned bonus, the mean of the top 40 rows, Rocchio: computed here."""
+        base = digits["scores"][:, 0] + LEARNED_WEIGHT * np.clip(net, -1, 1)
+        top = np.lexsort((np.arange(48), -base))[:40]
+        features = digits["features"]
+        query = rocchio.normalised(features[top]).mean(axis=0)
+        refined = rocchio.rocchio(query, features, selected + [keyed], deselected_ids)
+        return rocchio.rank(refined, features, k=40)[0].tolist()
+
     net = np.zeros(48)
     net[selected + [keyed]] += 1
     net[deselected] -= 1
-    base = digits["scores"][:, 0] + LEARNED_WEIGHT * np.clip(net, -1, 1)
-    top = np.lexsort((np.arange(48), -base))[:40]
-    features = digits["features"]
-    query = rocchio.normalised(features[top]).mean(axis=0)
-    refined = rocchio.rocchio(query, features, selected + [keyed], [deselected])
-    assert shown == rocchio.rank(refined, features, k=40)[0].tolist()
+    assert shown == refined_order(net, [deselected])
+    net[extra] -= 1
+    assert second == refined_order(net, [deselected, extra])

@@ -6,7 +6,8 @@ const state = {
   info: null,
   query: null,          // {text} | {vector} | {id}: what `refine` starts from
   results: [],          // [{rank, id, image, score}]
-  marks: new Map(),     // id -> "lasso" | "select" | "deselect"
+  marks: new Map(),     // id -> "lasso" | "select" | "deselect", on the results shown
+  judged: new Map(),    // id -> true (selected) | false (deselected): every round since the query, for `refine`
   view: "grid",
   coords: null,         // id -> [x, y] in the 1000 x 1000 map layer
   zoom: 1, panX: 0, panY: 0,
@@ -102,6 +103,7 @@ $("search-form").addEventListener("submit", async (event) => {
     status("Searching…");
     const answer = await api(`/api/search?q=${encodeURIComponent(q)}&k=${state.info.default_k}`);
     state.query = { text: q };
+    state.judged.clear();
     show(answer, `Results for '${q}'`);
   } catch (error) { status(error.message, true); }
 });
@@ -119,6 +121,7 @@ $("upload").addEventListener("change", async () => {
     status("Embedding the image…");
     const answer = await api(`/api/search/image?k=${state.info.default_k}`, { method: "POST", body: form });
     state.query = { vector: answer.query_vector };
+    state.judged.clear();
     show(answer, `Images like ${file.name}`);
   } catch (error) { status(error.message, true); }
   $("upload").value = "";
@@ -144,12 +147,16 @@ async function submit() {
         }),
       });
     }
-    const selected = [...byAction.lasso, ...byAction.select];
+    // Each round refines the original query with every judgement so far; a later one overrides an earlier.
+    state.marks.forEach((mark, id) => state.judged.set(id, mark !== "deselect"));
+    const judged = [...state.judged];
+    const selected = judged.filter(([, kept]) => kept).map(([id]) => id);
+    const deselected = judged.filter(([, kept]) => !kept).map(([id]) => id);
     const answer = await api("/api/search/refine", {
       method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ query: state.query, selected, deselected: byAction.deselect, k: state.info.default_k }),
+      body: JSON.stringify({ query: state.query, selected, deselected, k: state.info.default_k }),
     });
-    show(answer, `Refined with ${selected.length} selected and ${byAction.deselect.length} deselected`);
+    show(answer, `Refined with ${selected.length} selected and ${deselected.length} deselected`);
   } catch (error) { status(error.message, true); }
 }
 $("submit").addEventListener("click", submit);
@@ -306,8 +313,11 @@ async function setView(view) {
   if (view === "map" && !state.coords) {
     try {
       const answer = await api("/api/map");
-      const xs = answer.points.map((p) => p.x), ys = answer.points.map((p) => p.y);
-      const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+      // A loop, not Math.min(...xs): spreading 100,000 arguments overflows the call stack.
+      let [x0, x1, y0, y1] = [Infinity, -Infinity, Infinity, -Infinity];
+      for (const p of answer.points) {
+        x0 = Math.min(x0, p.x); x1 = Math.max(x1, p.x); y0 = Math.min(y0, p.y); y1 = Math.max(y1, p.y);
+      }
       const scale = 920 / Math.max(x1 - x0, y1 - y0, 1e-9);
       state.coords = new Map(answer.points.map((p) => [p.id, [40 + (p.x - x0) * scale, 40 + (y1 - p.y) * scale]]));
       render();
