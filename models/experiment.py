@@ -19,9 +19,11 @@ in the order of the work:
 5. Report mean ± std of test macro-F1 per variant and the paired difference
    (meta - baseline, by seed) with a 95 % t interval, whatever it says.
 
-Everything goes to `output_dir`: lists/ (the exact CSVs trained and scored
-on), runs/<variant>_seed<N>/ (each training's outputs), the two logs,
-experiment.png and experiment.json.
+Everything goes to `output_dir`: lists/<experiment>/ (the exact CSVs trained
+and scored on), runs/<experiment>/<variant>_seed<N>/ (each training's
+outputs), the two logs (appended to, one experiment id per run of the
+command, so the folders of every logged run stay), experiment.png and
+experiment.json (of the latest experiment).
 """
 
 from __future__ import annotations
@@ -283,7 +285,7 @@ def run_experiment(training: TrainOptions, options: ExperimentOptions, *, verbos
     read_log(output_dir / "Results.csv", RESULT_COLUMNS)
     feedback = read_image_feedback(options.feedback)
     train, val, test = fixed_lists(training, options)
-    lists = output_dir / "lists"
+    lists = output_dir / "lists" / experiment
     base_csv, val_csv, test_csv = lists / "train_baseline.csv", lists / "val.csv", lists / "test.csv"
     for table, path in ((train, base_csv), (val, val_csv), (test, test_csv)):
         write_label_csv(table, path)
@@ -304,7 +306,7 @@ def run_experiment(training: TrainOptions, options: ExperimentOptions, *, verbos
         logger.info("Seed %d, meta list:\n%s", seed, meta.counts.to_string(index=False))
         for variant, train_csv, rows in (("baseline", base_csv, train), ("meta", meta_csv, meta.table)):
             run_options = dataclasses.replace(
-                training, output_dir=str(output_dir / "runs" / f"{variant}_seed{seed}"), seed=seed,
+                training, output_dir=str(output_dir / "runs" / experiment / f"{variant}_seed{seed}"), seed=seed,
                 train_csv=str(train_csv), val_csv=str(val_csv),
             )
             logger.info("Training %s, seed %d, on %d rows", variant, seed, len(rows))

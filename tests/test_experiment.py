@@ -63,7 +63,8 @@ def test_experiment_trains_both_variants_per_seed_and_logs_them(multiclass_run):
 
 def test_lists_are_fixed_and_only_training_rows_are_resampled(multiclass_run, setup):
     output_dir, _ = multiclass_run
-    lists = output_dir / "lists"
+    experiment = json.loads((output_dir / "experiment.json").read_text())["experiment"]
+    lists = output_dir / "lists" / experiment
     train, val, test = (pd.read_csv(lists / name)["image"] for name in ["train_baseline.csv", "val.csv", "test.csv"])
     assert not (set(train) & set(val)) and not (set(train) & set(test)) and not (set(val) & set(test))
     assert len(train) + len(val) + len(test) == 160
@@ -71,7 +72,7 @@ def test_lists_are_fixed_and_only_training_rows_are_resampled(multiclass_run, se
     deselected_train = setup["deselected"] & set(train)
     assert deselected_train and all(meta[name] == 3 for name in deselected_train)
     assert set(meta.index) == set(train) and meta.sum() == len(train) + 2 * len(deselected_train)
-    runs = output_dir / "runs"
+    runs = output_dir / "runs" / experiment
     base = json.loads((runs / "baseline_seed1" / "run.json").read_text())["options"]
     meta_options = json.loads((runs / "meta_seed1" / "run.json").read_text())["options"]
     differing = {key for key in base if base[key] != meta_options[key]}
@@ -85,6 +86,8 @@ def test_the_same_seed_gives_the_same_result_and_logs_are_appended(multiclass_ru
     assert result.exit_code == 0, result.output
     log = pd.read_csv(output_dir / "ExperimentLog.csv")
     assert len(log) == 6 and log["experiment"].nunique() == 2
+    for experiment in log["experiment"].unique():  # Every logged run keeps its folder.
+        assert (output_dir / "runs" / experiment / "baseline_seed0" / "best_model.h5").is_file()
     again = log.iloc[4:].reset_index(drop=True)
     expected = first.iloc[:2].reset_index(drop=True)
     for column in ["variant", "seed", "best_val_macro_f1", "test_macro_f1", "train_rows"]:
@@ -100,7 +103,7 @@ def test_multilabel_experiment_scores_each_label_on_known_cells(setup, digits_se
     assert result.exit_code == 0, result.output
     results = pd.read_csv(tmp_path / "out" / "Results.csv")
     assert set(results["class"]) == {"even", "prime", "five_or_more", "closed_loop", "macro"}
-    test = pd.read_csv(tmp_path / "out" / "lists" / "test.csv")
+    test = pd.read_csv(tmp_path / "out" / "lists" / results["experiment"].iloc[0] / "test.csv")
     support = results[results["variant"] == "meta"].set_index("class")["support"]
     assert support["even"] == int((test["even"] == 1).sum())
 
