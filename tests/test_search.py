@@ -16,10 +16,10 @@ from cli.extract import get_inception_output, get_transfer_layer
 from cli.index import index
 from cli.search import search
 from cli.train import train
-from data_tools.errors import DataError
+from data_tools.errors import DataError, OptionError
 from data_tools.features import FeatureSet, read_features, write_features
 from data_tools.index import ImageIndex
-from data_tools.keywords import imagenet_class_names, match_classes, read_word_vectors
+from data_tools.keywords import imagenet_class_names, match_classes, rank_by_classes, read_word_vectors
 from tests.conftest import one_line_error
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -265,6 +265,23 @@ def test_k_above_the_index_size_is_clamped_with_a_warning(runner, pooled_index, 
         result = run(runner, folder, "--features", tmp_path / "q.npz", "-k", 500, "--json")
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.stdout)["results"]) == 200
+
+
+def test_text_query_k_above_the_scored_images_is_clamped_with_a_warning(runner, scores_index):
+    folder, features = scores_index
+    n = len(features.paths)
+    with pytest.warns(UserWarning, match=f"k=10000 is more than the {n} images with scores; returning all {n}"):
+        result = run(runner, folder / "index", "--text", "sofa", "-k", 10000, "--json")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)["results"]) == n
+
+
+def test_library_refuses_k_below_one(pooled_index, scores_index):
+    index = ImageIndex.load(pooled_index[0])
+    with pytest.raises(OptionError, match="k must be at least 1. Received: k=0"):
+        index.search(pooled_index[1].features[:1], k=0)
+    with pytest.raises(OptionError, match="k must be at least 1. Received: k=-2"):
+        rank_by_classes(scores_index[1].features, match_classes("sofa", VOCABULARY), k=-2)
 
 
 def test_text_query_without_a_vocabulary(runner, pooled_index):
