@@ -1,26 +1,32 @@
 """Proof on real data: one round of Rocchio feedback on the top 20, scored on the residual collection.
 
 Data: scikit-learn's 1,797 real handwritten digits (offline), written as 32 px
-PNGs by `data_tools.make_demo_data.write_digit_folders`; features: the
-images' grey pixels (1,024 per image, scaled to [0, 1]), the features
-`toolkit serve` ranks by with the cosine metric.
+PNGs by `data_tools.make_demo_data.write_digit_folders`. Two kinds of
+features, each ranked with the cosine metric as `toolkit serve` does:
+
+- `simclr`: the embedding of the similarity issue, a `small_cnn` tower
+  trained by SimCLR without labels (as in `benchmarks/similarity_digits.py`:
+  64-d, 60 epochs, on the 70 % training split), then applied to every image;
+- `pixels`: the images' grey pixels (1,024 per image, scaled to [0, 1]).
 
 For each of 50 query images (fixed seed), a simulated user looks at the top
 20 results (the query image itself left out), selects those of the query's
 digit and deselects the others, as the lasso / deselect page does. The
 refined query is q' = 1.0 q + 0.75 mean(selected) - 0.15 mean(deselected)
-(`data_tools.rocchio` defaults). Precision@10 is measured on the residual
+(`data_tools.rocchio` defaults, the same functions the app's
+/api/search/refine calls). Precision@10 is measured on the residual
 collection: the query and the 20 judged images are removed from both
 rankings, so refinement earns no credit for re-ranking what the user saw.
 
-    python benchmarks/webapp_feedback_digits.py [--queries 50] [--judge 20] [--k 10]
+    python benchmarks/webapp_feedback_digits.py [--features simclr pixels] [--queries 50] [--judge 20] [--k 10]
 
-About 10 s on 2 CPU cores. Prints a Markdown table.
+About two minutes on 2 CPU cores (the SimCLR training). Prints a Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import tempfile
 from pathlib import Path
 
@@ -38,27 +44,53 @@ def digits_pixels(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return rows, np.array([p.parent.name for p in paths])
 
 
+def simclr_features(folder: Path, epochs: int, seed: int) -> np.ndarray:
+    """Every digit's SimCLR embedding (rows in the order of `digits_pixels`), trained without labels."""
+    from data_tools.metadata import make_metadata
+    from models.backbones import get_backbone
+    from models.extraction import FeatureExtractor, compute_features, traced_forward
+    from models.similarity import SimilarityOptions, load_embedding_model, train_embedding
+
+    paths = sorted(folder.glob("*/*.png"))  # Before training writes anything.
+    make_metadata(folder, folder / "metadata.csv", test_split=0.3, seed=seed)
+    options = SimilarityOptions(method="simclr", data=str(folder / "metadata.csv"), backbone="small_cnn", image_size=32,
+                                embedding_dim=64, temperature=0.2, projection_dim=64, epochs=epochs, batch_size=128,
+                                seed=seed, output_dir=str(folder.parent / "simclr"))
+    tower, _ = load_embedding_model(train_embedding(options, verbose=0)["model"])
+    extractor = FeatureExtractor(tower, traced_forward(tower, False), get_backbone("small_cnn").preprocess, 32, {})
+    return compute_features(extractor, paths, verbose=0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--features", nargs="+", choices=["simclr", "pixels"], default=["simclr", "pixels"])
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--judge", type=int, default=20, help="Top results the simulated user judges.")
     parser.add_argument("--k", type=int, default=10, help="Precision@k on the residual collection.")
+    parser.add_argument("--simclr_epochs", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as folder:
-        features, labels = digits_pixels(write_digit_folders(Path(folder), n_images=1797, image_size=32, seed=args.seed))
-    queries = np.random.default_rng(args.seed).choice(len(features), size=args.queries, replace=False)
-    pairs = np.array([rocchio.feedback_round(features, labels, int(q), judge=args.judge, k=args.k) for q in queries])
-    before, after = pairs[:, 0], pairs[:, 1]
-    print(f"Digits: {len(features)} images, pixel features ({features.shape[1]}), cosine; {args.queries} queries, "
-          f"one round of feedback on the top {args.judge}; Rocchio alpha={rocchio.ALPHA}, beta={rocchio.BETA}, gamma={rocchio.GAMMA}.")
+        root = write_digit_folders(Path(folder) / "digits", n_images=1797, image_size=32, seed=args.seed)
+        pixels, labels = digits_pixels(root)
+        features = {"pixels": pixels}
+        if "simclr" in args.features:
+            features["simclr"] = simclr_features(root, args.simclr_epochs, args.seed)
+    queries = np.random.default_rng(args.seed).choice(len(labels), size=args.queries, replace=False)
+    print(f"Digits: {len(labels)} images, cosine; {args.queries} queries, one round of feedback on the top {args.judge}; "
+          f"Rocchio alpha={rocchio.ALPHA}, beta={rocchio.BETA}, gamma={rocchio.GAMMA}.")
     print()
-    print(f"| ranking | precision@{args.k}, residual collection (mean ± sd over {args.queries} queries) |")
-    print("|---|---|")
-    print(f"| without refinement | {before.mean():.3f} ± {before.std():.3f} |")
-    print(f"| with Rocchio refinement | {after.mean():.3f} ± {after.std():.3f} |")
-    print()
-    print(f"Refinement better on {(after > before).sum()} queries, equal on {(after == before).sum()}, worse on {(after < before).sum()}.")
+    print(f"| features | ranking | precision@{args.k}, residual collection (mean ± sd over {args.queries} queries) | better / equal / worse |")
+    print("|---|---|---|---|")
+    for name in args.features:
+        rows = features[name]
+        pairs = np.array([rocchio.feedback_round(rows, labels, int(q), judge=args.judge, k=args.k) for q in queries])
+        before, after = pairs[:, 0], pairs[:, 1]
+        described = f"{name} ({rows.shape[1]}-d)"
+        print(f"| {described} | without refinement | {before.mean():.3f} ± {before.std(ddof=1):.3f} | |")
+        print(f"| {described} | with Rocchio refinement | {after.mean():.3f} ± {after.std(ddof=1):.3f} | "
+              f"{(after > before).sum()} / {(after == before).sum()} / {(after < before).sum()} |")
 
 
 if __name__ == "__main__":
