@@ -17,7 +17,9 @@ folder of 224-299 px JPEGs, one run prints:
   and `mixed_bfloat16`: its rate and the cosine similarity of its features
   to fp32 ones (recommended on CPUs only if >= 0.999).
 
-    python benchmarks/bench_extract.py [--models inceptionv3 resnet50] [--images 64]
+The methods take turns, --rounds times, and each one's best rate counts.
+
+    python benchmarks/bench_extract.py [--models inceptionv3 resnet50] [--images 64] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -75,43 +77,55 @@ def model_gflops(model: keras.Model) -> float:
     return total / 1e9
 
 
-def rate(function, images: int, repeats: int = 2) -> float:
-    """Best images/s of `function()` over `repeats` warm calls (after one warm-up call)."""
-    function()
-    best = 0.0
-    for _ in range(repeats):
-        started = time.perf_counter()
+def best_rates(methods: dict, rounds: int) -> dict[str, float]:
+    """Best images/s of every method; `methods` maps a name to (function, images per call).
+
+    Each method is warmed up once, then the methods take turns, `rounds`
+    times: on a shared machine a slow moment then falls on every method,
+    not on whichever happened to run in it.
+    """
+    for function, _ in methods.values():
         function()
-        best = max(best, images / (time.perf_counter() - started))
+    best = dict.fromkeys(methods, 0.0)
+    for _ in range(rounds):
+        for name, (function, images) in methods.items():
+            started = time.perf_counter()
+            function()
+            best[name] = max(best[name], images / (time.perf_counter() - started))
     return best
 
 
-def bench_model(name: str, paths: list[Path], batch_size: int, loop_images: int, peak: float) -> None:
+def bench_model(name: str, paths: list[Path], batch_size: int, loop_images: int, peak: float, rounds: int) -> None:
     extractor = feature_extractor(name, output="pooled", weights="none")
     size = extractor.image_size
     batches = max(1, len(paths) // batch_size)
     tensors = tf.random.uniform([batch_size, size, size, 3], -1, 1)
-
-    ours = rate(lambda: compute_features(extractor, paths, batch_size=batch_size, verbose=0), len(paths))
-    ceiling = rate(lambda: [extractor.forward(tensors).numpy() for _ in range(batches)], batches * batch_size)
-    by_xla = {}
-    for jit in (False, True):
-        forward = traced_forward(extractor.model, jit)
-        by_xla[jit] = rate(lambda: [forward(tensors).numpy() for _ in range(batches)], batches * batch_size)
-    keras_predict = rate(lambda: extractor.model.predict(tf.tile(tensors, [batches, 1, 1, 1]), batch_size=batch_size, verbose=0), batches * batch_size)
+    forwards = {jit: traced_forward(extractor.model, jit) for jit in (False, True)}
+    bf16 = feature_extractor(name, output="pooled", weights="none", precision="mixed_bfloat16")
+    bf16.model.set_weights(extractor.model.get_weights())
+    in_memory = batches * batch_size
 
     def per_image_loop():
         for path in paths[:loop_images]:
             array = keras.utils.img_to_array(keras.utils.load_img(path, target_size=(size, size)))
             extractor.model.predict(extractor.preprocess(array[None]), verbose=0)
 
-    loop = rate(per_image_loop, loop_images, repeats=1)
+    rates = best_rates({
+        "ours": (lambda: compute_features(extractor, paths, batch_size=batch_size, verbose=0), len(paths)),
+        "ceiling": (lambda: [extractor.forward(tensors).numpy() for _ in range(batches)], in_memory),
+        "xla off": (lambda: [forwards[False](tensors).numpy() for _ in range(batches)], in_memory),
+        "xla on": (lambda: [forwards[True](tensors).numpy() for _ in range(batches)], in_memory),
+        "keras predict": (lambda: extractor.model.predict(tf.tile(tensors, [batches, 1, 1, 1]),
+                                                          batch_size=batch_size, verbose=0), in_memory),
+        "loop": (per_image_loop, loop_images),
+        "bf16": (lambda: compute_features(bf16, paths, batch_size=batch_size, verbose=0), len(paths)),
+    }, rounds)
+    ours, ceiling, keras_predict, loop, bf16_rate = (
+        rates[key] for key in ("ours", "ceiling", "keras predict", "loop", "bf16")
+    )
+    by_xla = {False: rates["xla off"], True: rates["xla on"]}
     gflops = model_gflops(extractor.model)
     roofline = peak / gflops
-
-    bf16 = feature_extractor(name, output="pooled", weights="none", precision="mixed_bfloat16")
-    bf16.model.set_weights(extractor.model.get_weights())
-    bf16_rate = rate(lambda: compute_features(bf16, paths, batch_size=batch_size, verbose=0), len(paths))
     fp32_features = compute_features(extractor, paths[:batch_size], batch_size=batch_size, verbose=0)
     bf16_features = compute_features(bf16, paths[:batch_size], batch_size=batch_size, verbose=0)
     cosine = np.sum(fp32_features * bf16_features, axis=1) / (
@@ -136,6 +150,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--loop_images", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3, help="timed turns of every method; the best counts")
     args = parser.parse_args()
     peak = sgemm_gflops()
     print(f"sgemm (TensorFlow float32 matmul, 3072^3): {peak:.1f} GFLOP/s, "
@@ -143,7 +158,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         paths = write_jpegs(Path(folder), args.images)
         for name in args.models:
-            bench_model(name, paths, args.batch_size, args.loop_images, peak)
+            bench_model(name, paths, args.batch_size, args.loop_images, peak, args.rounds)
 
 
 if __name__ == "__main__":
