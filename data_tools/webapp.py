@@ -25,9 +25,10 @@ API (JSON unless said; the schema is at /openapi.json):
 Keyword ranking: when the index (or `scores`) holds class scores, an image's
 score is the weighted sum of its scores for the classes the keyword names
 (`data_tools.keywords`). Learned queries: the keyword's query class is the
-store's class it names; every image users confirmed for that class (lasso or
-select, minus deselect) gains `learned_weight` x clip(net votes, -1, 1), so
-confirmed images rank higher next time and rejected ones lower. Without class
+store's class it names; every image gains `learned_weight` x clip(net votes,
+-1, 1) for it, a vote being +1 per lasso or select and -2 per deselect (which
+cancels the lasso that took the image in), so confirmed images rank higher
+next time and rejected ones lower. Without class
 scores, a keyword that names a store class ranks by cosine similarity to the
 mean of the images confirmed for it, plus the same bonus.
 
@@ -221,7 +222,11 @@ class Store:
         return event, added
 
     def votes(self, query_class: str) -> dict[str, int]:
-        """Net votes of every image for a class: lasso and select count +1 each, deselect -1."""
+        """Net votes of every image for a class: lasso and select +1 each, deselect -2.
+
+        A deselect cancels the lasso (or select) that took the image in and
+        counts one against it, so lasso-then-deselect nets -1, like a deselect alone (once clipped).
+        """
         rows = self.connection().execute(
             "SELECT event_images.image, events.action, COUNT(*) FROM event_images "
             "JOIN events ON events.id = event_images.event_id WHERE events.query_class = ? "
@@ -230,7 +235,7 @@ class Store:
         )
         net: dict[str, int] = {}
         for image, action, count in rows:
-            net[image] = net.get(image, 0) + (-count if action == "deselect" else count)
+            net[image] = net.get(image, 0) + (-2 * count if action == "deselect" else count)
         return net
 
 

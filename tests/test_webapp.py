@@ -96,6 +96,14 @@ def test_learned_query_raises_confirmed_images_by_the_documented_weight(client, 
     assert again["score"] == pytest.approx(last["score"] + LEARNED_WEIGHT, abs=1e-5) and again["rank"] < last["rank"]
 
 
+def test_a_deselect_cancels_the_lasso_and_counts_against_the_image(client, digits):
+    before = {r["id"]: r["score"] for r in client.get("/api/search", params={"q": "prime", "k": 48}).json()["results"]}
+    for action in ("lasso", "deselect"):
+        assert client.post("/api/feedback", json=event([digits["names"][0]], action, "prime")).status_code == 200
+    after = {r["id"]: r["score"] for r in client.get("/api/search", params={"q": "prime", "k": 48}).json()["results"]}
+    assert after[0] == pytest.approx(before[0] - LEARNED_WEIGHT, abs=1e-5)
+
+
 def test_image_upload_finds_the_same_image_first(client, digits):
     name = digits["names"][7]
     content = (digits["root"] / "images" / name).read_bytes()
@@ -349,12 +357,12 @@ def test_browser_lasso_deselect_submit_refines(digits, tmp_path):
             browser.close()
     names = digits["names"]
     deselected, keyed = ids[2], ids[3 * columns + 1]
-    selected = [i for i in lassoed if i != deselected]
+    selected = [i for i in lassoed if i != deselected]  # The lasso event still lists the one deselected after it.
     with contextlib.closing(sqlite3.connect(db)) as connection:
         rows = connection.execute(
             "SELECT events.action, events.query_class, event_images.image FROM events "
             "JOIN event_images ON events.id = event_images.event_id ORDER BY events.action, event_images.position").fetchall()
-    assert sorted(r[2] for r in rows if r[0] == "lasso") == sorted(names[i] for i in selected)
+    assert sorted(r[2] for r in rows if r[0] == "lasso") == sorted(names[i] for i in lassoed)
     assert [r[2] for r in rows if r[0] == "select"] == [names[keyed]]
     assert {r[1] for r in rows} == {"even"}
     assert sorted(r[2] for r in rows if r[0] == "deselect") == sorted([names[deselected], names[extra]])
@@ -369,8 +377,8 @@ def test_browser_lasso_deselect_submit_refines(digits, tmp_path):
         return rocchio.rank(refined, features, k=40)[0].tolist()
 
     net = np.zeros(48)
-    net[selected + [keyed]] += 1
-    net[deselected] -= 1
+    net[lassoed + [keyed]] += 1
+    net[deselected] -= 2
     assert shown == refined_order(net, [deselected])
-    net[extra] -= 1
+    net[extra] -= 2
     assert second == refined_order(net, [deselected, extra])

@@ -7,6 +7,7 @@ const state = {
   query: null,          // {text} | {vector} | {id}: what `refine` starts from
   results: [],          // [{rank, id, image, score}]
   marks: new Map(),     // id -> "lasso" | "select" | "deselect", on the results shown
+  lassoed: new Set(),   // ids a lasso took in, kept when then deselected: the lasso event records what was lassoed
   judged: new Map(),    // id -> true (selected) | false (deselected): every round since the query, for `refine`
   view: "grid",
   coords: null,         // id -> [x, y] in the 1000 x 1000 map layer
@@ -34,6 +35,7 @@ async function api(path, options = {}) {
 function show(answer, what) {
   state.results = answer.results;
   state.marks.clear();
+  state.lassoed.clear();
   if (answer.query_class) $("query-class").value = answer.query_class;
   render();
   status(`${what}: ${answer.results.length} images.`);
@@ -133,8 +135,12 @@ async function submit() {
   if (!state.query) { status("Search first.", true); return; }
   const queryClass = $("query-class").value;
   if (!queryClass) { status("Choose the class these images are judged for.", true); return; }
-  const byAction = { lasso: [], select: [], deselect: [] };
-  state.marks.forEach((mark, id) => byAction[mark].push(id));
+  // As the user acted: the lasso took these in (deselected or not), these were clicked in, these taken out.
+  const byAction = { lasso: [...state.lassoed].filter((id) => state.marks.has(id)), select: [], deselect: [] };
+  state.marks.forEach((mark, id) => {
+    if (mark === "deselect") byAction.deselect.push(id);
+    else if (!state.lassoed.has(id)) byAction.select.push(id);
+  });
   const names = new Map(state.results.map((r) => [r.id, r.image]));
   try {
     for (const action of ["lasso", "select", "deselect"]) {
@@ -160,7 +166,7 @@ async function submit() {
   } catch (error) { status(error.message, true); }
 }
 $("submit").addEventListener("click", submit);
-$("clear").addEventListener("click", () => { state.marks.clear(); paintMarks(); });
+$("clear").addEventListener("click", () => { state.marks.clear(); state.lassoed.clear(); paintMarks(); });
 
 // Clicks and keys on thumbnails.
 
@@ -258,6 +264,7 @@ function endDrag(event) {
     const r = element.getBoundingClientRect();
     if (inside(r.left + r.width / 2, r.top + r.height / 2, points)) {
       state.marks.set(Number(element.dataset.id), "lasso");
+      state.lassoed.add(Number(element.dataset.id));
       added += 1;
     }
   }
