@@ -296,7 +296,8 @@ def run_experiment(training: TrainOptions, options: ExperimentOptions, *, verbos
     for seed in range(options.seed_base, options.seed_base + options.seeds):
         meta = resample_table(train, feedback, options.ratios, seed=seed,
                               held_out={str(val_csv): val.images, str(test_csv): test.images}, source=str(base_csv))
-        if np.array_equal(meta.rows, np.arange(len(train))):
+        grouped = meta.counts[~meta.counts["group"].isin(["other", "total"])]
+        if grouped["rows_before"].sum() == 0:
             raise DataError(
                 f"{options.feedback}: no training image is in a group of --ratio {options.ratios}, so the meta model "
                 "would train on the baseline list; check that the feedback CSV names the images of --data_csv."
