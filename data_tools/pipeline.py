@@ -28,12 +28,12 @@ def decode_rgb(path: tf.Tensor) -> tf.Tensor:
     raw = tf.io.read_file(path)
 
     def palette_bmp() -> tf.Tensor:
-        bits = tf.io.decode_raw(tf.strings.substr(raw, 28, 2), tf.uint16)
-        return tf.logical_and(tf.size(bits) == 1, tf.reduce_all(bits < 24))
+        return tf.io.decode_raw(tf.strings.substr(raw, 28, 2), tf.uint16)[0] < 24
 
-    is_bmp = tf.strings.substr(raw, 0, 2) == b"BM"
+    is_bmp = tf.logical_and(tf.strings.length(raw) >= 30, tf.strings.substr(raw, 0, 2) == b"BM")
     image = tf.cond(
         tf.cond(is_bmp, palette_bmp, lambda: tf.constant(False)),
+        # Pillow reads the file again: numpy would strip the trailing NUL bytes of `raw`.
         lambda: tf.numpy_function(_pillow_rgb, [path], tf.uint8, stateful=False),
         lambda: tf.io.decode_image(raw, channels=3, expand_animations=False, dtype=tf.uint8),
     )
