@@ -181,8 +181,10 @@ class TopK:
         n_rows, n_columns = keys.shape
         worst_kept = self.keys[first_column : first_column + n_columns, 0].copy()  # Contiguous compares faster.
         if not np.isinf(worst_kept).any():
-            found = np.flatnonzero(keys < worst_kept)
-            if len(found) * DENSE_FRACTION <= keys.size and self._add_found(found, keys, first_row, first_column):
+            entering = keys < worst_kept  # Counted before its positions are taken: a dense block has many.
+            if np.count_nonzero(entering) * DENSE_FRACTION <= keys.size and self._add_found(
+                np.flatnonzero(entering), keys, first_row, first_column
+            ):
                 return
         if self._transposed.size < keys.size:
             self._transposed = np.empty(keys.size, dtype=np.float32)
