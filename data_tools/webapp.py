@@ -26,9 +26,9 @@ Keyword ranking: when the index (or `scores`) holds class scores, an image's
 score is the weighted sum of its scores for the classes the keyword names
 (`data_tools.keywords`). Learned queries: the keyword's query class is the
 store's class it names; every image gains `learned_weight` x clip(net votes,
--1, 1) for it, a vote being +1 per lasso or select and -2 per deselect (which
-cancels the lasso that took the image in), so confirmed images rank higher
-next time and rejected ones lower. Without class
+-1, 1) for it, where each user session that judged the image votes once: -1
+if it deselected the image, else +1 (lassoed or selected). So confirmed
+images rank higher next time and rejected ones lower. Without class
 scores, a keyword that names a store class ranks by cosine similarity to the
 mean of the images confirmed for it, plus the same bonus.
 
@@ -222,20 +222,21 @@ class Store:
         return event, added
 
     def votes(self, query_class: str) -> dict[str, int]:
-        """Net votes of every image for a class: lasso and select +1 each, deselect -2.
+        """Net votes of every image for a class: each user session that judged it counts once.
 
-        A deselect cancels the lasso (or select) that took the image in and
-        counts one against it, so lasso-then-deselect nets -1, like a deselect alone (once clipped).
+        A session that deselected the image votes -1 (whether or not its
+        lasso took the image in first); one that lassoed or selected it, and
+        did not deselect it, votes +1.
         """
         rows = self.connection().execute(
-            "SELECT event_images.image, events.action, COUNT(*) FROM event_images "
+            "SELECT event_images.image, MAX(events.action = 'deselect') FROM event_images "
             "JOIN events ON events.id = event_images.event_id WHERE events.query_class = ? "
-            "GROUP BY event_images.image, events.action",
+            "GROUP BY event_images.image, events.user, events.session",
             (query_class,),
         )
         net: dict[str, int] = {}
-        for image, action, count in rows:
-            net[image] = net.get(image, 0) + (-2 * count if action == "deselect" else count)
+        for image, rejected in rows:
+            net[image] = net.get(image, 0) + (-1 if rejected else 1)
         return net
 
 
@@ -273,7 +274,7 @@ def create_app(
     the model recorded in the index metadata, loaded on the first upload).
     """
     from fastapi import Body, FastAPI, File, HTTPException, Query, UploadFile
-    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+    from fastapi.responses import FileResponse, HTMLResponse, Response
     from pydantic import BaseModel, Field
 
     if max_upload_bytes < 1:
@@ -289,13 +290,7 @@ def create_app(
 
     app = FastAPI(title="image-toolkit", version="1", description="Search, lasso, deselect and refine an image index.")
 
-    @app.middleware("http")
-    async def refuse_large_uploads(request, call_next):
-        # Refused before the body is read: Starlette would take in the whole multipart body first.
-        length = request.headers.get("content-length", "")
-        if request.url.path == "/api/search/image" and length.isdigit() and int(length) > max_upload_bytes + MULTIPART_OVERHEAD:
-            return JSONResponse({"detail": f"the upload is over the limit of {max_upload_bytes:,} bytes."}, status_code=413)
-        return await call_next(request)
+    app.add_middleware(UploadLimit, path="/api/search/image", max_bytes=max_upload_bytes)
 
     class Event(BaseModel):
         user: str
@@ -504,6 +499,29 @@ def create_app(
 
     app.state.collection, app.state.store = collection, store
     return app
+
+
+class UploadLimit:
+    """ASGI middleware: refuse a request to `path` whose Content-Length is over the upload limit, unread.
+
+    Starlette would take in a whole multipart body before the endpoint
+    could check its size; a body without a Content-Length is still checked
+    there, after reading.
+    """
+
+    def __init__(self, app, *, path: str, max_bytes: int):
+        self.app, self.path, self.max_bytes = app, path, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == self.path:
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.max_bytes + MULTIPART_OVERHEAD:
+                from fastapi.responses import JSONResponse
+
+                detail = f"the request ({int(length):,} bytes) is over the upload limit of {self.max_bytes:,} bytes."
+                await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _model_embedder(metadata: dict) -> Callable[[list[Path]], np.ndarray]:

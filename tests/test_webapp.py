@@ -96,12 +96,18 @@ def test_learned_query_raises_confirmed_images_by_the_documented_weight(client, 
     assert again["score"] == pytest.approx(last["score"] + LEARNED_WEIGHT, abs=1e-5) and again["rank"] < last["rank"]
 
 
-def test_a_deselect_cancels_the_lasso_and_counts_against_the_image(client, digits):
-    before = {r["id"]: r["score"] for r in client.get("/api/search", params={"q": "prime", "k": 48}).json()["results"]}
-    for action in ("lasso", "deselect"):
-        assert client.post("/api/feedback", json=event([digits["names"][0]], action, "prime")).status_code == 200
-    after = {r["id"]: r["score"] for r in client.get("/api/search", params={"q": "prime", "k": 48}).json()["results"]}
-    assert after[0] == pytest.approx(before[0] - LEARNED_WEIGHT, abs=1e-5)
+def test_each_session_votes_once_and_a_deselect_rejects(client, digits):
+    def scores():
+        return {r["id"]: r["score"] for r in client.get("/api/search", params={"q": "prime", "k": 48}).json()["results"]}
+
+    image, before = digits["names"][0], scores()
+    for action in ("lasso", "deselect"):  # One session lassoes the image, then takes it out: -1.
+        assert client.post("/api/feedback", json=event([image], action, "prime")).status_code == 200
+    assert scores()[0] == pytest.approx(before[0] - LEARNED_WEIGHT, abs=1e-5)
+    for user in ("bob", "cy"):  # Two other users select it: net +1.
+        answer = client.post("/api/feedback", json=event([image], "select", "prime", user=user, session=user))
+        assert answer.status_code == 200
+    assert scores()[0] == pytest.approx(before[0] + LEARNED_WEIGHT, abs=1e-5)
 
 
 def test_image_upload_finds_the_same_image_first(client, digits):
@@ -232,7 +238,7 @@ def test_unknown_ids_oversized_and_non_image_uploads_are_refused(client):
     big = client.post("/api/search/image", files={"file": ("big.png", b"\x89PNG" + b"0" * 30_000, "image/png")})
     assert big.status_code == 413 and "over the limit of 20,000 bytes" in big.json()["detail"]
     huge = client.post("/api/search/image", files={"file": ("huge.png", b"\x89PNG" + b"0" * 200_000, "image/png")})
-    assert huge.status_code == 413 and "over the limit of 20,000 bytes" in huge.json()["detail"]  # Before the body is read.
+    assert huge.status_code == 413 and "bytes) is over the upload limit of 20,000 bytes" in huge.json()["detail"]  # Unread.
     text = client.post("/api/search/image", files={"file": ("notes.png", b"hello, not an image", "image/png")})
     assert text.status_code == 415
     assert client.get("/api/search", params={"q": "kitchen"}).status_code == 404
@@ -376,9 +382,9 @@ def test_browser_lasso_deselect_submit_refines(digits, tmp_path):
         refined = rocchio.rocchio(query, features, selected + [keyed], deselected_ids)
         return rocchio.rank(refined, features, k=40)[0].tolist()
 
-    net = np.zeros(48)
-    net[lassoed + [keyed]] += 1
-    net[deselected] -= 2
+    net = np.zeros(48)  # One session: +1 for each image it kept, -1 for each it deselected.
+    net[selected + [keyed]] = 1
+    net[deselected] = -1
     assert shown == refined_order(net, [deselected])
-    net[extra] -= 2
+    net[extra] = -1
     assert second == refined_order(net, [deselected, extra])
