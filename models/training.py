@@ -87,11 +87,21 @@ class TrainOptions:
             raise OptionError("--train_csv and --val_csv go together: give both lists, or neither to split --data_csv.")
 
 
-def _usable_rows(table: LabelTable, image_dir: Path, output_dir: Path, source: str) -> LabelTable:
-    """Drop images that cannot be read (listed in skipped_images.txt) and, for multiclass, unlabelled rows."""
+# (path, reason) of the unreadable images, and how many images were checked.
+Skipped = tuple[tuple[tuple[str, str], ...], int]
+
+
+def _usable_rows(table: LabelTable, image_dir: Path, output_dir: Path, source: str,
+                 earlier: Skipped = ((), 0)) -> tuple[LabelTable, Skipped]:
+    """Drop images that cannot be read and, for multiclass, unlabelled rows.
+
+    The unreadable ones, with those of `earlier` lists of the run, are
+    listed in skipped_images.txt, before a list with none readable fails.
+    """
     unique = sorted(set(table.images))
     usable, skipped = check_images([image_dir / name for name in unique])
-    report_skipped(skipped, output_dir, len(unique))
+    so_far = ((*earlier[0], *skipped), earlier[1] + len(unique))
+    report_skipped(list(so_far[0]), output_dir, so_far[1])
     readable = {name for name, ok in zip(unique, usable) if ok}
     require_readable(len(readable), skipped, source)
     keep = np.array([name in readable for name in table.images])
@@ -100,7 +110,7 @@ def _usable_rows(table: LabelTable, image_dir: Path, output_dir: Path, source: s
         if (~labelled & keep).any():
             logger.warning("%s: %d rows have no class and are left out", source, int((~labelled & keep).sum()))
         keep &= labelled
-    return table.subset(np.flatnonzero(keep))
+    return table.subset(np.flatnonzero(keep)), so_far
 
 
 def load_lists(options: TrainOptions, output_dir: Path) -> tuple[LabelTable, LabelTable]:
@@ -114,13 +124,13 @@ def load_lists(options: TrainOptions, output_dir: Path) -> tuple[LabelTable, Lab
     if options.train_csv is not None:
         train = read_label_csv(options.train_csv, options.task, allow_duplicates=True)
         val = read_label_csv(options.val_csv, options.task, label_names=train.label_names)
-        train = _usable_rows(train, image_dir, output_dir, options.train_csv)
-        val = _usable_rows(val, image_dir, output_dir, options.val_csv)
+        train, skipped = _usable_rows(train, image_dir, output_dir, options.train_csv)
+        val, _ = _usable_rows(val, image_dir, output_dir, options.val_csv, earlier=skipped)
         leaked = sorted(set(train.images) & set(val.images))
         if leaked:
             raise DataError(f"{options.train_csv}: image '{leaked[0]}' is also in {options.val_csv}; a validation image must not be trained on.")
     else:
-        table = _usable_rows(read_label_csv(options.data_csv, options.task), image_dir, output_dir, options.data_csv)
+        table, _ = _usable_rows(read_label_csv(options.data_csv, options.task), image_dir, output_dir, options.data_csv)
         if len(table) < 2:
             raise DataError(
                 f"{options.data_csv}: {len(table)} usable image; training needs at least 2 "
@@ -230,7 +240,7 @@ def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
             best_score=state["best_score"] if state else None,
             best_epoch=state["best_epoch"] if state else None,
         )
-        # Only now that the model stands (weights found, sizes fit) does the run leave files.
+        # The run's record and lists only now that the model stands (weights found, sizes fit).
         write_label_csv(train, output_dir / "train.csv")
         write_label_csv(val, output_dir / "val.csv")
         write_run_record(output_dir, dataclasses.asdict(options), status="running", n_train=len(train), n_val=len(val))

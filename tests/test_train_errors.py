@@ -66,6 +66,18 @@ def test_missing_and_corrupt_images_are_skipped_and_listed(runner, data, caplog)
     assert (data / "out" / "best_model.h5").is_file()
 
 
+def test_unreadable_images_of_both_given_lists_are_listed(runner, data):
+    rows = (data / "label.txt").read_text().splitlines()
+    (data / "train.csv").write_text("\n".join([rows[0], *rows[1:17]]) + "\n")
+    (data / "val.csv").write_text("\n".join([rows[0], *rows[17:]]) + "\n")
+    for name in ("0001.png", "0020.png"):  # One in each list.
+        (data / "images" / name).write_text("not an image")
+    result = run_train(runner, data, "--train_csv", str(data / "train.csv"), "--val_csv", str(data / "val.csv"))
+    assert result.exit_code == 0, result.output
+    listed = (data / "out" / "skipped_images.txt").read_text()
+    assert "0001.png" in listed and "0020.png" in listed
+
+
 def test_no_readable_image_fails(runner, data):
     for image in (data / "images").iterdir():
         image.write_text("text pretending to be a picture")
