@@ -485,8 +485,7 @@ class ImageIndex:
         if len(set(counts.values())) != 1 or index.d != metadata.get("dim"):
             found = ", ".join(f"{name}: {count}" for name, count in counts.items())
             raise DataError(f"{directory}: the index files disagree on the number of images ({found}). {BUILD}")
-        if self.kind in ("hnsw", "ivf"):
-            self._set_search_parameter(self.params_[self._parameter_name()])
+        self._set_search_parameter(self._parameter_value())  # Nothing to set for flat.
         return self
 
     def _check_loaded(self, directory: Path) -> None:

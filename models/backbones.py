@@ -87,13 +87,17 @@ def get_backbone(name: str) -> Backbone:
     return BACKBONES[name]
 
 
+# The ways `--weights` says random initialisation.
+NO_WEIGHTS = (None, "none", "None")
+
+
 def resolve_weights(name: str, weights: str | None) -> str | None:
     """Normalise `--weights` to 'imagenet', None or an existing file path.
 
     `small_cnn` has no ImageNet weights; asked for them (the default), it
     falls back to random initialisation with a warning rather than failing.
     """
-    if weights in (None, "none", "None"):
+    if weights in NO_WEIGHTS:
         return None
     if weights == "imagenet":
         if not get_backbone(name).has_imagenet_weights:
@@ -108,7 +112,7 @@ def check_backbone_options(name: str, *, weights: str | None, image_size: int) -
     spec = get_backbone(name)
     if image_size < spec.min_size:
         raise OptionError(f"--image_size: {name} needs at least {spec.min_size} pixels. Received: {image_size}.")
-    if weights not in (None, "none", "None", "imagenet") and not Path(weights).is_file():
+    if weights not in (*NO_WEIGHTS, "imagenet") and not Path(weights).is_file():
         raise OptionError(f"--weights: {weights} is not a file; use imagenet, none or the path of a weights file.")
 
 
