@@ -3,7 +3,7 @@
     python inference.py image.jpg --model_weights best_model.h5
 """
 
-from cli.predict import predict
+from image_toolkit.cli.predict import predict
 
 if __name__ == "__main__":
     predict(prog_name="inference.py")

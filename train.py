@@ -3,7 +3,7 @@
     python train.py --data_csv label.txt --img_directory images
 """
 
-from cli.train import train
+from image_toolkit.cli.train import train
 
 if __name__ == "__main__":
     train(prog_name="train.py")

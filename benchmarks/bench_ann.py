@@ -73,8 +73,8 @@ class Toolkit:
     """The toolkit's ImageIndex of one kind, built with one thread and tuned to the target."""
 
     def __init__(self, kind: str, rows: np.ndarray, target: float, folder: Path):
-        from data_tools.features import FeatureSet
-        from data_tools.index import ImageIndex
+        from image_toolkit.data_tools.formats.features import FeatureSet
+        from image_toolkit.data_tools.search.index import ImageIndex
 
         self.name = f"toolkit {kind}"
         started = time.perf_counter()
@@ -149,7 +149,7 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import faiss
 
-    from data_tools.neighbors import exact_neighbors, thread_limit
+    from image_toolkit.data_tools.search.neighbors import exact_neighbors, thread_limit
 
     print(f"N={args.n:,} D={args.dim} clusters={args.clusters} spread={args.spread} queries={args.queries:,} "
           f"k={args.k} target recall@{args.k}={args.target} metric=cosine seed={args.seed}; one thread; faiss {faiss.__version__}",

@@ -4,7 +4,7 @@ For each model (InceptionV3 at 299 px, ResNet50 at 224 px; pooled transfer
 layer, random weights, which compute exactly as fast as ImageNet ones), on a
 folder of 224-299 px JPEGs, one run prints:
 
-* ours: files -> features through `models.extraction.compute_features`
+* ours: files -> features through `image_toolkit.models.extraction.compute_features`
   (tf.data decode + the compiled forward pass), warm;
 * (a) the same forward pass on in-memory random tensors of the same batch
   shape, warm: the ceiling our pipeline can reach (goal: ours >= 0.9 x a);
@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from models.extraction import XLA_INFERENCE, compute_features, feature_extractor, traced_forward
-from models.runtime import keras, tf
+from image_toolkit.models.extraction import XLA_INFERENCE, compute_features, feature_extractor, traced_forward
+from image_toolkit.models.runtime import keras, tf
 
 
 def write_jpegs(folder: Path, count: int) -> list[Path]:

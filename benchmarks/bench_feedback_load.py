@@ -43,7 +43,7 @@ def live_server(index_dir: Path, images_dir: Path, db: Path, *, labels: Path | N
     import httpx
 
     port = free_port()
-    command = [sys.executable, "-c", "from cli.main import toolkit; toolkit()", "serve", str(index_dir),
+    command = [sys.executable, "-c", "from image_toolkit.cli.main import toolkit; toolkit()", "serve", str(index_dir),
                "--images", str(images_dir), "--db", str(db), "--port", str(port), "--quiet"]
     if labels is not None:
         command += ["--labels", str(labels)]
@@ -112,9 +112,9 @@ def build(folder: Path, n_images: int) -> tuple[Path, Path, Path]:
     """Digits, their pixel features in a flat index, and their label CSV: (index, images, labels)."""
     from PIL import Image
 
-    from data_tools.features import FeatureSet
-    from data_tools.index import ImageIndex
-    from data_tools.make_demo_data import write_digits_dataset
+    from image_toolkit.data_tools.formats.features import FeatureSet
+    from image_toolkit.data_tools.make_demo_data import write_digits_dataset
+    from image_toolkit.data_tools.search.index import ImageIndex
 
     table = write_digits_dataset(folder, n_images=n_images, image_size=32, blank_fraction=0.0, seed=3)
     names = table["image"].tolist()

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data_tools.pipeline import image_dataset
-from models.backbones import get_backbone
-from models.classifier import ImageClassifier
-from models.losses import MaskedBinaryCrossentropy
-from models.runtime import keras, tf
+from image_toolkit.models.backbones import get_backbone
+from image_toolkit.models.classifier import ImageClassifier
+from image_toolkit.models.losses import MaskedBinaryCrossentropy
+from image_toolkit.models.pipeline import image_dataset
+from image_toolkit.models.runtime import keras, tf
 
 
 def write_jpegs(folder: Path, count: int, size: int) -> list[Path]:

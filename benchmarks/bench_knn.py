@@ -47,7 +47,7 @@ def clustered_features(n: int, dim: int, *, clusters: int, seed: int) -> np.ndar
 
 
 def ours(features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    from data_tools.neighbors import exact_neighbors
+    from image_toolkit.data_tools.search.neighbors import exact_neighbors
 
     return exact_neighbors(features, k=k, metric="cosine", n_threads=-1)
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data_tools.labels import read_label_csv, split_table, write_label_csv
-from data_tools.make_demo_data import write_digits_dataset
-from models.training import TrainOptions, train_classifier
+from image_toolkit.data_tools.formats.labels import read_label_csv, split_table, write_label_csv
+from image_toolkit.data_tools.make_demo_data import write_digits_dataset
+from image_toolkit.models.training import TrainOptions, train_classifier
 
 
 def main() -> None:

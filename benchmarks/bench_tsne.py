@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from data_tools.embedding import embed_2d, reduce_pca
+from image_toolkit.data_tools.maps.embedding import embed_2d, reduce_pca
 
 
 def digits_points(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

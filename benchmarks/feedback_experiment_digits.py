@@ -40,9 +40,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cli.main import toolkit
-from data_tools.features import FeatureSet, write_features
-from data_tools.make_demo_data import write_digits_dataset
+from image_toolkit.cli.main import toolkit
+from image_toolkit.data_tools.formats.features import FeatureSet, write_features
+from image_toolkit.data_tools.make_demo_data import write_digits_dataset
 
 
 def run(*args: str) -> None:
@@ -114,7 +114,7 @@ def main() -> None:
         "--task", "multiclass", "--backbone", "small_cnn", "--weights", "none", "--image_size", str(args.image_size),
         "--epochs", str(args.epochs), "--batch_size", "16", "--output_dir", str(root), "--quiet")
 
-    from models.experiment import format_report
+    from image_toolkit.models.experiment import format_report
 
     summary = json.loads((root / "experiment.json").read_text())
     print(f"\nResult ({time.time() - started:.0f} s in all; outputs in {root}):\n")

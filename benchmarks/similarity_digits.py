@@ -20,14 +20,15 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from data_tools.make_demo_data import write_digit_folders
-from data_tools.metadata import make_metadata
-from data_tools.retrieval import retrieval_scores
-from models.backbones import get_backbone
-from models.embedding import EmbeddingTower
-from models.extraction import FeatureExtractor, compute_features, traced_forward
-from models.runtime import keras
-from models.similarity import SimilarityOptions, load_embedding_model, train_embedding
+from image_toolkit.data_tools.formats.metadata import make_metadata
+from image_toolkit.data_tools.make_demo_data import write_digit_folders
+from image_toolkit.data_tools.search.retrieval import retrieval_scores
+from image_toolkit.models.backbones import get_backbone
+from image_toolkit.models.embedding import EmbeddingTower
+from image_toolkit.models.extraction import FeatureExtractor, compute_features, traced_forward
+from image_toolkit.models.inference import load_embedding_model
+from image_toolkit.models.runtime import keras
+from image_toolkit.models.similarity import SimilarityOptions, train_embedding
 
 
 def embed(tower, paths):

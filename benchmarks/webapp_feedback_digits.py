@@ -1,7 +1,7 @@
 """Proof on real data: one round of Rocchio feedback on the top 20, scored on the residual collection.
 
 Data: scikit-learn's 1,797 real handwritten digits (offline), written as 32 px
-PNGs by `data_tools.make_demo_data.write_digit_folders`. Two kinds of
+PNGs by `image_toolkit.data_tools.make_demo_data.write_digit_folders`. Two kinds of
 features, each ranked with the cosine metric as `toolkit serve` does:
 
 - `simclr`: the embedding of the similarity issue, a `small_cnn` tower
@@ -13,7 +13,7 @@ For each of 50 query images (fixed seed), a simulated user looks at the top
 20 results (the query image itself left out), selects those of the query's
 digit and deselects the others, as the lasso / deselect page does. The
 refined query is q' = 1.0 q + 0.75 mean(selected) - 0.15 mean(deselected)
-(`data_tools.rocchio` defaults, the same functions the app's
+(`image_toolkit.data_tools.search.rocchio` defaults, the same functions the app's
 /api/search/refine calls). Precision@10 is measured on the residual
 collection: the query and the 20 judged images are removed from both
 rankings, so refinement earns no credit for re-ranking what the user saw.
@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data_tools import rocchio
-from data_tools.make_demo_data import write_digit_folders
+from image_toolkit.data_tools.make_demo_data import write_digit_folders
+from image_toolkit.data_tools.search import rocchio
 
 
 def digits_pixels(folder: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -46,10 +46,11 @@ def digits_pixels(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def simclr_features(folder: Path, epochs: int, seed: int) -> np.ndarray:
     """Every digit's SimCLR embedding (rows in the order of `digits_pixels`), trained without labels."""
-    from data_tools.metadata import make_metadata
-    from models.backbones import get_backbone
-    from models.extraction import FeatureExtractor, compute_features, traced_forward
-    from models.similarity import SimilarityOptions, load_embedding_model, train_embedding
+    from image_toolkit.data_tools.formats.metadata import make_metadata
+    from image_toolkit.models.backbones import get_backbone
+    from image_toolkit.models.extraction import FeatureExtractor, compute_features, traced_forward
+    from image_toolkit.models.inference import load_embedding_model
+    from image_toolkit.models.similarity import SimilarityOptions, train_embedding
 
     paths = sorted(folder.glob("*/*.png"))  # Before training writes anything.
     make_metadata(folder, folder / "metadata.csv", test_split=0.3, seed=seed)

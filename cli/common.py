@@ -5,11 +5,69 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
+import os
 import sys
+import warnings
 
 import click
 
-from cli.main import CommandGroup, ToolkitCommand, configure_logging
+from image_toolkit.data_tools.errors import ToolkitError
+
+
+def configure_logging(quiet: bool = False) -> None:
+    """Send the toolkit's log records to stderr and keep TensorFlow's C++ logs quiet."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"Warning: {message}\n"
+    for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL", "faiss"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+class OneLineErrors:
+    """Show every expected error as one line on stderr, never a traceback.
+
+    Click prints a usage error on three lines and knows nothing of the
+    library's `ToolkitError`; this mixin runs Click in non-standalone mode and
+    prints one `Error: ...` line with the right exit code (2 usage, 1 data).
+    Unexpected exceptions are real bugs and propagate.
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as error:
+            hint = f" (see '{error.ctx.command_path} --help')" if error.ctx else ""
+            click.echo(f"Error: {error.format_message()}{hint}", err=True)
+            sys.exit(error.exit_code)
+        except click.ClickException as error:
+            click.echo(f"Error: {error.format_message()}", err=True)
+            sys.exit(error.exit_code)
+        except ToolkitError as error:
+            click.echo(f"Error: {error}", err=True)
+            sys.exit(error.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("Interrupted: outputs already in place are complete; partial ones were not kept.", err=True)
+            sys.exit(130)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+class ToolkitCommand(OneLineErrors, click.Command):
+    """A command with one-line errors; used by every subcommand and by the entry scripts."""
+
+
+class CommandGroup(OneLineErrors, click.Group):
+    """A nested group of subcommands (e.g. `toolkit index build`), with one-line errors."""
 
 
 def command(name: str | None = None, **settings):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from cli.common import command, echo_json, json_option, progress_to_stderr, quiet_option, start
-from cli.train import classifier_options
+from image_toolkit.cli.common import command, echo_json, json_option, progress_to_stderr, quiet_option, start
+from image_toolkit.cli.train import classifier_options
 
 
 @command("experiment")
@@ -43,10 +43,10 @@ def experiment(feedback: str, ratios: tuple[str, ...], seeds: int, seed_base: in
           --backbone small_cnn --weights none --image_size 32 --epochs 20
     """
     start(quiet)
-    from models.experiment import ExperimentOptions, format_report, run_experiment
-    from data_tools.resample import parse_ratios
-    from models.runtime import progress_verbosity
-    from models.training import TrainOptions
+    from image_toolkit.data_tools.feedback.resample import parse_ratios
+    from image_toolkit.models.experiment import ExperimentOptions, format_report, run_experiment
+    from image_toolkit.models.runtime import progress_verbosity
+    from image_toolkit.models.training import TrainOptions
 
     options = ExperimentOptions(feedback=feedback, ratios=parse_ratios(ratios), seeds=seeds, seed_base=seed_base,
                                 test_split=test_split, split_seed=split_seed, test_csv=test_csv,

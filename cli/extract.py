@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import click
 
-from cli.common import command, echo_json, json_option, option_group, progress_to_stderr, quiet_option, start
-from models import names
-
+from image_toolkit.cli.common import command, echo_json, json_option, option_group, progress_to_stderr, quiet_option, start
+from image_toolkit.data_tools import names
 
 # The options both extraction commands share.
 extraction_options = option_group(
@@ -30,8 +29,8 @@ def run_extraction(output: str, image_path: str, output_path: str, model: str, l
                    image_size: int | None, batch_size: int, precision: str, append: bool, num_shards: int,
                    shard_index: int, quiet: bool, as_json: bool) -> None:
     start(quiet)
-    from models.extraction import extract, feature_extractor
-    from models.runtime import progress_verbosity
+    from image_toolkit.models.extraction import extract, feature_extractor
+    from image_toolkit.models.runtime import progress_verbosity
 
     extractor = feature_extractor(model, output=output, layer=layer, weights=weights, image_size=image_size, precision=precision)
     with progress_to_stderr(as_json):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import command, echo_json, json_option, quiet_option, start
+from image_toolkit.cli.common import command, echo_json, json_option, quiet_option, start
 
 
 @command("merge-features")
@@ -26,8 +26,8 @@ def merge_features(output_path: Path, input_paths: tuple[Path, ...], quiet: bool
       toolkit merge-features features.npz features_shard*.npz
     """
     start(quiet)
-    from data_tools.features import feature_format, write_features
-    from data_tools.features import merge_features as merge
+    from image_toolkit.data_tools.formats.features import feature_format, write_features
+    from image_toolkit.data_tools.formats.features import merge_features as merge
 
     feature_format(output_path)
     merged = merge(list(input_paths))

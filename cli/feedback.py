@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from cli.common import command, echo_json, group, json_option, quiet_option, start
-from models.names import TASKS
+from image_toolkit.cli.common import command, echo_json, group, json_option, quiet_option, start
+from image_toolkit.data_tools.names import TASKS
 
 DB_OPTION = click.option("--db", default="feedback.sqlite", show_default=True, type=click.Path(dir_okay=False, path_type=Path), help="The SQLite feedback database.")
 WAIT_OPTION = click.option("--wait", type=click.FloatRange(min=0), default=10.0, show_default=True, help="Seconds to wait for another writer of the database before giving up.")
@@ -54,7 +54,7 @@ def import_events(events: Path, db: Path, data_csv: Path | None, task: str | Non
       toolkit feedback import events.jsonl --data_csv label.txt --db feedback.sqlite
     """
     start(quiet)
-    from data_tools.feedback import import_events as run_import
+    from image_toolkit.data_tools.feedback.store import import_events as run_import
 
     summary = run_import(events, db, data_csv=data_csv, task=task, wait=wait)
     if as_json:
@@ -87,7 +87,7 @@ def export_events(db: Path, output: Path, wait: float, quiet: bool, as_json: boo
       toolkit feedback export --db feedback.sqlite -o image_feedback.csv
     """
     start(quiet)
-    from data_tools.feedback import export_image_feedback
+    from image_toolkit.data_tools.feedback.store import export_image_feedback
 
     frame = export_image_feedback(db, output, wait=wait)
     counts = {
@@ -135,7 +135,7 @@ def simulate(data_csv: Path, features_path: Path, output: Path, users: int, nois
     """
     start(quiet)
     logging.getLogger("openTSNE").setLevel(logging.WARNING)  # It logs each step of its optimisation.
-    from data_tools.simulate import simulate_feedback
+    from image_toolkit.data_tools.feedback.simulate import simulate_feedback
 
     summary = simulate_feedback(data_csv, features_path, output, task=task, users=users, noise=noise,
                                 method=method, seed=seed, n_jobs=n_jobs)

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import click
 
-from cli.common import echo_json, group, json_option, quiet_option, start
-from cli.main import ToolkitCommand
+from image_toolkit.cli.common import ToolkitCommand, echo_json, group, json_option, quiet_option, start
 
-# The same as data_tools.index.KINDS and METRICS (a test checks): repeated so that --help loads no faiss.
+# The same as image_toolkit.data_tools.search.index.KINDS and METRICS (a test checks): repeated so that --help loads no faiss.
 KINDS = ("hnsw", "ivf", "flat")
 METRICS = ("cosine", "euclidean", "inner_product")
 SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -79,10 +78,10 @@ def build(features: Path, index_dir: Path, kind: str, metric: str, target_recall
       toolkit index build features.npz my_index/ --kind ivf --target_recall 0.99
     """
     _start(quiet)
-    from data_tools.errors import DataError
-    from data_tools.features import read_features
-    from data_tools.index import INDEX_FILE, ImageIndex, check_index_options
-    from data_tools.keywords import with_class_names
+    from image_toolkit.data_tools.errors import DataError
+    from image_toolkit.data_tools.formats.features import read_features
+    from image_toolkit.data_tools.search.index import INDEX_FILE, ImageIndex, check_index_options
+    from image_toolkit.data_tools.search.keywords import with_class_names
 
     check_index_options(kind=kind, metric=metric, target_recall=target_recall, n_threads=n_threads)
     if (index_dir / INDEX_FILE).exists() and not overwrite:
@@ -117,8 +116,8 @@ def add(index_dir: Path, features: Path, n_threads: int, quiet: bool, as_json: b
       toolkit index add my_index/ more.npz
     """
     _start(quiet)
-    from data_tools.features import read_features
-    from data_tools.index import ImageIndex
+    from image_toolkit.data_tools.formats.features import read_features
+    from image_toolkit.data_tools.search.index import ImageIndex
 
     image_index = ImageIndex.load(index_dir, n_threads=n_threads)
     before = image_index.size
@@ -142,7 +141,7 @@ def info(index_dir: Path, quiet: bool, as_json: bool) -> None:
       toolkit index info my_index/ --json
     """
     _start(quiet)
-    from data_tools.index import ImageIndex
+    from image_toolkit.data_tools.search.index import ImageIndex
 
     _report(ImageIndex.load(index_dir), index_dir, as_json, None)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import command, echo_json, json_option, quiet_option, start
+from image_toolkit.cli.common import command, echo_json, json_option, quiet_option, start
 
 
 @command("compute-distances")
@@ -59,8 +59,8 @@ def compute_distances(
     """
     start(quiet)
     logging.getLogger("faiss").setLevel(logging.WARNING)  # Its loader logs every CPU feature it tries.
-    from data_tools.features import read_features
-    from data_tools.neighbors import check_options, exact_neighbors, writable_dir, write_neighbors
+    from image_toolkit.data_tools.formats.features import read_features
+    from image_toolkit.data_tools.search.neighbors import check_options, exact_neighbors, writable_dir, write_neighbors
 
     max_bytes = max_memory * 2**20
     check_options(metric=distance_metric, n_threads=n_cores, max_memory=max_bytes)

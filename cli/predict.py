@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import command, echo_json, json_option, quiet_option, start
+from image_toolkit.cli.common import command, echo_json, json_option, quiet_option, start
 
 
 @command("predict")
@@ -26,7 +26,7 @@ def predict(images: tuple[str, ...], model_weights: str, threshold: float, batch
       toolkit predict images/ --json > predictions.jsonl
     """
     start(quiet)
-    from models.inference import predict_images
+    from image_toolkit.models.inference import predict_images
 
     predictions, skipped = predict_images(list(images), model_weights, threshold=threshold, batch_size=batch_size)
     for path, reason in skipped:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from cli.common import command, echo_json, json_option, quiet_option, start
-from models.names import TASKS
+from image_toolkit.cli.common import command, echo_json, json_option, quiet_option, start
+from image_toolkit.data_tools.names import TASKS
 
 
 @command("resample")
@@ -38,7 +38,7 @@ def resample(train_csv: Path, image_feedback_csv: Path, output: Path, ratios: tu
                        --ratio deselected=3 --ratio class:seven=2 --val_csv val.csv
     """
     start(quiet)
-    from data_tools.resample import parse_ratios, resample_csv
+    from image_toolkit.data_tools.feedback.resample import parse_ratios, resample_csv
 
     result = resample_csv(train_csv, image_feedback_csv, output, parse_ratios(ratios), seed=seed,
                           val_csv=val_csv, test_csv=test_csv, task=task)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import command, echo_json, json_option, progress_to_stderr, quiet_option, start
+from image_toolkit.cli.common import command, echo_json, json_option, progress_to_stderr, quiet_option, start
 
 
 @command("search")
@@ -59,7 +59,7 @@ def search(index_dir: Path, images: tuple[Path, ...], features: Path | None, tex
         raise click.UsageError("--word_vectors and --scores apply to --text only.")
     start(quiet)
     logging.getLogger("faiss").setLevel(logging.WARNING)  # Its loader logs every CPU feature it tries.
-    from data_tools.index import ImageIndex
+    from image_toolkit.data_tools.search.index import ImageIndex
 
     image_index = ImageIndex.load(index_dir, n_threads=n_threads)
     value_name = "score" if image_index.metric == "inner_product" else "distance"
@@ -70,7 +70,7 @@ def search(index_dir: Path, images: tuple[Path, ...], features: Path | None, tex
         if images:
             names, rows = [str(image) for image in images], _embed(image_index, list(images), as_json)
         else:
-            from data_tools.features import read_features
+            from image_toolkit.data_tools.formats.features import read_features
 
             query_set = read_features(features)
             names, rows = query_set.paths, query_set.features
@@ -88,8 +88,8 @@ def search(index_dir: Path, images: tuple[Path, ...], features: Path | None, tex
 
 def _embed(image_index, images: list[Path], as_json: bool):
     """The query images' features, from the model recorded in the index."""
-    from data_tools.errors import DataError
-    from data_tools.images import image_problem
+    from image_toolkit.data_tools.errors import DataError
+    from image_toolkit.data_tools.formats.images import image_problem
 
     for image in images:
         problem = image_problem(image)
@@ -97,7 +97,7 @@ def _embed(image_index, images: list[Path], as_json: bool):
             raise DataError(f"{image}: {problem}; give a JPEG, PNG, BMP or GIF image.")
     if not image_index.features_metadata_.get("model"):
         raise DataError("the index records no feature model, so a query image cannot be embedded; search with --features.")
-    from models.extraction import compute_features, extractor_from_metadata
+    from image_toolkit.models.extraction import compute_features, extractor_from_metadata
 
     with progress_to_stderr(as_json):
         extractor = extractor_from_metadata(image_index.features_metadata_)
@@ -106,8 +106,8 @@ def _embed(image_index, images: list[Path], as_json: bool):
 
 def _keyword_query(image_index, index_dir: Path, text: str, k: int, scores: Path | None,
                    word_vectors: Path | None, min_similarity: float) -> dict:
-    from data_tools.features import read_features
-    from data_tools.keywords import keyword_search, read_word_vectors
+    from image_toolkit.data_tools.formats.features import read_features
+    from image_toolkit.data_tools.search.keywords import keyword_search, read_word_vectors
 
     logging.getLogger("gensim").setLevel(logging.WARNING)  # It logs every file it loads.
     vectors = read_word_vectors(word_vectors) if word_vectors else None
@@ -125,7 +125,7 @@ def _keyword_query(image_index, index_dir: Path, text: str, k: int, scores: Path
 
 def _show(queries: list[dict], value_name: str, output: Path | None, as_json: bool) -> None:
     if output is not None:
-        from data_tools.index import write_results
+        from image_toolkit.data_tools.search.index import write_results
 
         rows = [(query["query"], r["rank"], r["path"], r[value_name]) for query in queries for r in query["results"]]
         write_results(output, [("query", "rank", "path", value_name), *rows])

@@ -1,4 +1,4 @@
-"""`toolkit serve`: the web app over an index, its images and the feedback store (`data_tools.webapp`).
+"""`toolkit serve`: the web app over an index, its images and the feedback store (`image_toolkit.data_tools.web.app`).
 
 FastAPI and uvicorn (the `serve` extra) are imported inside the command, so
 `toolkit --help` works without them.
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import command, quiet_option, start
+from image_toolkit.cli.common import command, quiet_option, start
 
 
 @command("serve")
@@ -46,7 +46,7 @@ def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_
       toolkit serve my_index/ --images photos/ --labels label.txt --db feedback.sqlite
       toolkit serve my_index/ --images photos/ --map tsne.csv --port 8080
     """
-    from data_tools.webapp import missing_extra
+    from image_toolkit.data_tools.web.app import missing_extra
 
     problem = missing_extra()
     if problem:
@@ -54,9 +54,12 @@ def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_
     start(quiet)
     import uvicorn
 
-    from data_tools.webapp import create_app
+    from image_toolkit.data_tools.web.app import create_app
+    from image_toolkit.models.extraction import lazy_embedder
 
+    # The embedder reads the index's feature metadata from the app on the first upload.
     app = create_app(index_dir, images_dir, db, map_csv, labels=labels, scores=scores,
+                     embed=lazy_embedder(lambda: app.state.collection.metadata),
                      max_upload_bytes=int(max_upload_mb * 1024 * 1024))
     click.echo(f"Serving {len(app.state.collection.names):,} images at http://{host}:{port}/ (feedback in {db}); Ctrl-C stops.", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info")

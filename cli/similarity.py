@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from cli.common import command, echo_json, json_option, option_group, progress_to_stderr, quiet_option, start
-from models import names
+from image_toolkit.cli.common import command, echo_json, json_option, option_group, progress_to_stderr, quiet_option, start
+from image_toolkit.data_tools import names
 
 
 @command("make-metadata")
@@ -22,7 +22,7 @@ def make_metadata(image_dir: str, output_csv: str, balanced: bool, test_split: f
       toolkit make-metadata photos/ metadata.csv --balanced --test_split 0.2
     """
     start(False)
-    from data_tools.metadata import make_metadata as make
+    from image_toolkit.data_tools.formats.metadata import make_metadata as make
 
     frame = make(image_dir, output_csv, balanced=balanced, test_split=test_split, seed=seed)
     counts = frame.groupby("split").size().to_dict()
@@ -46,7 +46,7 @@ def filter_images(image_dir: str, output_dir: str, min_size: int, min_per_class:
       toolkit filter-images faces/ faces_clean/ --min_size 100 --min_per_class 50 --resize 224
     """
     start(False)
-    from data_tools.metadata import filter_images as run
+    from image_toolkit.data_tools.formats.metadata import filter_images as run
 
     for step, count in run(image_dir, output_dir, min_size=min_size, min_per_class=min_per_class, sample=sample, resize=resize, seed=seed):
         click.echo(f"{count:8d}  {step}")
@@ -76,8 +76,8 @@ training_options = option_group(
 
 def run_training(method: str, data: str, quiet: bool, as_json: bool, **options) -> None:
     start(quiet)
-    from models.runtime import progress_verbosity
-    from models.similarity import SimilarityOptions, train_embedding
+    from image_toolkit.models.runtime import progress_verbosity
+    from image_toolkit.models.similarity import SimilarityOptions, train_embedding
 
     with progress_to_stderr(as_json):
         summary = train_embedding(SimilarityOptions(method=method, data=data, **options), verbose=progress_verbosity(quiet))
@@ -144,7 +144,7 @@ def assess(model: str, metadata_csv: str, img_directory: str | None, split: str,
       toolkit assess runs/siamese/embedding_model.keras metadata.csv --split test
     """
     start(False)
-    from models.similarity import assess as run
+    from image_toolkit.models.similarity import assess as run
 
     scores = run(model, metadata_csv, img_directory=img_directory, split=split, output_dir=output_dir, metric=metric)
     if as_json:

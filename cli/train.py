@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from cli.common import command, echo_json, json_option, option_group, progress_to_stderr, quiet_option, start
-from models import names
+from image_toolkit.cli.common import command, echo_json, json_option, option_group, progress_to_stderr, quiet_option, start
+from image_toolkit.data_tools import names
 
 
 def classifier_options(*, task: str = "multilabel"):
@@ -52,8 +52,8 @@ def train(quiet: bool, as_json: bool, **options) -> None:
                     --epochs 30 --output_dir runs/demo
     """
     start(quiet)
-    from models.runtime import progress_verbosity
-    from models.training import TrainOptions, train_classifier
+    from image_toolkit.models.runtime import progress_verbosity
+    from image_toolkit.models.training import TrainOptions, train_classifier
 
     with progress_to_stderr(as_json):
         summary = train_classifier(TrainOptions(**options), verbose=progress_verbosity(quiet))

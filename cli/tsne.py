@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from cli.common import command, echo_json, json_option, quiet_option, start
-from models.names import TASKS
+from image_toolkit.cli.common import command, echo_json, json_option, quiet_option, start
+from image_toolkit.data_tools.names import TASKS
 
 
 @command("tsne")
@@ -39,7 +39,7 @@ def tsne(features: Path, labels: Path | None, highlight: Path | None, output: Pa
     """
     start(quiet)
     logging.getLogger("openTSNE").setLevel(logging.WARNING)  # It logs each step of its optimisation.
-    from data_tools.embedding import draw_map
+    from image_toolkit.data_tools.maps.embedding import draw_map
 
     summary = draw_map(features, output, labels=labels, highlight=highlight, coords_path=coords, method=method,
                        perplexity=perplexity, seed=seed, n_jobs=n_jobs, task=task)

@@ -6,7 +6,7 @@ multi-label training; a few label cells are left blank to exercise missing
 labels. Tests and benchmarks call `write_digits_dataset` for sets of other
 sizes.
 
-    python -m data_tools.make_demo_data --n_images 300 --image_size 64 --output_dir .
+    python -m image_toolkit.data_tools.make_demo_data --n_images 300 --image_size 64 --output_dir .
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pandas as pd
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from data_tools.atomic import atomic_path
+from image_toolkit.data_tools.atomic import atomic_path
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 LABEL_RULES = {

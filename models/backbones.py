@@ -15,9 +15,9 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from data_tools.errors import OptionError
-from models.resnet18 import ResNet18
-from models.runtime import keras
+from image_toolkit.data_tools.errors import OptionError
+from image_toolkit.models.resnet18 import ResNet18
+from image_toolkit.models.runtime import keras
 
 logger = logging.getLogger(__name__)
 

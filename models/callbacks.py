@@ -10,10 +10,10 @@ from pathlib import Path
 
 import h5py
 
-from data_tools.atomic import atomic_path, write_text
-from models.model_file import METADATA_ATTRIBUTE
-from models.runs import LAST_CHECKPOINT, STATE_FILE
-from models.runtime import keras
+from image_toolkit.data_tools.atomic import atomic_path, write_text
+from image_toolkit.data_tools.formats.model_file import METADATA_ATTRIBUTE
+from image_toolkit.models.runs import LAST_CHECKPOINT, STATE_FILE
+from image_toolkit.models.runtime import keras
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         self.metric = metric
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        from data_tools.retrieval import retrieval_scores
+        from image_toolkit.data_tools.search.retrieval import retrieval_scores
 
         embeddings = self.tower.predict(self.gallery, verbose=0)
         scores = retrieval_scores(embeddings, self.classes, metric=self.metric)

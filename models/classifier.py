@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from models.backbones import build_backbone, resolve_weights
-from models.runtime import keras
+from image_toolkit.models.backbones import build_backbone, resolve_weights
+from image_toolkit.models.runtime import keras
 
 
 def ImageClassifier(

@@ -16,10 +16,10 @@ reload once the toolkit is imported.
 
 from __future__ import annotations
 
-from models.backbones import build_backbone, resolve_weights
-from models.layers import PairDistance
-from models.losses import nt_xent_loss
-from models.runtime import keras
+from image_toolkit.models.backbones import build_backbone, resolve_weights
+from image_toolkit.models.layers import PairDistance
+from image_toolkit.models.losses import nt_xent_loss
+from image_toolkit.models.runtime import keras
 
 SIAMESE_TYPES = ("b", "c", "d")
 

@@ -1,7 +1,7 @@
 """Baseline vs feedback ("meta") training on one fixed test split: `toolkit experiment`.
 
 The question: does repeating the images people deselected (the decision
-boundary images, `data_tools.feedback`) in the training list help? The run,
+boundary images, `image_toolkit.data_tools.feedback.store`) in the training list help? The run,
 in the order of the work:
 
 1. Read the label CSV; drop rows without a class and unreadable images.
@@ -10,7 +10,7 @@ in the order of the work:
    independent of the training seeds. Neither is ever resampled.
 3. For each training seed: the baseline trains on the training list as it
    is; the meta model on the same list resampled by the ratios
-   (`data_tools.resample`, drawn with that seed). All other options are
+   (`image_toolkit.data_tools.feedback.resample`, drawn with that seed). All other options are
    identical. Both are scored on the same test split, loading each run's
    best_model.h5.
 4. Append one row per run to ExperimentLog.csv and per-class precision,
@@ -39,15 +39,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data_tools.atomic import atomic_path, write_text
-from data_tools.errors import DataError, OptionError
-from data_tools.feedback import read_image_feedback
-from data_tools.images import check_images
-from data_tools.labels import LabelTable, read_label_csv, split_table, write_label_csv
-from data_tools.plots import plot_class_f1
-from data_tools.resample import resample_table
-from models.inference import predict_images
-from models.training import TrainOptions, train_classifier
+from image_toolkit.data_tools.atomic import atomic_path, write_text
+from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.feedback.resample import resample_table
+from image_toolkit.data_tools.feedback.store import read_image_feedback
+from image_toolkit.data_tools.formats.images import check_images
+from image_toolkit.data_tools.formats.labels import LabelTable, read_label_csv, split_table, write_label_csv
+from image_toolkit.data_tools.maps.plots import plot_class_f1
+from image_toolkit.models.inference import predict_images
+from image_toolkit.models.training import TrainOptions, train_classifier
 
 logger = logging.getLogger(__name__)
 

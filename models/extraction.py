@@ -13,21 +13,22 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from data_tools.errors import DataError, OptionError
-from data_tools.features import COMPARABLE_KEYS, FeatureSet, read_features, write_features
-from data_tools.images import IMAGE_SUFFIXES, check_images, find_images, report_skipped, require_readable
-from data_tools.pipeline import image_dataset
-from models.backbones import build_backbone, get_backbone
-from models.inference import load_classifier
-from models.names import EXTRACT_PRECISIONS
-from models.similarity import load_embedding_model
-from models.runtime import keras, precision_policy, tf
+from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.formats.features import COMPARABLE_KEYS, FeatureSet, read_features, write_features
+from image_toolkit.data_tools.formats.images import IMAGE_SUFFIXES, check_images, find_images, report_skipped, require_readable
+from image_toolkit.data_tools.names import EXTRACT_PRECISIONS
+from image_toolkit.models.backbones import build_backbone, get_backbone
+from image_toolkit.models.inference import load_classifier, load_embedding_model
+from image_toolkit.models.pipeline import image_dataset
+from image_toolkit.models.runtime import keras, precision_policy, tf
 
 logger = logging.getLogger(__name__)
 
@@ -244,3 +245,24 @@ def extract(
         "images_per_second": round(computed / seconds, 2),
         **metadata,
     }
+
+
+def lazy_embedder(index_metadata: Callable[[], dict]) -> Callable[[list[Path]], np.ndarray]:
+    """A function embedding image files with the model an index records, built on its first call.
+
+    `toolkit serve` hands it to the web app, so the server starts without
+    TensorFlow's model build and pays it on the first uploaded query only.
+    """
+    lock = threading.Lock()
+    extractor: list[FeatureExtractor] = []
+
+    def embed(paths: list[Path]) -> np.ndarray:
+        with lock:
+            if not extractor:
+                metadata = index_metadata()
+                if not metadata.get("model"):
+                    raise DataError("the index records no feature model, so an uploaded image cannot be embedded.")
+                extractor.append(extractor_from_metadata(metadata))
+            return compute_features(extractor[0], paths, batch_size=len(paths), verbose=0)
+
+    return embed

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from data_tools.errors import DataError
-from data_tools.images import check_images, find_images, require_readable
-from data_tools.pipeline import image_dataset
-from models.backbones import get_backbone
-from models.model_file import read_h5_metadata
-from models.runtime import keras
+from image_toolkit.data_tools.errors import DataError
+from image_toolkit.data_tools.formats.images import check_images, find_images, require_readable
+from image_toolkit.data_tools.formats.model_file import read_h5_metadata
+from image_toolkit.models.backbones import BACKBONES, get_backbone
+from image_toolkit.models.pipeline import image_dataset
+from image_toolkit.models.runtime import keras
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,26 @@ def load_classifier(path: str | os.PathLike) -> tuple[keras.Model, dict]:
         )
     model = keras.models.load_model(path, compile=False)
     return model, metadata
+
+
+def load_embedding_model(path: str | Path) -> tuple[keras.Model, dict]:
+    """Load an embedding tower (`embedding_model.keras`) and what its input needs.
+
+    The backbone is the tower's nested model, named after it, which gives
+    the preprocessing; the input shape gives the image size.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: model file not found; train one with 'toolkit train-siamese' or 'toolkit train-simclr'.")
+    try:
+        tower = keras.models.load_model(path, compile=False)
+    except Exception as error:
+        raise DataError(f"{path}: not a Keras model ({str(error).splitlines()[0]}).") from None
+    backbones = [layer.name for layer in tower.layers if layer.name in BACKBONES]
+    if not backbones:
+        raise DataError(f"{path}: not an image-toolkit embedding model (no known backbone inside).")
+    normalized = any(isinstance(layer, keras.layers.UnitNormalization) for layer in tower.layers)
+    return tower, {"backbone": backbones[0], "image_size": int(tower.input_shape[1]), "normalized": normalized}
 
 
 def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from models.runtime import keras
+from image_toolkit.models.runtime import keras
 
 ops = keras.ops
 AVERAGES = ("macro", "micro")

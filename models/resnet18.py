@@ -8,7 +8,7 @@ follow `keras.applications.ResNet50` (`conv1_conv`, `conv2_block1_1_conv`,
 
 from __future__ import annotations
 
-from models.runtime import keras
+from image_toolkit.models.runtime import keras
 
 layers = keras.layers
 

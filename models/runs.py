@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from data_tools.atomic import write_text
-from data_tools.errors import DataError, OptionError
-from data_tools.provenance import library_versions
+from image_toolkit.data_tools.atomic import write_text
+from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.provenance import library_versions
 
 # Options that may change between a run and its `--resume`.
 RESUMABLE_CHANGES = frozenset({"epochs", "resume"})

@@ -38,8 +38,8 @@ def _stderr_silenced() -> Iterator[None]:
 def _import_tensorflow():
     if "tensorflow" not in sys.modules:
         with _stderr_silenced():
-            import tensorflow
             import keras  # noqa: F401
+            import tensorflow
 
             # Device discovery logs CUDA probing errors on machines without a GPU.
             tensorflow.config.list_physical_devices()

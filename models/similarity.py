@@ -12,27 +12,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from data_tools.atomic import atomic_path
-from data_tools.augment import simclr_view
-from data_tools.errors import DataError, OptionError
-from data_tools.images import check_images, find_images, report_skipped, require_readable
-from data_tools.metadata import read_metadata
-from data_tools.pairs import balanced_batches, require_pairs, sample_pairs
-from data_tools.pipeline import image_dataset, pair_dataset, views_dataset
-from data_tools.plots import plot_training_curves
-from models.backbones import BACKBONES, get_backbone
-from models.callbacks import RetrievalEvaluation, TrainingCheckpoints
-from models.embedding import SIAMESE_TYPES, EmbeddingTower, SiameseNetwork, SimCLR
-from models.losses import ContrastiveLoss
-from models.runs import LAST_CHECKPOINT, check_resumable, write_run_record
-from models.runtime import keras
+from image_toolkit.data_tools.atomic import atomic_path
+from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.formats.images import check_images, find_images, report_skipped, require_readable
+from image_toolkit.data_tools.formats.metadata import read_metadata
+from image_toolkit.data_tools.maps.plots import plot_training_curves
+from image_toolkit.models.augment import simclr_view
+from image_toolkit.models.backbones import get_backbone
+from image_toolkit.models.callbacks import RetrievalEvaluation, TrainingCheckpoints
+from image_toolkit.models.embedding import SIAMESE_TYPES, EmbeddingTower, SiameseNetwork, SimCLR
+from image_toolkit.models.inference import load_embedding_model
+from image_toolkit.models.losses import ContrastiveLoss
+from image_toolkit.models.pairs import balanced_batches, require_pairs, sample_pairs
+from image_toolkit.models.pipeline import image_dataset, pair_dataset, views_dataset
+from image_toolkit.models.runs import LAST_CHECKPOINT, check_resumable, write_run_record
+from image_toolkit.models.runtime import keras
 
 logger = logging.getLogger(__name__)
 
@@ -248,26 +248,6 @@ def train_embedding(options: SimilarityOptions, *, verbose: int = 1) -> dict:
     return summary
 
 
-def load_embedding_model(path: str | Path) -> tuple[keras.Model, dict]:
-    """Load an embedding tower (`embedding_model.keras`) and what its input needs.
-
-    The backbone is the tower's nested model, named after it, which gives
-    the preprocessing; the input shape gives the image size.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: model file not found; train one with 'toolkit train-siamese' or 'toolkit train-simclr'.")
-    try:
-        tower = keras.models.load_model(path, compile=False)
-    except Exception as error:
-        raise DataError(f"{path}: not a Keras model ({str(error).splitlines()[0]}).") from None
-    backbones = [layer.name for layer in tower.layers if layer.name in BACKBONES]
-    if not backbones:
-        raise DataError(f"{path}: not an image-toolkit embedding model (no known backbone inside).")
-    normalized = any(isinstance(layer, keras.layers.UnitNormalization) for layer in tower.layers)
-    return tower, {"backbone": backbones[0], "image_size": int(tower.input_shape[1]), "normalized": normalized}
-
-
 def trained_metric(model_path: str | Path) -> str:
     """The distance a tower was trained for, from the run.json beside it; cosine when there is none."""
     try:
@@ -284,10 +264,10 @@ def assess(model_path: str | Path, metadata_csv: str | Path, *, img_directory: s
 
     `metric` defaults to the one the model was trained for (`trained_metric`).
     """
-    from data_tools.neighbors import exact_neighbors
-    from data_tools.retrieval import retrieval_scores
-    from data_tools.retrieval_plots import plot_query_grid, plot_similarity_heatmap
-    from models.extraction import FeatureExtractor, compute_features, traced_forward
+    from image_toolkit.data_tools.maps.retrieval_plots import plot_query_grid, plot_similarity_heatmap
+    from image_toolkit.data_tools.search.neighbors import exact_neighbors
+    from image_toolkit.data_tools.search.retrieval import retrieval_scores
+    from image_toolkit.models.extraction import FeatureExtractor, compute_features, traced_forward
 
     tower, info = load_embedding_model(model_path)
     metric = metric or trained_metric(model_path)

@@ -9,7 +9,6 @@ the curves and `run.json`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -17,21 +16,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data_tools.errors import DataError, OptionError
-from data_tools.images import check_images, report_skipped, require_readable
-from data_tools.labels import LabelTable, read_label_csv, split_table, write_label_csv
-from data_tools.missing_labels import fill_missing
-from data_tools.pipeline import image_dataset, random_augmentation
-from data_tools.plots import plot_training_curves
-from data_tools.provenance import toolkit_version
-from models.backbones import check_backbone_options, get_backbone
-from models.callbacks import TrainingCheckpoints, save_h5_with_metadata
-from models.classifier import ImageClassifier
-from models.losses import MaskedBinaryCrossentropy
-from models.metrics import MaskedF1Score
-from models.names import CLASS_WEIGHTS, PRECISIONS, STRATEGIES
-from models.runs import LAST_CHECKPOINT, check_resumable, write_run_record
-from models.runtime import distribution_strategy, keras, precision_policy
+from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.formats.images import check_images, report_skipped, require_readable
+from image_toolkit.data_tools.formats.labels import LabelTable, read_label_csv, split_table, write_label_csv
+from image_toolkit.data_tools.formats.missing_labels import fill_missing
+from image_toolkit.data_tools.maps.plots import plot_training_curves
+from image_toolkit.data_tools.names import CLASS_WEIGHTS, PRECISIONS, STRATEGIES
+from image_toolkit.data_tools.provenance import toolkit_version
+from image_toolkit.models.backbones import check_backbone_options, get_backbone
+from image_toolkit.models.callbacks import TrainingCheckpoints, save_h5_with_metadata
+from image_toolkit.models.classifier import ImageClassifier
+from image_toolkit.models.losses import MaskedBinaryCrossentropy
+from image_toolkit.models.metrics import MaskedF1Score
+from image_toolkit.models.pipeline import image_dataset, random_augmentation
+from image_toolkit.models.runs import LAST_CHECKPOINT, check_resumable, write_run_record
+from image_toolkit.models.runtime import distribution_strategy, keras, precision_policy
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
     python scripts/compute_distances.py FEATURES_PATH OUTPUT_DIR_PATH DISTANCE_METRIC N_NEIGHBORS [N_CORES]
 """
 
-from cli.neighbors import compute_distances
+from image_toolkit.cli.neighbors import compute_distances
 
 if __name__ == "__main__":
     compute_distances(prog_name="compute_distances.py")

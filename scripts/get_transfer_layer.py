@@ -3,7 +3,7 @@
     python scripts/get_transfer_layer.py IMAGE_PATH OUTPUT_PATH [options]
 """
 
-from cli.extract import get_transfer_layer
+from image_toolkit.cli.extract import get_transfer_layer
 
 if __name__ == "__main__":
     get_transfer_layer(prog_name="get_transfer_layer.py")

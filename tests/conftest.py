@@ -10,7 +10,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import pytest
 from click.testing import CliRunner
 
-from data_tools.make_demo_data import write_digits_dataset
+from image_toolkit.data_tools.make_demo_data import write_digits_dataset
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from cli.main import COMMANDS, toolkit
+from image_toolkit.cli.main import COMMANDS, toolkit
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
@@ -24,7 +24,7 @@ def test_root_help_lists_every_command(runner):
 
 def test_help_imports_no_tensorflow():
     code = (
-        "import sys; from click.testing import CliRunner; from cli.main import toolkit, COMMANDS; "
+        "import sys; from click.testing import CliRunner; from image_toolkit.cli.main import toolkit, COMMANDS; "
         "[CliRunner().invoke(toolkit, [name, '--help']) for name in COMMANDS]; "
         "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     )

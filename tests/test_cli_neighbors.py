@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli.features import merge_features
-from cli.neighbors import compute_distances
-from data_tools.features import FeatureSet, read_features, write_features
-from data_tools.neighbors import METRICS, exact_neighbors
+from image_toolkit.cli.features import merge_features
+from image_toolkit.cli.neighbors import compute_distances
+from image_toolkit.data_tools.formats.features import FeatureSet, read_features, write_features
+from image_toolkit.data_tools.search.neighbors import METRICS, exact_neighbors
 from tests.conftest import one_line_error
 
 ROOT = Path(__file__).resolve().parent.parent

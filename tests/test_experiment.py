@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from cli.main import toolkit
+from image_toolkit.cli.main import toolkit
 from tests.conftest import one_line_error
 
 SMALL = ["--backbone", "small_cnn", "--weights", "none", "--image_size", "32", "--epochs", "1", "--batch_size", "16", "--quiet"]
@@ -146,8 +146,8 @@ def test_bad_ratio_is_refused_before_training(setup, tmp_path):
 def test_scores_match_scikit_learn_and_mask_blank_cells():
     from sklearn.metrics import f1_score, precision_recall_fscore_support
 
-    from data_tools.labels import LabelTable
-    from models.experiment import score_predictions
+    from image_toolkit.data_tools.formats.labels import LabelTable
+    from image_toolkit.models.experiment import score_predictions
 
     truth = np.array([[1, 0], [0, np.nan], [1, 1], [0, 1], [np.nan, 0]], dtype=float)
     predicted = np.array([[1, 1], [1, 1], [0, 1], [0, 1], [1, 0]], dtype=float)
@@ -169,7 +169,7 @@ def test_scores_match_scikit_learn_and_mask_blank_cells():
 def test_paired_difference_interval():
     from scipy import stats
 
-    from models.experiment import paired_difference
+    from image_toolkit.models.experiment import paired_difference
 
     baseline, meta = np.array([0.80, 0.82, 0.81]), np.array([0.84, 0.85, 0.86])
     result = paired_difference(baseline, meta)

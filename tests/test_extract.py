@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.extract import get_inception_output, get_transfer_layer
-from cli.features import merge_features
-from cli.neighbors import compute_distances
-from cli.train import train
-from data_tools.features import read_features
+from image_toolkit.cli.extract import get_inception_output, get_transfer_layer
+from image_toolkit.cli.features import merge_features
+from image_toolkit.cli.neighbors import compute_distances
+from image_toolkit.cli.train import train
+from image_toolkit.data_tools.formats.features import read_features
 from tests.conftest import one_line_error
 
 
@@ -149,7 +149,7 @@ def test_append_refuses_a_file_from_another_model(runner, model, images, tmp_pat
 
 
 def test_extractor_rebuilt_from_metadata_gives_the_same_features(runner, model, images, tmp_path):
-    from models.extraction import compute_features, extractor_from_metadata
+    from image_toolkit.models.extraction import compute_features, extractor_from_metadata
 
     extract(runner, get_transfer_layer, images, tmp_path / "f.npz", "--model", model)
     saved = read_features(tmp_path / "f.npz")

@@ -7,8 +7,8 @@ import pickle
 import numpy as np
 import pytest
 
-from data_tools.errors import DataError, OptionError
-from data_tools.features import FeatureSet, merge_features, read_features, write_features
+from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.formats.features import FeatureSet, merge_features, read_features, write_features
 
 METADATA = {"model": "resnet50", "layer": "avg_pool", "image_size": 224, "weights": "imagenet"}
 

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cli.main import toolkit
-from data_tools.features import FeatureSet, write_features
-from data_tools.feedback import SCHEMA_VERSION, image_feedback
+from image_toolkit.cli.main import toolkit
+from image_toolkit.data_tools.feedback.store import SCHEMA_VERSION, image_feedback
+from image_toolkit.data_tools.formats.features import FeatureSet, write_features
 from tests.conftest import one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
@@ -235,7 +235,7 @@ def test_foreign_files_are_not_databases(runner, tmp_path):
 def test_feedback_commands_load_no_tensorflow(simulated, digits, tmp_path):
     events_path, _ = simulated
     code = (
-        "import sys, time; started = time.monotonic(); from click.testing import CliRunner; from cli.main import toolkit; "
+        "import sys, time; started = time.monotonic(); from click.testing import CliRunner; from image_toolkit.cli.main import toolkit; "
         f"r = CliRunner().invoke(toolkit, ['feedback', 'import', {str(events_path)!r}, '--db', {str(tmp_path / 'f.sqlite')!r}, "
         f"'--data_csv', {str(digits['labels'])!r}]); "
         f"r2 = CliRunner().invoke(toolkit, ['feedback', 'export', '--db', {str(tmp_path / 'f.sqlite')!r}, '-o', {str(tmp_path / 'x.csv')!r}]); "

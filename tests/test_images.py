@@ -1,9 +1,8 @@
 import numpy as np
-import pytest
 from PIL import Image
 
-from data_tools.images import check_images, find_images
-from data_tools.pipeline import decode_rgb, image_dataset
+from image_toolkit.data_tools.formats.images import check_images, find_images
+from image_toolkit.models.pipeline import decode_rgb, image_dataset
 
 
 def make_images(folder):

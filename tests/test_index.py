@@ -1,4 +1,4 @@
-"""`toolkit index build | add | info` and `data_tools.index.ImageIndex`: recall, growth, reload, bad input."""
+"""`toolkit index build | add | info` and `image_toolkit.data_tools.search.index.ImageIndex`: recall, growth, reload, bad input."""
 
 import json
 import shutil
@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli import index as cli_index
-from cli.index import index
-from data_tools import index as index_module
-from data_tools.errors import DataError, OptionError
-from data_tools.features import FeatureSet, read_features, write_features
-from data_tools.index import ImageIndex
+from image_toolkit.cli import index as cli_index
+from image_toolkit.cli.index import index
+from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.formats.features import FeatureSet, read_features, write_features
+from image_toolkit.data_tools.search import index as index_module
+from image_toolkit.data_tools.search.index import ImageIndex
 from tests.conftest import one_line_error
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +91,7 @@ def test_tuning_raises_the_parameter_when_the_target_needs_it(data):
 
 def test_flat_index_is_exact_and_reports_compute_distances_values(data):
     rows, queries = data
-    from data_tools.neighbors import exact_neighbors
+    from image_toolkit.data_tools.search.neighbors import exact_neighbors
 
     for metric in ("cosine", "euclidean", "inner_product"):
         values, indices = ImageIndex(kind="flat", metric=metric).fit(feature_set(rows)).search(queries[:20], k=5)
@@ -272,7 +272,7 @@ def test_add_refuses_features_of_another_dimension_or_model(runner, tmp_path, bu
 
 def test_index_commands_load_no_tensorflow_and_reload_in_a_fresh_process(tmp_path, features_file):
     code = (
-        "import sys; from click.testing import CliRunner; from cli.main import toolkit; "
+        "import sys; from click.testing import CliRunner; from image_toolkit.cli.main import toolkit; "
         f"r = CliRunner().invoke(toolkit, ['index', 'build', {str(features_file)!r}, {str(tmp_path / 'index')!r}, '--quiet']); "
         "assert r.exit_code == 0, r.output; "
         "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
@@ -280,7 +280,7 @@ def test_index_commands_load_no_tensorflow_and_reload_in_a_fresh_process(tmp_pat
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.stdout.strip() == "False False", done.stderr
     code = (
-        "from data_tools.index import ImageIndex; import numpy as np; "
+        "from image_toolkit.data_tools.search.index import ImageIndex; import numpy as np; "
         f"i = ImageIndex.load({str(tmp_path / 'index')!r}); v = i.vectors(); "
         "print(i.size, i.search(v[7:8], k=1)[1][0, 0])"
     )

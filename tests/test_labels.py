@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from data_tools.errors import DataError, OptionError
-from data_tools.labels import read_label_csv, split_table, write_label_csv
+from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.formats.labels import read_label_csv, split_table, write_label_csv
 
 
 def write(tmp_path, text, name="label.txt"):

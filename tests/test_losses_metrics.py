@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from models.losses import MaskedBinaryCrossentropy
-from models.metrics import MaskedF1Score
-from models.runtime import keras, tf
+from image_toolkit.models.losses import MaskedBinaryCrossentropy
+from image_toolkit.models.metrics import MaskedF1Score
+from image_toolkit.models.runtime import keras, tf
 
 Y_TRUE = np.array([[1, 0, np.nan], [0, np.nan, 1], [1, 1, 0], [np.nan, 0, 1], [0, 0, 0]], dtype=np.float32)
 Y_PRED = np.array([[0.9, 0.2, 0.7], [0.6, 0.1, 0.8], [0.8, 0.3, 0.1], [0.5, 0.6, 0.4], [0.1, 0.1, 0.9]], dtype=np.float32)

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from data_tools.errors import OptionError
-from data_tools.missing_labels import fill_missing
+from image_toolkit.data_tools.errors import OptionError
+from image_toolkit.data_tools.formats.missing_labels import fill_missing
 
 
 def labels_with_holes(seed=0, n=400, hole_rate=0.2):

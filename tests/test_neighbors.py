@@ -7,9 +7,16 @@ import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
-from data_tools import neighbors
-from data_tools.errors import DataError, OptionError
-from data_tools.neighbors import METRICS, block_rows, exact_neighbors, working_set, writable_dir, write_neighbors
+from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.search import neighbors
+from image_toolkit.data_tools.search.neighbors import (
+    METRICS,
+    block_rows,
+    exact_neighbors,
+    working_set,
+    writable_dir,
+    write_neighbors,
+)
 
 DIM = 16
 # Blocks of 40 rows: 150 rows make several blocks, the last one short.

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from data_tools.errors import OptionError
-from data_tools.pairs import balanced_batches, sample_pairs
+from image_toolkit.data_tools.errors import OptionError
+from image_toolkit.models.pairs import balanced_batches, sample_pairs
 
 CLASSES = np.repeat(np.array(["cat", "dog", "owl", "fox"]), [50, 30, 15, 5])
 

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cli.main import toolkit
-from data_tools.errors import OptionError
-from data_tools.labels import read_label_csv
-from data_tools.resample import parse_ratios
+from image_toolkit.cli.main import toolkit
+from image_toolkit.data_tools.errors import OptionError
+from image_toolkit.data_tools.feedback.resample import parse_ratios
+from image_toolkit.data_tools.formats.labels import read_label_csv
 from tests.conftest import one_line_error
 
 FEEDBACK_COLUMNS = ["image", "class", "query_class", "lasso_count", "deselect_count", "select_count", "users"]
@@ -84,8 +84,8 @@ def test_fractional_ratios_are_deterministic_with_the_seed(runner, lists, tmp_pa
 
 
 def test_fractional_ratio_keeps_the_expected_share_on_average():
-    from data_tools.labels import LabelTable
-    from data_tools.resample import resample_table
+    from image_toolkit.data_tools.feedback.resample import resample_table
+    from image_toolkit.data_tools.formats.labels import LabelTable
 
     n = 4000
     table = LabelTable([f"{i}.png" for i in range(n)], np.tile([[1.0, 0.0]], (n, 1)), ["a", "b"], "multiclass")

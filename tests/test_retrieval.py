@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from data_tools.errors import DataError
-from data_tools.retrieval import retrieval_scores
+from image_toolkit.data_tools.errors import DataError
+from image_toolkit.data_tools.search.retrieval import retrieval_scores
 
 
 def test_perfectly_separated_classes_score_one():

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from data_tools import rocchio
-from data_tools.errors import OptionError
+from image_toolkit.data_tools.errors import OptionError
+from image_toolkit.data_tools.search import rocchio
 
 
 def unit(degrees):

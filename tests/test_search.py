@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.extract import get_inception_output, get_transfer_layer
-from cli.index import index
-from cli.search import search
-from cli.train import train
-from data_tools.errors import DataError, OptionError
-from data_tools.features import FeatureSet, read_features, write_features
-from data_tools.index import ImageIndex
-from data_tools.keywords import imagenet_class_names, match_classes, rank_by_classes, read_word_vectors
+from image_toolkit.cli.extract import get_inception_output, get_transfer_layer
+from image_toolkit.cli.index import index
+from image_toolkit.cli.search import search
+from image_toolkit.cli.train import train
+from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.formats.features import FeatureSet, read_features, write_features
+from image_toolkit.data_tools.search.index import ImageIndex
+from image_toolkit.data_tools.search.keywords import imagenet_class_names, match_classes, rank_by_classes, read_word_vectors
 from tests.conftest import one_line_error
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -325,7 +325,7 @@ def test_exactly_one_query_is_a_usage_rule(runner, pooled_index, tmp_path, args)
 def test_features_and_text_searches_load_no_tensorflow(pooled_index, scores_index, tmp_path):
     write_features(tmp_path / "q.npz", FeatureSet(["q.jpg"], pooled_index[1].features[:1], POOLED))
     code = (
-        "import sys; from click.testing import CliRunner; from cli.main import toolkit; "
+        "import sys; from click.testing import CliRunner; from image_toolkit.cli.main import toolkit; "
         f"a = CliRunner().invoke(toolkit, ['search', {str(pooled_index[0])!r}, '--features', {str(tmp_path / 'q.npz')!r}]); "
         f"b = CliRunner().invoke(toolkit, ['search', {str(scores_index[0] / 'index')!r}, '--text', 'sofa']); "
         "assert a.exit_code == b.exit_code == 0, a.output + b.output; "

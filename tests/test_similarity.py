@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from cli.extract import get_transfer_layer
-from cli.similarity import assess, filter_images, make_metadata, train_siamese, train_simclr
-from data_tools.features import read_features
-from data_tools.make_demo_data import write_digit_folders
-from data_tools.retrieval import retrieval_scores
+from image_toolkit.cli.extract import get_transfer_layer
+from image_toolkit.cli.similarity import assess, filter_images, make_metadata, train_siamese, train_simclr
+from image_toolkit.data_tools.formats.features import read_features
+from image_toolkit.data_tools.make_demo_data import write_digit_folders
+from image_toolkit.data_tools.search.retrieval import retrieval_scores
 from tests.conftest import one_line_error
 
 SMALL = ["--backbone", "small_cnn", "--image_size", "32", "--embedding_dim", "32", "--quiet"]
@@ -30,10 +30,10 @@ def digits(tmp_path_factory):
 
 
 def untrained_recall(root, **tower_options):
-    from models.embedding import EmbeddingTower
-    from models.extraction import FeatureExtractor, compute_features, traced_forward
-    from models.backbones import get_backbone
-    from models.runtime import keras
+    from image_toolkit.models.backbones import get_backbone
+    from image_toolkit.models.embedding import EmbeddingTower
+    from image_toolkit.models.extraction import FeatureExtractor, compute_features, traced_forward
+    from image_toolkit.models.runtime import keras
 
     keras.utils.set_random_seed(0)
     tower = EmbeddingTower("small_cnn", image_size=32, embedding_dim=32, **tower_options)
@@ -196,8 +196,8 @@ def test_unreadable_images_are_skipped_and_listed(digits, tmp_path, runner):
 
 @pytest.mark.parametrize("suffix", [".keras", ".h5"])
 def test_every_embedding_model_saves_and_reloads(tmp_path, suffix):
-    from models.embedding import EmbeddingTower, SiameseNetwork, SimCLR
-    from models.runtime import keras
+    from image_toolkit.models.embedding import EmbeddingTower, SiameseNetwork, SimCLR
+    from image_toolkit.models.runtime import keras
 
     images = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype("float32")
     tower = EmbeddingTower("resnet18", image_size=32, embedding_dim=8, normalize=True)

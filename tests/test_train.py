@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cli.predict import predict
-from cli.train import train
+from image_toolkit.cli.predict import predict
+from image_toolkit.cli.train import train
 from tests.conftest import one_line_error
 
 REPO = Path(__file__).resolve().parents[1]

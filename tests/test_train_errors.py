@@ -7,8 +7,8 @@ import h5py
 import numpy as np
 import pytest
 
-from cli.predict import predict
-from cli.train import train
+from image_toolkit.cli.predict import predict
+from image_toolkit.cli.train import train
 from tests.conftest import one_line_error
 from tests.test_images import make_images
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cli.main import toolkit
-from data_tools.embedding import classes_by_image, embed_2d
+from image_toolkit.cli.main import toolkit
+from image_toolkit.data_tools.maps.embedding import classes_by_image, embed_2d
 from tests.conftest import one_line_error
 from tests.test_feedback import class_csv, pixel_features
 
@@ -51,9 +51,10 @@ def test_tsne_writes_the_plot_and_the_coordinates(mapped, runner):
 
 def test_tsne_keeps_classes_together(mapped):
     """Digits of one class are nearer each other on the map than to other digits (a real map, not noise)."""
-    from data_tools.features import read_features
-    from sklearn.neighbors import KNeighborsClassifier
     from sklearn.model_selection import cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from image_toolkit.data_tools.formats.features import read_features
 
     coords = embed_2d(read_features(mapped["features"]).features, method="tsne", seed=0, n_jobs=1)
     accuracy = cross_val_score(KNeighborsClassifier(5), coords, mapped["table"]["digit_name"], cv=3).mean()
@@ -61,7 +62,7 @@ def test_tsne_keeps_classes_together(mapped):
 
 
 def test_maps_are_deterministic_with_the_seed(mapped):
-    from data_tools.features import read_features
+    from image_toolkit.data_tools.formats.features import read_features
 
     features = read_features(mapped["features"]).features
     for method in ("tsne", "pca"):
@@ -110,7 +111,7 @@ def test_bad_inputs(mapped, runner, tmp_path):
 
 def test_tsne_loads_no_tensorflow(mapped, tmp_path):
     code = (
-        "import sys; from click.testing import CliRunner; from cli.main import toolkit; "
+        "import sys; from click.testing import CliRunner; from image_toolkit.cli.main import toolkit; "
         f"r = CliRunner().invoke(toolkit, ['tsne', {str(mapped['features'])!r}, '--method', 'pca', '-o', {str(tmp_path / 'm.png')!r}]); "
         "print(r.exit_code, 'tensorflow' in sys.modules, 'keras' in sys.modules)"
     )

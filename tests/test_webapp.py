@@ -22,12 +22,12 @@ pytest.importorskip("httpx", reason="httpx (FastAPI's test client) is not instal
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from cli.main import toolkit  # noqa: E402
-from data_tools import rocchio  # noqa: E402
-from data_tools.features import FeatureSet, write_features  # noqa: E402
-from data_tools.index import ImageIndex  # noqa: E402
-from data_tools.make_demo_data import write_digits_dataset  # noqa: E402
-from data_tools.webapp import LEARNED_WEIGHT, create_app  # noqa: E402
+from image_toolkit.cli.main import toolkit  # noqa: E402
+from image_toolkit.data_tools.formats.features import FeatureSet, write_features  # noqa: E402
+from image_toolkit.data_tools.make_demo_data import write_digits_dataset  # noqa: E402
+from image_toolkit.data_tools.search import rocchio  # noqa: E402
+from image_toolkit.data_tools.search.index import ImageIndex  # noqa: E402
+from image_toolkit.data_tools.web.app import LEARNED_WEIGHT, create_app  # noqa: E402
 from tests.conftest import one_line_error  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -250,15 +250,15 @@ def test_unknown_ids_oversized_and_non_image_uploads_are_refused(client):
 def test_serve_help_and_default_host(runner):
     result = runner.invoke(toolkit, ["serve", "--help"])
     assert result.exit_code == 0 and "Example" in result.output
-    from cli.serve import serve
+    from image_toolkit.cli.serve import serve
 
     assert next(p for p in serve.params if p.name == "host").default == "127.0.0.1"
 
 
 def test_missing_extra_is_one_line(runner, monkeypatch, digits):
-    import data_tools.webapp
+    import image_toolkit.data_tools.web.app
 
-    monkeypatch.setattr(data_tools.webapp, "missing_extra", lambda: "toolkit serve needs: pip install 'image-toolkit[serve]'")
+    monkeypatch.setattr(image_toolkit.data_tools.web.app, "missing_extra", lambda: "toolkit serve needs: pip install 'image-toolkit[serve]'")
     root = digits["root"]
     result = runner.invoke(toolkit, ["serve", str(root / "index"), "--images", str(root / "images")])
     assert result.exit_code == 1 and "pip install 'image-toolkit[serve]'" in one_line_error(result)

@@ -50,10 +50,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from data_tools.atomic import atomic_path
-from data_tools.errors import DataError, OptionError
-from data_tools.features import COMPARABLE_KEYS, FeatureSet, check_features
-from data_tools.neighbors import available_cores, exact_neighbors
+from image_toolkit.data_tools.atomic import atomic_path
+from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.formats.features import COMPARABLE_KEYS, FeatureSet, check_features
+from image_toolkit.data_tools.search.neighbors import available_cores, exact_neighbors
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def faiss_threads(n_threads: int) -> Iterator[None]:
     """Bound faiss's OpenMP threads (-1: all cores) inside the block.
 
     faiss's own BLAS runs on the same OpenMP threads, so this is all a faiss
-    call needs. `data_tools.neighbors.thread_limit` also bounds numpy's BLAS
+    call needs. `image_toolkit.data_tools.search.neighbors.thread_limit` also bounds numpy's BLAS
     through threadpoolctl, which costs about 0.5 ms a call: as much as a
     whole one-query search.
     """

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_tools.atomic import atomic_path
-from data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.atomic import atomic_path
+from image_toolkit.data_tools.errors import DataError, OptionError
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from data_tools.atomic import atomic_path
+from image_toolkit.data_tools.atomic import atomic_path
 
 
 def _pyplot():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.errors import DataError, OptionError
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +102,8 @@ def classes_by_image(labels: str | Path, task: str | None = None) -> tuple[dict[
 
     A multilabel image's class is its positive labels joined by ';'.
     """
-    from data_tools.feedback import csv_header, image_classes, read_labels
-    from data_tools.metadata import read_metadata
+    from image_toolkit.data_tools.formats.labels import csv_header, image_classes, read_labels
+    from image_toolkit.data_tools.formats.metadata import read_metadata
 
     if task is None and "class" in csv_header(labels):
         frame = read_metadata(labels)
@@ -130,9 +130,9 @@ def draw_map(
 
     import pandas as pd
 
-    from data_tools.atomic import atomic_path
-    from data_tools.features import read_features
-    from data_tools.plots import plot_embedding
+    from image_toolkit.data_tools.atomic import atomic_path
+    from image_toolkit.data_tools.formats.features import read_features
+    from image_toolkit.data_tools.maps.plots import plot_embedding
 
     output = Path(output)
     if output.suffix.lower() != ".png":

@@ -9,7 +9,7 @@ images, such as digits or aligned faces, a smaller crop cuts the object away
 
 from __future__ import annotations
 
-from models.runtime import tf
+from image_toolkit.models.runtime import tf
 
 
 def _gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, size: int = 5) -> tf.Tensor:

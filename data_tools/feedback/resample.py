@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data_tools.errors import DataError, OptionError
-from data_tools.feedback import read_image_feedback, read_labels
-from data_tools.labels import LabelTable, write_label_csv
+from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.feedback.store import read_image_feedback
+from image_toolkit.data_tools.formats.labels import LabelTable, read_labels, write_label_csv
 
 logger = logging.getLogger(__name__)
 

@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data_tools.atomic import atomic_path
-from data_tools.errors import DataError, OptionError
-from data_tools.labels import LabelTable, read_label_csv
+from image_toolkit.data_tools.atomic import atomic_path
+from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.formats.labels import SEPARATOR, LabelTable, image_classes, read_labels
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +45,6 @@ SCHEMA_VERSION = 1
 ACTIONS = ("lasso", "select", "deselect")
 EVENT_FIELDS = ("user", "session", "timestamp", "query_class", "action", "images")
 EXPORT_COLUMNS = ["image", "class", "query_class", "lasso_count", "deselect_count", "select_count", "users"]
-# Separates class names (multilabel positives, query classes) and images in one CSV cell.
-SEPARATOR = ";"
 DEFAULT_WAIT_S = 10.0
 
 _SCHEMA = """
@@ -71,43 +69,6 @@ CREATE TABLE event_images (
 );
 CREATE INDEX event_images_by_image ON event_images (image);
 """
-
-
-# --- Label files of either task -------------------------------------------------------------
-
-
-def csv_header(path: str | Path) -> list[str]:
-    """The column names of a label or metadata CSV."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: label CSV not found; pass the path of your label file.")
-    with path.open(newline="", encoding="utf-8") as handle:
-        return [cell.strip() for cell in next(csv.reader(handle), [])]
-
-
-def infer_task(path: str | Path) -> str:
-    """`multiclass` when the CSV has a 'label' column, else `multilabel` (README, "Label CSV format")."""
-    return "multiclass" if "label" in csv_header(path) else "multilabel"
-
-
-def read_labels(path: str | Path, task: str | None = None, *, allow_duplicates: bool = False) -> LabelTable:
-    """`read_label_csv` with the task inferred from the header when not given."""
-    return read_label_csv(path, task or infer_task(path), allow_duplicates=allow_duplicates)
-
-
-def image_classes(table: LabelTable) -> list[str]:
-    """Each image's class as text: its class (multiclass) or its positive labels joined by ';' (multilabel).
-
-    An unknown class is ''.
-    """
-    names = np.array(table.label_names, dtype=object)
-    classes = []
-    for row in table.labels:
-        if table.task == "multiclass":
-            classes.append("" if np.isnan(row).any() else str(names[int(np.nanargmax(row))]))
-        else:
-            classes.append(SEPARATOR.join(names[np.nan_to_num(row) == 1]))
-    return classes
 
 
 # --- Events -----------------------------------------------------------------------------------

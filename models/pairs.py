@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.errors import DataError, OptionError
 
 
 def class_indices(classes: np.ndarray) -> dict:

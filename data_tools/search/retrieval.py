@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_tools.errors import DataError
-from data_tools.neighbors import exact_neighbors
+from image_toolkit.data_tools.errors import DataError
+from image_toolkit.data_tools.search.neighbors import exact_neighbors
 
 RECALL_AT = (1, 5, 10)
 

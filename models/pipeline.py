@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from models.runtime import tf
+from image_toolkit.models.runtime import tf
 
 AUTOTUNE = tf.data.AUTOTUNE
 

@@ -2,7 +2,7 @@
 
 `create_app` builds a FastAPI app (the `serve` extra) over three things a
 user already has: an index folder (`toolkit index build`), the folder of the
-images it names, and the SQLite feedback store (`data_tools.feedback`).
+images it names, and the SQLite feedback store (`image_toolkit.data_tools.feedback.store`).
 
 API (JSON unless said; the schema is at /openapi.json):
 
@@ -12,7 +12,7 @@ API (JSON unless said; the schema is at /openapi.json):
   the image is embedded with the index's model. The answer carries the
   query's feature row (`query_vector`) for `refine`.
 - `POST /api/search/refine`: `{"query": {"text": ..} | {"id": ..} | {"vector": [..]},
-  "selected": [ids], "deselected": [ids], "k": 40}`: Rocchio (`data_tools.rocchio`)
+  "selected": [ids], "deselected": [ids], "k": 40}`: Rocchio (`image_toolkit.data_tools.search.rocchio`)
   over the index features: q' = alpha q + beta mean(selected) - gamma mean(deselected).
   For a text query, q is the mean of its top-k results' (normalised) rows.
 - `GET  /api/images/{id}`, `GET /api/thumbnails/{id}`: an indexed image by its
@@ -24,7 +24,7 @@ API (JSON unless said; the schema is at /openapi.json):
 
 Keyword ranking: when the index (or `scores`) holds class scores, an image's
 score is the weighted sum of its scores for the classes the keyword names
-(`data_tools.keywords`). Learned queries: the keyword's query class is the
+(`image_toolkit.data_tools.search.keywords`). Learned queries: the keyword's query class is the
 store's class it names; every image gains `learned_weight` x clip(net votes,
 -1, 1) for it, where each user session that judged the image votes once: -1
 if it deselected the image, else +1 (lassoed or selected). So confirmed
@@ -52,8 +52,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data_tools import feedback, rocchio
-from data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.feedback import store as feedback
+from image_toolkit.data_tools.formats.labels import read_labels
+from image_toolkit.data_tools.search import rocchio
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ class Collection:
     """The indexed images, their features, classes and map: what every request reads, loaded once."""
 
     def __init__(self, index_dir, images_dir, *, scores=None, map_csv=None):
-        from data_tools.index import ImageIndex
+        from image_toolkit.data_tools.search.index import ImageIndex
 
         self.root = Path(images_dir).resolve()
         if not self.root.is_dir():
@@ -111,8 +113,8 @@ class Collection:
         return candidate.as_posix()
 
     def _class_scores(self, index, scores) -> tuple[np.ndarray | None, list[str] | None]:
-        from data_tools.features import read_features
-        from data_tools.keywords import class_names, scores_for_index
+        from image_toolkit.data_tools.formats.features import read_features
+        from image_toolkit.data_tools.search.keywords import class_names, scores_for_index
 
         try:
             paths, values, metadata, source = scores_for_index(index, read_features(scores) if scores else None, "the index")
@@ -143,7 +145,7 @@ class Collection:
             if self.map_csv is not None:
                 self._coords = (self._read_map(Path(self.map_csv)), Path(self.map_csv).name)
             else:
-                from data_tools.embedding import embed_2d
+                from image_toolkit.data_tools.maps.embedding import embed_2d
 
                 self._coords = (embed_2d(self.features, method="pca"), "pca")
         return self._coords
@@ -185,7 +187,7 @@ class Store:
         try:
             if labels is not None:
                 with connection:
-                    feedback.register_dataset(connection, feedback.read_labels(labels), labels)
+                    feedback.register_dataset(connection, read_labels(labels), labels)
             self.images, classes, _ = feedback.registered(connection)
         finally:
             connection.close()
@@ -242,7 +244,7 @@ class Store:
 
 def query_class_for(keyword: str, classes: list[str]) -> str | None:
     """The store class a keyword names: the same name (any case), else the best class-name match, else None."""
-    from data_tools.keywords import match_classes
+    from image_toolkit.data_tools.search.keywords import match_classes
 
     lowered = {name.lower(): name for name in classes}
     if keyword.strip().lower() in lowered:
@@ -270,8 +272,10 @@ def create_app(
 ):
     """The FastAPI app of `toolkit serve` (module docstring: API, keyword ranking, learned queries).
 
-    `embed` turns image files into feature rows like the index's (default:
-    the model recorded in the index metadata, loaded on the first upload).
+    `embed` turns image files into feature rows like the index's; the caller
+    passes it in (`toolkit serve` gives the model recorded in the index
+    metadata, loaded on the first upload), since this package holds no
+    network. Without it, image queries are refused.
     """
     from fastapi import Body, FastAPI, File, HTTPException, Query, UploadFile
     from fastapi.responses import FileResponse, HTMLResponse, Response
@@ -286,7 +290,6 @@ def create_app(
     normalised = rocchio.normalised(collection.features)
     thumbnails: OrderedDict[int, bytes] = OrderedDict()
     thumbnail_lock = threading.Lock()
-    embedding = {"embed": embed}
 
     app = FastAPI(title="image-toolkit", version="1", description="Search, lasso, deselect and refine an image index.")
 
@@ -322,7 +325,7 @@ def create_app(
 
     def keyword_scores(q: str) -> tuple[np.ndarray, str | None, list[dict]]:
         """Every image's score for a keyword, its query class and the classes matched."""
-        from data_tools.keywords import match_classes
+        from image_toolkit.data_tools.search.keywords import match_classes
 
         query_class = query_class_for(q, store.classes)
         votes = store.votes(query_class) if query_class else {}
@@ -396,9 +399,9 @@ def create_app(
             path = Path(folder) / f"query{suffix}"
             path.write_bytes(content)
             try:
-                if embedding["embed"] is None:
-                    embedding["embed"] = _model_embedder(collection.metadata)
-                vector = np.asarray(embedding["embed"]([path]), dtype=np.float32).reshape(-1)
+                if embed is None:
+                    raise DataError("this server was started without an image embedder, so an uploaded image cannot be searched.")
+                vector = np.asarray(embed([path]), dtype=np.float32).reshape(-1)
             except DataError as error:
                 raise HTTPException(400, str(error)) from None
         if vector.shape[0] != collection.features.shape[1]:
@@ -522,19 +525,3 @@ class UploadLimit:
                 await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
-
-
-def _model_embedder(metadata: dict) -> Callable[[list[Path]], np.ndarray]:
-    """Embed query images with the model recorded in the index (TensorFlow loads here, once)."""
-    if not metadata.get("model"):
-        raise DataError("the index records no feature model, so an uploaded image cannot be embedded.")
-    from models.extraction import compute_features, extractor_from_metadata
-
-    extractor = extractor_from_metadata(metadata)
-    lock = threading.Lock()
-
-    def embed(paths: list[Path]) -> np.ndarray:
-        with lock:
-            return compute_features(extractor, paths, batch_size=len(paths), verbose=0)
-
-    return embed

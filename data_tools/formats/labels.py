@@ -7,20 +7,21 @@ Two layouts are accepted (README, "Label CSV format"):
 * multiclass: a column `image` and a column `label` holding a class name.
 
 Unknown labels are kept as NaN in `LabelTable.labels`, so every missing-label
-strategy (`data_tools.missing_labels`) starts from the same matrix.
+strategy (`image_toolkit.data_tools.formats.missing_labels`) starts from the same matrix.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from data_tools.atomic import atomic_path
-from data_tools.errors import DataError, OptionError
-from models.names import TASKS
+from image_toolkit.data_tools.atomic import atomic_path
+from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.names import TASKS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,3 +196,41 @@ def split_table(table: LabelTable, val_split: float, seed: int) -> tuple[LabelTa
     if val_rows.size == 0 or train_rows.size == 0:
         raise DataError(f"--val_split {val_split} leaves an empty training or validation list.")
     return table.subset(train_rows), table.subset(val_rows)
+
+
+# Separates class names (multilabel positives, query classes) and images in one CSV cell.
+SEPARATOR = ";"
+
+
+def csv_header(path: str | Path) -> list[str]:
+    """The column names of a label or metadata CSV."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: label CSV not found; pass the path of your label file.")
+    with path.open(newline="", encoding="utf-8") as handle:
+        return [cell.strip() for cell in next(csv.reader(handle), [])]
+
+
+def infer_task(path: str | Path) -> str:
+    """`multiclass` when the CSV has a 'label' column, else `multilabel` (README, "Label CSV format")."""
+    return "multiclass" if "label" in csv_header(path) else "multilabel"
+
+
+def read_labels(path: str | Path, task: str | None = None, *, allow_duplicates: bool = False) -> LabelTable:
+    """`read_label_csv` with the task inferred from the header when not given."""
+    return read_label_csv(path, task or infer_task(path), allow_duplicates=allow_duplicates)
+
+
+def image_classes(table: LabelTable) -> list[str]:
+    """Each image's class as text: its class (multiclass) or its positive labels joined by ';' (multilabel).
+
+    An unknown class is ''.
+    """
+    names = np.array(table.label_names, dtype=object)
+    classes = []
+    for row in table.labels:
+        if table.task == "multiclass":
+            classes.append("" if np.isnan(row).any() else str(names[int(np.nanargmax(row))]))
+        else:
+            classes.append(SEPARATOR.join(names[np.nan_to_num(row) == 1]))
+    return classes

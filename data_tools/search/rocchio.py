@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_tools.errors import OptionError
+from image_toolkit.data_tools.errors import OptionError
 
 ALPHA, BETA, GAMMA = 1.0, 0.75, 0.15
 METRICS = ("cosine", "euclidean")

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data_tools.atomic import atomic_path
-from data_tools.plots import _pyplot
+from image_toolkit.data_tools.atomic import atomic_path
+from image_toolkit.data_tools.maps.plots import _pyplot
 
 
 def plot_similarity_heatmap(embeddings: np.ndarray, classes: np.ndarray, path: str | Path, *, per_class: int = 10, seed: int = 0) -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from data_tools.atomic import write_text
-from data_tools.errors import DataError
+from image_toolkit.data_tools.atomic import write_text
+from image_toolkit.data_tools.errors import DataError
 
 logger = logging.getLogger(__name__)
 

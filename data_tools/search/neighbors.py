@@ -34,9 +34,9 @@ import faiss
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from data_tools.atomic import atomic_path
-from data_tools.errors import DataError, OptionError
-from data_tools.features import check_features
+from image_toolkit.data_tools.atomic import atomic_path
+from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.formats.features import check_features
 
 logger = logging.getLogger(__name__)
 

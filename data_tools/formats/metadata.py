@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from data_tools.atomic import atomic_path
-from data_tools.errors import DataError, OptionError
-from data_tools.images import check_images, find_images, report_skipped
+from image_toolkit.data_tools.atomic import atomic_path
+from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.formats.images import check_images, find_images, report_skipped
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def filter_images(image_dir: str | Path, output_dir: str | Path, *, min_size: in
     if sample is not None and sample < len(paths):
         rng = np.random.default_rng(seed)
         paths = [paths[i] for i in np.sort(rng.choice(len(paths), size=sample, replace=False))]
-        counts.append((f"sampled", len(paths)))
+        counts.append(("sampled", len(paths)))
     if not paths:
         raise DataError(f"{image_dir}: no image passes the filters; lower --min_size or --min_per_class.")
     for path in paths:

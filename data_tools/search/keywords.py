@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_tools.errors import DataError, OptionError
-from data_tools.features import FeatureSet
+from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.formats.features import FeatureSet
 
 IMAGENET_CLASS_INDEX = Path(__file__).with_name("imagenet_class_index.json")
 IMAGENET_MODELS = ("inceptionv3", "resnet50")
@@ -56,7 +56,7 @@ def imagenet_class_names() -> tuple[str, ...]:
 
 def model_file_label_names(path: str | os.PathLike) -> list[str]:
     """The label names recorded in a toolkit model file (best_model.h5)."""
-    from models.model_file import read_h5_metadata
+    from image_toolkit.data_tools.formats.model_file import read_h5_metadata
 
     try:
         metadata = read_h5_metadata(path)

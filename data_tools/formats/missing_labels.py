@@ -15,8 +15,8 @@ import logging
 
 import numpy as np
 
-from data_tools.errors import OptionError
-from models.names import MISSING_LABELS as STRATEGIES
+from image_toolkit.data_tools.errors import OptionError
+from image_toolkit.data_tools.names import MISSING_LABELS as STRATEGIES
 
 logger = logging.getLogger(__name__)
 

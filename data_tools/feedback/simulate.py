@@ -30,12 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from data_tools.atomic import write_text
-from data_tools.embedding import embed_2d
-from data_tools.errors import DataError, OptionError
-from data_tools.features import read_features
-from data_tools.feedback import read_labels
-from data_tools.labels import LabelTable
+from image_toolkit.data_tools.atomic import write_text
+from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.formats.features import read_features
+from image_toolkit.data_tools.formats.labels import LabelTable, read_labels
+from image_toolkit.data_tools.maps.embedding import embed_2d
 
 logger = logging.getLogger(__name__)
 

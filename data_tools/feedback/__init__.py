@@ -1,0 +1,1 @@
+"""Feedback from people: the event store (checks, import, export), resampling by feedback, simulated users."""

@@ -1,0 +1,1 @@
+"""Label and metadata CSVs, image files, feature files, model-file metadata and missing labels."""
