@@ -1,7 +1,9 @@
 """Write outputs to a temporary file beside the target and move it into place.
 
 An interrupted run then leaves either the old file or the new one, never half
-of one: `os.replace` is atomic within a file system.
+of one: `os.replace` is atomic within a file system. Output folders are made
+when the first output is written into them, and removed again if that write
+fails, so a failed run leaves no empty folder behind.
 """
 
 from __future__ import annotations
@@ -12,22 +14,67 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from image_toolkit.data_tools.errors import DataError
+
+
+def make_folder(folder: str | os.PathLike) -> list[Path]:
+    """Create `folder` and its missing parents; return the folders created, deepest first.
+
+    A path part that is a file, or a folder that cannot be created, is a
+    DataError naming it, not a traceback.
+    """
+    folder = Path(folder)
+    missing = []
+    for part in (folder, *folder.parents):
+        if part.is_dir():
+            break
+        if part.exists() or part.is_symlink():
+            raise DataError(f"{part}: is a file, not a folder; choose another output folder.")
+        missing.append(part)
+    for part in reversed(missing):
+        try:
+            part.mkdir()
+        except FileExistsError:
+            if not part.is_dir():
+                raise DataError(f"{part}: is a file, not a folder; choose another output folder.") from None
+        except OSError as error:
+            remove_empty(missing[missing.index(part) + 1:])
+            raise DataError(f"{part}: cannot create this folder ({error.strerror or error}); choose a writable one.") from None
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove the folders (deepest first) that are still empty: what `make_folder` made for a failed write."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path (same folder, same suffix) that replaces `target` on success."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.name}.", suffix=f".partial{target.suffix}"
-    )
+    if target.is_dir():
+        raise DataError(f"{target}: is a folder, not a file; give a file name for this output.")
+    created = make_folder(target.parent)
+    try:
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=f".partial{target.suffix}")
+    except OSError as error:
+        remove_empty(created)
+        raise DataError(f"{target.parent}: cannot write here ({error.strerror or error}); choose a writable folder.") from None
     os.close(handle)
     temporary = Path(temporary)
+    written = False
     try:
         yield temporary
         os.replace(temporary, target)
+        written = True
     finally:
         temporary.unlink(missing_ok=True)
+        if not written:
+            remove_empty(created)
 
 
 def write_text(target: str | os.PathLike, text: str) -> None:

@@ -1,7 +1,7 @@
 """Errors a user can fix, raised by the library and turned into one line by the CLI.
 
 The library never prints or exits: it raises one of these with a message that
-names the file or option at fault and the fix. `image_toolkit.cli.main` shows the message on
+names the file or option at fault and the fix. `image_toolkit.cli.common` shows the message on
 one line and exits with `exit_code` (1 for data, 2 for usage, as Click does).
 """
 
