@@ -53,13 +53,20 @@ class OneLineErrors:
         except ToolkitError as error:
             click.echo(f"Error: {error}", err=True)
             sys.exit(error.exit_code)
-        except click.Abort:
+        except click.Abort as error:
+            # Click turns Ctrl-C into Abort; the shell's convention for SIGINT is 130.
+            if isinstance(error.__context__, KeyboardInterrupt):
+                _interrupted()
             click.echo("Aborted!", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
-            click.echo("Interrupted: outputs already in place are complete; partial ones were not kept.", err=True)
-            sys.exit(130)
+            _interrupted()
         sys.exit(result if isinstance(result, int) else 0)
+
+
+def _interrupted() -> None:
+    click.echo("Interrupted: outputs already in place are complete; partial ones were not kept.", err=True)
+    sys.exit(130)
 
 
 class ToolkitCommand(OneLineErrors, click.Command):
@@ -84,6 +91,8 @@ def group(name: str | None = None, **settings):
 
 quiet_option = click.option("--quiet", is_flag=True, help="Only warnings and errors; no progress bar.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+# An output folder: a file of that name is a one-line usage error; the folder is made with the first output.
+OUTPUT_DIR = click.Path(file_okay=False)
 
 
 def start(quiet: bool) -> None:

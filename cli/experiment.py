@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from image_toolkit.cli.common import command, echo_json, json_option, progress_to_stderr, quiet_option, start
+from image_toolkit.cli.common import OUTPUT_DIR, command, echo_json, json_option, progress_to_stderr, quiet_option, start
 from image_toolkit.cli.train import classifier_options
 
 
@@ -19,7 +19,7 @@ from image_toolkit.cli.train import classifier_options
 @click.option("--test_csv", type=click.Path(exists=True, dir_okay=False), default=None, help="A fixed test list instead of --test_split (its images must not be in --data_csv).")
 @click.option("--split_seed", type=int, default=12345, show_default=True, help="Seed of the test and validation splits, independent of the training seeds.")
 @click.option("--min_test_per_class", type=click.IntRange(min=1), default=3, show_default=True, help="Refuse a test split with fewer images of some class.")
-@click.option("--output_dir", default="experiment", show_default=True, help="Where lists/, runs/, ExperimentLog.csv, Results.csv and experiment.png go.")
+@click.option("--output_dir", default="experiment", show_default=True, type=OUTPUT_DIR, help="Where lists/, runs/, ExperimentLog.csv, Results.csv and experiment.png go.")
 @classifier_options(task="multiclass")
 @quiet_option
 @json_option

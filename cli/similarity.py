@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from image_toolkit.cli.common import command, echo_json, json_option, option_group, progress_to_stderr, quiet_option, start
+from image_toolkit.cli.common import OUTPUT_DIR, command, echo_json, json_option, option_group, progress_to_stderr, quiet_option, start
 from image_toolkit.data_tools import names
 
 
@@ -66,7 +66,7 @@ training_options = option_group(
     click.option("--batch_size", type=click.IntRange(min=2), default=32, show_default=True),
     click.option("--learning_rate", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True),
     click.option("--image_size", type=click.IntRange(min=8), default=224, show_default=True),
-    click.option("--output_dir", default=".", show_default=True),
+    click.option("--output_dir", default=".", show_default=True, type=OUTPUT_DIR),
     click.option("--resume", is_flag=True, help="Continue the run in --output_dir; refused if other options differ."),
     click.option("--seed", type=int, default=42, show_default=True),
     quiet_option,
@@ -134,7 +134,7 @@ def train_simclr(image_dir_or_csv: str, **options) -> None:
 @click.option("--split", default="test", show_default=True)
 @click.option("--metric", type=click.Choice(["cosine", "euclidean"]), default=None,
               help="Distance to rank by. Default: the one the model was trained for (run.json beside it), else cosine.")
-@click.option("--output_dir", default=".", show_default=True, help="Where similarity_heatmap.png and query_grid.png go.")
+@click.option("--output_dir", default=".", show_default=True, type=OUTPUT_DIR, help="Where similarity_heatmap.png and query_grid.png go.")
 @json_option
 def assess(model: str, metadata_csv: str, img_directory: str | None, split: str, metric: str | None, output_dir: str, as_json: bool) -> None:
     """Score an embedding model on a split: kNN accuracy, recall@1/5/10, mAP@R, plus pictures.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from image_toolkit.cli.common import command, echo_json, json_option, option_group, progress_to_stderr, quiet_option, start
+from image_toolkit.cli.common import OUTPUT_DIR, command, echo_json, json_option, option_group, progress_to_stderr, quiet_option, start
 from image_toolkit.data_tools import names
 
 
@@ -31,7 +31,7 @@ def classifier_options(*, task: str = "multilabel"):
 @command("train")
 @click.option("--data_csv", default="./label.txt", show_default=True, help="Label CSV: an 'image' column, then one 0/1 column per label (or 'label' for --task multiclass).")
 @click.option("--img_directory", default="./images", show_default=True, help="Folder the 'image' paths are relative to.")
-@click.option("--output_dir", default=".", show_default=True, help="Where best_model.h5, loss_curve.png, history.csv and run.json go.")
+@click.option("--output_dir", default=".", show_default=True, type=OUTPUT_DIR, help="Where best_model.h5, loss_curve.png, history.csv and run.json go.")
 @classifier_options()
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--strategy", type=click.Choice(names.STRATEGIES), default="default", show_default=True, help="mirrored: data-parallel over all GPUs.")
