@@ -52,6 +52,19 @@ def remove_empty(folders: list[Path]) -> None:
             return
 
 
+def _umask() -> int:
+    """The process's umask; read from /proc where it can be, since setting it to read it races other threads."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path (same folder, same suffix) that replaces `target` on success."""
@@ -69,6 +82,8 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     written = False
     try:
         yield temporary
+        # mkstemp makes the file private (0600); an output gets the mode the user's umask gives a new file.
+        temporary.chmod(0o666 & ~_umask())
         os.replace(temporary, target)
         written = True
     finally:

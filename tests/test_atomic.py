@@ -1,5 +1,7 @@
 """Outputs appear whole or not at all, and folders appear only with their first output."""
 
+import os
+
 import pytest
 
 from image_toolkit.data_tools.atomic import atomic_path, write_text
@@ -32,3 +34,12 @@ def test_a_file_where_a_folder_is_expected_is_one_clear_error(tmp_path):
     with pytest.raises(DataError, match=r"is a folder, not a file"):
         write_text(tmp_path, "x")
     assert (tmp_path / "taken").read_text() == "a file"
+
+
+def test_an_output_gets_the_mode_of_the_users_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        write_text(tmp_path / "shared.csv", "image\n")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "shared.csv").stat().st_mode & 0o777 == 0o644
