@@ -64,3 +64,21 @@ def test_simulated_round_on_separable_classes_helps():
 def test_bad_arguments_say_what_is_wrong(kwargs, message):
     with pytest.raises(OptionError, match=message):
         rocchio.rocchio(unit(0), FEATURES, **kwargs)
+
+
+@pytest.mark.parametrize("n, k", [(1, 1), (7, 3), (200, 1), (200, 5), (200, 49), (200, 50), (200, 150), (200, 200), (200, 500)])
+def test_top_k_is_a_full_sort_by_score_then_index(n, k):
+    """Against a plain sort, on scores with many ties: the partition path (k << n) and the full sort agree."""
+    from image_toolkit.data_tools.search.ranking import top_k
+
+    scores = np.random.default_rng(n + k).integers(0, 6, n).astype(np.float32)  # about n / 6 ties per value
+    expected = sorted(range(n), key=lambda i: (-scores[i], i))[:k]
+    assert top_k(scores, k).tolist() == expected
+    assert top_k(scores).tolist() == sorted(range(n), key=lambda i: (-scores[i], i))
+
+
+def test_top_k_puts_nan_last_and_takes_no_rows_for_k_0():
+    from image_toolkit.data_tools.search.ranking import top_k
+
+    assert top_k(np.array([np.nan, 1.0, 3.0, 1.0]), 4).tolist() == [2, 1, 3, 0]
+    assert top_k(np.arange(5.0), 0).tolist() == []

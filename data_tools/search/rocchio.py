@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from image_toolkit.data_tools.errors import OptionError
+from image_toolkit.data_tools.search.ranking import top_k
 
 ALPHA, BETA, GAMMA = 1.0, 0.75, 0.15
 METRICS = ("cosine", "euclidean")
@@ -84,10 +85,10 @@ def rank(query: np.ndarray, features: np.ndarray, *, metric: str = "cosine", k: 
          exclude=()) -> tuple[np.ndarray, np.ndarray]:
     """The k best rows for the query (all when k is None): (ids, scores), best first, ties by id; `exclude` left out."""
     scores = similarities(query, features, metric=metric)
-    order = np.lexsort((np.arange(len(scores)), -scores))
+    kept = np.arange(len(scores))
     if len(exclude):
-        order = order[~np.isin(order, np.asarray(list(exclude), dtype=np.int64))]
-    order = order if k is None else order[:k]
+        kept = kept[~np.isin(kept, np.asarray(list(exclude), dtype=np.int64))]
+    order = kept[top_k(scores[kept], k)]
     return order, scores[order]
 
 

@@ -56,6 +56,7 @@ from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.feedback import store as feedback
 from image_toolkit.data_tools.formats.labels import read_labels
 from image_toolkit.data_tools.search import rocchio
+from image_toolkit.data_tools.search.ranking import top_k
 
 logger = logging.getLogger(__name__)
 
@@ -320,7 +321,7 @@ def create_app(
                 for rank, (i, s) in enumerate(zip(ids, scores_), start=1)]
 
     def top(scores_: np.ndarray, k: int):
-        order = np.lexsort((np.arange(len(scores_)), -scores_))[: min(k, len(scores_))]
+        order = top_k(scores_, k)
         return order, scores_[order]
 
     def keyword_scores(q: str) -> tuple[np.ndarray, str | None, list[dict]]:
