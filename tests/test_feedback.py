@@ -245,3 +245,19 @@ def test_feedback_commands_load_no_tensorflow(simulated, digits, tmp_path):
     codes_and_tf = done.stdout.split()[:3]
     assert codes_and_tf == ["0", "0", "False"], done.stdout + done.stderr
     assert float(done.stdout.split()[3]) < 3.0  # import and export, start to finish, Python start-up aside
+
+
+def test_a_transaction_commits_all_or_rolls_back_all(tmp_path):
+    from image_toolkit.data_tools.feedback.store import connect, transaction
+
+    connection = connect(tmp_path / "f.sqlite", create=True)
+    try:
+        with transaction(connection):
+            connection.execute("INSERT INTO dataset (key, value) VALUES ('kept', '1')")
+        with pytest.raises(RuntimeError), transaction(connection):
+            connection.execute("INSERT INTO dataset (key, value) VALUES ('lost', '2')")
+            raise RuntimeError("an error half way")
+        assert not connection.in_transaction
+        assert dict(connection.execute("SELECT key, value FROM dataset")) == {"kept": "1"}
+    finally:
+        connection.close()

@@ -184,11 +184,12 @@ class Store:
         self.db, self.wait, self._local = Path(db), wait, threading.local()
         if labels is None and not self.db.is_file():
             raise OptionError(f"{self.db}: no such feedback store; {NO_DATA_SET}")
+        table = read_labels(labels) if labels is not None else None
         connection = feedback.connect(self.db, create=True, wait=wait)
         try:
-            if labels is not None:
-                with connection:
-                    feedback.register_dataset(connection, read_labels(labels), labels)
+            if table is not None:
+                with feedback.transaction(connection):
+                    feedback.register_dataset(connection, table, labels)
             self.images, classes, _ = feedback.registered(connection)
         finally:
             connection.close()
@@ -211,17 +212,10 @@ class Store:
         from datetime import datetime, timezone
 
         event = feedback.check_event(raw, self.known, set(self.classes))
-        connection = self.connection()
-        connection.execute("BEGIN IMMEDIATE")
-        try:
+        with feedback.transaction(self.connection()) as connection:
             added = feedback.store_event(
                 connection, event, source=source, imported_at=datetime.now(timezone.utc).isoformat(timespec="seconds")
             )
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
         return event, added
 
     def votes(self, query_class: str) -> dict[str, int]:
