@@ -110,6 +110,23 @@ def test_each_session_votes_once_and_a_deselect_rejects(client, digits):
     assert scores()[0] == pytest.approx(before[0] + LEARNED_WEIGHT, abs=1e-5)
 
 
+def test_the_latest_judgement_of_a_session_decides_its_vote(client, digits):
+    """Deselected, then selected again later: the session votes +1; its events arriving out of order change nothing."""
+    def score(image_id):
+        return {r["id"]: r["score"] for r in client.get("/api/search", params={"q": "prime", "k": 48}).json()["results"]}[image_id]
+
+    first, second = digits["names"][:2]
+    before = score(0), score(1)
+    for minute, action in ((30, "lasso"), (31, "deselect"), (32, "select")):
+        answer = client.post("/api/feedback", json=event([first], action, "prime", timestamp=f"2024-05-01T12:{minute}:00Z"))
+        assert answer.status_code == 200
+    for minute, action in ((32, "select"), (31, "deselect"), (33, "deselect")):  # Sent late: the 12:33 deselect is latest.
+        answer = client.post("/api/feedback", json=event([second], action, "prime", timestamp=f"2024-05-01T12:{minute}:00Z"))
+        assert answer.status_code == 200
+    assert score(0) == pytest.approx(before[0] + LEARNED_WEIGHT, abs=1e-5)
+    assert score(1) == pytest.approx(before[1] - LEARNED_WEIGHT, abs=1e-5)
+
+
 def test_image_upload_finds_the_same_image_first(client, digits):
     name = digits["names"][7]
     content = (digits["root"] / "images" / name).read_bytes()

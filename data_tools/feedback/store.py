@@ -299,6 +299,30 @@ def store_event(connection: sqlite3.Connection, event: dict, *, source: str, imp
     return True
 
 
+def session_votes(connection: sqlite3.Connection, query_class: str) -> dict[str, int]:
+    """Net votes of every image for a class: each user session that judged it counts once, by its latest judgement.
+
+    The session's latest event naming the image decides: -1 if that event
+    deselected it, +1 if it lassoed or selected it, so a session that takes
+    an image out and later puts it back votes for it. At one timestamp a
+    deselect wins, since the page sends the lasso that took an image in
+    together with the deselect that took it out again.
+    """
+    rows = connection.execute(
+        "SELECT image, action FROM ("
+        " SELECT event_images.image AS image, events.action AS action, ROW_NUMBER() OVER ("
+        "  PARTITION BY event_images.image, events.user, events.session"
+        "  ORDER BY events.timestamp DESC, events.action = 'deselect' DESC) AS recency"
+        " FROM event_images JOIN events ON events.id = event_images.event_id WHERE events.query_class = ?"
+        ") WHERE recency = 1",
+        (query_class,),
+    )
+    net: dict[str, int] = {}
+    for image, action in rows:
+        net[image] = net.get(image, 0) + (-1 if action == "deselect" else 1)
+    return net
+
+
 def import_events(
     events_path: str | Path,
     db: str | Path = "feedback.sqlite",

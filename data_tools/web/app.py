@@ -26,9 +26,9 @@ Keyword ranking: when the index (or `scores`) holds class scores, an image's
 score is the weighted sum of its scores for the classes the keyword names
 (`image_toolkit.data_tools.search.keywords`). Learned queries: the keyword's query class is the
 store's class it names; every image gains `learned_weight` x clip(net votes,
--1, 1) for it, where each user session that judged the image votes once: -1
-if it deselected the image, else +1 (lassoed or selected). So confirmed
-images rank higher next time and rejected ones lower. Without class
+-1, 1) for it, where each user session that judged the image votes once, by
+its latest judgement: -1 if that deselected the image, else +1 (lassoed or
+selected). So confirmed images rank higher next time and rejected ones lower. Without class
 scores, a keyword that names a store class ranks by cosine similarity to the
 mean of the images confirmed for it, plus the same bonus.
 
@@ -219,22 +219,8 @@ class Store:
         return event, added
 
     def votes(self, query_class: str) -> dict[str, int]:
-        """Net votes of every image for a class: each user session that judged it counts once.
-
-        A session that deselected the image votes -1 (whether or not its
-        lasso took the image in first); one that lassoed or selected it, and
-        did not deselect it, votes +1.
-        """
-        rows = self.connection().execute(
-            "SELECT event_images.image, MAX(events.action = 'deselect') FROM event_images "
-            "JOIN events ON events.id = event_images.event_id WHERE events.query_class = ? "
-            "GROUP BY event_images.image, events.user, events.session",
-            (query_class,),
-        )
-        net: dict[str, int] = {}
-        for image, rejected in rows:
-            net[image] = net.get(image, 0) + (-1 if rejected else 1)
-        return net
+        """Net votes of every image for a class (`feedback.session_votes`: each session's latest judgement)."""
+        return feedback.session_votes(self.connection(), query_class)
 
 
 def query_class_for(keyword: str, classes: list[str]) -> str | None:
