@@ -150,6 +150,25 @@ def test_refine_is_rocchio_over_the_index_features(tmp_path, digits):
     assert refined["rocchio"] == {"alpha": 1.0, "beta": 0.75, "gamma": 0.15}
 
 
+def test_a_euclidean_index_ranks_by_queries_made_of_its_own_rows(tmp_path, digits):
+    """Two clusters, short rows near (1, 0) and long ones near (0, 10): confirm the long ones, and they come first.
+
+    A mean of normalised rows is a point near the origin; by euclidean
+    distance it lies nearest the short rows, whatever images it was made of.
+    """
+    names = digits["names"][:8]
+    rng = np.random.default_rng(1)
+    rows = np.concatenate([[1, 0] + 0.1 * rng.standard_normal((4, 2)), [0, 10] + 0.5 * rng.standard_normal((4, 2))])
+    ImageIndex(kind="flat", metric="euclidean").fit(FeatureSet(names, rows.astype(np.float32), {"model": "x"})).save(tmp_path / "index")
+    client = TestClient(create_app(tmp_path / "index", digits["root"] / "images", tmp_path / "f.sqlite", labels=digits["root"] / "label.txt"))
+    assert client.get("/api/info").json()["metric"] == "euclidean"
+    assert client.post("/api/feedback", json=event(names[4:6], "select", "even")).status_code == 200
+    searched = client.get("/api/search", params={"q": "even", "k": 4}).json()
+    assert sorted(r["id"] for r in searched["results"]) == [4, 5, 6, 7]
+    refined = client.post("/api/search/refine", json={"query": {"text": "even"}, "k": 4}).json()
+    assert sorted(r["id"] for r in refined["results"]) == [4, 5, 6, 7]
+
+
 def test_map_gives_pca_coordinates_or_the_tsne_csv(client, digits, tmp_path):
     points = client.get("/api/map").json()
     assert points["source"] == "pca" and len(points["points"]) == 48

@@ -14,7 +14,8 @@ API (JSON unless said; the schema is at /openapi.json):
 - `POST /api/search/refine`: `{"query": {"text": ..} | {"id": ..} | {"vector": [..]},
   "selected": [ids], "deselected": [ids], "k": 40}`: Rocchio (`image_toolkit.data_tools.search.rocchio`)
   over the index features: q' = alpha q + beta mean(selected) - gamma mean(deselected).
-  For a text query, q is the mean of its top-k results' (normalised) rows.
+  For a text query, q is the mean of its top-k results' rows, in the index
+  metric's space (`rocchio.centroid`: normalised for cosine, as they are for euclidean).
 - `GET  /api/images/{id}`, `GET /api/thumbnails/{id}`: an indexed image by its
   row number, only from inside the image folder; never by a client's path.
 - `GET  /api/map`: 2-D coordinates of every image: the `--map` CSV of
@@ -29,14 +30,15 @@ store's class it names; every image gains `learned_weight` x clip(net votes,
 -1, 1) for it, where each user session that judged the image votes once, by
 its latest judgement: -1 if that deselected the image, else +1 (lassoed or
 selected). So confirmed images rank higher next time and rejected ones lower. Without class
-scores, a keyword that names a store class ranks by cosine similarity to the
-mean of the images confirmed for it, plus the same bonus.
+scores, a keyword that names a store class ranks by the index's metric to the
+mean (`rocchio.centroid`) of the images confirmed for it, plus the same bonus.
 
 The store must know the data set (image -> class): pass `labels` (the label
 CSV, as `toolkit feedback import --data_csv`) unless it already does.
 
-Memory: the app keeps the index features (N x D float32), their normalised
-copy, and up to `THUMBNAIL_CACHE` thumbnails.
+Memory: the app keeps the index features (N x D float32) and up to
+`THUMBNAIL_CACHE` thumbnails; a cosine ranking makes a normalised copy of
+the features while it runs.
 """
 
 import csv
@@ -268,7 +270,6 @@ def create_app(
         raise OptionError(f"alpha, beta, gamma and learned_weight must be >= 0. Received: {alpha}, {beta}, {gamma}, {learned_weight}")
     collection = Collection(index_dir, images_dir, scores=scores, map_csv=map_csv)
     store = Store(Path(db_path), labels=labels)
-    normalised = rocchio.normalised(collection.features)
     thumbnails: OrderedDict[int, bytes] = OrderedDict()
     thumbnail_lock = threading.Lock()
 
@@ -329,7 +330,7 @@ def create_app(
         elif query_class is None:
             raise HTTPException(404, f"no class matches '{q}' (classes: {', '.join(store.classes)}).")
         elif (net > 0).any():
-            centroid = normalised[net > 0].mean(axis=0)
+            centroid = rocchio.centroid(collection.features, np.flatnonzero(net > 0), metric=collection.metric)
             base = rocchio.similarities(centroid, collection.features, metric=collection.metric)
         else:
             raise HTTPException(
@@ -405,7 +406,7 @@ def create_app(
         if query.text is not None:
             scores_, query_class, _ = keyword_scores(query.text)
             ids, _ = top(scores_, body.k)
-            vector = normalised[ids].mean(axis=0)
+            vector = rocchio.centroid(collection.features, ids, metric=collection.metric)
         elif query.id is not None:
             if not 0 <= query.id < len(collection.names):
                 raise HTTPException(404, f"unknown image id {query.id}.")
