@@ -136,6 +136,33 @@ def test_image_upload_finds_the_same_image_first(client, digits):
     assert refined.status_code == 200 and refined.json()["results"][0]["id"] == 7
 
 
+def test_image_upload_through_the_model_embedder_of_toolkit_serve(runner, tmp_path, digits):
+    """The embedder `toolkit serve` passes (`lazy_embedder` over the index's metadata), on a real model file.
+
+    An untrained small_cnn tower saved as a file, its features extracted by
+    `toolkit get-transfer-layer` and indexed: an uploaded image is embedded
+    by the model the index records and finds itself first.
+    """
+    from image_toolkit.cli.extract import get_transfer_layer
+    from image_toolkit.data_tools.formats.features import read_features
+    from image_toolkit.models.embedding import EmbeddingTower
+    from image_toolkit.models.extraction import lazy_embedder
+
+    root = digits["root"]
+    EmbeddingTower("small_cnn", weights="none", image_size=32, embedding_dim=16).save(tmp_path / "tower.keras")
+    result = runner.invoke(get_transfer_layer, [str(root / "images"), str(tmp_path / "f.npz"), "--model", str(tmp_path / "tower.keras"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    features = read_features(tmp_path / "f.npz")
+    ImageIndex(kind="flat").fit(features).save(tmp_path / "index")
+    app = create_app(tmp_path / "index", root / "images", tmp_path / "f.sqlite", labels=root / "label.txt",
+                     embed=lazy_embedder(lambda: app.state.collection.metadata))
+    name = features.paths[7]
+    content = (root / "images" / name).read_bytes()
+    answer = TestClient(app).post("/api/search/image", files={"file": ("q.png", content, "image/png")}, params={"k": 3}).json()
+    assert answer["results"][0]["image"] == name and answer["results"][0]["score"] == pytest.approx(1, abs=1e-4)
+    np.testing.assert_allclose(answer["query_vector"], features.features[7], rtol=1e-4, atol=1e-5)
+
+
 def test_refine_is_rocchio_over_the_index_features(tmp_path, digits):
     """Hand-made 2-d features at known angles: the refined order is known exactly (tests/test_rocchio.py)."""
     names = digits["names"][:6]
