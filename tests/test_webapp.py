@@ -25,7 +25,6 @@ from fastapi.testclient import TestClient  # noqa: E402
 from image_toolkit.cli.main import toolkit  # noqa: E402
 from image_toolkit.data_tools.formats.features import FeatureSet, write_features  # noqa: E402
 from image_toolkit.data_tools.make_demo_data import write_digits_dataset  # noqa: E402
-from image_toolkit.data_tools.search import rocchio  # noqa: E402
 from image_toolkit.data_tools.search.index import ImageIndex  # noqa: E402
 from image_toolkit.data_tools.web.app import LEARNED_WEIGHT, create_app  # noqa: E402
 from tests.conftest import one_line_error  # noqa: E402
@@ -437,13 +436,20 @@ def test_browser_lasso_deselect_submit_refines(digits, tmp_path):
     assert sorted(r[2] for r in rows if r[0] == "deselect") == sorted([names[deselected], names[extra]])
 
     def refined_order(net, deselected_ids):
-        """Keyword scores plus the learned bonus, the mean of the top 40 rows, Rocchio: computed here."""
+        """The page's order from the documented formulas, in plain numpy: none of the code under test.
+
+        Keyword score plus the learned bonus; the query is the mean of the
+        top 40 unit rows; q' = q / |q| + 0.75 mean(selected) - 0.15
+        mean(deselected) over unit rows; then the 40 best by cosine, ties by id.
+        """
         base = digits["scores"][:, 0] + LEARNED_WEIGHT * np.clip(net, -1, 1)
-        top = np.lexsort((np.arange(48), -base))[:40]
-        features = digits["features"]
-        query = rocchio.normalised(features[top]).mean(axis=0)
-        refined = rocchio.rocchio(query, features, selected + [keyed], deselected_ids)
-        return rocchio.rank(refined, features, k=40)[0].tolist()
+        top = sorted(range(48), key=lambda i: (-base[i], i))[:40]
+        units = digits["features"] / np.linalg.norm(digits["features"], axis=1, keepdims=True)
+        query = units[top].mean(axis=0)
+        refined = (query / np.linalg.norm(query) + 0.75 * units[selected + [keyed]].mean(axis=0)
+                   - 0.15 * units[deselected_ids].mean(axis=0))
+        cosine = units @ (refined / np.linalg.norm(refined))
+        return sorted(range(48), key=lambda i: (-cosine[i], i))[:40]
 
     net = np.zeros(48)  # One session: +1 for each image it kept, -1 for each it deselected.
     net[selected + [keyed]] = 1
