@@ -245,3 +245,38 @@ def test_feedback_commands_load_no_tensorflow(simulated, digits, tmp_path):
     codes_and_tf = done.stdout.split()[:3]
     assert codes_and_tf == ["0", "0", "False"], done.stdout + done.stderr
     assert float(done.stdout.split()[3]) < 3.0  # import and export, start to finish, Python start-up aside
+
+
+def test_a_transaction_commits_all_or_rolls_back_all(tmp_path):
+    from image_toolkit.data_tools.feedback.store import connect, transaction
+
+    connection = connect(tmp_path / "f.sqlite", create=True)
+    try:
+        with transaction(connection):
+            connection.execute("INSERT INTO dataset (key, value) VALUES ('kept', '1')")
+        with pytest.raises(RuntimeError), transaction(connection):
+            connection.execute("INSERT INTO dataset (key, value) VALUES ('lost', '2')")
+            raise RuntimeError("an error half way")
+        assert not connection.in_transaction
+        assert dict(connection.execute("SELECT key, value FROM dataset")) == {"kept": "1"}
+    finally:
+        connection.close()
+
+
+def test_import_builds_the_set_of_known_images_once(digits, tmp_path, monkeypatch):
+    """Every event is checked against one set of the data set's images, not one rebuilt per event (O(events x images))."""
+    from image_toolkit.data_tools.feedback import store
+
+    seen = []
+
+    def recording_check(raw, known_images, classes):
+        seen.append((known_images, classes))  # The objects themselves, so a freed set's id cannot be reused.
+        return check(raw, known_images, classes)
+
+    check = store.check_event
+    monkeypatch.setattr(store, "check_event", recording_check)
+    images = list(digits["table"]["image"])
+    events = write_events(tmp_path / "events.jsonl", [event(images[i : i + 2], session=f"s{i}") for i in range(5)])
+    assert store.import_events(events, tmp_path / "f.sqlite", data_csv=digits["labels"])["added"] == 5
+    assert len(seen) == 5 and all(known is seen[0][0] and classes is seen[0][1] for known, classes in seen)
+    assert len(seen[0][0]) == 200

@@ -46,13 +46,22 @@ def test_residual_precision_leaves_the_judged_out():
     assert rocchio.residual_precision_at_k(ranking, relevant={5}, judged=set(range(5)), k=2) == 0.5  # one left
 
 
-def test_simulated_round_on_separable_classes_helps():
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((2, 8)) * 3
-    labels = np.repeat([0, 1], 40)
-    features = centres[labels] + rng.standard_normal((80, 8)) * 2.5
-    pairs = np.array([rocchio.feedback_round(features, labels, q, judge=10, k=10) for q in range(0, 80, 8)])
-    assert pairs[:, 1].mean() >= pairs[:, 0].mean()
+def test_a_round_of_feedback_must_help_where_the_query_leans_to_the_wrong_class():
+    """Unit vectors at known angles; the query (0 degrees, class 0) lies nearer class 1's residual images.
+
+    Judged: the top 4 (+10 and +15 of class 0, selected; -5 and -10 of
+    class 1, deselected). Left: class 1 at -29, -31, -33 degrees, class 0
+    at +35, +38, +40. Before: the three nearest residual images are class
+    1's (29-33 degrees away, class 0's are 35-40). q' points at +6.5
+    degrees: class 0's are then 28.5-33.5 degrees away, class 1's 35.5-39.5.
+    """
+    angles = [0, -5, 10, -10, 15, -29, -31, -33, 35, 38, 40]
+    labels = np.array([0, 1, 0, 1, 0, 1, 1, 1, 0, 0, 0])
+    features = np.stack([unit(a) for a in angles])
+    refined = rocchio.rocchio(features[0], features, selected=[2, 4], deselected=[1, 3])
+    assert np.degrees(np.arctan2(refined[1], refined[0])) == pytest.approx(6.5, abs=0.1)
+    before, after = rocchio.feedback_round(features, labels, 0, judge=4, k=3)
+    assert (before, after) == (0.0, 1.0)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -64,3 +73,21 @@ def test_simulated_round_on_separable_classes_helps():
 def test_bad_arguments_say_what_is_wrong(kwargs, message):
     with pytest.raises(OptionError, match=message):
         rocchio.rocchio(unit(0), FEATURES, **kwargs)
+
+
+@pytest.mark.parametrize("n, k", [(1, 1), (7, 3), (200, 1), (200, 5), (200, 49), (200, 50), (200, 150), (200, 200), (200, 500)])
+def test_top_k_is_a_full_sort_by_score_then_index(n, k):
+    """Against a plain sort, on scores with many ties: the partition path (k << n) and the full sort agree."""
+    from image_toolkit.data_tools.search.ranking import top_k
+
+    scores = np.random.default_rng(n + k).integers(0, 6, n).astype(np.float32)  # about n / 6 ties per value
+    expected = sorted(range(n), key=lambda i: (-scores[i], i))[:k]
+    assert top_k(scores, k).tolist() == expected
+    assert top_k(scores).tolist() == sorted(range(n), key=lambda i: (-scores[i], i))
+
+
+def test_top_k_puts_nan_last_and_takes_no_rows_for_k_0():
+    from image_toolkit.data_tools.search.ranking import top_k
+
+    assert top_k(np.array([np.nan, 1.0, 3.0, 1.0]), 4).tolist() == [2, 1, 3, 0]
+    assert top_k(np.arange(5.0), 0).tolist() == []

@@ -25,7 +25,6 @@ from fastapi.testclient import TestClient  # noqa: E402
 from image_toolkit.cli.main import toolkit  # noqa: E402
 from image_toolkit.data_tools.formats.features import FeatureSet, write_features  # noqa: E402
 from image_toolkit.data_tools.make_demo_data import write_digits_dataset  # noqa: E402
-from image_toolkit.data_tools.search import rocchio  # noqa: E402
 from image_toolkit.data_tools.search.index import ImageIndex  # noqa: E402
 from image_toolkit.data_tools.web.app import LEARNED_WEIGHT, create_app  # noqa: E402
 from tests.conftest import one_line_error  # noqa: E402
@@ -110,6 +109,23 @@ def test_each_session_votes_once_and_a_deselect_rejects(client, digits):
     assert scores()[0] == pytest.approx(before[0] + LEARNED_WEIGHT, abs=1e-5)
 
 
+def test_the_latest_judgement_of_a_session_decides_its_vote(client, digits):
+    """Deselected, then selected again later: the session votes +1; its events arriving out of order change nothing."""
+    def score(image_id):
+        return {r["id"]: r["score"] for r in client.get("/api/search", params={"q": "prime", "k": 48}).json()["results"]}[image_id]
+
+    first, second = digits["names"][:2]
+    before = score(0), score(1)
+    for minute, action in ((30, "lasso"), (31, "deselect"), (32, "select")):
+        answer = client.post("/api/feedback", json=event([first], action, "prime", timestamp=f"2024-05-01T12:{minute}:00Z"))
+        assert answer.status_code == 200
+    for minute, action in ((32, "select"), (31, "deselect"), (33, "deselect")):  # Sent late: the 12:33 deselect is latest.
+        answer = client.post("/api/feedback", json=event([second], action, "prime", timestamp=f"2024-05-01T12:{minute}:00Z"))
+        assert answer.status_code == 200
+    assert score(0) == pytest.approx(before[0] + LEARNED_WEIGHT, abs=1e-5)
+    assert score(1) == pytest.approx(before[1] - LEARNED_WEIGHT, abs=1e-5)
+
+
 def test_image_upload_finds_the_same_image_first(client, digits):
     name = digits["names"][7]
     content = (digits["root"] / "images" / name).read_bytes()
@@ -117,6 +133,33 @@ def test_image_upload_finds_the_same_image_first(client, digits):
     assert answer["results"][0]["image"] == name and len(answer["query_vector"]) == 1024
     refined = client.post("/api/search/refine", json={"query": {"vector": answer["query_vector"]}, "selected": [7], "k": 3})
     assert refined.status_code == 200 and refined.json()["results"][0]["id"] == 7
+
+
+def test_image_upload_through_the_model_embedder_of_toolkit_serve(runner, tmp_path, digits):
+    """The embedder `toolkit serve` passes (`lazy_embedder` over the index's metadata), on a real model file.
+
+    An untrained small_cnn tower saved as a file, its features extracted by
+    `toolkit get-transfer-layer` and indexed: an uploaded image is embedded
+    by the model the index records and finds itself first.
+    """
+    from image_toolkit.cli.extract import get_transfer_layer
+    from image_toolkit.data_tools.formats.features import read_features
+    from image_toolkit.models.embedding import EmbeddingTower
+    from image_toolkit.models.extraction import lazy_embedder
+
+    root = digits["root"]
+    EmbeddingTower("small_cnn", weights="none", image_size=32, embedding_dim=16).save(tmp_path / "tower.keras")
+    result = runner.invoke(get_transfer_layer, [str(root / "images"), str(tmp_path / "f.npz"), "--model", str(tmp_path / "tower.keras"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    features = read_features(tmp_path / "f.npz")
+    ImageIndex(kind="flat").fit(features).save(tmp_path / "index")
+    app = create_app(tmp_path / "index", root / "images", tmp_path / "f.sqlite", labels=root / "label.txt",
+                     embed=lazy_embedder(lambda: app.state.collection.metadata))
+    name = features.paths[7]
+    content = (root / "images" / name).read_bytes()
+    answer = TestClient(app).post("/api/search/image", files={"file": ("q.png", content, "image/png")}, params={"k": 3}).json()
+    assert answer["results"][0]["image"] == name and answer["results"][0]["score"] == pytest.approx(1, abs=1e-4)
+    np.testing.assert_allclose(answer["query_vector"], features.features[7], rtol=1e-4, atol=1e-5)
 
 
 def test_refine_is_rocchio_over_the_index_features(tmp_path, digits):
@@ -131,6 +174,25 @@ def test_refine_is_rocchio_over_the_index_features(tmp_path, digits):
     refined = client.post("/api/search/refine", json={"query": {"id": 0}, "selected": [2], "deselected": [5], "k": 6}).json()
     assert [r["id"] for r in refined["results"]] == [1, 2, 0, 3, 4, 5]
     assert refined["rocchio"] == {"alpha": 1.0, "beta": 0.75, "gamma": 0.15}
+
+
+def test_a_euclidean_index_ranks_by_queries_made_of_its_own_rows(tmp_path, digits):
+    """Two clusters, short rows near (1, 0) and long ones near (0, 10): confirm the long ones, and they come first.
+
+    A mean of normalised rows is a point near the origin; by euclidean
+    distance it lies nearest the short rows, whatever images it was made of.
+    """
+    names = digits["names"][:8]
+    rng = np.random.default_rng(1)
+    rows = np.concatenate([[1, 0] + 0.1 * rng.standard_normal((4, 2)), [0, 10] + 0.5 * rng.standard_normal((4, 2))])
+    ImageIndex(kind="flat", metric="euclidean").fit(FeatureSet(names, rows.astype(np.float32), {"model": "x"})).save(tmp_path / "index")
+    client = TestClient(create_app(tmp_path / "index", digits["root"] / "images", tmp_path / "f.sqlite", labels=digits["root"] / "label.txt"))
+    assert client.get("/api/info").json()["metric"] == "euclidean"
+    assert client.post("/api/feedback", json=event(names[4:6], "select", "even")).status_code == 200
+    searched = client.get("/api/search", params={"q": "even", "k": 4}).json()
+    assert sorted(r["id"] for r in searched["results"]) == [4, 5, 6, 7]
+    refined = client.post("/api/search/refine", json={"query": {"text": "even"}, "k": 4}).json()
+    assert sorted(r["id"] for r in refined["results"]) == [4, 5, 6, 7]
 
 
 def test_map_gives_pca_coordinates_or_the_tsne_csv(client, digits, tmp_path):
@@ -374,13 +436,20 @@ def test_browser_lasso_deselect_submit_refines(digits, tmp_path):
     assert sorted(r[2] for r in rows if r[0] == "deselect") == sorted([names[deselected], names[extra]])
 
     def refined_order(net, deselected_ids):
-        """Keyword scores plus the learned bonus, the mean of the top 40 rows, Rocchio: computed here."""
+        """The page's order from the documented formulas, in plain numpy: none of the code under test.
+
+        Keyword score plus the learned bonus; the query is the mean of the
+        top 40 unit rows; q' = q / |q| + 0.75 mean(selected) - 0.15
+        mean(deselected) over unit rows; then the 40 best by cosine, ties by id.
+        """
         base = digits["scores"][:, 0] + LEARNED_WEIGHT * np.clip(net, -1, 1)
-        top = np.lexsort((np.arange(48), -base))[:40]
-        features = digits["features"]
-        query = rocchio.normalised(features[top]).mean(axis=0)
-        refined = rocchio.rocchio(query, features, selected + [keyed], deselected_ids)
-        return rocchio.rank(refined, features, k=40)[0].tolist()
+        top = sorted(range(48), key=lambda i: (-base[i], i))[:40]
+        units = digits["features"] / np.linalg.norm(digits["features"], axis=1, keepdims=True)
+        query = units[top].mean(axis=0)
+        refined = (query / np.linalg.norm(query) + 0.75 * units[selected + [keyed]].mean(axis=0)
+                   - 0.15 * units[deselected_ids].mean(axis=0))
+        cosine = units @ (refined / np.linalg.norm(refined))
+        return sorted(range(48), key=lambda i: (-cosine[i], i))[:40]
 
     net = np.zeros(48)  # One session: +1 for each image it kept, -1 for each it deselected.
     net[selected + [keyed]] = 1

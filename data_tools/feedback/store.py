@@ -22,6 +22,7 @@ content, so importing the same file twice adds nothing.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -29,6 +30,7 @@ import json
 import logging
 import re
 import sqlite3
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -182,6 +184,25 @@ def _locked(path: Path, wait: float) -> DataError:
     )
 
 
+@contextlib.contextmanager
+def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction: BEGIN IMMEDIATE, then COMMIT, or ROLLBACK on any error (the error goes on).
+
+    IMMEDIATE takes the write lock at the start, so a second writer waits
+    its busy timeout there, before it has done any work, instead of failing
+    at commit. The connection must be in autocommit mode (`connect` opens
+    it so), where Python's sqlite3 starts no transaction of its own.
+    """
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield connection
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+
+
 def connect(path: str | Path, *, create: bool = False, wait: float = DEFAULT_WAIT_S) -> sqlite3.Connection:
     """Open the store, creating it when `create`; refuse a newer schema or a foreign file.
 
@@ -210,12 +231,11 @@ def connect(path: str | Path, *, create: bool = False, wait: float = DEFAULT_WAI
             if not create:
                 raise DataError(f"{path}: an empty feedback database; import events first with 'toolkit feedback import'.")
             connection.execute("PRAGMA journal_mode = WAL")
-            connection.execute("BEGIN IMMEDIATE")
-            if connection.execute("PRAGMA user_version").fetchone()[0] == 0:
-                for statement in filter(str.strip, _SCHEMA.split(";")):
-                    connection.execute(statement)
-                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            connection.execute("COMMIT")
+            with transaction(connection):
+                if connection.execute("PRAGMA user_version").fetchone()[0] == 0:  # Another process may have won.
+                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                        connection.execute(statement)
+                    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except sqlite3.OperationalError as error:
         connection.close()
         if "locked" in str(error) or "busy" in str(error):
@@ -279,6 +299,30 @@ def store_event(connection: sqlite3.Connection, event: dict, *, source: str, imp
     return True
 
 
+def session_votes(connection: sqlite3.Connection, query_class: str) -> dict[str, int]:
+    """Net votes of every image for a class: each user session that judged it counts once, by its latest judgement.
+
+    The session's latest event naming the image decides: -1 if that event
+    deselected it, +1 if it lassoed or selected it, so a session that takes
+    an image out and later puts it back votes for it. At one timestamp a
+    deselect wins, since the page sends the lasso that took an image in
+    together with the deselect that took it out again.
+    """
+    rows = connection.execute(
+        "SELECT image, action FROM ("
+        " SELECT event_images.image AS image, events.action AS action, ROW_NUMBER() OVER ("
+        "  PARTITION BY event_images.image, events.user, events.session"
+        "  ORDER BY events.timestamp DESC, events.action = 'deselect' DESC) AS recency"
+        " FROM event_images JOIN events ON events.id = event_images.event_id WHERE events.query_class = ?"
+        ") WHERE recency = 1",
+        (query_class,),
+    )
+    net: dict[str, int] = {}
+    for image, action in rows:
+        net[image] = net.get(image, 0) + (-1 if action == "deselect" else 1)
+    return net
+
+
 def import_events(
     events_path: str | Path,
     db: str | Path = "feedback.sqlite",
@@ -299,44 +343,38 @@ def import_events(
     rows = read_event_lines(events_path)
     connection = connect(db, create=True, wait=wait)
     try:
-        connection.execute("BEGIN IMMEDIATE")
-        if table is not None:
-            register_dataset(connection, table, data_csv)
-        images, classes, registered_from = registered(connection)
-        if not images:
-            raise DataError(f"{db}: no data set registered yet; pass --data_csv with the label file the events refer to.")
-        source = Path(events_path).name
-        where = f"the data set ({registered_from})" if registered_from else "the data set"
-        rejected: list[Rejection] = []
-        added = already = 0
-        imported_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        for line, raw in rows:
-            if isinstance(raw, Rejection):
-                rejected.append(raw)
-                continue
-            try:
-                event = check_event(raw, set(images), set(classes))
-            except ValueError as error:
-                rejected.append(Rejection(line, str(error).replace("the data set", where)))
-                continue
-            try:
-                if store_event(connection, event, source=source, imported_at=imported_at):
-                    added += 1
-                else:
-                    already += 1
-            except EventConflict as conflict:
-                rejected.append(Rejection(line, str(conflict)))
-        connection.execute("COMMIT")
+        with transaction(connection):
+            if table is not None:
+                register_dataset(connection, table, data_csv)
+            images, classes, registered_from = registered(connection)
+            if not images:
+                raise DataError(f"{db}: no data set registered yet; pass --data_csv with the label file the events refer to.")
+            source = Path(events_path).name
+            where = f"the data set ({registered_from})" if registered_from else "the data set"
+            rejected: list[Rejection] = []
+            added = already = 0
+            imported_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            known, class_set = set(images), set(classes)  # Once: a set of 50k names per event made imports O(events x images).
+            for line, raw in rows:
+                if isinstance(raw, Rejection):
+                    rejected.append(raw)
+                    continue
+                try:
+                    event = check_event(raw, known, class_set)
+                except ValueError as error:
+                    rejected.append(Rejection(line, str(error).replace("the data set", where)))
+                    continue
+                try:
+                    if store_event(connection, event, source=source, imported_at=imported_at):
+                        added += 1
+                    else:
+                        already += 1
+                except EventConflict as conflict:
+                    rejected.append(Rejection(line, str(conflict)))
         total = connection.execute("SELECT COUNT(*) FROM events").fetchone()[0]
     except sqlite3.OperationalError as error:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
         if "locked" in str(error) or "busy" in str(error):
             raise _locked(db, wait) from None
-        raise
-    except BaseException:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
         raise
     finally:
         connection.close()

@@ -31,6 +31,7 @@ import numpy as np
 
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.features import FeatureSet
+from image_toolkit.data_tools.search.ranking import top_k
 
 IMAGENET_CLASS_INDEX = Path(__file__).with_name("imagenet_class_index.json")
 IMAGENET_MODELS = ("inceptionv3", "resnet50")
@@ -227,7 +228,7 @@ def rank_by_classes(scores: np.ndarray, matches: list[ClassMatch], *, k: int) ->
     columns = np.array([match.index for match in matches])
     weights = np.array([match.weight for match in matches], dtype=np.float32)
     combined = scores[:, columns] @ weights
-    order = np.lexsort((np.arange(len(combined)), -combined))[:k]
+    order = top_k(combined, k)
     return combined[order].astype(np.float32), order
 
 

@@ -12,7 +12,10 @@ alpha = 1, beta = 0.75, gamma = 0.15. An empty set contributes nothing.
 With the cosine metric, the query and every feature row are L2-normalised
 first, so that each judged image weighs the same whatever its length; the
 ranking is then by cosine similarity. With `euclidean` the rows are used as
-they are and the ranking is by distance.
+they are and the ranking is by distance. A query made from rows (`centroid`)
+is built in the same space (`in_metric_space`) as the ranking measures: a
+mean of normalised rows lies near the origin, and by euclidean distance it
+would rank the shortest rows first, whatever images it was made from.
 
 Evaluation follows the residual-collection method (Salton and Buckley,
 1990): images the user already judged are removed before precision is
@@ -26,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from image_toolkit.data_tools.errors import OptionError
+from image_toolkit.data_tools.search.ranking import top_k
 
 ALPHA, BETA, GAMMA = 1.0, 0.75, 0.15
 METRICS = ("cosine", "euclidean")
@@ -36,6 +40,16 @@ def normalised(rows: np.ndarray) -> np.ndarray:
     rows = np.asarray(rows, dtype=np.float32)
     norms = np.linalg.norm(rows, axis=-1, keepdims=True)
     return rows / np.where(norms > 0, norms, 1)
+
+
+def in_metric_space(rows: np.ndarray, metric: str) -> np.ndarray:
+    """Rows (or one vector) as the metric compares them: L2-normalised for cosine, as they are for euclidean."""
+    return normalised(rows) if metric == "cosine" else np.asarray(rows, dtype=np.float32)
+
+
+def centroid(features: np.ndarray, ids, *, metric: str = "cosine") -> np.ndarray:
+    """The mean (D,) of the rows `ids` in the metric's space: a query for the images they show, ranked by that metric."""
+    return in_metric_space(np.asarray(features)[np.asarray(ids, dtype=np.int64)], metric).mean(axis=0)
 
 
 def _checked_ids(ids, n: int, name: str) -> np.ndarray:
@@ -59,15 +73,11 @@ def rocchio(query: np.ndarray, features: np.ndarray, selected=(), deselected=(),
         raise OptionError(f"The query has {query.shape[0]} features but the rows have {features.shape[1]}.")
     selected = _checked_ids(selected, len(features), "selected")
     deselected = _checked_ids(deselected, len(features), "deselected")
-    if metric == "cosine":
-        query = normalised(query)
-    refined = alpha * query
+    refined = alpha * in_metric_space(query, metric)
     if selected.size:
-        rows = features[selected]
-        refined = refined + beta * (normalised(rows) if metric == "cosine" else rows).mean(axis=0)
+        refined = refined + beta * centroid(features, selected, metric=metric)
     if deselected.size:
-        rows = features[deselected]
-        refined = refined - gamma * (normalised(rows) if metric == "cosine" else rows).mean(axis=0)
+        refined = refined - gamma * centroid(features, deselected, metric=metric)
     return refined.astype(np.float32)
 
 
@@ -84,10 +94,10 @@ def rank(query: np.ndarray, features: np.ndarray, *, metric: str = "cosine", k: 
          exclude=()) -> tuple[np.ndarray, np.ndarray]:
     """The k best rows for the query (all when k is None): (ids, scores), best first, ties by id; `exclude` left out."""
     scores = similarities(query, features, metric=metric)
-    order = np.lexsort((np.arange(len(scores)), -scores))
+    kept = np.arange(len(scores))
     if len(exclude):
-        order = order[~np.isin(order, np.asarray(list(exclude), dtype=np.int64))]
-    order = order if k is None else order[:k]
+        kept = kept[~np.isin(kept, np.asarray(list(exclude), dtype=np.int64))]
+    order = kept[top_k(scores[kept], k)]
     return order, scores[order]
 
 

@@ -14,7 +14,8 @@ API (JSON unless said; the schema is at /openapi.json):
 - `POST /api/search/refine`: `{"query": {"text": ..} | {"id": ..} | {"vector": [..]},
   "selected": [ids], "deselected": [ids], "k": 40}`: Rocchio (`image_toolkit.data_tools.search.rocchio`)
   over the index features: q' = alpha q + beta mean(selected) - gamma mean(deselected).
-  For a text query, q is the mean of its top-k results' (normalised) rows.
+  For a text query, q is the mean of its top-k results' rows, in the index
+  metric's space (`rocchio.centroid`: normalised for cosine, as they are for euclidean).
 - `GET  /api/images/{id}`, `GET /api/thumbnails/{id}`: an indexed image by its
   row number, only from inside the image folder; never by a client's path.
 - `GET  /api/map`: 2-D coordinates of every image: the `--map` CSV of
@@ -26,17 +27,18 @@ Keyword ranking: when the index (or `scores`) holds class scores, an image's
 score is the weighted sum of its scores for the classes the keyword names
 (`image_toolkit.data_tools.search.keywords`). Learned queries: the keyword's query class is the
 store's class it names; every image gains `learned_weight` x clip(net votes,
--1, 1) for it, where each user session that judged the image votes once: -1
-if it deselected the image, else +1 (lassoed or selected). So confirmed
-images rank higher next time and rejected ones lower. Without class
-scores, a keyword that names a store class ranks by cosine similarity to the
-mean of the images confirmed for it, plus the same bonus.
+-1, 1) for it, where each user session that judged the image votes once, by
+its latest judgement: -1 if that deselected the image, else +1 (lassoed or
+selected). So confirmed images rank higher next time and rejected ones lower. Without class
+scores, a keyword that names a store class ranks by the index's metric to the
+mean (`rocchio.centroid`) of the images confirmed for it, plus the same bonus.
 
 The store must know the data set (image -> class): pass `labels` (the label
 CSV, as `toolkit feedback import --data_csv`) unless it already does.
 
-Memory: the app keeps the index features (N x D float32), their normalised
-copy, and up to `THUMBNAIL_CACHE` thumbnails.
+Memory: the app keeps the index features (N x D float32) and up to
+`THUMBNAIL_CACHE` thumbnails; a cosine ranking makes a normalised copy of
+the features while it runs.
 """
 
 import csv
@@ -56,6 +58,7 @@ from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.feedback import store as feedback
 from image_toolkit.data_tools.formats.labels import read_labels
 from image_toolkit.data_tools.search import rocchio
+from image_toolkit.data_tools.search.ranking import top_k
 
 logger = logging.getLogger(__name__)
 
@@ -183,11 +186,12 @@ class Store:
         self.db, self.wait, self._local = Path(db), wait, threading.local()
         if labels is None and not self.db.is_file():
             raise OptionError(f"{self.db}: no such feedback store; {NO_DATA_SET}")
+        table = read_labels(labels) if labels is not None else None
         connection = feedback.connect(self.db, create=True, wait=wait)
         try:
-            if labels is not None:
-                with connection:
-                    feedback.register_dataset(connection, read_labels(labels), labels)
+            if table is not None:
+                with feedback.transaction(connection):
+                    feedback.register_dataset(connection, table, labels)
             self.images, classes, _ = feedback.registered(connection)
         finally:
             connection.close()
@@ -210,36 +214,15 @@ class Store:
         from datetime import datetime, timezone
 
         event = feedback.check_event(raw, self.known, set(self.classes))
-        connection = self.connection()
-        connection.execute("BEGIN IMMEDIATE")
-        try:
+        with feedback.transaction(self.connection()) as connection:
             added = feedback.store_event(
                 connection, event, source=source, imported_at=datetime.now(timezone.utc).isoformat(timespec="seconds")
             )
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
         return event, added
 
     def votes(self, query_class: str) -> dict[str, int]:
-        """Net votes of every image for a class: each user session that judged it counts once.
-
-        A session that deselected the image votes -1 (whether or not its
-        lasso took the image in first); one that lassoed or selected it, and
-        did not deselect it, votes +1.
-        """
-        rows = self.connection().execute(
-            "SELECT event_images.image, MAX(events.action = 'deselect') FROM event_images "
-            "JOIN events ON events.id = event_images.event_id WHERE events.query_class = ? "
-            "GROUP BY event_images.image, events.user, events.session",
-            (query_class,),
-        )
-        net: dict[str, int] = {}
-        for image, rejected in rows:
-            net[image] = net.get(image, 0) + (-1 if rejected else 1)
-        return net
+        """Net votes of every image for a class (`feedback.session_votes`: each session's latest judgement)."""
+        return feedback.session_votes(self.connection(), query_class)
 
 
 def query_class_for(keyword: str, classes: list[str]) -> str | None:
@@ -287,7 +270,6 @@ def create_app(
         raise OptionError(f"alpha, beta, gamma and learned_weight must be >= 0. Received: {alpha}, {beta}, {gamma}, {learned_weight}")
     collection = Collection(index_dir, images_dir, scores=scores, map_csv=map_csv)
     store = Store(Path(db_path), labels=labels)
-    normalised = rocchio.normalised(collection.features)
     thumbnails: OrderedDict[int, bytes] = OrderedDict()
     thumbnail_lock = threading.Lock()
 
@@ -320,7 +302,7 @@ def create_app(
                 for rank, (i, s) in enumerate(zip(ids, scores_), start=1)]
 
     def top(scores_: np.ndarray, k: int):
-        order = np.lexsort((np.arange(len(scores_)), -scores_))[: min(k, len(scores_))]
+        order = top_k(scores_, k)
         return order, scores_[order]
 
     def keyword_scores(q: str) -> tuple[np.ndarray, str | None, list[dict]]:
@@ -348,7 +330,7 @@ def create_app(
         elif query_class is None:
             raise HTTPException(404, f"no class matches '{q}' (classes: {', '.join(store.classes)}).")
         elif (net > 0).any():
-            centroid = normalised[net > 0].mean(axis=0)
+            centroid = rocchio.centroid(collection.features, np.flatnonzero(net > 0), metric=collection.metric)
             base = rocchio.similarities(centroid, collection.features, metric=collection.metric)
         else:
             raise HTTPException(
@@ -424,7 +406,7 @@ def create_app(
         if query.text is not None:
             scores_, query_class, _ = keyword_scores(query.text)
             ids, _ = top(scores_, body.k)
-            vector = normalised[ids].mean(axis=0)
+            vector = rocchio.centroid(collection.features, ids, metric=collection.metric)
         elif query.id is not None:
             if not 0 <= query.id < len(collection.names):
                 raise HTTPException(404, f"unknown image id {query.id}.")
