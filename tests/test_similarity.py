@@ -64,6 +64,30 @@ def test_make_metadata_splits_every_class(digits):
     assert shares.between(0.2, 0.4).all()
 
 
+def class_folders(root, counts):
+    """Class sub-folders of placeholder .png files (make-metadata lists files, it does not decode them)."""
+    for name, count in counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            (root / name / f"{i}.png").write_bytes(b"png")
+    return root
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("test_split", [0.2, 0.6])
+def test_make_metadata_keeps_classes_of_one_or_two_images_in_training(tmp_path, runner, seed, test_split):
+    root = class_folders(tmp_path / "photos", {"many": 20, "some": 10, "two": 2, "one": 1})
+    args = [str(root), str(tmp_path / "m.csv"), "--test_split", str(test_split), "--seed", str(seed)]
+    assert runner.invoke(make_metadata, args).exit_code == 0
+    frame = pd.read_csv(tmp_path / "m.csv")
+    train = frame[frame["split"] == "train"]["class"].value_counts()
+    assert train["one"] == 1 and train["two"] >= 1
+    test = frame[frame["split"] == "test"]["class"].value_counts()
+    assert abs(test["many"] - 20 * test_split) <= 1 and abs(test["some"] - 10 * test_split) <= 1  # stratified
+    assert runner.invoke(make_metadata, [*args[:1], str(tmp_path / "again.csv"), *args[2:]]).exit_code == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again.csv"), frame)
+
+
 def test_siamese_type_d_learns_digit_similarity(siamese_d, digits):
     output_dir, summary = siamese_d
     before = untrained_recall(digits, normalize=True)

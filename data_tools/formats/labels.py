@@ -21,6 +21,7 @@ import pandas as pd
 
 from image_toolkit.data_tools.atomic import atomic_path
 from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.formats.splits import rarest_positive, stratified_split
 from image_toolkit.data_tools.names import TASKS
 
 
@@ -172,7 +173,12 @@ def write_label_csv(table: LabelTable, path: str | Path) -> None:
 
 
 def split_table(table: LabelTable, val_split: float, seed: int) -> tuple[LabelTable, LabelTable]:
-    """Split reproducibly into training and validation tables (stratified for multiclass)."""
+    """Split reproducibly into training and validation tables, stratified (`formats.splits`).
+
+    Multiclass rows are stratified by class (unknown class: a stratum of its
+    own), multilabel rows by their rarest positive label. A class with a
+    single image stays in training.
+    """
     if not 0.0 < val_split < 1.0:
         raise OptionError(f"--val_split: expected a fraction strictly between 0 and 1. Received: {val_split}.")
     n_val = int(round(len(table) * val_split))
@@ -181,20 +187,17 @@ def split_table(table: LabelTable, val_split: float, seed: int) -> tuple[LabelTa
             f"--val_split {val_split} leaves no image for training or validation "
             f"with {len(table)} usable images; label more images or change --val_split."
         )
-    rng = np.random.default_rng(seed)
     if table.task == "multiclass":
-        # Stratify: take val_split of every class, so a rare class is in both parts.
-        classes = np.nan_to_num(table.labels).argmax(axis=1)
-        val_rows = []
-        for label in np.unique(classes):
-            rows = rng.permutation(np.flatnonzero(classes == label))
-            val_rows.extend(rows[: int(round(len(rows) * val_split))])
-        val_rows = np.sort(np.asarray(val_rows, dtype=int))
+        strata = image_classes(table)
     else:
-        val_rows = np.sort(rng.permutation(len(table))[:n_val])
-    train_rows = np.setdiff1d(np.arange(len(table)), val_rows)
+        strata = rarest_positive(table.labels, table.label_names)
+    held_out = stratified_split(strata, val_split, seed=seed)
+    val_rows, train_rows = np.flatnonzero(held_out), np.flatnonzero(~held_out)
     if val_rows.size == 0 or train_rows.size == 0:
-        raise DataError(f"--val_split {val_split} leaves an empty training or validation list.")
+        raise DataError(
+            f"--val_split {val_split} leaves an empty training or validation list with {len(table)} images "
+            "(a class with one image stays in training); label more images."
+        )
     return table.subset(train_rows), table.subset(val_rows)
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 from image_toolkit.data_tools.atomic import atomic_path
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.images import check_images, find_images, report_skipped
+from image_toolkit.data_tools.formats.splits import stratified_split
 
 logger = logging.getLogger(__name__)
 
@@ -46,21 +47,12 @@ def read_metadata(path: str | Path) -> pd.DataFrame:
     return frame[["image", "class", "split"]]
 
 
-def _split_column(classes: np.ndarray, test_split: float, rng: np.random.Generator) -> np.ndarray:
-    """'test' for `test_split` of every class (at least one image when a class has two), else 'train'."""
-    split = np.full(len(classes), "train", dtype=object)
-    for label in np.unique(classes):
-        rows = rng.permutation(np.flatnonzero(classes == label))
-        n_test = int(round(len(rows) * test_split))
-        if test_split > 0 and len(rows) >= 2:
-            n_test = min(max(n_test, 1), len(rows) - 1)
-        split[rows[:n_test]] = "test"
-    return split
-
-
 def make_metadata(image_dir: str | Path, output_csv: str | Path, *, balanced: bool = False,
                   test_split: float = 0.2, seed: int = 0) -> pd.DataFrame:
-    """One row per image of `image_dir/CLASS/...`, with a stratified train/test split."""
+    """One row per image of `image_dir/CLASS/...`, with a stratified train/test split (`formats.splits`).
+
+    A class with a single image stays in training.
+    """
     if not 0.0 <= test_split < 1.0:
         raise OptionError(f"--test_split: expected a fraction in [0, 1). Received: {test_split}.")
     image_dir = Path(image_dir)
@@ -75,7 +67,8 @@ def make_metadata(image_dir: str | Path, output_csv: str | Path, *, balanced: bo
         smallest = min(np.bincount(np.unique(classes, return_inverse=True)[1]))
         keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(classes == c))[:smallest] for c in np.unique(classes)]))
         images, classes = [images[i] for i in keep], classes[keep]
-    frame = pd.DataFrame({"image": images, "class": classes, "split": _split_column(classes, test_split, rng)})
+    split = np.where(stratified_split(classes, test_split, seed=seed), "test", "train")
+    frame = pd.DataFrame({"image": images, "class": classes, "split": split})
     with atomic_path(output_csv) as temporary:
         frame.to_csv(temporary, index=False)
     return frame
