@@ -21,6 +21,7 @@ import pandas as pd
 
 from image_toolkit.data_tools.atomic import atomic_path
 from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.formats.csv_files import read_checked_csv
 from image_toolkit.data_tools.formats.splits import rarest_positive, stratified_split
 from image_toolkit.data_tools.names import TASKS
 
@@ -48,25 +49,10 @@ class LabelTable:
 
 
 def _read_frame(path: Path, *, allow_duplicates: bool) -> pd.DataFrame:
-    if not path.is_file():
-        raise DataError(f"{path}: label CSV not found; pass --data_csv with the path of your label file.")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except pd.errors.EmptyDataError:
-        raise DataError(
-            f"{path}: the file is empty; expected a header row such as 'image,even,prime' and one row per image."
-        ) from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: not a readable CSV ({str(error).splitlines()[0]}).") from None
-    frame.columns = [str(column).strip() for column in frame.columns]
-    if "image" not in frame.columns:
-        raise DataError(
-            f"{path}: no 'image' column (found {', '.join(frame.columns)}); "
-            "the first header cell must be 'image'."
-        )
-    if frame.empty:
-        raise DataError(f"{path}: the header is there but no image rows follow.")
-    frame["image"] = frame["image"].str.strip()
+    frame = read_checked_csv(
+        path, required=("image",), kind="label CSV", example="image,even,prime",
+        missing_fix="pass --data_csv with the path of your label file",
+    )
     duplicated = frame["image"][frame["image"].duplicated()]
     if not duplicated.empty and not allow_duplicates:
         first = duplicated.iloc[0]

@@ -17,6 +17,7 @@ from PIL import Image
 
 from image_toolkit.data_tools.atomic import atomic_path
 from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.formats.csv_files import read_checked_csv
 from image_toolkit.data_tools.formats.images import check_images, find_images, report_skipped
 from image_toolkit.data_tools.formats.splits import stratified_split
 
@@ -28,20 +29,10 @@ SPLITS = ("train", "test")
 def read_metadata(path: str | Path) -> pd.DataFrame:
     """Read a metadata CSV: `image` and `class` columns, `split` optional (all 'train' if absent)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: metadata CSV not found; make one with 'toolkit make-metadata IMAGE_DIR {path.name}'.")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
-        raise DataError(f"{path}: not a CSV with a header row 'image,class[,split]'.") from None
-    for column in ("image", "class"):
-        if column not in frame.columns:
-            raise DataError(
-                f"{path}: no '{column}' column (found {', '.join(frame.columns)}); "
-                "the metadata CSV needs 'image' and 'class' (make one with 'toolkit make-metadata')."
-            )
-    if frame.empty:
-        raise DataError(f"{path}: the header is there but no image rows follow.")
+    frame = read_checked_csv(
+        path, required=("image", "class"), kind="metadata CSV", example="image,class,split",
+        missing_fix=f"make one with 'toolkit make-metadata IMAGE_DIR {path.name}'",
+    )
     if "split" not in frame.columns:
         frame["split"] = "train"
     return frame[["image", "class", "split"]]
