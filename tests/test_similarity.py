@@ -181,6 +181,49 @@ def test_filter_images_copies_files_as_they_are_and_lists_unreadable_ones(digits
     assert len(pd.read_csv(tmp_path / "kept" / "metadata.csv")) == 6
 
 
+def small_photos(root, counts, size=20):
+    """Class sub-folders of real PNGs, `size` px square."""
+    from PIL import Image
+
+    for name, count in counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (size, size), (10 * i, 50, 90)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_filter_images_that_keeps_nothing_leaves_no_output_folder(tmp_path, runner):
+    source = small_photos(tmp_path / "faces", {"ann": 3, "bob": 2})
+    (source / "bob" / "broken.png").write_text("not an image")
+    result = runner.invoke(filter_images, [str(source), str(tmp_path / "faces_clean" / "v1"), "--min_size", "100", "--min_per_class", "1"])
+    assert result.exit_code == 1
+    message = one_line_error(result)
+    assert "no image passes the filters" in message and "at least 100 px on both sides: 0" in message
+    assert not (tmp_path / "faces_clean").exists()
+
+
+@pytest.mark.parametrize(
+    "output, message",
+    [
+        (lambda source: source, "is IMAGE_DIR"),
+        (lambda source: source / ".." / source.name, "is IMAGE_DIR"),
+        (lambda source: source / "clean", "is inside IMAGE_DIR"),
+        (lambda source: source / "ann" / "clean", "is inside IMAGE_DIR"),
+        (lambda source: source.parent, "contains IMAGE_DIR"),
+    ],
+)
+def test_filter_images_refuses_an_output_folder_overlapping_the_images(tmp_path, runner, output, message):
+    source = small_photos(tmp_path / "faces", {"ann": 3, "bob": 2})
+    def tree():
+        return {path: path.read_bytes() if path.is_file() else None for path in tmp_path.rglob("*")}
+
+    before = tree()
+    result = runner.invoke(filter_images, [str(source), str(output(source)), "--min_size", "8", "--min_per_class", "1", "--resize", "8"])
+    assert result.exit_code == 2
+    assert message in one_line_error(result)
+    assert tree() == before  # nothing overwritten, nothing added
+
+
 @pytest.mark.parametrize(
     "make_args, code, message",
     [

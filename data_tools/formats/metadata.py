@@ -65,15 +65,39 @@ def make_metadata(image_dir: str | Path, output_csv: str | Path, *, balanced: bo
     return frame
 
 
+def _check_separate(image_dir: Path, output_dir: Path) -> None:
+    """Refuse an output folder that is the image folder, inside it, or around it.
+
+    Copies written into the image folder would replace the originals (with
+    --resize, by smaller ones) and be read as input next time; an image folder
+    inside the output folder would become a class of its metadata.csv.
+    """
+    source, target = image_dir.resolve(), output_dir.resolve()
+    if target == source or source in target.parents:
+        where = "is IMAGE_DIR" if target == source else "is inside IMAGE_DIR"
+        raise OptionError(
+            f"OUTPUT_DIR {output_dir} {where} ({image_dir}); the copies would overwrite or mix with the originals. "
+            "Choose an output folder outside it, e.g. a sibling folder."
+        )
+    if target in source.parents:
+        raise OptionError(
+            f"OUTPUT_DIR {output_dir} contains IMAGE_DIR {image_dir}; its metadata.csv would list the originals as a class. "
+            "Choose an output folder outside it, e.g. a sibling folder."
+        )
+
+
 def filter_images(image_dir: str | Path, output_dir: str | Path, *, min_size: int = 100, min_per_class: int = 50,
                   sample: int | None = None, resize: int | None = None, seed: int = 0) -> list[tuple[str, int]]:
-    """Copy (and optionally resize) the images that pass each filter; return (step, images left) counts."""
+    """Copy (and optionally resize) the images that pass each filter; return (step, images left) counts.
+
+    Nothing is written, and no output folder made, until some image has
+    passed every filter: a run that keeps nothing leaves no empty folder.
+    """
     image_dir, output_dir = Path(image_dir), Path(output_dir)
+    _check_separate(image_dir, output_dir)
     paths = [path for path in find_images(image_dir) if path.parent != image_dir]
     counts = [("found in class folders", len(paths))]
     usable, skipped = check_images(paths)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    report_skipped(skipped, output_dir, len(paths))
     paths = [path for path, ok in zip(paths, usable) if ok]
     counts.append(("readable", len(paths)))
 
@@ -93,11 +117,15 @@ def filter_images(image_dir: str | Path, output_dir: str | Path, *, min_size: in
         paths = [paths[i] for i in np.sort(rng.choice(len(paths), size=sample, replace=False))]
         counts.append(("sampled", len(paths)))
     if not paths:
-        raise DataError(f"{image_dir}: no image passes the filters; lower --min_size or --min_per_class.")
+        left = "; ".join(f"{step}: {count}" for step, count in counts)
+        raise DataError(
+            f"{image_dir}: no image passes the filters ({left}); lower --min_size or --min_per_class. "
+            f"Nothing was written to {output_dir}."
+        )
+    report_skipped(skipped, output_dir, counts[0][1])
     for path in paths:
         target = output_dir / path.relative_to(image_dir)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(target) as temporary:
+        with atomic_path(target) as temporary:  # makes the class folder with its first image
             if resize:
                 with Image.open(path) as image:
                     image = image.convert("RGB").resize((resize, resize), Image.BICUBIC)
