@@ -4,11 +4,11 @@ import pytest
 
 from image_toolkit.data_tools.errors import DataError
 from image_toolkit.data_tools.formats.csv_files import read_checked_csv
-from image_toolkit.data_tools.formats.labels import read_label_csv
+from image_toolkit.data_tools.formats.labels import read_label_csv, read_labels
 from image_toolkit.data_tools.formats.metadata import read_metadata
 from image_toolkit.models.extraction import list_images
 
-READERS = {"labels": read_label_csv, "metadata": read_metadata, "image list": list_images}
+READERS = {"labels": read_label_csv, "labels, task from the header": read_labels, "metadata": read_metadata, "image list": list_images}
 PROBLEMS = [
     (b"", "the file is empty; expected a header row such as"),
     (b"image,class\na.png,x\nb.png,y,1,2\n", "not a readable CSV (Error tokenizing data. C error: Expected 2 fields in line 3, saw 4)"),

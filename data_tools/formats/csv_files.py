@@ -10,6 +10,7 @@ file and the fix.
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,6 +61,18 @@ def read_checked_csv(
     if "image" in frame.columns:
         frame["image"] = frame["image"].str.strip()
     return frame
+
+
+def read_csv_header(path: str | os.PathLike, *, kind: str = "CSV", missing_fix: str = "check the path") -> list[str]:
+    """The column names of a CSV (spaces around them dropped), with the same one-line errors as `read_checked_csv`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {kind} not found; {missing_fix}.")
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            return [cell.strip() for cell in next(csv.reader(handle), [])]
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: {_first_undecodable(path)} is not UTF-8 text; save the file as CSV UTF-8.") from None
 
 
 def _first_undecodable(path: Path) -> str:

@@ -12,7 +12,6 @@ strategy (`image_toolkit.data_tools.formats.missing_labels`) starts from the sam
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pandas as pd
 
 from image_toolkit.data_tools.atomic import atomic_path
 from image_toolkit.data_tools.errors import DataError, OptionError
-from image_toolkit.data_tools.formats.csv_files import read_checked_csv
+from image_toolkit.data_tools.formats.csv_files import read_checked_csv, read_csv_header
 from image_toolkit.data_tools.formats.splits import rarest_positive, stratified_split
 from image_toolkit.data_tools.names import TASKS
 
@@ -193,11 +192,7 @@ SEPARATOR = ";"
 
 def csv_header(path: str | Path) -> list[str]:
     """The column names of a label or metadata CSV."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: label CSV not found; pass the path of your label file.")
-    with path.open(newline="", encoding="utf-8") as handle:
-        return [cell.strip() for cell in next(csv.reader(handle), [])]
+    return read_csv_header(path, kind="label CSV", missing_fix="pass the path of your label file")
 
 
 def infer_task(path: str | Path) -> str:
