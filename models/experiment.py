@@ -17,7 +17,8 @@ in the order of the work:
    recall and F1 plus macro-F1 to Results.csv as each run ends; draw
    experiment.png.
 5. Report mean ± std of test macro-F1 per variant and the paired difference
-   (meta - baseline, by seed) with a 95 % t interval, whatever it says.
+   (meta - baseline, by seed) with scipy's paired t 95 % interval, whatever
+   it says; a NaN score or a single seed is reported as not decidable.
 
 Everything goes to `output_dir`: lists/<experiment>/ (the exact CSVs trained
 and scored on), runs/<experiment>/<variant>_seed<N>/ (each training's
@@ -31,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -193,24 +193,41 @@ def append_csv(path: Path, rows: pd.DataFrame) -> None:
         rows.to_csv(temporary, index=False)
 
 
-def paired_difference(baseline: np.ndarray, meta: np.ndarray) -> dict:
-    """Mean of meta - baseline over seeds, with a 95 % t interval (None with one seed)."""
+def paired_difference(baseline: np.ndarray, meta: np.ndarray, seeds=None) -> dict:
+    """Mean of meta - baseline over seeds, with scipy's paired t 95 % interval.
+
+    Undecidable cases say so and why, in `verdict`, with `decidable` False and
+    no interval: a seed whose score is missing or NaN (a run that failed, or a
+    macro-F1 that could not be computed), or fewer than 2 seeds. They never
+    read as "no clear difference".
+    """
     from scipy import stats
 
-    differences = np.asarray(meta, dtype=float) - np.asarray(baseline, dtype=float)
+    baseline, meta = np.asarray(baseline, dtype=float), np.asarray(meta, dtype=float)
+    seeds = list(range(len(baseline))) if seeds is None else [int(seed) for seed in seeds]
+    differences = meta - baseline
     n = len(differences)
-    mean = float(differences.mean())
+    result = {"mean": None, "low": None, "high": None, "n": n, "decidable": False}
+    unscored = [seed for seed, difference in zip(seeds, differences) if not np.isfinite(difference)]
+    if unscored:
+        listed = ", ".join(map(str, unscored))
+        return {**result, "verdict": f"not decidable: no test macro-F1 (NaN or missing) for seed(s) {listed}; "
+                                     "check those runs in ExperimentLog.csv and run the experiment again"}
     if n < 2:
-        return {"mean": mean, "low": None, "high": None, "n": n, "verdict": "one seed: no interval; run with --seeds 3 or more"}
-    half = float(stats.t.ppf(0.975, n - 1) * differences.std(ddof=1) / math.sqrt(n))
-    low, high = mean - half, mean + half
+        mean = float(differences.mean()) if n else None
+        return {**result, "mean": mean, "verdict": f"not decidable: {n} seed, no interval; run with --seeds 3 or more"}
+    interval = stats.ttest_rel(meta, baseline).confidence_interval(0.95)
+    low, high = float(interval.low), float(interval.high)
+    mean = float(differences.mean())
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return {**result, "mean": mean, "verdict": "not decidable: the t interval is undefined for these scores"}
     if low > 0:
         verdict = "meta better than baseline (the 95 % interval is above 0)"
     elif high < 0:
         verdict = "meta worse than baseline (the 95 % interval is below 0)"
     else:
         verdict = "no clear difference (the 95 % interval includes 0)"
-    return {"mean": mean, "low": low, "high": high, "n": n, "verdict": verdict}
+    return {"mean": mean, "low": low, "high": high, "n": n, "decidable": True, "verdict": verdict}
 
 
 def summarise(log: pd.DataFrame, results: pd.DataFrame) -> dict:
@@ -234,7 +251,7 @@ def summarise(log: pd.DataFrame, results: pd.DataFrame) -> dict:
     return {
         "variants": variants,
         "by_seed": [{"seed": int(seed), **{v: float(row[v]) for v in VARIANTS}} for seed, row in by_seed.iterrows()],
-        "difference": paired_difference(by_seed["baseline"].to_numpy(), by_seed["meta"].to_numpy()),
+        "difference": paired_difference(by_seed["baseline"].to_numpy(), by_seed["meta"].to_numpy(), by_seed.index),
         "per_class": per_class.to_dict(orient="records"),
     }
 

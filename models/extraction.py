@@ -19,9 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.formats.csv_files import read_checked_csv
 from image_toolkit.data_tools.formats.features import COMPARABLE_KEYS, FeatureSet, read_features, write_features
 from image_toolkit.data_tools.formats.images import IMAGE_SUFFIXES, check_images, find_images, report_skipped, require_readable
 from image_toolkit.data_tools.names import EXTRACT_PRECISIONS
@@ -146,13 +146,8 @@ def list_images(image_path: str | os.PathLike) -> tuple[Path, list[str]]:
         raise DataError(f"{image_path}: no such file or folder; give a folder of images, an image or a CSV with an 'image' column.")
     if image_path.suffix.lower() in IMAGE_SUFFIXES:
         return image_path.parent, [image_path.name]
-    try:
-        frame = pd.read_csv(image_path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-        frame = pd.DataFrame()
-    if "image" not in frame.columns or frame.empty:
-        raise DataError(f"{image_path}: neither an image nor a CSV with an 'image' column and rows.")
-    return image_path.parent, list(dict.fromkeys(frame["image"].str.strip()))
+    frame = read_checked_csv(image_path, required=("image",), kind="image list CSV", example="image")
+    return image_path.parent, list(dict.fromkeys(frame["image"]))
 
 
 def traced_forward(model: keras.Model, jit_compile: bool):

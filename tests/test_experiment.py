@@ -166,19 +166,39 @@ def test_scores_match_scikit_learn_and_mask_blank_cells():
     assert scores["f1"].iloc[3] == pytest.approx(f1_score(classes, guesses, average="macro"))
 
 
-def test_paired_difference_interval():
+def test_paired_difference_interval_is_scipys_paired_t_interval():
     from scipy import stats
 
     from image_toolkit.models.experiment import paired_difference
 
-    baseline, meta = np.array([0.80, 0.82, 0.81]), np.array([0.84, 0.85, 0.86])
+    baseline, meta = np.array([0.80, 0.82, 0.81, 0.79]), np.array([0.84, 0.85, 0.86, 0.80])
     result = paired_difference(baseline, meta)
-    d = meta - baseline
-    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
-    assert result["mean"] == pytest.approx(d.mean()) and result["low"] == pytest.approx(d.mean() - half)
-    assert result["verdict"].startswith("meta better")
+    # Independent of the formula: a one-sample t test of the differences against 0.
+    expected = stats.ttest_1samp(meta - baseline, 0.0).confidence_interval(0.95)
+    assert result["mean"] == pytest.approx(np.mean(meta - baseline))
+    assert (result["low"], result["high"]) == pytest.approx((expected.low, expected.high))
+    assert result["decidable"] and result["verdict"].startswith("meta better")
     assert paired_difference(meta, baseline)["verdict"].startswith("meta worse")
-    assert paired_difference(baseline, baseline + np.array([0.01, -0.01, 0.0]))["verdict"].startswith("no clear difference")
+    assert paired_difference(baseline, baseline + np.array([0.01, -0.01, 0.0, 0.005]))["verdict"].startswith("no clear difference")
+
+
+@pytest.mark.parametrize(
+    "baseline, meta, reason",
+    [
+        ([0.80, np.nan, 0.81], [0.84, 0.85, 0.86], "seed(s) 1"),
+        ([0.80, 0.82, 0.81], [0.84, 0.85, np.nan], "seed(s) 2"),
+        ([0.80], [0.84], "1 seed"),
+    ],
+)
+def test_nan_scores_or_one_seed_are_not_decidable(baseline, meta, reason):
+    from image_toolkit.models.experiment import format_report, paired_difference
+
+    result = paired_difference(np.array(baseline), np.array(meta))
+    assert not result["decidable"] and result["low"] is None and result["high"] is None
+    assert result["verdict"].startswith("not decidable") and reason in result["verdict"]
+    assert "no clear difference" not in result["verdict"]
+    summary = {"variants": {}, "by_seed": [], "difference": result}
+    assert "not decidable" in format_report(summary)
 
 
 def test_a_log_with_other_columns_is_refused_before_training(setup, tmp_path):

@@ -85,3 +85,57 @@ def test_write_then_read_round_trip(tmp_path, task, text):
     again = read_label_csv(tmp_path / "copy.csv", task)
     assert again.images == table.images and again.label_names == table.label_names
     np.testing.assert_array_equal(again.labels, table.labels)
+
+
+def multiclass_table(counts):
+    """A multiclass table with `counts[name]` images of each class."""
+    from image_toolkit.data_tools.formats.labels import LabelTable
+
+    names = sorted(counts)
+    classes = [name for name in names for _ in range(counts[name])]
+    labels = np.eye(len(names), dtype=np.float32)[[names.index(c) for c in classes]]
+    return LabelTable([f"{i}.png" for i in range(len(classes))], labels, names, "multiclass")
+
+
+@pytest.mark.parametrize("rare", [1, 2])
+@pytest.mark.parametrize("fraction", [0.2, 0.5, 0.6, 0.8])
+@pytest.mark.parametrize("seed", range(5))
+def test_a_rare_class_keeps_training_images(rare, fraction, seed):
+    table = multiclass_table({"common": 40, "other": 20, "rare": rare})
+    train, val = split_table(table, fraction, seed=seed)
+    assert np.nansum(train.labels, axis=0).min() >= 1
+    if rare == 1:
+        assert "rare" not in {table.label_names[int(np.argmax(row))] for row in val.labels}
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_rare_multilabel_label_keeps_its_training_positive(tmp_path, seed):
+    rows = "".join(f"{i}.png,{i % 2},{int(i in (7, 30))},{int(i == 11)}\n" for i in range(40))
+    table = read_label_csv(write(tmp_path, "image,odd,rare2,rare1\n" + rows))
+    train, val = split_table(table, 0.3, seed=seed)
+    assert (np.nansum(train.labels, axis=0) >= 1).all()
+    assert "11.png" in train.images
+
+
+def test_the_split_is_stratified(tmp_path):
+    train, val = split_table(multiclass_table({"a": 25, "b": 25, "c": 25, "d": 25}), 0.2, seed=1)
+    np.testing.assert_array_equal(np.nansum(val.labels, axis=0), [5, 5, 5, 5])
+    # Multilabel, stratified by the rarest positive label: 'big' (20 rows), else 'odd' (40), else none (40).
+    rows = "".join(f"{i}.png,{i % 2},{int(i < 20)}\n" for i in range(100))
+    table = read_label_csv(write(tmp_path, "image,odd,big\n" + rows))
+    for seed in range(3):
+        train, val = split_table(table, 0.2, seed=seed)
+        big, odd = val.labels[:, 1] == 1, val.labels[:, 0] == 1
+        assert (len(val), big.sum(), (odd & ~big).sum()) == (20, 4, 8)
+
+
+def test_same_seed_same_stratified_split():
+    table = multiclass_table({"a": 30, "b": 12, "c": 2, "d": 1})
+    first, again = split_table(table, 0.25, seed=7), split_table(table, 0.25, seed=7)
+    assert first[1].images == again[1].images and first[0].images == again[0].images
+    assert split_table(table, 0.25, seed=8)[1].images != first[1].images
+
+
+def test_a_split_of_single_images_is_refused_with_the_reason():
+    with pytest.raises(DataError, match="a class with one image stays in training"):
+        split_table(multiclass_table({"a": 1, "b": 1, "c": 1}), 0.4, seed=0)

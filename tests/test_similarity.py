@@ -64,6 +64,30 @@ def test_make_metadata_splits_every_class(digits):
     assert shares.between(0.2, 0.4).all()
 
 
+def class_folders(root, counts):
+    """Class sub-folders of placeholder .png files (make-metadata lists files, it does not decode them)."""
+    for name, count in counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            (root / name / f"{i}.png").write_bytes(b"png")
+    return root
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("test_split", [0.2, 0.6])
+def test_make_metadata_keeps_classes_of_one_or_two_images_in_training(tmp_path, runner, seed, test_split):
+    root = class_folders(tmp_path / "photos", {"many": 20, "some": 10, "two": 2, "one": 1})
+    args = [str(root), str(tmp_path / "m.csv"), "--test_split", str(test_split), "--seed", str(seed)]
+    assert runner.invoke(make_metadata, args).exit_code == 0
+    frame = pd.read_csv(tmp_path / "m.csv")
+    train = frame[frame["split"] == "train"]["class"].value_counts()
+    assert train["one"] == 1 and train["two"] >= 1
+    test = frame[frame["split"] == "test"]["class"].value_counts()
+    assert abs(test["many"] - 20 * test_split) <= 1 and abs(test["some"] - 10 * test_split) <= 1  # stratified
+    assert runner.invoke(make_metadata, [*args[:1], str(tmp_path / "again.csv"), *args[2:]]).exit_code == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again.csv"), frame)
+
+
 def test_siamese_type_d_learns_digit_similarity(siamese_d, digits):
     output_dir, summary = siamese_d
     before = untrained_recall(digits, normalize=True)
@@ -155,6 +179,49 @@ def test_filter_images_copies_files_as_they_are_and_lists_unreadable_ones(digits
         assert (tmp_path / "kept" / original.parent.name / original.name).read_bytes() == original.read_bytes()
     assert "broken.png" in (tmp_path / "kept" / "skipped_images.txt").read_text()
     assert len(pd.read_csv(tmp_path / "kept" / "metadata.csv")) == 6
+
+
+def small_photos(root, counts, size=20):
+    """Class sub-folders of real PNGs, `size` px square."""
+    from PIL import Image
+
+    for name, count in counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (size, size), (10 * i, 50, 90)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_filter_images_that_keeps_nothing_leaves_no_output_folder(tmp_path, runner):
+    source = small_photos(tmp_path / "faces", {"ann": 3, "bob": 2})
+    (source / "bob" / "broken.png").write_text("not an image")
+    result = runner.invoke(filter_images, [str(source), str(tmp_path / "faces_clean" / "v1"), "--min_size", "100", "--min_per_class", "1"])
+    assert result.exit_code == 1
+    message = one_line_error(result)
+    assert "no image passes the filters" in message and "at least 100 px on both sides: 0" in message
+    assert not (tmp_path / "faces_clean").exists()
+
+
+@pytest.mark.parametrize(
+    "output, message",
+    [
+        (lambda source: source, "is IMAGE_DIR"),
+        (lambda source: source / ".." / source.name, "is IMAGE_DIR"),
+        (lambda source: source / "clean", "is inside IMAGE_DIR"),
+        (lambda source: source / "ann" / "clean", "is inside IMAGE_DIR"),
+        (lambda source: source.parent, "contains IMAGE_DIR"),
+    ],
+)
+def test_filter_images_refuses_an_output_folder_overlapping_the_images(tmp_path, runner, output, message):
+    source = small_photos(tmp_path / "faces", {"ann": 3, "bob": 2})
+    def tree():
+        return {path: path.read_bytes() if path.is_file() else None for path in tmp_path.rglob("*")}
+
+    before = tree()
+    result = runner.invoke(filter_images, [str(source), str(output(source)), "--min_size", "8", "--min_per_class", "1", "--resize", "8"])
+    assert result.exit_code == 2
+    assert message in one_line_error(result)
+    assert tree() == before  # nothing overwritten, nothing added
 
 
 @pytest.mark.parametrize(

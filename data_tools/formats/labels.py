@@ -12,7 +12,6 @@ strategy (`image_toolkit.data_tools.formats.missing_labels`) starts from the sam
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 from pathlib import Path
 
@@ -21,6 +20,8 @@ import pandas as pd
 
 from image_toolkit.data_tools.atomic import atomic_path
 from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.formats.csv_files import read_checked_csv, read_csv_header
+from image_toolkit.data_tools.formats.splits import rarest_positive, stratified_split
 from image_toolkit.data_tools.names import TASKS
 
 
@@ -47,25 +48,10 @@ class LabelTable:
 
 
 def _read_frame(path: Path, *, allow_duplicates: bool) -> pd.DataFrame:
-    if not path.is_file():
-        raise DataError(f"{path}: label CSV not found; pass --data_csv with the path of your label file.")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except pd.errors.EmptyDataError:
-        raise DataError(
-            f"{path}: the file is empty; expected a header row such as 'image,even,prime' and one row per image."
-        ) from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: not a readable CSV ({str(error).splitlines()[0]}).") from None
-    frame.columns = [str(column).strip() for column in frame.columns]
-    if "image" not in frame.columns:
-        raise DataError(
-            f"{path}: no 'image' column (found {', '.join(frame.columns)}); "
-            "the first header cell must be 'image'."
-        )
-    if frame.empty:
-        raise DataError(f"{path}: the header is there but no image rows follow.")
-    frame["image"] = frame["image"].str.strip()
+    frame = read_checked_csv(
+        path, required=("image",), kind="label CSV", example="image,even,prime",
+        missing_fix="pass --data_csv with the path of your label file",
+    )
     duplicated = frame["image"][frame["image"].duplicated()]
     if not duplicated.empty and not allow_duplicates:
         first = duplicated.iloc[0]
@@ -172,7 +158,12 @@ def write_label_csv(table: LabelTable, path: str | Path) -> None:
 
 
 def split_table(table: LabelTable, val_split: float, seed: int) -> tuple[LabelTable, LabelTable]:
-    """Split reproducibly into training and validation tables (stratified for multiclass)."""
+    """Split reproducibly into training and validation tables, stratified (`formats.splits`).
+
+    Multiclass rows are stratified by class (unknown class: a stratum of its
+    own), multilabel rows by their rarest positive label. A class with a
+    single image stays in training.
+    """
     if not 0.0 < val_split < 1.0:
         raise OptionError(f"--val_split: expected a fraction strictly between 0 and 1. Received: {val_split}.")
     n_val = int(round(len(table) * val_split))
@@ -181,20 +172,17 @@ def split_table(table: LabelTable, val_split: float, seed: int) -> tuple[LabelTa
             f"--val_split {val_split} leaves no image for training or validation "
             f"with {len(table)} usable images; label more images or change --val_split."
         )
-    rng = np.random.default_rng(seed)
     if table.task == "multiclass":
-        # Stratify: take val_split of every class, so a rare class is in both parts.
-        classes = np.nan_to_num(table.labels).argmax(axis=1)
-        val_rows = []
-        for label in np.unique(classes):
-            rows = rng.permutation(np.flatnonzero(classes == label))
-            val_rows.extend(rows[: int(round(len(rows) * val_split))])
-        val_rows = np.sort(np.asarray(val_rows, dtype=int))
+        strata = image_classes(table)
     else:
-        val_rows = np.sort(rng.permutation(len(table))[:n_val])
-    train_rows = np.setdiff1d(np.arange(len(table)), val_rows)
+        strata = rarest_positive(table.labels, table.label_names)
+    held_out = stratified_split(strata, val_split, seed=seed)
+    val_rows, train_rows = np.flatnonzero(held_out), np.flatnonzero(~held_out)
     if val_rows.size == 0 or train_rows.size == 0:
-        raise DataError(f"--val_split {val_split} leaves an empty training or validation list.")
+        raise DataError(
+            f"--val_split {val_split} leaves an empty training or validation list with {len(table)} images "
+            "(a class with one image stays in training); label more images."
+        )
     return table.subset(train_rows), table.subset(val_rows)
 
 
@@ -204,11 +192,7 @@ SEPARATOR = ";"
 
 def csv_header(path: str | Path) -> list[str]:
     """The column names of a label or metadata CSV."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: label CSV not found; pass the path of your label file.")
-    with path.open(newline="", encoding="utf-8") as handle:
-        return [cell.strip() for cell in next(csv.reader(handle), [])]
+    return read_csv_header(path, kind="label CSV", missing_fix="pass the path of your label file")
 
 
 def infer_task(path: str | Path) -> str:

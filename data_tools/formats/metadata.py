@@ -17,7 +17,9 @@ from PIL import Image
 
 from image_toolkit.data_tools.atomic import atomic_path
 from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.formats.csv_files import read_checked_csv
 from image_toolkit.data_tools.formats.images import check_images, find_images, report_skipped
+from image_toolkit.data_tools.formats.splits import stratified_split
 
 logger = logging.getLogger(__name__)
 
@@ -27,40 +29,21 @@ SPLITS = ("train", "test")
 def read_metadata(path: str | Path) -> pd.DataFrame:
     """Read a metadata CSV: `image` and `class` columns, `split` optional (all 'train' if absent)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: metadata CSV not found; make one with 'toolkit make-metadata IMAGE_DIR {path.name}'.")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
-        raise DataError(f"{path}: not a CSV with a header row 'image,class[,split]'.") from None
-    for column in ("image", "class"):
-        if column not in frame.columns:
-            raise DataError(
-                f"{path}: no '{column}' column (found {', '.join(frame.columns)}); "
-                "the metadata CSV needs 'image' and 'class' (make one with 'toolkit make-metadata')."
-            )
-    if frame.empty:
-        raise DataError(f"{path}: the header is there but no image rows follow.")
+    frame = read_checked_csv(
+        path, required=("image", "class"), kind="metadata CSV", example="image,class,split",
+        missing_fix=f"make one with 'toolkit make-metadata IMAGE_DIR {path.name}'",
+    )
     if "split" not in frame.columns:
         frame["split"] = "train"
     return frame[["image", "class", "split"]]
 
 
-def _split_column(classes: np.ndarray, test_split: float, rng: np.random.Generator) -> np.ndarray:
-    """'test' for `test_split` of every class (at least one image when a class has two), else 'train'."""
-    split = np.full(len(classes), "train", dtype=object)
-    for label in np.unique(classes):
-        rows = rng.permutation(np.flatnonzero(classes == label))
-        n_test = int(round(len(rows) * test_split))
-        if test_split > 0 and len(rows) >= 2:
-            n_test = min(max(n_test, 1), len(rows) - 1)
-        split[rows[:n_test]] = "test"
-    return split
-
-
 def make_metadata(image_dir: str | Path, output_csv: str | Path, *, balanced: bool = False,
                   test_split: float = 0.2, seed: int = 0) -> pd.DataFrame:
-    """One row per image of `image_dir/CLASS/...`, with a stratified train/test split."""
+    """One row per image of `image_dir/CLASS/...`, with a stratified train/test split (`formats.splits`).
+
+    A class with a single image stays in training.
+    """
     if not 0.0 <= test_split < 1.0:
         raise OptionError(f"--test_split: expected a fraction in [0, 1). Received: {test_split}.")
     image_dir = Path(image_dir)
@@ -75,21 +58,46 @@ def make_metadata(image_dir: str | Path, output_csv: str | Path, *, balanced: bo
         smallest = min(np.bincount(np.unique(classes, return_inverse=True)[1]))
         keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(classes == c))[:smallest] for c in np.unique(classes)]))
         images, classes = [images[i] for i in keep], classes[keep]
-    frame = pd.DataFrame({"image": images, "class": classes, "split": _split_column(classes, test_split, rng)})
+    split = np.where(stratified_split(classes, test_split, seed=seed), "test", "train")
+    frame = pd.DataFrame({"image": images, "class": classes, "split": split})
     with atomic_path(output_csv) as temporary:
         frame.to_csv(temporary, index=False)
     return frame
 
 
+def _check_separate(image_dir: Path, output_dir: Path) -> None:
+    """Refuse an output folder that is the image folder, inside it, or around it.
+
+    Copies written into the image folder would replace the originals (with
+    --resize, by smaller ones) and be read as input next time; an image folder
+    inside the output folder would become a class of its metadata.csv.
+    """
+    source, target = image_dir.resolve(), output_dir.resolve()
+    if target == source or source in target.parents:
+        where = "is IMAGE_DIR" if target == source else "is inside IMAGE_DIR"
+        raise OptionError(
+            f"OUTPUT_DIR {output_dir} {where} ({image_dir}); the copies would overwrite or mix with the originals. "
+            "Choose an output folder outside it, e.g. a sibling folder."
+        )
+    if target in source.parents:
+        raise OptionError(
+            f"OUTPUT_DIR {output_dir} contains IMAGE_DIR {image_dir}; its metadata.csv would list the originals as a class. "
+            "Choose an output folder outside it, e.g. a sibling folder."
+        )
+
+
 def filter_images(image_dir: str | Path, output_dir: str | Path, *, min_size: int = 100, min_per_class: int = 50,
                   sample: int | None = None, resize: int | None = None, seed: int = 0) -> list[tuple[str, int]]:
-    """Copy (and optionally resize) the images that pass each filter; return (step, images left) counts."""
+    """Copy (and optionally resize) the images that pass each filter; return (step, images left) counts.
+
+    Nothing is written, and no output folder made, until some image has
+    passed every filter: a run that keeps nothing leaves no empty folder.
+    """
     image_dir, output_dir = Path(image_dir), Path(output_dir)
+    _check_separate(image_dir, output_dir)
     paths = [path for path in find_images(image_dir) if path.parent != image_dir]
     counts = [("found in class folders", len(paths))]
     usable, skipped = check_images(paths)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    report_skipped(skipped, output_dir, len(paths))
     paths = [path for path, ok in zip(paths, usable) if ok]
     counts.append(("readable", len(paths)))
 
@@ -109,11 +117,15 @@ def filter_images(image_dir: str | Path, output_dir: str | Path, *, min_size: in
         paths = [paths[i] for i in np.sort(rng.choice(len(paths), size=sample, replace=False))]
         counts.append(("sampled", len(paths)))
     if not paths:
-        raise DataError(f"{image_dir}: no image passes the filters; lower --min_size or --min_per_class.")
+        left = "; ".join(f"{step}: {count}" for step, count in counts)
+        raise DataError(
+            f"{image_dir}: no image passes the filters ({left}); lower --min_size or --min_per_class. "
+            f"Nothing was written to {output_dir}."
+        )
+    report_skipped(skipped, output_dir, counts[0][1])
     for path in paths:
         target = output_dir / path.relative_to(image_dir)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(target) as temporary:
+        with atomic_path(target) as temporary:  # makes the class folder with its first image
             if resize:
                 with Image.open(path) as image:
                     image = image.convert("RGB").resize((resize, resize), Image.BICUBIC)
