@@ -222,6 +222,23 @@ def test_library_rejects_unknown_kind_and_metric(data):
     assert cli_index.KINDS == index_module.KINDS and cli_index.METRICS == index_module.METRICS
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"m": 1}, r"^m must be at least 2. Received: m=1$"),
+        ({"ef_construction": 0}, r"^ef_construction must be at least 1. Received: ef_construction=0$"),
+        ({"kind": "ivf", "nlist": 0}, r"^nlist must be at least 1. Received: nlist=0$"),
+        ({"kind": "ivf", "nlist": 41}, r"^nlist must be at most 40 \(the number of rows\). Received: nlist=41$"),
+        ({"target_recall": 0}, r"^target_recall must be in \(0, 1\]. Received: target_recall=0$"),
+        ({"target_recall": 1.5}, r"Received: target_recall=1.5$"),
+        ({"n_threads": 0}, r"^n_threads must be -1 \(all cores\) or at least 1. Received: n_threads=0$"),
+    ],
+)
+def test_library_rejects_impossible_settings(data, options, message):
+    with pytest.raises(OptionError, match=message):
+        ImageIndex(**options).fit(feature_set(data[0][:40]))
+
+
 def test_missing_index_dir(runner, tmp_path, features_file):
     for args in (("info", tmp_path / "nowhere"), ("add", tmp_path / "nowhere", features_file)):
         result = invoke(runner, *args)

@@ -36,6 +36,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from image_toolkit.data_tools.atomic import atomic_path
+from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.features import check_features
 
@@ -49,6 +50,8 @@ MAX_BLOCK_ROWS = 4096
 # A block is offered whole, not key by key, when more than 1 key in this many may enter the heaps.
 DENSE_FRACTION = 16
 PROGRESS_SECONDS = 10.0
+# The value of a thread count that means every core.
+ALL_CORES = {-1: "all cores"}
 
 
 # Kernels: how a metric turns blocks of rows into keys.
@@ -228,15 +231,8 @@ def check_options(*, metric: str, n_threads: int, max_memory: int) -> None:
     """Reject impossible options; the CLI calls this before reading any file."""
     if metric not in KERNELS:
         raise OptionError(f"Unknown distance metric. Expected one of {', '.join(METRICS)}. Received: {metric!r}")
-    if n_threads == 0 or n_threads < -1:
-        raise OptionError(f"The number of cores must be -1 (all cores) or at least 1. Received: {n_threads}")
-    if max_memory <= 0:
-        raise OptionError(f"The memory limit must be positive. Received: {max_memory} bytes")
-
-
-def _check_k(k: int, n_candidates: int, why: str) -> None:
-    if not 1 <= k <= n_candidates:
-        raise OptionError(f"The number of neighbours must be between 1 and {n_candidates} ({why}). Received: {k}")
+    check_range("n_threads", n_threads, low=1, special=ALL_CORES)
+    check_range("max_memory", max_memory, low=0, low_open=True, why="bytes")
 
 
 def available_cores() -> int:
@@ -307,9 +303,9 @@ def exact_neighbors(
     gallery = np.ascontiguousarray(check_features(features, "features"))
     if queries is None:
         if include_self:
-            _check_k(k, len(gallery), "the number of rows")
+            check_range("k", k, low=1, high=len(gallery), why="the number of rows")
         else:
-            _check_k(k, len(gallery) - 1, "the number of rows less the row itself")
+            check_range("k", k, low=1, high=len(gallery) - 1, why="the number of rows less the row itself")
     else:
         queries = np.ascontiguousarray(check_features(queries, "queries"))
         if queries.shape[1] != gallery.shape[1]:
@@ -317,7 +313,7 @@ def exact_neighbors(
                 f"queries have {queries.shape[1]} features per row but the set has {gallery.shape[1]}; "
                 "extract both with the same model and layer."
             )
-        _check_k(k, len(gallery), "the number of rows")
+        check_range("k", k, low=1, high=len(gallery), why="the number of rows")
 
     kernel = KERNELS[metric]
     size = block_rows(gallery.shape[1], max_memory)
