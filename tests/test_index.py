@@ -63,22 +63,48 @@ def invoke(runner, *args):
     return runner.invoke(index, [*map(str, args), "--quiet"])
 
 
+def true_recall(index: ImageIndex, rows: np.ndarray, queries: np.ndarray, metric: str, k: int = 10) -> float:
+    """recall@k of `index.search` against scikit-learn's brute force on the rows as given (no faiss, no toolkit).
+
+    A result counts as found when its true distance is within the exact k-th
+    one (ties with the k-th neighbour are as good as it).
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    radius = NearestNeighbors(n_neighbors=k, algorithm="brute", metric=metric).fit(rows).kneighbors(queries)[0][:, -1]
+    _, found = index.search(queries, k=k)
+    found = np.array([int(Path(path).stem) for path in index.paths_])[found]  # Index order -> row of `rows`.
+    if metric == "cosine":
+        unit, unit_queries = (a / np.linalg.norm(a, axis=1, keepdims=True) for a in (rows, queries))
+        distances = 1 - np.einsum("qd,qkd->qk", unit_queries, unit[found])
+    else:
+        distances = np.linalg.norm(rows[found] - queries[:, None, :], axis=2)
+    return float(np.mean(distances <= radius[:, None] + 1e-5))
+
+
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-def test_tuned_index_reaches_the_target_recall_against_flat(hard_data, kind, metric):
+def test_tuned_index_reaches_the_target_recall_and_a_starved_one_does_not(hard_data, kind, metric):
+    """On 3000 wide 64-d clusters the search setting decides recall: tuning must find one that reaches the target.
+
+    Recall is measured on 200 new images against scikit-learn's exact
+    neighbours, not by the index's own tuning. The same index searched at
+    the cheapest setting (efSearch=1, which faiss raises to k; nprobe=1)
+    falls well below the target, so a tuning that stopped early, or a search
+    that ignored the tuned value, would fail here.
+    """
     rows, queries = hard_data
     approximate = ImageIndex(kind=kind, metric=metric, target_recall=0.95, n_threads=1).fit(feature_set(rows))
-    exact = ImageIndex(kind="flat", metric=metric, n_threads=1).fit(feature_set(rows))
-    found = [{approximate.paths_[i] for i in row} for row in approximate.search(queries, k=10)[1]]
-    truth = [{exact.paths_[i] for i in row} for row in exact.search(queries, k=10)[1]]
-    recall = np.mean([len(a & b) / 10 for a, b in zip(found, truth)])
-    assert recall >= 0.95
+    assert true_recall(approximate, rows, queries, metric) >= 0.95
     tuning = approximate.tuning_
     assert tuning["recall"] >= 0.95 and tuning["sample"] == 300 and tuning["k"] == 10 and tuning["indexed"] == 2700
     assert tuning["parameter"] == {"hnsw": "efSearch", "ivf": "nprobe"}[kind]
     assert approximate.params_[tuning["parameter"]] == tuning["value"] == tuning["tried"][-1][0]
     # Tuning raised the setting: the cheaper ones tried first fell short.
     assert len(tuning["tried"]) > 1 and all(recall < 0.95 for _, recall in tuning["tried"][:-1])
+
+    approximate._set_search_parameter(1)
+    assert true_recall(approximate, rows, queries, metric) < 0.95
 
 
 def test_tuning_raises_the_parameter_when_the_target_needs_it(data):
@@ -166,6 +192,7 @@ def test_large_k_is_clamped_with_a_warning_and_every_row_returned(data):
 
 
 def test_tiny_sets_build_and_tune(data):
+    # That tuning reaches its target is proven on a large, hard set above; here recall is 1 by size alone.
     rows, _ = data
     for n in (1, 2, 24):
         for kind in ("hnsw", "ivf", "flat"):
