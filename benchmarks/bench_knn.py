@@ -2,14 +2,18 @@
 
     python benchmarks/bench_knn.py                 # N = 20,000, D = 2,048, k = 50
     python benchmarks/bench_knn.py --n 4000 --dim 512
+    python benchmarks/bench_knn.py --n 10000 --dim 512 --methods toolkit \
+        --baseline old_neighbors.py     # this version against another one of neighbors.py
 
 The features are clustered and non-negative, like pooled CNN activations.
 Each method runs in its own worker process on the same generated data, so
 each peak RSS (resource.getrusage) is that method's own; the methods take
 turns, --repeats times, and each one's best time counts, so that load from
-elsewhere does not fall on one method only. All three must find the same
+elsewhere does not fall on one method only. All methods must find the same
 neighbours: positions where they differ must be ties, equal distances
-within --tolerance.
+within --tolerance. `--baseline FILE` adds another version of
+`data_tools/search/neighbors.py` (say `git show HEAD~1:data_tools/search/neighbors.py`)
+as one more method, "baseline", to time a change against what it replaces.
 
 The GEMM limit is the time the full product (2 * N^2 * D flops) takes at the
 float32 matmul speed numpy reaches on this machine; a share above 100% is
@@ -73,16 +77,28 @@ def faiss_flat(features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return (1 - similarities[keep]).reshape(-1, k), indices[keep].reshape(-1, k)
 
 
-METHODS = {"toolkit": ours, "scikit-learn": scikit_learn, "faiss IndexFlatIP": faiss_flat}
+def baseline(features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The toolkit's search as the --baseline file writes it (loaded by make_features)."""
+    return _baseline.exact_neighbors(features, k=k, metric="cosine", n_threads=-1)
 
 
-# The features of the method a worker process runs, made once per process.
+METHODS = {"toolkit": ours, "scikit-learn": scikit_learn, "faiss IndexFlatIP": faiss_flat, "baseline": baseline}
+
+
+# The features of the method a worker process runs, made once per process, and the --baseline file.
 _features: np.ndarray | None = None
+_baseline = None
 
 
-def make_features(n: int, dim: int, clusters: int, seed: int) -> None:
-    global _features
+def make_features(n: int, dim: int, clusters: int, seed: int, baseline_file: str | None = None) -> None:
+    global _features, _baseline
     _features = clustered_features(n, dim, clusters=clusters, seed=seed)
+    if baseline_file is not None:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("baseline_neighbors", baseline_file)
+        _baseline = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(_baseline)
 
 
 def timed_run(method: str, k: int) -> float:
@@ -133,7 +149,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tolerance", type=float, default=1e-6, help="distances this close are ties")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per method; the best counts")
+    others = [method for method in METHODS if method != "baseline"]
+    parser.add_argument("--methods", nargs="+", choices=others, default=others, help="methods to run (toolkit always does)")
+    parser.add_argument("--baseline", type=Path, help="another neighbors.py to time as method 'baseline'")
     args = parser.parse_args()
+    methods = ["toolkit", *(m for m in args.methods if m != "toolkit")] + (["baseline"] if args.baseline else [])
+    baseline_file = str(args.baseline.resolve()) if args.baseline else None
 
     import faiss  # noqa: F401  (loaded for its BLAS to be listed)
     from threadpoolctl import threadpool_info
@@ -145,10 +166,10 @@ def main() -> None:
     # One worker process per method, so that each peak RSS is the method's own; runs take turns,
     # so that a burst of load from elsewhere does not fall on one method only; the best time counts.
     spawn = multiprocessing.get_context("spawn")
-    workers = {method: concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) for method in METHODS}
+    workers = {method: concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) for method in methods}
     for worker in workers.values():
-        worker.submit(make_features, args.n, args.dim, args.clusters, args.seed).result()
-    best = dict.fromkeys(METHODS, float("inf"))
+        worker.submit(make_features, args.n, args.dim, args.clusters, args.seed, baseline_file).result()
+    best = dict.fromkeys(methods, float("inf"))
     for _ in range(args.repeats):
         for method, worker in workers.items():
             best[method] = min(best[method], worker.submit(timed_run, method, args.k).result())
@@ -165,7 +186,7 @@ def main() -> None:
         print(f"{method:18s} {seconds:7.2f} s  {limit / seconds:6.0%} of the GEMM limit  peak RSS {peak_mb:6.0f} MB")
 
     toolkit_seconds, _, *toolkit_found = results["toolkit"]
-    for method in list(METHODS)[1:]:
+    for method in methods[1:]:
         seconds, _, *found = results[method]
         print(
             f"toolkit vs {method}: {seconds / toolkit_seconds:.2f}x faster; neighbours "

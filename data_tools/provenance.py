@@ -8,6 +8,7 @@ from importlib import metadata
 
 
 def toolkit_version() -> str:
+    """The installed toolkit's version ("0+unknown" when it runs uninstalled), recorded in every artifact written."""
     try:
         return metadata.version("image-toolkit")
     except metadata.PackageNotFoundError:

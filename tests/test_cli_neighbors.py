@@ -134,11 +134,11 @@ def test_bad_feature_files_are_one_line_data_errors(runner, tmp_path, monkeypatc
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["cosine", "0"], "between 1 and 11"),
-        (["cosine", "12"], "Received: 12"),
+        (["cosine", "0"], "k must be between 1 and 11"),
+        (["cosine", "12"], "Received: k=12"),
         (["hamming", "3"], "Expected one of cosine, euclidean, sqeuclidean, inner_product, manhattan"),
-        (["cosine", "3", "0"], "at least 1. Received: 0"),
-        (["cosine", "3", "-2"], "Received: -2"),
+        (["cosine", "3", "0"], "at least 1. Received: n_threads=0"),
+        (["cosine", "3", "-2"], "Received: n_threads=-2"),
         (["cosine", "three"], "'three' is not a valid integer"),
     ],
 )

@@ -125,18 +125,16 @@ def test_thread_settings_are_restored(data):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (
-            {"k": 0},
-            r"number of neighbours must be between 1 and 149 \(the number of rows less the row itself\). Received: 0",
-        ),
-        ({"k": 150}, r"between 1 and 149 .* Received: 150"),
-        ({"k": 151, "include_self": True}, r"between 1 and 150 \(the number of rows\)"),
+        ({"k": 0}, r"^k must be between 1 and 149 \(the number of rows less the row itself\). Received: k=0$"),
+        ({"k": 150}, r"between 1 and 149 .* Received: k=150"),
+        ({"k": 151, "include_self": True}, r"k must be between 1 and 150 \(the number of rows\). Received: k=151"),
         (
             {"k": 3, "metric": "hamming"},
             r"Expected one of cosine, euclidean, sqeuclidean, inner_product, manhattan. Received: 'hamming'",
         ),
-        ({"k": 3, "n_threads": 0}, r"-1 \(all cores\) or at least 1. Received: 0"),
-        ({"k": 3, "n_threads": -2}, r"Received: -2"),
+        ({"k": 3, "n_threads": 0}, r"^n_threads must be -1 \(all cores\) or at least 1. Received: n_threads=0$"),
+        ({"k": 3, "n_threads": -2}, r"Received: n_threads=-2"),
+        ({"k": 3, "max_memory": 0}, r"^max_memory must be greater than 0 \(bytes\). Received: max_memory=0$"),
         ({"k": 3, "max_memory": 100}, r"cannot hold one block of 16 features. Give at least 1 MB"),
     ],
 )

@@ -36,3 +36,10 @@ def test_an_image_alone_in_its_class_is_a_distractor_not_a_query():
 def test_a_gallery_of_single_images_is_refused():
     with pytest.raises(DataError, match="every class has a single image"):
         retrieval_scores(np.zeros((3, 2)), np.array(["a", "b", "c"]))
+
+
+def test_knn_below_one_is_a_usage_error():
+    from image_toolkit.data_tools.errors import OptionError
+
+    with pytest.raises(OptionError, match=r"^knn must be at least 1. Received: knn=0$"):
+        retrieval_scores(np.zeros((4, 2)), np.array(["a", "a", "b", "b"]), knn=0)

@@ -96,6 +96,14 @@ def test_few_points_lower_the_perplexity_with_a_warning():
     assert coords.shape == (10, 2)
 
 
+@pytest.mark.parametrize("perplexity", [0, -5.0, float("nan")])
+def test_perplexity_must_be_positive(perplexity):
+    from image_toolkit.data_tools.errors import OptionError
+
+    with pytest.raises(OptionError, match=r"^perplexity must be greater than 0. Received: perplexity="):
+        embed_2d(np.zeros((10, 5), dtype=np.float32), perplexity=perplexity)
+
+
 def test_bad_inputs(mapped, runner, tmp_path):
     not_png = runner.invoke(toolkit, ["tsne", str(mapped["features"]), "-o", str(tmp_path / "map.jpg")])
     assert not_png.exit_code == 2 and ".png" in one_line_error(not_png)

@@ -22,13 +22,13 @@ import logging
 import os
 import pickle
 from dataclasses import dataclass, field, replace
-from importlib import metadata as package_metadata
 from pathlib import Path
 
 import numpy as np
 
 from image_toolkit.data_tools.atomic import atomic_path
 from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.provenance import toolkit_version
 
 logger = logging.getLogger(__name__)
 
@@ -171,14 +171,6 @@ def read_features(path: str | os.PathLike) -> FeatureSet:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataError(f"{path.name}: not a {path.suffix} feature file ({reason}). {REEXTRACT}") from None
     return _checked(paths, features, metadata, path.name)
-
-
-def toolkit_version() -> str:
-    """The installed toolkit's version, recorded in every feature file written."""
-    try:
-        return package_metadata.version("image-toolkit")
-    except package_metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _write_npz(target: Path, feature_set: FeatureSet) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 
 logger = logging.getLogger(__name__)
@@ -49,8 +50,7 @@ def embed_2d(
     """
     if method not in METHODS:
         raise OptionError(f"--method: expected one of {', '.join(METHODS)}. Received: {method!r}.")
-    if not perplexity > 0:
-        raise OptionError(f"--perplexity: expected a positive number. Received: {perplexity}.")
+    check_range("perplexity", perplexity, low=0, low_open=True)
     features = np.asarray(features, dtype=np.float32)
     if features.ndim != 2 or len(features) < 4:
         raise DataError(f"a 2-D map needs at least 4 feature rows; got {len(features)}. Extract features of more images.")

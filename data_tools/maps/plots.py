@@ -18,6 +18,15 @@ def _pyplot():
     return plt
 
 
+def save_figure(figure, path: str | Path) -> None:
+    """Write `figure` to `path` as a PNG, atomically (the file is whole or absent), and close it."""
+    try:
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, format="png")
+    finally:
+        _pyplot().close(figure)
+
+
 def plot_training_curves(history: pd.DataFrame, path: str | Path, *, score: str | None = "val_macro_f1") -> None:
     """Training and validation loss (left axis) and the validation score (right axis) by epoch."""
     plt = _pyplot()
@@ -39,9 +48,7 @@ def plot_training_curves(history: pd.DataFrame, path: str | Path, *, score: str 
     loss_axis.legend(handles, labels, loc="center right")
     loss_axis.set_title("Training curves")
     figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png")
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def plot_embedding(
@@ -80,9 +87,7 @@ def plot_embedding(
     axis.set_yticks([])
     axis.set_title(title)
     figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png")
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def plot_class_f1(per_class: pd.DataFrame, path: str | Path, *, title: str = "Test F1 per class") -> None:
@@ -109,6 +114,4 @@ def plot_class_f1(per_class: pd.DataFrame, path: str | Path, *, title: str = "Te
     axis.legend()
     axis.set_title(title)
     figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png")
-    plt.close(figure)
+    save_figure(figure, path)

@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from image_toolkit.data_tools.atomic import atomic_path
-from image_toolkit.data_tools.maps.plots import _pyplot
+from image_toolkit.data_tools.maps.plots import _pyplot, save_figure
 
 
 def plot_similarity_heatmap(embeddings: np.ndarray, classes: np.ndarray, path: str | Path, *, per_class: int = 10, seed: int = 0) -> None:
@@ -30,9 +29,7 @@ def plot_similarity_heatmap(embeddings: np.ndarray, classes: np.ndarray, path: s
     figure.colorbar(image, ax=axis, label="cosine similarity")
     axis.set_title("Similarity of a class-sorted sample")
     figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png")
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def plot_query_grid(paths: list[Path], classes: np.ndarray, neighbors: np.ndarray, queries: np.ndarray, path: str | Path) -> None:
@@ -50,6 +47,4 @@ def plot_query_grid(paths: list[Path], classes: np.ndarray, neighbors: np.ndarra
                            color="black" if column == 0 or same else "red")
             axis.axis("off")
     figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png")
-    plt.close(figure)
+    save_figure(figure, path)

@@ -51,9 +51,10 @@ import faiss
 import numpy as np
 
 from image_toolkit.data_tools.atomic import atomic_path
+from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.features import COMPARABLE_KEYS, FeatureSet, check_features
-from image_toolkit.data_tools.search.neighbors import available_cores, exact_neighbors
+from image_toolkit.data_tools.search.neighbors import ALL_CORES, available_cores, exact_neighbors
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +103,9 @@ def check_index_options(*, kind: str, metric: str, target_recall: float | None, 
         raise OptionError(f"Unknown index kind. Expected one of {', '.join(KINDS)}. Received: kind={kind!r}")
     if metric not in METRICS:
         raise OptionError(f"Unknown metric. Expected one of {', '.join(METRICS)}. Received: metric={metric!r}")
-    if target_recall is not None and not 0 < target_recall <= 1:
-        raise OptionError(f"The target recall must be in (0, 1]. Received: target_recall={target_recall}")
-    if n_threads == 0 or n_threads < -1:
-        raise OptionError(f"The number of threads must be -1 (all cores) or at least 1. Received: n_threads={n_threads}")
+    if target_recall is not None:
+        check_range("target_recall", target_recall, low=0, high=1, low_open=True)
+    check_range("n_threads", n_threads, low=1, special=ALL_CORES)
 
 
 class ImageIndex:
@@ -153,15 +153,14 @@ class ImageIndex:
     def fit(self, feature_set: FeatureSet) -> ImageIndex:
         """Index every row of `feature_set`, tuning the search to `target_recall` on held-out rows."""
         check_index_options(kind=self.kind, metric=self.metric, target_recall=self.target_recall, n_threads=self.n_threads)
-        if self.m < 2 or self.ef_construction < 1 or (self.nlist is not None and self.nlist < 1):
-            raise OptionError(
-                f"m must be at least 2, ef_construction and nlist at least 1. "
-                f"Received: m={self.m}, ef_construction={self.ef_construction}, nlist={self.nlist}"
-            )
+        check_range("m", self.m, low=2)
+        check_range("ef_construction", self.ef_construction, low=1)
+        if self.nlist is not None:
+            check_range("nlist", self.nlist, low=1)
         paths, rows = _unique_rows(feature_set.paths, feature_set.features, set())
         rows = check_features(rows, "features")
-        if self.nlist is not None and self.kind == "ivf" and self.nlist > len(rows):
-            raise OptionError(f"nlist must be at most the number of rows ({len(rows)}). Received: nlist={self.nlist}")
+        if self.nlist is not None and self.kind == "ivf":
+            check_range("nlist", self.nlist, high=len(rows), why="the number of rows")
         rows, norms = self._prepared(rows)
         dim = rows.shape[1]
         started = time.monotonic()
@@ -295,8 +294,7 @@ class ImageIndex:
         return raw, indices
 
     def _checked_k(self, k: int) -> int:
-        if k < 1:
-            raise OptionError(f"k must be at least 1. Received: k={k}")
+        check_range("k", k, low=1)
         if k > self.size:
             warnings.warn(f"k={k} is more than the {self.size} indexed images; returning all {self.size}.", stacklevel=3)
             return self.size

@@ -5,8 +5,9 @@ symmetric: the keys between row blocks i and j are the transpose of those
 between j and i. So each pair of blocks is computed once and offered to
 the heaps of both, and a block against itself is one symmetric product
 (BLAS syrk): half the products of a plain search. The products run on
-numpy's BLAS (`manhattan` on faiss's `pairwise_extra_distances`); faiss's
-C++ heaps keep the k best of every row, so no Python loop touches a key.
+numpy's BLAS (`manhattan` on faiss's `pairwise_extra_distances`); a
+`faiss.ResultHeap` keeps the k best of every row in C++, so no Python loop
+touches a key.
 
 Memory: besides the features and the (n_queries, k) results, the working
 set is a few blocks of keys and rows, sized to fit `max_memory`.
@@ -35,6 +36,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from image_toolkit.data_tools.atomic import atomic_path
+from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.features import check_features
 
@@ -48,6 +50,8 @@ MAX_BLOCK_ROWS = 4096
 # A block is offered whole, not key by key, when more than 1 key in this many may enter the heaps.
 DENSE_FRACTION = 16
 PROGRESS_SECONDS = 10.0
+# The value of a thread count that means every core.
+ALL_CORES = {-1: "all cores"}
 
 
 # Kernels: how a metric turns blocks of rows into keys.
@@ -153,22 +157,24 @@ METRICS = tuple(KERNELS)
 
 
 class TopK:
-    """The k smallest keys of every row, kept by faiss's C++ max-heaps."""
+    """The k smallest keys of every row, kept by a `faiss.ResultHeap` (faiss's C++ max-heaps).
+
+    Blocks go in with `add_result_subset`: the block's rows are the subset
+    of heaps, and its columns, one range of ids shared by every row, are the
+    ids. That is the loop faiss's `addn` runs, so nothing is lost by not
+    driving the heap array by hand.
+    """
 
     def __init__(self, n_rows: int, k: int):
-        self.keys = np.empty((n_rows, k), dtype=np.float32)
-        self.indices = np.empty((n_rows, k), dtype=np.int64)
-        self._heaps = faiss.float_maxheap_array_t()
-        self._heaps.k, self._heaps.nh = k, n_rows
-        self._heaps.val = faiss.swig_ptr(self.keys)
-        self._heaps.ids = faiss.swig_ptr(self.indices)
-        self._heaps.heapify()
+        self._heap = faiss.ResultHeap(n_rows, k)  # keep_max=False: max-heaps, a strictly smaller key enters.
         self._transposed = np.empty(0, dtype=np.float32)
 
     def add(self, keys: np.ndarray, first_row: int, first_column: int) -> None:
         """Offer a C-contiguous block of keys of rows first_row... against columns first_column..."""
         n_rows, n_columns = keys.shape
-        self._heaps.addn(n_columns, faiss.swig_ptr(keys), first_column, first_row, n_rows)
+        self._heap.add_result_subset(
+            np.arange(first_row, first_row + n_rows), keys, np.arange(first_column, first_column + n_columns)
+        )
 
     def add_transposed(self, keys: np.ndarray, first_row: int, first_column: int) -> None:
         """Offer keys.T: to the rows first_column... against the columns first_row...
@@ -179,7 +185,7 @@ class TopK:
         order. That spares transposing the block.
         """
         n_rows, n_columns = keys.shape
-        worst_kept = self.keys[first_column : first_column + n_columns, 0].copy()  # Contiguous compares faster.
+        worst_kept = self._heap.D[first_column : first_column + n_columns, 0].copy()  # Contiguous compares faster.
         if not np.isinf(worst_kept).any():
             entering = keys < worst_kept  # Counted before its positions are taken: a dense block has many.
             if np.count_nonzero(entering) * DENSE_FRACTION <= keys.size and self._add_found(
@@ -209,16 +215,13 @@ class TopK:
         ids = np.full((len(heaps), width), -1, dtype=np.int64)
         values[line, slot] = keys[rows, columns]
         ids[line, slot] = rows + first_row
-        heaps += first_column
-        self._heaps.addn_query_subset_with_ids(
-            len(heaps), faiss.swig_ptr(heaps), width, faiss.swig_ptr(values), faiss.swig_ptr(ids), width
-        )
+        self._heap.add_result_subset(heaps + first_column, values, ids)
         return True
 
     def results(self) -> tuple[np.ndarray, np.ndarray]:
         """Keys and indices of every row, nearest first."""
-        self._heaps.reorder()
-        return self.keys, self.indices
+        self._heap.finalize()
+        return self._heap.D, self._heap.I
 
 
 # Options, threads and memory.
@@ -228,15 +231,8 @@ def check_options(*, metric: str, n_threads: int, max_memory: int) -> None:
     """Reject impossible options; the CLI calls this before reading any file."""
     if metric not in KERNELS:
         raise OptionError(f"Unknown distance metric. Expected one of {', '.join(METRICS)}. Received: {metric!r}")
-    if n_threads == 0 or n_threads < -1:
-        raise OptionError(f"The number of cores must be -1 (all cores) or at least 1. Received: {n_threads}")
-    if max_memory <= 0:
-        raise OptionError(f"The memory limit must be positive. Received: {max_memory} bytes")
-
-
-def _check_k(k: int, n_candidates: int, why: str) -> None:
-    if not 1 <= k <= n_candidates:
-        raise OptionError(f"The number of neighbours must be between 1 and {n_candidates} ({why}). Received: {k}")
+    check_range("n_threads", n_threads, low=1, special=ALL_CORES)
+    check_range("max_memory", max_memory, low=0, low_open=True, why="bytes")
 
 
 def available_cores() -> int:
@@ -307,9 +303,9 @@ def exact_neighbors(
     gallery = np.ascontiguousarray(check_features(features, "features"))
     if queries is None:
         if include_self:
-            _check_k(k, len(gallery), "the number of rows")
+            check_range("k", k, low=1, high=len(gallery), why="the number of rows")
         else:
-            _check_k(k, len(gallery) - 1, "the number of rows less the row itself")
+            check_range("k", k, low=1, high=len(gallery) - 1, why="the number of rows less the row itself")
     else:
         queries = np.ascontiguousarray(check_features(queries, "queries"))
         if queries.shape[1] != gallery.shape[1]:
@@ -317,7 +313,7 @@ def exact_neighbors(
                 f"queries have {queries.shape[1]} features per row but the set has {gallery.shape[1]}; "
                 "extract both with the same model and layer."
             )
-        _check_k(k, len(gallery), "the number of rows")
+        check_range("k", k, low=1, high=len(gallery), why="the number of rows")
 
     kernel = KERNELS[metric]
     size = block_rows(gallery.shape[1], max_memory)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError
 from image_toolkit.data_tools.search.neighbors import exact_neighbors
 
@@ -32,6 +33,7 @@ def retrieval_scores(embeddings: np.ndarray, classes: np.ndarray, *, metric: str
     An image alone in its class has nothing to find: it stays in the
     gallery, as a distractor, but is not a query.
     """
+    check_range("knn", knn, low=1)
     gallery_classes = np.asarray(classes)
     counts = {label: int(count) for label, count in zip(*np.unique(gallery_classes, return_counts=True))}
     max_r = max(counts.values()) - 1
