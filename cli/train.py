@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import click
 
-from image_toolkit.cli.common import OUTPUT_DIR, command, echo_json, json_option, option_group, progress_to_stderr, quiet_option, start
+from image_toolkit.cli.common import (
+    OUTPUT_DIR,
+    command,
+    echo_json,
+    json_option,
+    option_group,
+    progress_to_stderr,
+    quiet_option,
+    start,
+)
 from image_toolkit.data_tools import names
 
 

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from image_toolkit.data_tools.atomic import atomic_path, write_text
+from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.feedback.resample import resample_table
 from image_toolkit.data_tools.feedback.store import read_image_feedback
@@ -76,12 +77,9 @@ class ExperimentOptions:
     min_test_per_class: int = 3
 
     def check(self) -> None:
-        if self.seeds < 1:
-            raise OptionError(f"--seeds: expected a positive number of training seeds. Received: {self.seeds}.")
-        if not 0.0 < self.test_split < 1.0:
-            raise OptionError(f"--test_split: expected a fraction strictly between 0 and 1. Received: {self.test_split}.")
-        if self.min_test_per_class < 1:
-            raise OptionError(f"--min_test_per_class: expected a positive integer. Received: {self.min_test_per_class}.")
+        check_range("--seeds", self.seeds, low=1)
+        check_range("--test_split", self.test_split, low=0, high=1, low_open=True, high_open=True)
+        check_range("--min_test_per_class", self.min_test_per_class, low=1)
         if not self.ratios:
             raise OptionError("--ratio: give at least one, e.g. --ratio deselected=3.")
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.csv_files import read_checked_csv
 from image_toolkit.data_tools.formats.features import COMPARABLE_KEYS, FeatureSet, read_features, write_features
@@ -198,10 +199,9 @@ def extract(
     `num_shards`-th image starting at `shard_index` (`toolkit merge-features`
     joins the shards).
     """
-    if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise OptionError(f"--shard_index: expected 0 <= shard_index < num_shards ({num_shards}). Received: {shard_index}.")
-    if batch_size < 1:
-        raise OptionError(f"--batch_size: expected a positive integer. Received: {batch_size}.")
+    check_range("--num_shards", num_shards, low=1)
+    check_range("--shard_index", shard_index, low=0, high=num_shards, high_open=True, why="--num_shards")
+    check_range("--batch_size", batch_size, low=1)
     output_path = Path(output_path)
     root, paths = list_images(image_path)
     paths = paths[shard_index::num_shards]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 
 
@@ -37,8 +38,8 @@ def balanced_batches(
         raise OptionError(
             f"--classes_per_batch: {classes_per_batch} is more than the {len(by_class)} classes in the data."
         )
-    if classes_per_batch < 1 or examples_per_class < 1:
-        raise OptionError("--classes_per_batch and --examples_per_class must be positive.")
+    check_range("--classes_per_batch", classes_per_batch, low=1)
+    check_range("--examples_per_class", examples_per_class, low=1)
     labels = list(by_class)
     n_batches = max(1, len(classes) // (classes_per_batch * examples_per_class))
     batches = []
@@ -64,8 +65,7 @@ def sample_pairs(
     whose class fills the group a positive. Partners are drawn for a whole
     group at once, from its rows sorted by class: O(n log n) per epoch.
     """
-    if not 0.0 < positive_ratio < 1.0:
-        raise OptionError(f"--positive_ratio: expected a fraction strictly between 0 and 1. Received: {positive_ratio}.")
+    check_range("--positive_ratio", positive_ratio, low=0, high=1, low_open=True, high_open=True)
     codes = np.unique(classes, return_inverse=True)[1]
     groups = batches if batches is not None else [rng.permutation(len(classes))[: max(n_pairs, 1)]]
     first, second = [], []

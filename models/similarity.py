@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from image_toolkit.data_tools.atomic import atomic_path
+from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.images import check_images, find_images, report_skipped, require_readable
 from image_toolkit.data_tools.formats.metadata import read_metadata
@@ -68,15 +69,12 @@ class SimilarityOptions:
         get_backbone(self.backbone)
         if self.siamese_type not in SIAMESE_TYPES:
             raise OptionError(f"--type: expected one of {', '.join(SIAMESE_TYPES)}. Received: {self.siamese_type!r}.")
-        if not self.temperature > 0:
-            raise OptionError(f"--temperature: expected a positive number. Received: {self.temperature}.")
-        if not self.margin > 0:
-            raise OptionError(f"--margin: expected a positive number. Received: {self.margin}.")
+        check_range("--temperature", self.temperature, low=0, low_open=True)
+        check_range("--margin", self.margin, low=0, low_open=True)
         if (self.classes_per_batch is None) != (self.examples_per_class is None):
             raise OptionError("--classes_per_batch and --examples_per_class go together.")
         for option in ("epochs", "batch_size", "embedding_dim", "projection_dim", "image_size"):
-            if getattr(self, option) < 1:
-                raise OptionError(f"--{option}: expected a positive integer. Received: {getattr(self, option)}.")
+            check_range(f"--{option}", getattr(self, option), low=1)
 
     @property
     def batch(self) -> int:

@@ -68,7 +68,7 @@ def test_a_round_of_feedback_must_help_where_the_query_leans_to_the_wrong_class(
     ({"selected": [6]}, "image id 6 is not in the index"),
     ({"deselected": [-1]}, "image id -1"),
     ({"metric": "manhattan"}, "Expected one of cosine, euclidean"),
-    ({"beta": -1}, "must be >= 0"),
+    ({"beta": -1}, "beta must be at least 0"),
 ])
 def test_bad_arguments_say_what_is_wrong(kwargs, message):
     with pytest.raises(OptionError, match=message):

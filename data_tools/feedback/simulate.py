@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from image_toolkit.data_tools.atomic import write_text
+from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.features import read_features
 from image_toolkit.data_tools.formats.labels import LabelTable, read_labels
@@ -70,10 +71,8 @@ def lasso(coords: np.ndarray, column: np.ndarray, centre: np.ndarray, share: flo
 
 def simulate_events(table: LabelTable, coords: np.ndarray, *, users: int = 20, noise: float = 0.05, seed: int = 0) -> list[dict]:
     """The events of `users` simulated users on the map `coords` (one row per image of `table`)."""
-    if users < 1:
-        raise OptionError(f"--users: expected a positive integer. Received: {users}.")
-    if not 0.0 <= noise < 0.5:
-        raise OptionError(f"--noise: expected an error rate in [0, 0.5). Received: {noise}.")
+    check_range("--users", users, low=1)
+    check_range("--noise", noise, low=0, high=0.5, high_open=True, why="an error rate")
     coords = np.asarray(coords, dtype=np.float64)
     if coords.shape != (len(table), 2):
         raise DataError(f"expected one 2-D position per image ({len(table)}, 2); got {coords.shape}.")

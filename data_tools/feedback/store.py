@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from image_toolkit.data_tools.atomic import atomic_path
+from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.labels import SEPARATOR, LabelTable, image_classes, read_labels
 
@@ -212,8 +213,7 @@ def connect(path: str | Path, *, create: bool = False, wait: float = DEFAULT_WAI
     path = Path(path)
     if not path.is_file() and not create:
         raise DataError(f"{path}: feedback database not found; create it with 'toolkit feedback import EVENTS --db {path}'.")
-    if wait < 0:
-        raise OptionError(f"--wait: expected seconds >= 0. Received: {wait}.")
+    check_range("--wait", wait, low=0, why="seconds")
     if create:
         path.parent.mkdir(parents=True, exist_ok=True)
     connection = sqlite3.connect(path, timeout=wait, isolation_level=None)

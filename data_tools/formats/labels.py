@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from image_toolkit.data_tools.atomic import atomic_path
+from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.csv_files import read_checked_csv, read_csv_header
 from image_toolkit.data_tools.formats.splits import rarest_positive, stratified_split
@@ -164,8 +165,7 @@ def split_table(table: LabelTable, val_split: float, seed: int) -> tuple[LabelTa
     own), multilabel rows by their rarest positive label. A class with a
     single image stays in training.
     """
-    if not 0.0 < val_split < 1.0:
-        raise OptionError(f"--val_split: expected a fraction strictly between 0 and 1. Received: {val_split}.")
+    check_range("--val_split", val_split, low=0, high=1, low_open=True, high_open=True)
     n_val = int(round(len(table) * val_split))
     if n_val < 1 or len(table) - n_val < 1:
         raise DataError(

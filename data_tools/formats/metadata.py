@@ -16,6 +16,7 @@ import pandas as pd
 from PIL import Image
 
 from image_toolkit.data_tools.atomic import atomic_path
+from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.csv_files import read_checked_csv
 from image_toolkit.data_tools.formats.images import check_images, find_images, report_skipped
@@ -44,8 +45,7 @@ def make_metadata(image_dir: str | Path, output_csv: str | Path, *, balanced: bo
 
     A class with a single image stays in training.
     """
-    if not 0.0 <= test_split < 1.0:
-        raise OptionError(f"--test_split: expected a fraction in [0, 1). Received: {test_split}.")
+    check_range("--test_split", test_split, low=0, high=1, high_open=True)
     image_dir = Path(image_dir)
     paths = find_images(image_dir)
     paths = [path for path in paths if path.parent != image_dir]

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.features import FeatureSet
 from image_toolkit.data_tools.search.ranking import top_k
@@ -220,8 +221,7 @@ def _similar_words(word_vectors, query: np.ndarray, names: list[str], *, topn: i
 
 def rank_by_classes(scores: np.ndarray, matches: list[ClassMatch], *, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k highest weighted sums of the matched classes' scores: (scores, row indices), best first, ties by row."""
-    if k < 1:
-        raise OptionError(f"k must be at least 1. Received: k={k}")
+    check_range("k", k, low=1)
     if k > len(scores):
         warnings.warn(f"k={k} is more than the {len(scores)} images with scores; returning all {len(scores)}.", stacklevel=2)
         k = len(scores)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import OptionError
 from image_toolkit.data_tools.search.ranking import top_k
 
@@ -65,8 +66,8 @@ def rocchio(query: np.ndarray, features: np.ndarray, selected=(), deselected=(),
     """The refined query q' (D,) from the query (D,), the feature rows (N x D) and the ids judged."""
     if metric not in METRICS:
         raise OptionError(f"Unknown metric. Expected one of {', '.join(METRICS)}. Received: metric={metric!r}")
-    if min(alpha, beta, gamma) < 0:
-        raise OptionError(f"alpha, beta and gamma must be >= 0. Received: alpha={alpha}, beta={beta}, gamma={gamma}")
+    for name, weight in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
+        check_range(name, weight, low=0)
     features = np.asarray(features, dtype=np.float32)
     query = np.asarray(query, dtype=np.float32).reshape(-1)
     if query.shape[0] != features.shape[1]:
@@ -107,8 +108,7 @@ def residual_precision_at_k(ranking, relevant, judged, *, k: int = 10) -> float:
     `relevant` and `judged` are sets (or arrays) of ids; fewer than k
     residual ids left count as misses (divided by k).
     """
-    if k < 1:
-        raise OptionError(f"k must be at least 1. Received: k={k}")
+    check_range("k", k, low=1)
     judged, relevant = set(np.asarray(list(judged)).tolist()), set(np.asarray(list(relevant)).tolist())
     residual = [i for i in np.asarray(ranking).tolist() if i not in judged][:k]
     return sum(i in relevant for i in residual) / k

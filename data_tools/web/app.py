@@ -54,6 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
+from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.feedback import store as feedback
 from image_toolkit.data_tools.formats.labels import read_labels
@@ -264,10 +265,9 @@ def create_app(
     from fastapi.responses import FileResponse, HTMLResponse, Response
     from pydantic import BaseModel, Field
 
-    if max_upload_bytes < 1:
-        raise OptionError(f"The upload limit must be at least 1 byte. Received: max_upload_bytes={max_upload_bytes}")
-    if min(alpha, beta, gamma, learned_weight) < 0:
-        raise OptionError(f"alpha, beta, gamma and learned_weight must be >= 0. Received: {alpha}, {beta}, {gamma}, {learned_weight}")
+    check_range("max_upload_bytes", max_upload_bytes, low=1)
+    for name, weight in (("alpha", alpha), ("beta", beta), ("gamma", gamma), ("learned_weight", learned_weight)):
+        check_range(name, weight, low=0)
     collection = Collection(index_dir, images_dir, scores=scores, map_csv=map_csv)
     store = Store(Path(db_path), labels=labels)
     thumbnails: OrderedDict[int, bytes] = OrderedDict()
