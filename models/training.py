@@ -181,7 +181,11 @@ def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
     options.check()
     started = time.time()
     output_dir = Path(options.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    existing = next((part for part in (output_dir, *output_dir.parents) if part.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise DataError(f"{existing}: is a file, not a folder; choose another --output_dir.")
+    # The folder itself is made with the first output written into it (data_tools.atomic), so a run
+    # that fails before (no ImageNet weights offline, say) leaves no empty folder behind.
     state = check_resumable(dataclasses.asdict(options), output_dir) if options.resume else None
 
     train, val = load_lists(options, output_dir)
@@ -239,7 +243,8 @@ def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
             best_score=state["best_score"] if state else None,
             best_epoch=state["best_epoch"] if state else None,
         )
-        # The run's record and lists only now that the model stands (weights found, sizes fit).
+        # The run's record and lists only now that the model stands (weights found, sizes fit);
+        # train.csv creates the output folder, which the checkpoints and CSVLogger below expect.
         write_label_csv(train, output_dir / "train.csv")
         write_label_csv(val, output_dir / "val.csv")
         write_run_record(output_dir, dataclasses.asdict(options), status="running", n_train=len(train), n_val=len(val))
