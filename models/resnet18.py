@@ -8,9 +8,42 @@ follow `keras.applications.ResNet50` (`conv1_conv`, `conv2_block1_1_conv`,
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from image_toolkit.models.runtime import keras
 
 layers = keras.layers
+DEFAULT_SIZE = 224
+MIN_SIZE = 32
+
+
+def _check_arguments(weights, input_tensor, input_shape, pooling, classes, include_top) -> None:
+    """Refuse arguments that cannot work, with the rule, the allowed values and what was received."""
+    if weights == "imagenet":
+        raise ValueError(
+            "resnet18 has no ImageNet weights in Keras: the `weights` argument should be either "
+            "`None` (random initialization) or the path to the weights file to be loaded. Received: weights='imagenet'"
+        )
+    if not (weights is None or (isinstance(weights, (str, os.PathLike)) and Path(weights).is_file())):
+        raise ValueError(
+            "The `weights` argument should be either `None` (random initialization) "
+            f"or the path to an existing weights file to be loaded. Received: weights={weights!r}"
+        )
+    if pooling not in (None, "avg", "max"):
+        raise ValueError(f"The `pooling` argument should be one of {{None, 'avg', 'max'}}. Received: pooling={pooling!r}")
+    if include_top and not (isinstance(classes, int) and classes >= 1):
+        raise ValueError(f"The `classes` argument should be a positive integer. Received: classes={classes!r}")
+    if input_tensor is not None:
+        shape, what = tuple(input_tensor.shape[1:]), f"input_tensor.shape={tuple(input_tensor.shape)}"
+    else:
+        shape, what = input_shape, f"input_shape={input_shape}"
+    if shape is None:
+        return
+    if len(shape) != 3:
+        raise ValueError(f"`input_shape` must be a tuple of three integers (height, width, channels). Received: {what}")
+    if any(size is not None and size < MIN_SIZE for size in shape[:2]):
+        raise ValueError(f"Input size must be at least {MIN_SIZE}x{MIN_SIZE}; Received: {what}")
 
 
 def _basic_block(x, filters: int, stride: int, name: str):
@@ -38,10 +71,15 @@ def ResNet18(
     classifier_activation: str = "softmax",
     name: str = "resnet18",
 ) -> keras.Model:
-    """Build ResNet18; there are no pretrained Keras weights for it, so `weights` must be None or a file."""
-    if weights == "imagenet":
-        raise ValueError("resnet18 has no ImageNet weights in Keras; use weights=None or a weights file.")
-    inputs = input_tensor if input_tensor is not None else keras.Input(shape=input_shape or (224, 224, 3))
+    """Build ResNet18; there are no pretrained Keras weights for it, so `weights` is None or a file.
+
+    Arguments are checked before any layer is built, as in `keras.applications`:
+    `weights` must be None (random initialisation) or the path of an existing
+    weights file; the input must be at least 32 x 32 pixels (five stride-2
+    steps); `pooling` one of None, 'avg' or 'max'.
+    """
+    _check_arguments(weights, input_tensor, input_shape, pooling, classes, include_top)
+    inputs = input_tensor if input_tensor is not None else keras.Input(shape=input_shape or (DEFAULT_SIZE, DEFAULT_SIZE, 3))
     x = layers.Conv2D(64, 7, strides=2, padding="same", use_bias=False, name="conv1_conv")(inputs)
     x = layers.BatchNormalization(epsilon=1.001e-5, name="conv1_bn")(x)
     x = layers.Activation("relu", name="conv1_relu")(x)
@@ -58,6 +96,6 @@ def ResNet18(
     elif pooling == "max":
         x = layers.GlobalMaxPooling2D(name="max_pool")(x)
     model = keras.Model(inputs, x, name=name)
-    if weights not in (None, "none"):
+    if weights is not None:
         model.load_weights(weights)
     return model

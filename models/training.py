@@ -139,21 +139,47 @@ def load_lists(options: TrainOptions, output_dir: Path) -> tuple[LabelTable, Lab
     return train, val
 
 
+def _balanced(y: np.ndarray, weights: np.ndarray, classes: int) -> np.ndarray:
+    """scikit-learn's 'balanced' weight of each class 0..classes-1 (n / (n_present * count)); 1.0 for an absent class.
+
+    `compute_class_weight` refuses a class absent from `y`; such a class has
+    no cell for its weight to scale, so it gets the neutral 1.0. The present
+    classes count in `n_present`, as in scikit-learn.
+    """
+    from sklearn.utils.class_weight import compute_class_weight
+
+    weighted = weights > 0
+    y, weights = y[weighted], weights[weighted]
+    result = np.ones(classes)
+    if len(y):
+        present = np.unique(y)
+        result[present] = compute_class_weight("balanced", classes=present, y=y, sample_weight=weights)
+    return result
+
+
 def balanced_label_weights(labels: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-label weights of positive and negative cells, as scikit-learn's 'balanced' (n / (2 * count))."""
-    known = ~np.isnan(labels)
-    positives = np.nansum(labels, axis=0)
-    negatives = known.sum(axis=0) - positives
-    n = known.sum(axis=0)
-    pos = np.where(positives > 0, n / (2 * np.maximum(positives, 1e-9)), 1.0)
-    neg = np.where(negatives > 0, n / (2 * np.maximum(negatives, 1e-9)), 1.0)
-    return pos.round(6).tolist(), neg.round(6).tolist()
+    """Per-label weights of positive and negative cells: scikit-learn's 'balanced', one label at a time.
+
+    Each label is its own two-class problem over its known cells: with P
+    positives and N negatives, positives weigh (P + N) / (2 P) and negatives
+    (P + N) / (2 N). A filled (fractional) cell q counts q as a positive and
+    1 - q as a negative (through `sample_weight`). A label with only one
+    value has nothing to balance: both weights are 1.0.
+    """
+    pos, neg = [], []
+    for column in labels.T:
+        known = column[~np.isnan(column)]
+        y = np.concatenate([np.ones(len(known), int), np.zeros(len(known), int)])
+        negative, positive = _balanced(y, np.concatenate([known, 1.0 - known]), 2)
+        pos.append(round(float(positive), 6))
+        neg.append(round(float(negative), 6))
+    return pos, neg
 
 
 def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:
-    """Keras `class_weight` for one-hot labels: n / (n_classes * count), as scikit-learn's 'balanced'."""
-    counts = labels.sum(axis=0)
-    return {c: float(len(labels) / (len(counts) * count)) if count else 1.0 for c, count in enumerate(counts)}
+    """Keras `class_weight` for one-hot labels: scikit-learn's 'balanced' over the classes present, 1.0 for the others."""
+    weights = _balanced(labels.argmax(axis=1), np.ones(len(labels)), labels.shape[1])
+    return {c: float(weight) for c, weight in enumerate(weights)}
 
 
 def _compile(model: keras.Model, options: TrainOptions, train_labels: np.ndarray) -> None:
@@ -181,7 +207,11 @@ def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
     options.check()
     started = time.time()
     output_dir = Path(options.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    existing = next((part for part in (output_dir, *output_dir.parents) if part.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise DataError(f"{existing}: is a file, not a folder; choose another --output_dir.")
+    # The folder itself is made with the first output written into it (data_tools.atomic), so a run
+    # that fails before (no ImageNet weights offline, say) leaves no empty folder behind.
     state = check_resumable(dataclasses.asdict(options), output_dir) if options.resume else None
 
     train, val = load_lists(options, output_dir)
@@ -239,7 +269,8 @@ def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
             best_score=state["best_score"] if state else None,
             best_epoch=state["best_epoch"] if state else None,
         )
-        # The run's record and lists only now that the model stands (weights found, sizes fit).
+        # The run's record and lists only now that the model stands (weights found, sizes fit);
+        # train.csv creates the output folder, which the checkpoints and CSVLogger below expect.
         write_label_csv(train, output_dir / "train.csv")
         write_label_csv(val, output_dir / "val.csv")
         write_run_record(output_dir, dataclasses.asdict(options), status="running", n_train=len(train), n_val=len(val))

@@ -123,13 +123,23 @@ def test_imagenet_weights_offline_name_the_fix(runner, data, monkeypatch):
         raise Exception("URL fetch failure on https://example.invalid: None -- [Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(mobilenet_v2.file_utils, "get_file", offline)
-    args = ["--data_csv", str(data / "label.txt"), "--img_directory", str(data / "images"), "--output_dir", str(data / "out"),
+    args = ["--data_csv", str(data / "label.txt"), "--img_directory", str(data / "images"), "--output_dir", str(data / "out" / "r50"),
             "--backbone", "mobilenetv2", "--weights", "imagenet", "--image_size", "32", "--epochs", "1", "--quiet"]
     result = runner.invoke(train, args)
     assert result.exit_code == 2
     line = one_line_error(result)
     assert "--weights imagenet" in line and "--weights none" in line and "--weights PATH" in line
-    assert not {"run.json", "train.csv", "val.csv"} & {path.name for path in (data / "out").iterdir()}
+    assert not (data / "out").exists(), "a failed run left an (empty) output folder"
+
+
+@pytest.mark.parametrize("output_dir", ["out", "out/run"])
+def test_output_dir_that_is_a_file(runner, data, output_dir):
+    (data / "out").write_text("my notes")
+    args = ["--data_csv", str(data / "label.txt"), "--img_directory", str(data / "images"), "--output_dir", str(data / output_dir), *SMALL]
+    result = runner.invoke(train, args)
+    assert result.exit_code == 1
+    assert f"{data / 'out'}: is a file, not a folder; choose another --output_dir" in one_line_error(result)
+    assert (data / "out").read_text() == "my notes"
 
 
 def test_weights_file_that_does_not_exist(runner, data):
