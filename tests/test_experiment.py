@@ -92,7 +92,7 @@ def test_the_same_seed_gives_the_same_result_and_logs_are_appended(multiclass_ru
     expected = first.iloc[:2].reset_index(drop=True)
     for column in ["variant", "seed", "best_val_macro_f1", "test_macro_f1", "train_rows"]:
         assert again[column].tolist() == expected[column].tolist(), column
-    assert "one seed: no interval" in result.stdout
+    assert "not decidable: 1 seed, no interval" in result.stdout
 
 
 def test_multilabel_experiment_scores_each_label_on_known_cells(setup, digits_set, tmp_path):
