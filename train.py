@@ -1,6 +1,6 @@
 """Train the image classifier: the same command as `toolkit train`.
 
-    python train.py --data_csv label.txt --img_directory images
+    python train.py --data-csv label.txt --img-directory images
 """
 
 from image_toolkit.cli.train import train
