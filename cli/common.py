@@ -171,7 +171,9 @@ def group(name: str | None = None, **settings):
     return click.group(name, cls=CommandGroup, **settings)
 
 
-quiet_option = click.option("--quiet", is_flag=True, help="Silent on success: no progress bar, no summary; only warnings and errors.")
+# --quiet drops progress and the closing summary ("Wrote ...", "Best epoch ..."); what a command exists to print
+# (predict's labels, search's results, index info, assess's scores, experiment's comparison) still goes to stdout.
+quiet_option = click.option("--quiet", is_flag=True, help="No progress and no summary: silent on success but for the results it prints.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
 # An output folder: a file of that name is a one-line usage error; the folder is made with the first output.
 OUTPUT_DIR = click.Path(file_okay=False)

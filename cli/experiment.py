@@ -55,6 +55,7 @@ def experiment(feedback: str, ratios: tuple[str, ...], seeds: int, seed_base: in
         summary = run_experiment(TrainOptions(**training), options, verbose=progress_verbosity(quiet))
     if as_json:
         echo_json(summary)
-    elif not quiet:
-        click.echo(format_report(summary))
+        return
+    click.echo(format_report(summary))  # the answer, printed with --quiet too; the line after is a summary
+    if not quiet:
         click.echo(f"Logs: {summary['output_dir']}/ExperimentLog.csv, Results.csv; plot: {summary['output_dir']}/experiment.png")

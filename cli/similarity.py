@@ -176,6 +176,6 @@ def assess(model: str, metadata_csv: str, img_directory: str | None, split: str,
         scores = run(model, metadata_csv, img_directory=img_directory, split=split, output_dir=output_dir, metric=metric)
     if as_json:
         echo_json(scores)
-    elif not quiet:
+    else:  # the scores are the answer: printed with --quiet too
         for name, value in scores.items():
             click.echo(f"{name:>14}: {value}")
