@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import os
@@ -69,18 +70,99 @@ def _interrupted() -> None:
     sys.exit(130)
 
 
+# Old option names that mean the same option in every command that has the new one (one idea, one name).
+COMMON_ALIASES = {"--n_threads": "--n-jobs"}
+
+
+def _dashed(name: str) -> str:
+    """The Click spelling of a long option: `--data_csv` -> `--data-csv`."""
+    return name.replace("_", "-") if name.startswith("--") else name
+
+
+def _takes_value(option: click.Option) -> bool:
+    return not option.is_flag and not option.count and option.nargs > 0
+
+
+def canonical_args(args: list[str], options: list[click.Option], aliases: dict[str, str]) -> list[str]:
+    """Rewrite every accepted spelling of an option in `args` to its declared name, before Click parses.
+
+    Options are declared with their dashed names only (what `--help` shows);
+    the underscore spelling of the original scripts (`--data_csv`) and the
+    old names in `aliases` (`{"--model_weights": "--model"}`, either
+    spelling) are accepted here, `--opt=value` included. Values of options
+    are passed through untouched, and so is everything after a bare `--`.
+    Two different spellings of one option are a usage error (one spelling
+    twice is left to Click: the last wins, or both count for `multiple`).
+    """
+    declared = {name: option for option in options for name in (*option.opts, *option.secondary_opts)}
+    renamed = {_dashed(old): new for old, new in aliases.items() if new in declared}
+    given: dict[int, tuple[str, str]] = {}
+    result: list[str] = []
+    tokens = iter(args)
+    for token in tokens:
+        if token == "--":
+            result.append(token)
+            result.extend(tokens)
+            break
+        name, equals, value = token.partition("=") if token.startswith("--") else (token, "", "")
+        if name in declared:
+            target = name
+        elif name.startswith("--") and _dashed(name) in renamed:
+            target = renamed[_dashed(name)]
+        elif name.startswith("--") and _dashed(name) in declared:
+            target = _dashed(name)
+        else:
+            result.append(token)  # an argument, or an unknown option that Click reports
+            continue
+        option = declared[target]
+        first = given.setdefault(id(option), (name, _display_name(option)))
+        if first[0] != name:
+            raise click.UsageError(f"{first[1]} was given twice, as {first[0]} and {name}; give it once.")
+        result.append(target + equals + value)
+        if _takes_value(option) and not equals:
+            result.extend(itertools.islice(tokens, option.nargs))
+    return result
+
+
+def _display_name(option: click.Option) -> str:
+    return next((name for name in option.opts if name.startswith("--")), option.opts[0])
+
+
 class ToolkitCommand(OneLineErrors, click.Command):
-    """A command with one-line errors; used by every subcommand and by the entry scripts."""
+    """A command with one-line errors; used by every subcommand and by the entry scripts.
+
+    `aliases` maps old option names to the declared ones (`{"--model_weights":
+    "--model"}`); they work but are not shown by `--help`, and neither are the
+    underscore spellings of the dashed names, which work everywhere
+    (see `canonical_args`).
+    """
+
+    def __init__(self, *args, aliases: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.aliases = {**COMMON_ALIASES, **(aliases or {})}
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        options = [param for param in self.get_params(ctx) if isinstance(param, click.Option)]
+        try:
+            args = canonical_args(args, options, self.aliases)
+        except click.UsageError as error:
+            if ctx.resilient_parsing:  # shell completion: let Click see the line as typed
+                return super().parse_args(ctx, args)
+            error.ctx = ctx
+            raise
+        return super().parse_args(ctx, args)
 
 
 class CommandGroup(OneLineErrors, click.Group):
     """A nested group of subcommands (e.g. `toolkit index build`), with one-line errors."""
 
+    command_class = ToolkitCommand
 
-def command(name: str | None = None, **settings):
-    """`click.command` with one-line errors and `-h` for help."""
+
+def command(name: str | None = None, *, aliases: dict[str, str] | None = None, **settings):
+    """`click.command` with one-line errors, `-h` for help and the old option names as hidden `aliases`."""
     settings.setdefault("context_settings", {"help_option_names": ["-h", "--help"], "max_content_width": 100})
-    return click.command(name, cls=ToolkitCommand, **settings)
+    return click.command(name, cls=ToolkitCommand, aliases=aliases, **settings)
 
 
 def group(name: str | None = None, **settings):
@@ -89,7 +171,9 @@ def group(name: str | None = None, **settings):
     return click.group(name, cls=CommandGroup, **settings)
 
 
-quiet_option = click.option("--quiet", is_flag=True, help="Only warnings and errors; no progress bar.")
+# --quiet drops progress and the closing summary ("Wrote ...", "Best epoch ..."); what a command exists to print
+# (predict's labels, search's results, index info, assess's scores, experiment's comparison) still goes to stdout.
+quiet_option = click.option("--quiet", is_flag=True, help="No progress and no summary: silent on success but for the results it prints.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
 # An output folder: a file of that name is a one-line usage error; the folder is made with the first output.
 OUTPUT_DIR = click.Path(file_okay=False)

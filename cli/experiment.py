@@ -9,17 +9,17 @@ from image_toolkit.cli.train import classifier_options
 
 
 @command("experiment")
-@click.option("--data_csv", default="./label.txt", show_default=True, help="Label CSV of every image (test, validation and training lists are drawn from it).")
-@click.option("--img_directory", default="./images", show_default=True, help="Folder the 'image' paths are relative to.")
+@click.option("--data-csv", default="./label.txt", show_default=True, help="Label CSV of every image (test, validation and training lists are drawn from it).")
+@click.option("--img-directory", default="./images", show_default=True, help="Folder the 'image' paths are relative to.")
 @click.option("--feedback", required=True, type=click.Path(exists=True, dir_okay=False), help="Image feedback CSV from 'toolkit feedback export'.")
 @click.option("--ratio", "ratios", multiple=True, required=True, metavar="GROUP=RATIO", help="How the meta list repeats rows, as for 'toolkit resample' (e.g. deselected=3); repeatable.")
-@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Training seeds: --seed_base, --seed_base + 1, ...")
-@click.option("--seed_base", type=int, default=0, show_default=True)
-@click.option("--test_split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True, help="Share of --data_csv held out as the fixed test split (stratified for multiclass).")
-@click.option("--test_csv", type=click.Path(exists=True, dir_okay=False), default=None, help="A fixed test list instead of --test_split (its images must not be in --data_csv).")
-@click.option("--split_seed", type=int, default=12345, show_default=True, help="Seed of the test and validation splits, independent of the training seeds.")
-@click.option("--min_test_per_class", type=click.IntRange(min=1), default=3, show_default=True, help="Refuse a test split with fewer images of some class.")
-@click.option("--output_dir", default="experiment", show_default=True, type=OUTPUT_DIR, help="Where lists/, runs/, ExperimentLog.csv, Results.csv and experiment.png go.")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Training seeds: --seed-base, --seed-base + 1, ...")
+@click.option("--seed-base", type=int, default=0, show_default=True)
+@click.option("--test-split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True, help="Share of --data-csv held out as the fixed test split (stratified for multiclass).")
+@click.option("--test-csv", type=click.Path(exists=True, dir_okay=False), default=None, help="A fixed test list instead of --test-split (its images must not be in --data-csv).")
+@click.option("--split-seed", type=int, default=12345, show_default=True, help="Seed of the test and validation splits, independent of the training seeds.")
+@click.option("--min-test-per-class", type=click.IntRange(min=1), default=3, show_default=True, help="Refuse a test split with fewer images of some class.")
+@click.option("--output-dir", default="experiment", show_default=True, type=OUTPUT_DIR, help="Where lists/, runs/, ExperimentLog.csv, Results.csv and experiment.png go.")
 @classifier_options(task="multiclass")
 @quiet_option
 @json_option
@@ -38,9 +38,9 @@ def experiment(feedback: str, ratios: tuple[str, ...], seeds: int, seed_base: in
 
     \b
     Example (demo digits, multiclass, CPU):
-      toolkit experiment --data_csv label.txt --img_directory images \\
+      toolkit experiment --data-csv label.txt --img-directory images \\
           --feedback image_feedback.csv --ratio deselected=3 --seeds 3 \\
-          --backbone small_cnn --weights none --image_size 32 --epochs 20
+          --backbone small_cnn --weights none --image-size 32 --epochs 20
     """
     start(quiet)
     from image_toolkit.data_tools.feedback.resample import parse_ratios
@@ -55,6 +55,7 @@ def experiment(feedback: str, ratios: tuple[str, ...], seeds: int, seed_base: in
         summary = run_experiment(TrainOptions(**training), options, verbose=progress_verbosity(quiet))
     if as_json:
         echo_json(summary)
-    else:
-        click.echo(format_report(summary))
+        return
+    click.echo(format_report(summary))  # the answer, printed with --quiet too; the line after is a summary
+    if not quiet:
         click.echo(f"Logs: {summary['output_dir']}/ExperimentLog.csv, Results.csv; plot: {summary['output_dir']}/experiment.png")

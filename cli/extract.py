@@ -14,12 +14,12 @@ extraction_options = option_group(
     click.option("--model", default="inceptionv3", show_default=True, help="inceptionv3, resnet50, or the path of a toolkit model (best_model.h5)."),
     click.option("--layer", default=None, help="Layer of a model file to read (default: its penultimate layer, or its output for get-inception-output)."),
     click.option("--weights", default="imagenet", show_default=True, help="imagenet, none, or a local weights file."),
-    click.option("--image_size", type=click.IntRange(min=32), default=None, help="Input size (default: the model's own, 299 for InceptionV3, 224 for ResNet50)."),
-    click.option("--batch_size", type=click.IntRange(min=1), default=32, show_default=True),
+    click.option("--image-size", type=click.IntRange(min=32), default=None, help="Input size (default: the model's own, 299 for InceptionV3, 224 for ResNet50)."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
     click.option("--precision", type=click.Choice(names.EXTRACT_PRECISIONS), default="fp32", show_default=True),
     click.option("--append", is_flag=True, help="Keep the rows already in OUTPUT_PATH and compute only the images not yet there."),
-    click.option("--num_shards", type=click.IntRange(min=1), default=1, show_default=True, help="Split the images into this many shards (for a job array)..."),
-    click.option("--shard_index", type=click.IntRange(min=0), default=0, show_default=True, help="...and compute shard number I (0-based); join with merge-features."),
+    click.option("--num-shards", type=click.IntRange(min=1), default=1, show_default=True, help="Split the images into this many shards (for a job array)..."),
+    click.option("--shard-index", type=click.IntRange(min=0), default=0, show_default=True, help="...and compute shard number I (0-based); join with merge-features."),
     quiet_option,
     json_option,
 )
@@ -38,7 +38,7 @@ def run_extraction(output: str, image_path: str, output_path: str, model: str, l
                           num_shards=num_shards, shard_index=shard_index, verbose=progress_verbosity(quiet))
     if as_json:
         echo_json(summary)
-    else:
+    elif not quiet:
         click.echo(f"Wrote {summary['rows']} x {summary['dim']} features to {summary['path']} "
                    f"({summary['computed']} computed, {summary['skipped']} unreadable images skipped)")
 
@@ -70,6 +70,6 @@ def get_transfer_layer(**options) -> None:
     Example:
       toolkit get-transfer-layer images/ features.npz --model resnet50
       toolkit get-transfer-layer images/ features.npz --append        # only new images
-      toolkit get-transfer-layer images/ part0.npz --num_shards 4 --shard_index 0
+      toolkit get-transfer-layer images/ part0.npz --num-shards 4 --shard-index 0
     """
     run_extraction("pooled", **options)

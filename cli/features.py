@@ -22,7 +22,7 @@ def merge_features(output_path: Path, input_paths: tuple[Path, ...], quiet: bool
     the first. The output format follows OUTPUT_PATH's suffix: .npz, .h5 or .pkl.
 
     \b
-    Example, after a job array ran with --num_shards 4 --shard_index 0..3:
+    Example, after a job array ran with --num-shards 4 --shard-index 0..3:
       toolkit merge-features features.npz features_shard*.npz
     """
     start(quiet)
@@ -35,5 +35,5 @@ def merge_features(output_path: Path, input_paths: tuple[Path, ...], quiet: bool
     n_images, dim = merged.features.shape
     if as_json:
         echo_json({"output": str(output_path), "inputs": len(input_paths), "images": n_images, "features": dim})
-    else:
+    elif not quiet:
         click.echo(f"{n_images:,} images x {dim:,} features from {len(input_paths)} files: {output_path}")

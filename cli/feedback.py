@@ -25,8 +25,8 @@ def feedback() -> None:
 
     \b
     Example:
-      toolkit feedback simulate --data_csv label.txt --features features.npz -o events.jsonl
-      toolkit feedback import events.jsonl --data_csv label.txt --db feedback.sqlite
+      toolkit feedback simulate --data-csv label.txt --features features.npz -o events.jsonl
+      toolkit feedback import events.jsonl --data-csv label.txt --db feedback.sqlite
       toolkit feedback export --db feedback.sqlite -o image_feedback.csv
     """
 
@@ -34,7 +34,7 @@ def feedback() -> None:
 @command("import")
 @click.argument("events", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @DB_OPTION
-@click.option("--data_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Label CSV of the images the events name (needed on the first import; registers the data set and its classes).")
+@click.option("--data-csv", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Label CSV of the images the events name (needed on the first import; registers the data set and its classes).")
 @TASK_OPTION
 @WAIT_OPTION
 @quiet_option
@@ -51,7 +51,7 @@ def import_events(events: Path, db: Path, data_csv: Path | None, task: str | Non
 
     \b
     Example:
-      toolkit feedback import events.jsonl --data_csv label.txt --db feedback.sqlite
+      toolkit feedback import events.jsonl --data-csv label.txt --db feedback.sqlite
     """
     start(quiet)
     from image_toolkit.data_tools.feedback.store import import_events as run_import
@@ -59,6 +59,8 @@ def import_events(events: Path, db: Path, data_csv: Path | None, task: str | Non
     summary = run_import(events, db, data_csv=data_csv, task=task, wait=wait)
     if as_json:
         echo_json(summary)
+        return
+    if quiet:
         return
     rejected = summary["rejected"]
     click.echo(
@@ -99,7 +101,7 @@ def export_events(db: Path, output: Path, wait: float, quiet: bool, as_json: boo
     }
     if as_json:
         echo_json(counts)
-    else:
+    elif not quiet:
         click.echo(
             f"Wrote {counts['images']} images to {output}: {counts['lassoed_images']} lassoed, "
             f"{counts['deselected_images']} deselected, {counts['selected_images']} selected"
@@ -107,14 +109,14 @@ def export_events(db: Path, output: Path, wait: float, quiet: bool, as_json: boo
 
 
 @command("simulate")
-@click.option("--data_csv", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Label CSV: the true labels the simulated users know.")
+@click.option("--data-csv", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Label CSV: the true labels the simulated users know.")
 @click.option("--features", "features_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Feature file (.npz, .h5, .pkl) of the same images, mapped to 2-D for the users.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The events file to write (.jsonl).")
 @click.option("--users", type=click.IntRange(min=1), default=20, show_default=True, help="Simulated users; each works on one class.")
 @click.option("--noise", type=click.FloatRange(0, 0.5, max_open=True), default=0.05, show_default=True, help="Error rate of a deselect: a wrong image missed, or a right one deselected.")
 @click.option("--method", type=click.Choice(["tsne", "pca"]), default="tsne", show_default=True, help="The 2-D map the users lasso on.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--n_jobs", type=int, default=-1, show_default=True, help="Threads for t-SNE (-1: all cores).")
+@click.option("--n-jobs", type=int, default=-1, show_default=True, help="Threads for t-SNE (-1: all cores).")
 @TASK_OPTION
 @quiet_option
 @json_option
@@ -130,7 +132,7 @@ def simulate(data_csv: Path, features_path: Path, output: Path, users: int, nois
 
     \b
     Example:
-      toolkit feedback simulate --data_csv label.txt --features features.npz \\
+      toolkit feedback simulate --data-csv label.txt --features features.npz \\
                                 -o events.jsonl --users 20 --noise 0.05
     """
     start(quiet)
@@ -141,7 +143,7 @@ def simulate(data_csv: Path, features_path: Path, output: Path, users: int, nois
                                 method=method, seed=seed, n_jobs=n_jobs)
     if as_json:
         echo_json(summary)
-    else:
+    elif not quiet:
         share = summary["deselects_of_another_class"]
         click.echo(
             f"Wrote {summary['events']} events of {users} users to {output}: {summary['lassoed_images']} images lassoed, "

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from image_toolkit.cli.common import ToolkitCommand, echo_json, group, json_option, quiet_option, start
+from image_toolkit.cli.common import echo_json, group, json_option, quiet_option, start
 
 # The same as image_toolkit.data_tools.search.index.KINDS and METRICS (a test checks): repeated so that --help loads no faiss.
 KINDS = ("hnsw", "ivf", "flat")
@@ -19,7 +19,7 @@ METRICS = ("cosine", "euclidean", "inner_product")
 SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 threads_option = click.option(
-    "--n_threads", type=int, default=-1, show_default=True, help="Threads for faiss and BLAS (-1: all cores)."
+    "--n-jobs", "n_threads", type=int, default=-1, show_default=True, help="Threads for faiss and BLAS (-1: all cores)."
 )
 
 
@@ -46,17 +46,17 @@ def index() -> None:
     """
 
 
-@index.command("build", cls=ToolkitCommand, context_settings=SETTINGS)
+@index.command("build", context_settings=SETTINGS, aliases={"--M": "--m"})
 @click.argument("features", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--kind", type=click.Choice(KINDS), default="hnsw", show_default=True,
               help="hnsw: graph, fast search; ivf: k-means lists, faster build on large sets; flat: exact.")
 @click.option("--metric", type=click.Choice(METRICS), default="cosine", show_default=True,
               help="cosine: inner product of L2-normalised rows; inner_product ranks larger first.")
-@click.option("--target_recall", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
+@click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
               help="Raise efSearch (hnsw) or nprobe (ivf) until recall@10 on held-out images reaches this.")
-@click.option("--M", "m", type=click.IntRange(min=2), default=32, show_default=True, help="hnsw: links per node.")
-@click.option("--ef_construction", type=click.IntRange(min=1), default=80, show_default=True, help="hnsw: build-time search depth.")
+@click.option("--m", "m", type=click.IntRange(min=2), default=32, show_default=True, help="hnsw: links per node.")
+@click.option("--ef-construction", type=click.IntRange(min=1), default=80, show_default=True, help="hnsw: build-time search depth.")
 @click.option("--nlist", type=click.IntRange(min=1), default=None, help="ivf: number of lists (default: 4 sqrt(N), at most N/39).")
 @click.option("--overwrite", is_flag=True, help="Replace an index already in INDEX_DIR.")
 @threads_option
@@ -68,14 +68,14 @@ def build(features: Path, index_dir: Path, kind: str, metric: str, target_recall
 
     The index tunes itself: it holds out a sample of the images (a tenth,
     100 to 1000), indexes the rest, and raises efSearch / nprobe until the
-    sample's recall@10 against exact search reaches --target_recall; then it
+    sample's recall@10 against exact search reaches --target-recall; then it
     adds the sample too. The chosen value and the recall are stored and
     shown by toolkit index info.
 
     \b
     Example:
       toolkit index build features.npz my_index/
-      toolkit index build features.npz my_index/ --kind ivf --target_recall 0.99
+      toolkit index build features.npz my_index/ --kind ivf --target-recall 0.99
     """
     _start(quiet)
     from image_toolkit.data_tools.errors import DataError
@@ -94,10 +94,10 @@ def build(features: Path, index_dir: Path, kind: str, metric: str, target_recall
                              ef_construction=ef_construction, nlist=nlist, n_threads=n_threads).fit(feature_set)
     seconds = time.monotonic() - started
     image_index.save(index_dir)
-    _report(image_index, index_dir, as_json, f"Built {index_dir} in {seconds:.1f} s", seconds=round(seconds, 3))
+    _report(image_index, index_dir, as_json, quiet, f"Built {index_dir} in {seconds:.1f} s", seconds=round(seconds, 3))
 
 
-@index.command("add", cls=ToolkitCommand, context_settings=SETTINGS)
+@index.command("add", context_settings=SETTINGS)
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("features", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @threads_option
@@ -124,11 +124,11 @@ def add(index_dir: Path, features: Path, n_threads: int, quiet: bool, as_json: b
     image_index.add(read_features(features), where=features.name)
     if image_index.size > before:
         image_index.save(index_dir)
-    _report(image_index, index_dir, as_json, f"Added {image_index.size - before} images to {index_dir}",
+    _report(image_index, index_dir, as_json, quiet, f"Added {image_index.size - before} images to {index_dir}",
             added=image_index.size - before)
 
 
-@index.command("info", cls=ToolkitCommand, context_settings=SETTINGS)
+@index.command("info", context_settings=SETTINGS)
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @quiet_option
 @json_option
@@ -143,15 +143,17 @@ def info(index_dir: Path, quiet: bool, as_json: bool) -> None:
     _start(quiet)
     from image_toolkit.data_tools.search.index import ImageIndex
 
-    _report(ImageIndex.load(index_dir), index_dir, as_json, None)
+    _report(ImageIndex.load(index_dir), index_dir, as_json, False, None)
 
 
-def _report(image_index, index_dir: Path, as_json: bool, headline: str | None, **extra) -> None:
-    """The index's description, as JSON or as a few lines for people."""
+def _report(image_index, index_dir: Path, as_json: bool, quiet: bool, headline: str | None, **extra) -> None:
+    """The index's description, as JSON or as a few lines for people (none with --quiet; info shows them anyway)."""
     description = image_index.info()
     size_bytes = sum(path.stat().st_size for path in index_dir.iterdir() if path.is_file())
     if as_json:
         echo_json({"index_dir": str(index_dir), **extra, **description, "bytes": size_bytes})
+        return
+    if quiet:
         return
     params = ", ".join(f"{key}={value}" for key, value in description["params"].items())
     tuning = description["tuning"]

@@ -16,6 +16,7 @@ from image_toolkit.cli.common import OneLineErrors
 
 # Commands in the order `toolkit --help` lists them: name -> "module.attribute".
 COMMANDS = {
+    "demo-data": "image_toolkit.cli.demo.demo_data",
     "train": "image_toolkit.cli.train.train",
     "predict": "image_toolkit.cli.predict.predict",
     "make-metadata": "image_toolkit.cli.similarity.make_metadata",
@@ -58,6 +59,10 @@ def toolkit() -> None:
 
     \b
     Example, on the demo data shipped with the toolkit:
-      toolkit train --backbone small_cnn --weights none --image_size 64 --epochs 10
-      toolkit predict images/0000.png --model_weights best_model.h5
+      toolkit train --backbone small_cnn --weights none --image-size 64 --epochs 10
+      toolkit predict images/0000.png --model best_model.h5
     """
+
+
+if __name__ == "__main__":
+    toolkit(prog_name="toolkit")

@@ -16,15 +16,17 @@ from image_toolkit.cli.common import command, echo_json, json_option, quiet_opti
 @click.argument("output_dir_path", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("distance_metric")
 @click.argument("n_neighbors", type=int)
-@click.argument("n_cores", type=int, default=4, required=False)
-@click.option("--include_self", is_flag=True, help="Let an image be its own nearest neighbour.")
+@click.argument("n_cores", type=int, default=None, required=False)
+@click.option("--include-self", is_flag=True, help="Let an image be its own nearest neighbour.")
 @click.option(
     "--queries",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Feature file of other images: find their neighbours in FEATURES_PATH instead.",
 )
+@click.option("--n-jobs", "n_jobs", type=int, default=None,
+              help="Threads (-1: all cores; default 4); the same as the positional N_CORES, give one of them.")
 @click.option(
-    "--max_memory", type=int, default=512, show_default=True, help="Working memory in MB, beyond the features."
+    "--max-memory", type=int, default=512, show_default=True, help="Working memory in MB, beyond the features."
 )
 @quiet_option
 @json_option
@@ -33,7 +35,8 @@ def compute_distances(
     output_dir_path: Path,
     distance_metric: str,
     n_neighbors: int,
-    n_cores: int,
+    n_cores: int | None,
+    n_jobs: int | None,
     include_self: bool,
     queries: Path | None,
     max_memory: int,
@@ -45,8 +48,8 @@ def compute_distances(
     FEATURES_PATH is a feature file (.npz, .h5 or .pkl) written by the
     extraction commands or by merge-features. DISTANCE_METRIC is one of
     cosine (1 - cosine similarity), euclidean, sqeuclidean, manhattan, or
-    inner_product (larger is nearer). N_CORES bounds the threads (-1: all
-    cores; default 4).
+    inner_product (larger is nearer). N_CORES (or --n-jobs) bounds the
+    threads (-1: all cores; default 4).
 
     OUTPUT_DIR_PATH receives neighbors.npy (int64, one row per image: the
     row numbers of its neighbours, nearest first, itself excluded),
@@ -55,8 +58,12 @@ def compute_distances(
 
     \b
     Example:
-      toolkit compute-distances features.npz out/ cosine 50 -1
+      toolkit compute-distances features.npz out/ cosine 50 --n-jobs -1
+      toolkit compute-distances features.npz out/ cosine 50 -1     # the original script's spelling
     """
+    if n_cores is not None and n_jobs is not None:
+        raise click.UsageError(f"the thread count was given twice, as N_CORES {n_cores} and --n-jobs {n_jobs}; give it once.")
+    n_cores = next((n for n in (n_cores, n_jobs) if n is not None), 4)
     start(quiet)
     logging.getLogger("faiss").setLevel(logging.WARNING)  # Its loader logs every CPU feature it tries.
     from image_toolkit.data_tools.formats.features import read_features
@@ -91,7 +98,7 @@ def compute_distances(
                 "seconds": round(seconds, 3),
             }
         )
-    else:
+    elif not quiet:
         click.echo(
             f"{len(indices):,} images x {n_neighbors} neighbours ({distance_metric}, {seconds:.1f} s): "
             f"{', '.join(file.name for file in files)} in {output_dir_path}"

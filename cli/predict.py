@@ -7,11 +7,11 @@ import click
 from image_toolkit.cli.common import command, echo_json, json_option, quiet_option, start
 
 
-@command("predict")
+@command("predict", aliases={"--model_weights": "--model"})
 @click.argument("images", nargs=-1, required=True)
-@click.option("--model_weights", default="./best_model.h5", show_default=True, help="A best_model.h5 written by 'toolkit train'.")
+@click.option("--model", "model_weights", default="./best_model.h5", show_default=True, help="A best_model.h5 written by 'toolkit train'.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Probability at or above which a label is given (multi-label).")
-@click.option("--batch_size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @quiet_option
 @json_option
 def predict(images: tuple[str, ...], model_weights: str, threshold: float, batch_size: int, quiet: bool, as_json: bool) -> None:
@@ -22,7 +22,7 @@ def predict(images: tuple[str, ...], model_weights: str, threshold: float, batch
 
     \b
     Example:
-      toolkit predict images/0000.png images/0001.png --model_weights runs/demo/best_model.h5
+      toolkit predict images/0000.png images/0001.png --model runs/demo/best_model.h5
       toolkit predict images/ --json > predictions.jsonl
     """
     start(quiet)

@@ -23,15 +23,15 @@ from image_toolkit.cli.common import command, echo_json, json_option, progress_t
 @click.option("--text", help="Keyword: rank images by their scores for the classes it names.")
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True,
               help="Results per query; more than the index holds is clamped to its size, with a warning.")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the results as CSV (query, rank, path, distance or score) instead of printing them.")
-@click.option("--word_vectors", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--word-vectors", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="--text: word2vec file (text, or binary if named .bin); similar class words count too. Needs gensim.")
 @click.option("--scores", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="--text: class scores of the indexed images (toolkit get-inception-output), when the index holds other features.")
-@click.option("--min_similarity", type=click.FloatRange(-1, 1), default=0.5, show_default=True,
-              help="--text with --word_vectors: least similarity for a class word to count.")
-@click.option("--n_threads", type=int, default=-1, show_default=True, help="Threads for faiss and BLAS (-1: all cores).")
+@click.option("--min-similarity", type=click.FloatRange(-1, 1), default=0.5, show_default=True,
+              help="--text with --word-vectors: least similarity for a class word to count.")
+@click.option("--n-jobs", "n_threads", type=int, default=-1, show_default=True, help="Threads for faiss and BLAS (-1: all cores).")
 @quiet_option
 @json_option
 def search(index_dir: Path, images: tuple[Path, ...], features: Path | None, text: str | None, k: int,
@@ -50,13 +50,13 @@ def search(index_dir: Path, images: tuple[Path, ...], features: Path | None, tex
       toolkit search my_index/ --image query.jpg -k 5
       toolkit search my_index/ --features queries.npz --output results.csv
       toolkit search scores_index/ --text "shark" --json
-      toolkit search my_index/ --text sofa --scores scores.npz --word_vectors vectors.txt
+      toolkit search my_index/ --text sofa --scores scores.npz --word-vectors vectors.txt
     """
     given = [name for name, value in (("--image", images), ("--features", features), ("--text", text)) if value]
     if len(given) != 1:
         raise click.UsageError(f"give exactly one of --image, --features or --text. Received: {', '.join(given) or 'none'}")
     if text is None and (word_vectors or scores):
-        raise click.UsageError("--word_vectors and --scores apply to --text only.")
+        raise click.UsageError("--word-vectors and --scores apply to --text only.")
     start(quiet)
     logging.getLogger("faiss").setLevel(logging.WARNING)  # Its loader logs every CPU feature it tries.
     from image_toolkit.data_tools.search.index import ImageIndex
@@ -83,7 +83,7 @@ def search(index_dir: Path, images: tuple[Path, ...], features: Path | None, tex
             ]}
             for name, row_ids, row_values in zip(names, indices.tolist(), values.tolist())
         ]
-    _show(queries, value_name, output, as_json)
+    _show(queries, value_name, output, as_json, quiet)
 
 
 def _embed(image_index, images: list[Path], as_json: bool):
@@ -123,7 +123,8 @@ def _keyword_query(image_index, index_dir: Path, text: str, k: int, scores: Path
     }
 
 
-def _show(queries: list[dict], value_name: str, output: Path | None, as_json: bool) -> None:
+def _show(queries: list[dict], value_name: str, output: Path | None, as_json: bool, quiet: bool) -> None:
+    """Print the results (also with --quiet: they are what the command is for), or write them to --output."""
     if output is not None:
         from image_toolkit.data_tools.search.index import write_results
 
@@ -131,7 +132,7 @@ def _show(queries: list[dict], value_name: str, output: Path | None, as_json: bo
         write_results(output, [("query", "rank", "path", value_name), *rows])
         if as_json:
             echo_json({"output": str(output), "queries": len(queries), "rows": len(rows)})
-        else:
+        elif not quiet:
             click.echo(f"Wrote {len(rows):,} results of {len(queries):,} queries to {output}")
         return
     for query in queries:

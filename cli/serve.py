@@ -10,17 +10,17 @@ from pathlib import Path
 
 import click
 
-from image_toolkit.cli.common import command, quiet_option, start
+from image_toolkit.cli.common import command, echo_json, json_option, quiet_option, start
 
 
-@command("serve")
+@command("serve", aliases={"--images": "--img-directory", "--labels": "--data-csv"})
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--images", "images_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--img-directory", "images_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of the indexed images: the index's image paths are relative to it; nothing outside it is served.")
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=Path("feedback.sqlite"), show_default=True,
-              help="SQLite feedback store (toolkit feedback); created with --labels when missing.")
-@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Label CSV of the images, registered in --db (as toolkit feedback import --data_csv); needed once.")
+              help="SQLite feedback store (toolkit feedback); created with --data-csv when missing.")
+@click.option("--data-csv", "labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Label CSV of the images, registered in --db (as toolkit feedback import --data-csv); needed once.")
 @click.option("--map", "map_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Coordinates CSV (image,x,y) of toolkit tsne for the map view; default: a PCA of the index features.")
 @click.option("--scores", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -28,11 +28,12 @@ from image_toolkit.cli.common import command, quiet_option, start
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; the default is this machine only. 0.0.0.0 opens it to the network.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="TCP port.")
-@click.option("--max_upload_mb", type=click.FloatRange(min=0, min_open=True), default=10, show_default=True,
+@click.option("--max-upload-mb", type=click.FloatRange(min=0, min_open=True), default=10, show_default=True,
               help="Largest query image accepted, in MiB.")
 @quiet_option
+@json_option
 def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_csv: Path | None, scores: Path | None,
-          host: str, port: int, max_upload_mb: float, quiet: bool) -> None:
+          host: str, port: int, max_upload_mb: float, quiet: bool, as_json: bool) -> None:
     """Serve a search page over the index in INDEX_DIR: keyword or image queries, lasso, deselect, refine.
 
     The page shows the results as a grid or as a map (the --map t-SNE
@@ -43,8 +44,8 @@ def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_
 
     \b
     Example:
-      toolkit serve my_index/ --images photos/ --labels label.txt --db feedback.sqlite
-      toolkit serve my_index/ --images photos/ --map tsne.csv --port 8080
+      toolkit serve my_index/ --img-directory photos/ --data-csv label.txt --db feedback.sqlite
+      toolkit serve my_index/ --img-directory photos/ --map tsne.csv --port 8080
     """
     from image_toolkit.data_tools.web.app import missing_extra
 
@@ -61,5 +62,9 @@ def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_
     app = create_app(index_dir, images_dir, db, map_csv, labels=labels, scores=scores,
                      embed=lazy_embedder(lambda: app.state.collection.metadata),
                      max_upload_bytes=int(max_upload_mb * 1024 * 1024))
-    click.echo(f"Serving {len(app.state.collection.names):,} images at http://{host}:{port}/ (feedback in {db}); Ctrl-C stops.", err=True)
+    url = f"http://{host}:{port}/"
+    if as_json:
+        echo_json({"url": url, "images": len(app.state.collection.names), "db": str(db)})
+    elif not quiet:
+        click.echo(f"Serving {len(app.state.collection.names):,} images at {url} (feedback in {db}); Ctrl-C stops.", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info")

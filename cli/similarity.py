@@ -21,62 +21,77 @@ from image_toolkit.data_tools import names
 @click.argument("image_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("output_csv", type=click.Path(dir_okay=False))
 @click.option("--balanced", is_flag=True, help="Sample the same number of images from every class.")
-@click.option("--test_split", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)
+@click.option("--test-split", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def make_metadata(image_dir: str, output_csv: str, balanced: bool, test_split: float, seed: int) -> None:
+@quiet_option
+@json_option
+def make_metadata(image_dir: str, output_csv: str, balanced: bool, test_split: float, seed: int, quiet: bool, as_json: bool) -> None:
     """Write a metadata CSV (image, class, split) from a folder of class sub-folders.
 
     \b
     Example:
-      toolkit make-metadata photos/ metadata.csv --balanced --test_split 0.2
+      toolkit make-metadata photos/ metadata.csv --balanced --test-split 0.2
     """
-    start(False)
+    start(quiet)
     from image_toolkit.data_tools.formats.metadata import make_metadata as make
 
     frame = make(image_dir, output_csv, balanced=balanced, test_split=test_split, seed=seed)
     counts = frame.groupby("split").size().to_dict()
-    click.echo(f"Wrote {len(frame)} rows ({frame['class'].nunique()} classes; "
+    if as_json:
+        echo_json({"output": output_csv, "rows": len(frame), "classes": int(frame["class"].nunique()),
+                   "splits": {str(split): int(n) for split, n in counts.items()}})
+    elif not quiet:
+        click.echo(f"Wrote {len(frame)} rows ({frame['class'].nunique()} classes; "
                + ", ".join(f"{split} {n}" for split, n in counts.items()) + f") to {output_csv}")
 
 
 @command("filter-images")
 @click.argument("image_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("output_dir", type=click.Path(file_okay=False))
-@click.option("--min_size", type=click.IntRange(min=1), default=100, show_default=True, help="Smallest side, in pixels.")
-@click.option("--min_per_class", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--min-size", type=click.IntRange(min=1), default=100, show_default=True, help="Smallest side, in pixels.")
+@click.option("--min-per-class", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--sample", type=click.IntRange(min=1), default=None, help="Keep this many images at random.")
 @click.option("--resize", type=click.IntRange(min=8), default=None, help="Resize kept images to this square size.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def filter_images(image_dir: str, output_dir: str, min_size: int, min_per_class: int, sample: int | None, resize: int | None, seed: int) -> None:
+@quiet_option
+@json_option
+def filter_images(image_dir: str, output_dir: str, min_size: int, min_per_class: int, sample: int | None, resize: int | None,
+                  seed: int, quiet: bool, as_json: bool) -> None:
     """Copy the images large enough, of classes with enough images, plus a metadata CSV.
 
     \b
     Example:
-      toolkit filter-images faces/ faces_clean/ --min_size 100 --min_per_class 50 --resize 224
+      toolkit filter-images faces/ faces_clean/ --min-size 100 --min-per-class 50 --resize 224
     """
-    start(False)
+    start(quiet)
     from image_toolkit.data_tools.formats.metadata import filter_images as run
 
+    steps = []
     for step, count in run(image_dir, output_dir, min_size=min_size, min_per_class=min_per_class, sample=sample, resize=resize, seed=seed):
-        click.echo(f"{count:8d}  {step}")
-    click.echo(f"Wrote the images and metadata.csv to {output_dir}")
+        steps.append({"step": step, "images": int(count)})
+        if not (quiet or as_json):
+            click.echo(f"{count:8d}  {step}")
+    if as_json:
+        echo_json({"output_dir": output_dir, "steps": steps})
+    elif not quiet:
+        click.echo(f"Wrote the images and metadata.csv to {output_dir}")
 
 
 # Options both embedding trainings share.
 training_options = option_group(
-    click.option("--img_directory", default=None, help="Folder the CSV's image paths are relative to (default: the CSV's folder)."),
+    click.option("--img-directory", default=None, help="Folder the CSV's image paths are relative to (default: the CSV's folder)."),
     click.option("--backbone", type=click.Choice(names.BACKBONES), default="resnet18", show_default=True),
     click.option("--weights", default="none", show_default=True, help="imagenet (not for resnet18 or small_cnn), none, or a weights file."),
-    click.option("--embedding_dim", type=click.IntRange(min=1), default=128, show_default=True),
-    click.option("--classes_per_batch", type=click.IntRange(min=1), default=None,
-                 help="Balanced batches: this many classes... (the batch then replaces --batch_size)"),
-    click.option("--examples_per_class", type=click.IntRange(min=1), default=None, help="...times this many images of each."),
+    click.option("--embedding-dim", type=click.IntRange(min=1), default=128, show_default=True),
+    click.option("--classes-per-batch", type=click.IntRange(min=1), default=None,
+                 help="Balanced batches: this many classes... (the batch then replaces --batch-size)"),
+    click.option("--examples-per-class", type=click.IntRange(min=1), default=None, help="...times this many images of each."),
     click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
-    click.option("--batch_size", type=click.IntRange(min=2), default=32, show_default=True),
-    click.option("--learning_rate", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True),
-    click.option("--image_size", type=click.IntRange(min=8), default=224, show_default=True),
-    click.option("--output_dir", default=".", show_default=True, type=OUTPUT_DIR),
-    click.option("--resume", is_flag=True, help="Continue the run in --output_dir; refused if other options differ."),
+    click.option("--batch-size", type=click.IntRange(min=2), default=32, show_default=True),
+    click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True),
+    click.option("--image-size", type=click.IntRange(min=8), default=224, show_default=True),
+    click.option("--output-dir", default=".", show_default=True, type=OUTPUT_DIR),
+    click.option("--resume", is_flag=True, help="Continue the run in --output-dir; refused if other options differ."),
     click.option("--seed", type=int, default=42, show_default=True),
     quiet_option,
     json_option,
@@ -92,7 +107,7 @@ def run_training(method: str, data: str, quiet: bool, as_json: bool, **options) 
         summary = train_embedding(SimilarityOptions(method=method, data=data, **options), verbose=progress_verbosity(quiet))
     if as_json:
         echo_json(summary)
-    else:
+    elif not quiet:
         scores = ", ".join(f"{name[4:]} {value:.4f}" for name, value in summary.items() if name.startswith("val_"))
         click.echo(f"Best epoch {summary['best_epoch']}{': ' + scores if scores else ''}; tower saved to {summary['model']}")
 
@@ -102,7 +117,7 @@ def run_training(method: str, data: str, quiet: bool, as_json: bool, **options) 
 @click.option("--type", "siamese_type", type=click.Choice(["b", "c", "d"]), default="b", show_default=True,
               help="b: contrastive loss; c: b + class softmax per branch; d: c with L2-normalised embeddings, cosine distance.")
 @click.option("--margin", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Contrastive margin.")
-@click.option("--positive_ratio", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5, show_default=True)
+@click.option("--positive-ratio", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5, show_default=True)
 @training_options
 def train_siamese(metadata_csv: str, **options) -> None:
     """Train a Siamese network (Bell & Bala types B, C, D) on same-class / other-class pairs.
@@ -113,7 +128,7 @@ def train_siamese(metadata_csv: str, **options) -> None:
 
     \b
     Example:
-      toolkit train-siamese metadata.csv --type d --backbone resnet18 --image_size 64 --epochs 20
+      toolkit train-siamese metadata.csv --type d --backbone resnet18 --image-size 64 --epochs 20
     """
     run_training("siamese", metadata_csv, **options)
 
@@ -121,7 +136,7 @@ def train_siamese(metadata_csv: str, **options) -> None:
 @command("train-simclr")
 @click.argument("image_dir_or_csv", type=click.Path(exists=True))
 @click.option("--temperature", type=float, default=0.1, show_default=True, help="NT-Xent temperature (> 0).")
-@click.option("--projection_dim", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--projection-dim", type=click.IntRange(min=1), default=128, show_default=True)
 @training_options
 def train_simclr(image_dir_or_csv: str, **options) -> None:
     """Learn an embedding without labels by SimCLR contrastive learning on two random views.
@@ -131,7 +146,7 @@ def train_simclr(image_dir_or_csv: str, **options) -> None:
 
     \b
     Example:
-      toolkit train-simclr metadata.csv --temperature 0.1 --image_size 64 --epochs 50
+      toolkit train-simclr metadata.csv --temperature 0.1 --image-size 64 --epochs 50
     """
     run_training("simclr", image_dir_or_csv, **options)
 
@@ -139,25 +154,28 @@ def train_simclr(image_dir_or_csv: str, **options) -> None:
 @command("assess")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.argument("metadata_csv", type=click.Path(exists=True, dir_okay=False))
-@click.option("--img_directory", default=None, help="Folder the CSV's image paths are relative to (default: the CSV's folder).")
+@click.option("--img-directory", default=None, help="Folder the CSV's image paths are relative to (default: the CSV's folder).")
 @click.option("--split", default="test", show_default=True)
 @click.option("--metric", type=click.Choice(["cosine", "euclidean"]), default=None,
               help="Distance to rank by. Default: the one the model was trained for (run.json beside it), else cosine.")
-@click.option("--output_dir", default=".", show_default=True, type=OUTPUT_DIR, help="Where similarity_heatmap.png and query_grid.png go.")
+@click.option("--output-dir", default=".", show_default=True, type=OUTPUT_DIR, help="Where similarity_heatmap.png and query_grid.png go.")
+@quiet_option
 @json_option
-def assess(model: str, metadata_csv: str, img_directory: str | None, split: str, metric: str | None, output_dir: str, as_json: bool) -> None:
+def assess(model: str, metadata_csv: str, img_directory: str | None, split: str, metric: str | None, output_dir: str,
+           quiet: bool, as_json: bool) -> None:
     """Score an embedding model on a split: kNN accuracy, recall@1/5/10, mAP@R, plus pictures.
 
     \b
     Example:
       toolkit assess runs/siamese/embedding_model.keras metadata.csv --split test
     """
-    start(False)
+    start(quiet)
     from image_toolkit.models.similarity import assess as run
 
-    scores = run(model, metadata_csv, img_directory=img_directory, split=split, output_dir=output_dir, metric=metric)
+    with progress_to_stderr(as_json):
+        scores = run(model, metadata_csv, img_directory=img_directory, split=split, output_dir=output_dir, metric=metric)
     if as_json:
         echo_json(scores)
-    else:
+    else:  # the scores are the answer: printed with --quiet too
         for name, value in scores.items():
             click.echo(f"{name:>14}: {value}")

@@ -23,42 +23,42 @@ def classifier_options(*, task: str = "multilabel"):
         click.option("--task", type=click.Choice(names.TASKS), default=task, show_default=True),
         click.option("--backbone", type=click.Choice(names.BACKBONES), default="resnet50", show_default=True),
         click.option("--weights", default="imagenet", show_default=True, help="imagenet, none, or the path of a local weights file for the backbone."),
-        click.option("--head_units", type=click.IntRange(min=1), default=64, show_default=True),
-        click.option("--image_size", type=click.IntRange(min=8), default=224, show_default=True),
+        click.option("--head-units", type=click.IntRange(min=1), default=64, show_default=True),
+        click.option("--image-size", type=click.IntRange(min=8), default=224, show_default=True),
         click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
-        click.option("--batch_size", type=click.IntRange(min=1), default=32, show_default=True),
-        click.option("--learning_rate", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True),
-        click.option("--val_split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True, help="Share of the labelled images held out for validation (the best epoch is chosen on it)."),
-        click.option("--missing_labels", type=click.Choice(names.MISSING_LABELS), default="mask", show_default=True, help="Blank label cells: leave out of the loss (mask), fill with the label mean, or by matrix factorisation (mf)."),
-        click.option("--class_weight", type=click.Choice(names.CLASS_WEIGHTS), default="none", show_default=True),
-        click.option("--fine_tune", is_flag=True, help="Unfreeze the pretrained backbone."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
+        click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True),
+        click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True, help="Share of the labelled images held out for validation (the best epoch is chosen on it)."),
+        click.option("--missing-labels", type=click.Choice(names.MISSING_LABELS), default="mask", show_default=True, help="Blank label cells: leave out of the loss (mask), fill with the label mean, or by matrix factorisation (mf)."),
+        click.option("--class-weight", type=click.Choice(names.CLASS_WEIGHTS), default="none", show_default=True),
+        click.option("--fine-tune", is_flag=True, help="Unfreeze the pretrained backbone."),
         click.option("--augment", is_flag=True, help="Random flips, rotations and zooms of training images."),
         click.option("--precision", type=click.Choice(names.PRECISIONS), default="fp32", show_default=True),
     )
 
 
 @command("train")
-@click.option("--data_csv", default="./label.txt", show_default=True, help="Label CSV: an 'image' column, then one 0/1 column per label (or 'label' for --task multiclass).")
-@click.option("--img_directory", default="./images", show_default=True, help="Folder the 'image' paths are relative to.")
-@click.option("--output_dir", default=".", show_default=True, type=OUTPUT_DIR, help="Where best_model.h5, loss_curve.png, history.csv and run.json go.")
+@click.option("--data-csv", default="./label.txt", show_default=True, help="Label CSV: an 'image' column, then one 0/1 column per label (or 'label' for --task multiclass).")
+@click.option("--img-directory", default="./images", show_default=True, help="Folder the 'image' paths are relative to.")
+@click.option("--output-dir", default=".", show_default=True, type=OUTPUT_DIR, help="Where best_model.h5, loss_curve.png, history.csv and run.json go.")
 @classifier_options()
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--strategy", type=click.Choice(names.STRATEGIES), default="default", show_default=True, help="mirrored: data-parallel over all GPUs.")
-@click.option("--resume", is_flag=True, help="Continue the run in --output_dir from its last epoch.")
-@click.option("--train_csv", default=None, help="A ready training list (rows may repeat, e.g. from 'toolkit resample'); needs --val_csv.")
-@click.option("--val_csv", default=None, help="A ready validation list; needs --train_csv.")
+@click.option("--resume", is_flag=True, help="Continue the run in --output-dir from its last epoch.")
+@click.option("--train-csv", default=None, help="A ready training list (rows may repeat, e.g. from 'toolkit resample'); needs --val-csv.")
+@click.option("--val-csv", default=None, help="A ready validation list; needs --train-csv.")
 @quiet_option
 @json_option
 def train(quiet: bool, as_json: bool, **options) -> None:
     """Train a multi-label (or multi-class) image classifier by transfer learning.
 
     The best epoch by validation macro-F1 is saved to best_model.h5 in
-    --output_dir, with its label names, for 'toolkit predict'.
+    --output-dir, with its label names, for 'toolkit predict'.
 
     \b
     Example (the demo data, CPU, ten seconds):
-      toolkit train --backbone small_cnn --weights none --image_size 32 \\
-                    --epochs 30 --output_dir runs/demo
+      toolkit train --backbone small_cnn --weights none --image-size 32 \\
+                    --epochs 30 --output-dir runs/demo
     """
     start(quiet)
     from image_toolkit.models.runtime import progress_verbosity
@@ -68,7 +68,7 @@ def train(quiet: bool, as_json: bool, **options) -> None:
         summary = train_classifier(TrainOptions(**options), verbose=progress_verbosity(quiet))
     if as_json:
         echo_json(summary)
-    else:
+    elif not quiet:
         click.echo(
             f"Best epoch {summary['best_epoch']}: validation macro-F1 {summary['best_val_macro_f1']:.4f}, "
             f"micro-F1 {summary['best_val_micro_f1']:.4f}; model saved to {summary['model']}"

@@ -11,31 +11,32 @@ from image_toolkit.cli.common import command, echo_json, json_option, quiet_opti
 from image_toolkit.data_tools.names import TASKS
 
 
-@command("tsne")
+@command("tsne", aliases={"--labels": "--data-csv"})
 @click.argument("features", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Label CSV, or metadata CSV (image,class,split): colour the points by class.")
+@click.option("--data-csv", "labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Label CSV (as for train), or a metadata CSV (image,class,split, as for train-siamese): colour the points by class.")
 @click.option("--highlight", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="CSV with an 'image' column to draw on top; an image feedback CSV highlights its deselected images.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default="tsne.png", show_default=True, help="The plot (.png).")
 @click.option("--coords", type=click.Path(dir_okay=False, path_type=Path), default=None, help="The coordinates CSV (image,x,y); default: the plot's name with .csv.")
 @click.option("--method", type=click.Choice(["tsne", "pca"]), default="tsne", show_default=True)
 @click.option("--perplexity", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--n_jobs", type=int, default=-1, show_default=True, help="Threads (-1: all cores).")
-@click.option("--task", type=click.Choice(TASKS), default=None, help="Layout of --labels (default: multiclass if it has a 'label' column).")
+@click.option("--n-jobs", type=int, default=-1, show_default=True, help="Threads (-1: all cores).")
+@click.option("--task", type=click.Choice(TASKS), default=None, help="Layout of --data-csv (default: multiclass if it has a 'label' column).")
 @quiet_option
 @json_option
 def tsne(features: Path, labels: Path | None, highlight: Path | None, output: Path, coords: Path | None, method: str,
          perplexity: float, seed: int, n_jobs: int, task: str | None, quiet: bool, as_json: bool) -> None:
     """Map the images of FEATURES to 2-D with t-SNE (openTSNE, after PCA to 50-d) and plot them.
 
-    Points are coloured by class (--labels; a multilabel image by its set of
+    Points are coloured by class (--data-csv; a multilabel image by its set of
     positive labels); --highlight draws images on top, e.g. the images
     labellers deselected. The coordinates go to a CSV (image,x,y), the map of
     a web app.
 
     \b
     Example:
-      toolkit tsne features.npz --labels label.txt --highlight image_feedback.csv -o tsne.png
+      toolkit tsne features.npz --data-csv label.txt --highlight image_feedback.csv -o tsne.png
     """
     start(quiet)
     logging.getLogger("openTSNE").setLevel(logging.WARNING)  # It logs each step of its optimisation.
@@ -45,7 +46,7 @@ def tsne(features: Path, labels: Path | None, highlight: Path | None, output: Pa
                        perplexity=perplexity, seed=seed, n_jobs=n_jobs, task=task)
     if as_json:
         echo_json(summary)
-    else:
+    elif not quiet:
         click.echo(
             f"Mapped {summary['images']} images ({method}, {summary['seconds']:.1f} s): {summary['plot']} and "
             f"{summary['coords']}" + (f"; {summary['highlighted']} highlighted" if highlight else "")

@@ -12,6 +12,9 @@ sizes.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,8 @@ import pandas as pd
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from image_toolkit.data_tools.atomic import atomic_path
+from image_toolkit.data_tools.atomic import _umask, atomic_path, make_folder, remove_empty
+from image_toolkit.data_tools.errors import DataError
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 LABEL_RULES = {
@@ -77,14 +81,34 @@ def write_digits_dataset(
 
 
 def write_digit_folders(output_dir: str | Path, *, n_images: int = 1797, image_size: int = 32, seed: int = 0) -> Path:
-    """Digits as class sub-folders (`zero/`, `one/`, ...), for the similarity commands; returns the folder."""
+    """Digits as class sub-folders (`zero/`, `one/`, ...), for the similarity commands; returns the folder.
+
+    `output_dir` must be new or empty: digits mixed into other class folders
+    would make a wrong data set. The folders are written into a hidden
+    folder beside it and moved into place at the end, so a failed run leaves
+    neither a partial set nor an empty folder.
+    """
     output_dir = Path(output_dir)
-    digits = load_digits()
-    rows = np.random.default_rng(seed).permutation(len(digits.target))[:n_images]
-    for i, row in enumerate(rows):
-        folder = output_dir / DIGIT_NAMES[digits.target[row]]
-        folder.mkdir(parents=True, exist_ok=True)
-        digit_image(digits.data[row], image_size).save(folder / f"{i:04d}.png")
+    if output_dir.is_symlink() or (output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir()))):
+        raise DataError(f"{output_dir}: already exists and is not an empty folder; give a new or empty folder "
+                        "(the digit class folders would mix into what is there).")
+    created = make_folder(output_dir.parent)
+    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.", suffix=".partial"))
+    try:
+        digits = load_digits()
+        rows = np.random.default_rng(seed).permutation(len(digits.target))[:n_images]
+        for i, row in enumerate(rows):
+            folder = staging / DIGIT_NAMES[digits.target[row]]
+            folder.mkdir(exist_ok=True)
+            digit_image(digits.data[row], image_size).save(folder / f"{i:04d}.png")
+        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the output gets the user's usual mode
+        if output_dir.is_dir():
+            output_dir.rmdir()  # empty, checked above
+        os.replace(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        remove_empty(created)
+        raise
     return output_dir
 
 
