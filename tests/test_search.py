@@ -99,7 +99,7 @@ def test_features_query_writes_csv(runner, pooled_index, tmp_path):
     write_features(tmp_path / "queries.h5", FeatureSet(paths(4, 100), features.features[100:104], POOLED))
     result = run(runner, folder, "--features", tmp_path / "queries.h5", "--output", tmp_path / "results.csv")
     assert result.exit_code == 0, result.output
-    assert "Wrote 40 results of 4 queries" in result.stdout
+    assert result.stdout == ""  # --quiet
     with open(tmp_path / "results.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 40 and list(rows[0]) == ["query", "rank", "path", "distance"]
