@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from image_toolkit.data_tools.errors import DataError, OptionError
-from image_toolkit.data_tools.formats.labels import read_label_csv, split_table, write_label_csv
+from image_toolkit.data_tools.formats.labels import read_label_csv, read_labels, split_table, write_label_csv
 
 
 def write(tmp_path, text, name="label.txt"):
@@ -139,3 +139,12 @@ def test_same_seed_same_stratified_split():
 def test_a_split_of_single_images_is_refused_with_the_reason():
     with pytest.raises(DataError, match="a class with one image stays in training"):
         split_table(multiclass_table({"a": 1, "b": 1, "c": 1}), 0.4, seed=0)
+
+
+def test_a_metadata_csv_reads_as_a_multiclass_label_csv(tmp_path):
+    path = tmp_path / "metadata.csv"
+    path.write_text("image,class,split\nzero/0.png,zero,train\none/1.png,one,test\none/2.png,one,train\n")
+    table = read_labels(path)
+    assert table.task == "multiclass" and table.label_names == ["one", "zero"]
+    assert table.images == ["zero/0.png", "one/1.png", "one/2.png"]
+    assert table.labels.tolist() == [[0, 1], [1, 0], [1, 0]]

@@ -26,6 +26,10 @@ from image_toolkit.data_tools.formats.splits import rarest_positive, stratified_
 from image_toolkit.data_tools.names import TASKS
 
 
+# The class-name column of a multiclass label CSV; a metadata CSV (image,class,split) serves as one too.
+CLASS_COLUMNS = ("label", "class")
+
+
 @dataclasses.dataclass(frozen=True)
 class LabelTable:
     """Images and their labels: `labels[i, j]` is 1, 0 or NaN (unknown) for image i, label j."""
@@ -91,12 +95,13 @@ def _multilabel_matrix(frame: pd.DataFrame, path: Path) -> tuple[np.ndarray, lis
 def _multiclass_matrix(
     frame: pd.DataFrame, path: Path, class_names: list[str] | None
 ) -> tuple[np.ndarray, list[str]]:
-    if "label" not in frame.columns:
+    column = next((name for name in CLASS_COLUMNS if name in frame.columns), None)
+    if column is None:
         raise DataError(
-            f"{path}: --task multiclass needs a 'label' column with one class name per image "
-            f"(found {', '.join(frame.columns)})."
+            f"{path}: --task multiclass needs a 'label' column (or the 'class' column of a metadata CSV) "
+            f"with one class name per image (found {', '.join(frame.columns)})."
         )
-    classes = frame["label"].str.strip()
+    classes = frame[column].str.strip()
     names = class_names if class_names is not None else sorted(set(classes) - {""})
     unknown = sorted(set(classes) - set(names) - {""})
     if unknown:
@@ -196,8 +201,11 @@ def csv_header(path: str | Path) -> list[str]:
 
 
 def infer_task(path: str | Path) -> str:
-    """`multiclass` when the CSV has a 'label' column, else `multilabel` (README, "Label CSV format")."""
-    return "multiclass" if "label" in csv_header(path) else "multilabel"
+    """`multiclass` when the CSV has a 'label' (or a metadata CSV's 'class') column, else `multilabel`.
+
+    README, "Label CSV format".
+    """
+    return "multiclass" if set(CLASS_COLUMNS) & set(csv_header(path)) else "multilabel"
 
 
 def read_labels(path: str | Path, task: str | None = None, *, allow_duplicates: bool = False) -> LabelTable:
