@@ -38,6 +38,10 @@ from image_toolkit.models.runtime import keras
 logger = logging.getLogger(__name__)
 
 EMBEDDING_FILE = "embedding_model.keras"
+READABLE_FIX = (
+    "a metadata CSV's image paths are relative to its 'root' column (written by make-metadata) or, without one, "
+    "to the CSV's folder; pass --img_directory with the folder they are relative to"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,32 +91,43 @@ class SimilarityOptions:
         return "euclidean" if self.method == "siamese" and self.siamese_type in ("b", "c") else "cosine"
 
 
-def _load_images(options: SimilarityOptions, output_dir: Path) -> tuple[Path, pd.DataFrame]:
-    """Readable images with `class` (empty when unknown) and `split`, from a metadata CSV or a folder."""
+def _load_images(options: SimilarityOptions, output_dir: Path) -> pd.DataFrame:
+    """Readable images with `class` (empty when unknown), `split` and `path`, from a metadata CSV or a folder.
+
+    A CSV's image files are found by `read_metadata`'s rule (`formats.metadata`):
+    --img_directory, else the CSV's `root` column, else the CSV's folder.
+    """
     source = Path(options.data)
     if source.is_dir():
-        root = source
-        images = [path.relative_to(root).as_posix() for path in find_images(root)]
+        paths = find_images(source)
+        images = [path.relative_to(source).as_posix() for path in paths]
         nested = [Path(image).parts[0] if len(Path(image).parts) > 1 else "" for image in images]
-        frame = pd.DataFrame({"image": images, "class": nested, "split": "train"})
+        frame = pd.DataFrame({"image": images, "class": nested, "split": "train", "path": paths})
     else:
-        frame = read_metadata(source)
-        root = Path(options.img_directory) if options.img_directory else source.parent
+        frame = read_metadata(source, img_directory=options.img_directory)
     if frame.empty:
         raise DataError(f"{source}: no images found.")
-    usable, skipped = check_images([root / image for image in frame["image"]])
+    return _readable(frame, source, output_dir)
+
+
+def _readable(frame: pd.DataFrame, source: Path, output_dir: Path) -> pd.DataFrame:
+    """The rows whose image decodes; the others listed in `output_dir`, but only once some image is readable.
+
+    A run that can read nothing fails before writing anything.
+    """
+    usable, skipped = check_images(list(frame["path"]))
+    require_readable(sum(usable), skipped, str(source), fix=READABLE_FIX)
     report_skipped(skipped, output_dir, len(frame))
-    require_readable(sum(usable), skipped, str(source))
-    return root, frame[np.array(usable)].reset_index(drop=True)
+    return frame[np.array(usable)].reset_index(drop=True)
 
 
-def _gallery(frame: pd.DataFrame, root: Path, options: SimilarityOptions):
+def _gallery(frame: pd.DataFrame, options: SimilarityOptions):
     """The labelled held-out images for the per-epoch retrieval evaluation, or None."""
     held_out = frame[(frame["split"] != "train") & (frame["class"] != "")]
     if held_out.empty or held_out["class"].value_counts().max() < 2:
         return None
     dataset = image_dataset(
-        [root / image for image in held_out["image"]],
+        list(held_out["path"]),
         image_size=options.image_size,
         preprocess=get_backbone(options.backbone).preprocess,
         batch_size=64,
@@ -120,7 +135,7 @@ def _gallery(frame: pd.DataFrame, root: Path, options: SimilarityOptions):
     return dataset, held_out["class"].to_numpy()
 
 
-def _siamese_data(train: pd.DataFrame, root: Path, options: SimilarityOptions, epochs: int, rng):
+def _siamese_data(train: pd.DataFrame, options: SimilarityOptions, epochs: int, rng):
     classes = train["class"].to_numpy()
     require_pairs(classes, options.data)
     names, class_ids = np.unique(classes, return_inverse=True)
@@ -138,13 +153,13 @@ def _siamese_data(train: pd.DataFrame, root: Path, options: SimilarityOptions, e
     targets = {"distance": same}
     if options.siamese_type in ("c", "d"):
         targets.update(class_a=class_ids[first], class_b=class_ids[second])
-    dataset = pair_dataset([root / image for image in train["image"]], first, second, targets,
+    dataset = pair_dataset(list(train["path"]), first, second, targets,
                            image_size=options.image_size, preprocess=get_backbone(options.backbone).preprocess,
                            batch_size=options.batch)
     return dataset, max(1, len(first) // (epochs * options.batch)), len(names)
 
 
-def _simclr_data(train: pd.DataFrame, root: Path, options: SimilarityOptions, epochs: int, rng):
+def _simclr_data(train: pd.DataFrame, options: SimilarityOptions, epochs: int, rng):
     classes = train["class"].to_numpy()
     order = []
     for _ in range(epochs):
@@ -157,7 +172,7 @@ def _simclr_data(train: pd.DataFrame, root: Path, options: SimilarityOptions, ep
     steps = len(order[0]) // options.batch
     if steps < 1:
         raise DataError(f"{options.data}: {len(order[0])} training images, fewer than one batch of {options.batch}.")
-    dataset = views_dataset([root / image for image in train["image"]], np.concatenate(order),
+    dataset = views_dataset(list(train["path"]), np.concatenate(order),
                             image_size=options.image_size, preprocess=get_backbone(options.backbone).preprocess,
                             batch_size=options.batch, view=simclr_view)
     return dataset, steps, 0
@@ -194,7 +209,7 @@ def train_embedding(options: SimilarityOptions, *, verbose: int = 1) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     recorded = dataclasses.asdict(options)
     state = check_resumable(recorded, output_dir) if options.resume else None
-    root, frame = _load_images(options, output_dir)
+    frame = _load_images(options, output_dir)
     if options.method == "siamese" and (frame["class"] == "").any():
         raise DataError(f"{options.data}: every image needs a class for Siamese training.")
     train = frame[frame["split"] == "train"].reset_index(drop=True)
@@ -203,8 +218,8 @@ def train_embedding(options: SimilarityOptions, *, verbose: int = 1) -> dict:
     rng = np.random.default_rng(options.seed + initial_epoch)
     keras.utils.set_random_seed(options.seed + initial_epoch)
     make_data = _siamese_data if options.method == "siamese" else _simclr_data
-    dataset, steps, n_classes = make_data(train, root, options, remaining, rng)
-    gallery = _gallery(frame, root, options)
+    dataset, steps, n_classes = make_data(train, options, remaining, rng)
+    gallery = _gallery(frame, options)
     logger.info("Training on %d images%s", len(train), f", evaluating retrieval on {len(gallery[1])}" if gallery else " (no labelled held-out split: no retrieval evaluation)")
 
     if state is not None:
@@ -260,7 +275,12 @@ def assess(model_path: str | Path, metadata_csv: str | Path, *, img_directory: s
            seed: int = 0) -> dict:
     """Retrieval scores of an embedding model on one split, plus `similarity_heatmap.png` and `query_grid.png`.
 
-    `metric` defaults to the one the model was trained for (`trained_metric`).
+    The images are found as for training (`read_metadata`: `img_directory`,
+    else the CSV's `root` column, else its folder). Everything is written in
+    `output_dir` (made if missing): the two pictures, and `skipped_images.txt`
+    only when some image could not be read. A split with no readable image
+    fails before anything is written. `metric` defaults to the one the model
+    was trained for (`trained_metric`).
     """
     from image_toolkit.data_tools.maps.retrieval_plots import plot_query_grid, plot_similarity_heatmap
     from image_toolkit.data_tools.search.neighbors import exact_neighbors
@@ -269,18 +289,14 @@ def assess(model_path: str | Path, metadata_csv: str | Path, *, img_directory: s
 
     tower, info = load_embedding_model(model_path)
     metric = metric or trained_metric(model_path)
-    frame = read_metadata(metadata_csv)
+    frame = read_metadata(metadata_csv, img_directory=img_directory)
     frame = frame[frame["split"] == split]
     if frame.empty:
         raise DataError(f"{metadata_csv}: no rows with split '{split}'; choose --split among the file's splits.")
-    root = Path(img_directory) if img_directory else Path(metadata_csv).parent
     output_dir = Path(output_dir)
-    paths = [root / image for image in frame["image"]]
-    usable, skipped = check_images(paths)
-    report_skipped(skipped, output_dir, len(paths))
-    require_readable(sum(usable), skipped, str(metadata_csv))
-    paths = [path for path, ok in zip(paths, usable) if ok]
-    classes = frame["class"].to_numpy()[np.array(usable)]
+    frame = _readable(frame, Path(metadata_csv), output_dir)
+    paths, classes = list(frame["path"]), frame["class"].to_numpy()
+    output_dir.mkdir(parents=True, exist_ok=True)
     extractor = FeatureExtractor(tower, traced_forward(tower, False), get_backbone(info["backbone"]).preprocess, info["image_size"], {})
     embeddings = compute_features(extractor, paths, verbose=0)
     scores = retrieval_scores(embeddings, classes, metric=metric)

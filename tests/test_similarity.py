@@ -59,7 +59,7 @@ def siamese_d(digits, tmp_path_factory):
 
 def test_make_metadata_splits_every_class(digits):
     frame = pd.read_csv(digits / "metadata.csv")
-    assert len(frame) == 1000 and set(frame.columns) == {"image", "class", "split"}
+    assert len(frame) == 1000 and set(frame.columns) == {"image", "class", "split", "root"} and set(frame["root"]) == {"."}
     shares = frame.groupby("class")["split"].apply(lambda s: (s == "test").mean())
     assert shares.between(0.2, 0.4).all()
 

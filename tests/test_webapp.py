@@ -6,6 +6,8 @@ four yes/no labels of the demo data set as the feedback store's classes.
 
 import contextlib
 import importlib.util
+import logging
+import re
 import socket
 import sqlite3
 import threading
@@ -26,7 +28,7 @@ from image_toolkit.cli.main import toolkit  # noqa: E402
 from image_toolkit.data_tools.formats.features import FeatureSet, write_features  # noqa: E402
 from image_toolkit.data_tools.make_demo_data import write_digits_dataset  # noqa: E402
 from image_toolkit.data_tools.search.index import ImageIndex  # noqa: E402
-from image_toolkit.data_tools.web.app import LEARNED_WEIGHT, create_app  # noqa: E402
+from image_toolkit.data_tools.web.app import LEARNED_WEIGHT, create_app, docs_assets_dir  # noqa: E402
 from tests.conftest import one_line_error  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,6 +215,49 @@ def test_page_thumbnails_and_openapi(client):
             "/api/images/{image_id}", "/api/thumbnails/{image_id}", "/api/map"} <= set(paths)
 
 
+def needs_docs_assets():
+    if docs_assets_dir() is None:
+        pytest.skip("the offline API docs need fastapi-offline (serve extra): pip install fastapi-offline")
+
+
+# Where a docs page names a URL: src= and href= attributes, ReDoc's spec-url=, Swagger UI's set-up `url: '...'`.
+ASSET_URL = re.compile(r"""(?:\b(?:src|href|spec-url)\s*=|\burl\s*:)\s*["']([^"']+)["']""")
+
+
+def asset_urls(html: str) -> list[str]:
+    """Every URL a docs page loads."""
+    return ASSET_URL.findall(html)
+
+
+@pytest.mark.parametrize(("page", "assets"), [
+    ("/docs", {"swagger-ui-bundle.js": "javascript", "swagger-ui.css": "text/css", "favicon.png": "image/png"}),
+    ("/redoc", {"redoc.standalone.js": "javascript", "favicon.png": "image/png"}),
+])
+def test_api_docs_load_only_assets_served_by_the_app(client, page, assets):
+    needs_docs_assets()
+    html = client.get(page)
+    assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+    urls = asset_urls(html.text)
+    assert "/openapi.json" in urls and not re.search(r"https?://", html.text), urls
+    assert {url.rsplit("/", 1)[-1] for url in urls} == {*assets, "openapi.json"}
+    for url in urls:
+        answer = client.get(url)
+        kind = assets.get(url.rsplit("/", 1)[-1], "application/json")
+        assert answer.status_code == 200 and kind in answer.headers["content-type"] and len(answer.content) > 1000, url
+    assert client.get("/docs/oauth2-redirect").status_code == 200
+    assert "/docs" not in client.get("/openapi.json").json()["paths"]
+
+
+def test_api_docs_without_the_assets_package_fall_back_to_fastapis_pages(digits, tmp_path, monkeypatch, caplog):
+    import image_toolkit.data_tools.web.app as web
+
+    monkeypatch.setattr(web, "docs_assets_dir", lambda: None)
+    with caplog.at_level(logging.WARNING, logger=web.__name__):
+        client = TestClient(make_app(digits, tmp_path / "f.sqlite"))
+    assert "pip install fastapi-offline" in caplog.text
+    assert client.get("/docs").status_code == 200 and client.get("/docs-assets/swagger-ui.css").status_code == 404
+
+
 # Feedback.
 
 
@@ -369,10 +414,49 @@ def uvicorn_thread(app):
         thread.join(10)
 
 
-def test_browser_lasso_deselect_submit_refines(digits, tmp_path):
+def browser_test():
+    """Playwright's sync API, or a skip naming what is missing."""
     if not CHROMIUM.exists():
         pytest.skip("needs Debian's chromium: apt-get install -y chromium")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs Python Playwright: pip install playwright")
+    return pytest.importorskip("playwright.sync_api", reason="needs Python Playwright: pip install playwright")
+
+
+def test_browser_api_docs_render_with_no_network(digits, tmp_path):
+    """/docs and /redoc draw the API from this app alone, every request elsewhere refused; /docs makes none."""
+    sync_api = browser_test()
+    needs_docs_assets()
+    app = make_app(digits, tmp_path / "docs.sqlite")
+    with uvicorn_thread(app) as url, sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        elsewhere = []
+
+        def offline(route):
+            if route.request.url.startswith(url + "/"):
+                route.continue_()
+            else:
+                elsewhere.append(route.request.url)
+                route.abort("internetdisconnected")
+
+        try:
+            browser.route("**/*", offline)
+            page = browser.new_page() if not browser.pages else browser.pages[0]
+            page.goto(f"{url}/docs")
+            page.wait_for_function("document.querySelectorAll('.opblock').length >= 8", timeout=20_000)
+            operations = page.eval_on_selector_all(".opblock-summary-path", "nodes => nodes.map(n => n.textContent)")
+            assert {"/api/search", "/api/search/refine", "/api/feedback", "/api/map"} <= {o.replace("\u200b", "") for o in operations}
+            page.screenshot(path=str(tmp_path / "docs.png"))
+            assert elsewhere == []
+            page.goto(f"{url}/redoc")
+            page.get_by_text("/api/search/refine").first.wait_for(timeout=20_000)
+        finally:
+            browser.close()
+    # ReDoc's footer asks for its maker's logo, and hides the image when that fails.
+    assert elsewhere in ([], ["https://cdn.redoc.ly/redoc/logo-mini.svg"])
+
+
+def test_browser_lasso_deselect_submit_refines(digits, tmp_path):
+    sync_api = browser_test()
     db = tmp_path / "browser.sqlite"
     app = make_app(digits, db)
     with uvicorn_thread(app) as url, sync_api.sync_playwright() as playwright:

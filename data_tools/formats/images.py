@@ -55,7 +55,11 @@ def check_images(paths: list[Path], *, workers: int | None = None) -> tuple[list
 
 
 def report_skipped(skipped: list[tuple[str, str]], output_dir: str | os.PathLike, total: int) -> None:
-    """Log the count of unreadable images and list them next to the outputs."""
+    """Log the count of unreadable images and list them in `output_dir` (nothing is written when none is skipped).
+
+    Call it after `require_readable`: a run that can read no image then fails
+    without leaving a list behind (in the working directory, by default).
+    """
     if not skipped:
         return
     target = Path(output_dir) / SKIPPED_FILE

@@ -1,13 +1,32 @@
-"""Metadata CSVs for similarity learning (`image`, `class`, `split`) and the commands that make them.
+"""Metadata CSVs for similarity learning (`image`, `class`, `split`, `root`) and the commands that make them.
 
 `make-metadata` reads a folder of class sub-folders; `filter-images` keeps
 images large enough and classes with enough images, as the face project did
 before training, and reports what each step removed.
+
+Where the images are (`read_metadata`, the same rule for every command that
+reads a metadata CSV: train-siamese, train-simclr, assess):
+
+- `image` is the path under the folder the images were listed from
+  (`CLASS/name.jpg`), the same name features, indexes and maps use;
+- `root` is that folder, relative to the CSV's own folder (or absolute), so a
+  CSV finds its images from any working directory, and a CSV moved together
+  with its images still finds them. `make-metadata photos/ metadata.csv`
+  writes `root` = `photos`; a CSV inside the image folder has `root` = `.`;
+- `--img_directory DIR` (img_directory=) overrides: every `image` is then
+  relative to DIR and `root` is ignored;
+- a CSV without `root` (hand-written, or from an older make-metadata) is read
+  relative to its own folder. An older make-metadata CSV written outside its
+  image folder is recognised when none of its first images is beside the CSV
+  but exactly one sub-folder of the CSV's folder holds them: that folder is
+  used, with a warning saying how to make it explicit. A blank `root` cell
+  means the CSV's folder too.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -25,25 +44,75 @@ from image_toolkit.data_tools.formats.splits import stratified_split
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
+ROOT_COLUMN = "root"
+# How many rows the check for an older make-metadata CSV looks at.
+PROBE_ROWS = 20
 
 
-def read_metadata(path: str | Path) -> pd.DataFrame:
-    """Read a metadata CSV: `image` and `class` columns, `split` optional (all 'train' if absent)."""
+def read_metadata(path: str | Path, *, img_directory: str | Path | None = None) -> pd.DataFrame:
+    """Read a metadata CSV: `image` and `class` columns, `split` optional (all 'train' if absent).
+
+    The frame has `image`, `class`, `split` and `path`, each image's file
+    found by the rule in the module docstring (`--img_directory`, else the
+    `root` column, else the CSV's folder). Files are not checked here.
+    """
     path = Path(path)
     frame = read_checked_csv(
-        path, required=("image", "class"), kind="metadata CSV", example="image,class,split",
+        path, required=("image", "class"), kind="metadata CSV", example="image,class,split,root",
         missing_fix=f"make one with 'toolkit make-metadata IMAGE_DIR {path.name}'",
     )
     if "split" not in frame.columns:
         frame["split"] = "train"
-    return frame[["image", "class", "split"]]
+    if img_directory is not None:
+        roots = [Path(img_directory)] * len(frame)
+    elif ROOT_COLUMN in frame.columns:
+        roots = [path.parent / root.strip() for root in frame[ROOT_COLUMN]]
+    else:
+        roots = [_legacy_root(path, frame["image"].tolist())] * len(frame)
+    frame = frame[["image", "class", "split"]].copy()
+    frame["path"] = [root / image for root, image in zip(roots, frame["image"])]
+    return frame
+
+
+def _legacy_root(path: Path, images: list[str]) -> Path:
+    """The folder the images of a CSV without a `root` column are relative to (module docstring)."""
+    folder = path.parent
+    probe = images[:PROBE_ROWS]
+    if any((folder / image).exists() for image in probe):
+        return folder
+    try:
+        candidates = [child for child in sorted(folder.iterdir()) if child.is_dir() and not child.name.startswith(".")]
+    except OSError:
+        return folder
+    holding = [child for child in candidates if any((child / image).exists() for image in probe)]
+    if len(holding) != 1:
+        return folder
+    found = holding[0]
+    logger.warning(
+        "%s: image paths are relative to %s (a metadata CSV from an older make-metadata); "
+        "rewrite it with 'toolkit make-metadata %s %s' or pass --img_directory %s.",
+        path, found, found, path, found,
+    )
+    return found
+
+
+def relative_root(image_dir: str | Path, csv_path: str | Path) -> str:
+    """`image_dir` as a `root` cell for a CSV at `csv_path`: relative to the CSV's folder, else absolute."""
+    image_dir, folder = Path(image_dir).absolute(), Path(csv_path).absolute().parent
+    try:
+        return Path(os.path.relpath(image_dir, folder)).as_posix()
+    except ValueError:  # Another drive (Windows): no relative path.
+        return image_dir.as_posix()
 
 
 def make_metadata(image_dir: str | Path, output_csv: str | Path, *, balanced: bool = False,
                   test_split: float = 0.2, seed: int = 0) -> pd.DataFrame:
     """One row per image of `image_dir/CLASS/...`, with a stratified train/test split (`formats.splits`).
 
-    A class with a single image stays in training.
+    `image` is the path under `image_dir` and `root` is `image_dir` relative
+    to the CSV's folder (module docstring), so the CSV works from any
+    working directory and moves with its images. A class with a single
+    image stays in training.
     """
     check_range("--test_split", test_split, low=0, high=1, high_open=True)
     image_dir = Path(image_dir)
@@ -59,7 +128,7 @@ def make_metadata(image_dir: str | Path, output_csv: str | Path, *, balanced: bo
         keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(classes == c))[:smallest] for c in np.unique(classes)]))
         images, classes = [images[i] for i in keep], classes[keep]
     split = np.where(stratified_split(classes, test_split, seed=seed), "test", "train")
-    frame = pd.DataFrame({"image": images, "class": classes, "split": split})
+    frame = pd.DataFrame({"image": images, "class": classes, "split": split, ROOT_COLUMN: relative_root(image_dir, output_csv)})
     with atomic_path(output_csv) as temporary:
         frame.to_csv(temporary, index=False)
     return frame
@@ -89,6 +158,9 @@ def _check_separate(image_dir: Path, output_dir: Path) -> None:
 def filter_images(image_dir: str | Path, output_dir: str | Path, *, min_size: int = 100, min_per_class: int = 50,
                   sample: int | None = None, resize: int | None = None, seed: int = 0) -> list[tuple[str, int]]:
     """Copy (and optionally resize) the images that pass each filter; return (step, images left) counts.
+
+    `output_dir/metadata.csv` lists the copies, with `root` = `.` (they sit
+    beside it), so it is read like any make-metadata CSV.
 
     Nothing is written, and no output folder made, until some image has
     passed every filter: a run that keeps nothing leaves no empty folder.

@@ -22,6 +22,12 @@ API (JSON unless said; the schema is at /openapi.json):
   `toolkit tsne` (image,x,y), else a PCA of the index features.
 - `POST /api/feedback`: one event of the feedback store's schema; stored.
 - `GET  /api/feedback/export`: the per-image CSV of `toolkit feedback export`.
+- `GET  /docs` (Swagger UI) and `GET /redoc`: the API pages, served offline:
+  their JavaScript and CSS come from this app (`/docs-assets/`), taken from
+  the fastapi-offline package (the `serve` extra), by FastAPI's recipe for
+  self-hosting the docs assets. (ReDoc still asks cdn.redoc.ly for its
+  footer logo, and hides it when that fails.) Without the package they fall
+  back to FastAPI's pages, which load the assets from a CDN: blank offline.
 
 Keyword ranking: when the index (or `scores`) holds class scores, an image's
 score is the weighted sum of its scores for the classes the keyword names
@@ -73,6 +79,10 @@ THUMBNAIL_SIZE = 128
 THUMBNAIL_CACHE = 4096
 # A multipart upload carries a few hundred bytes of headers around the file.
 MULTIPART_OVERHEAD = 64 * 1024
+DOCS_ASSETS_URL = "/docs-assets"
+# The package whose static folder holds swagger-ui-bundle.js, swagger-ui.css, redoc.standalone.js and favicon.png.
+DOCS_ASSETS_PACKAGE = "fastapi_offline"
+DOCS_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
 NO_DATA_SET = (
     "give --labels LABEL_CSV (the label file of the images, as for toolkit feedback import --data_csv) "
     "so feedback events have classes."
@@ -86,6 +96,61 @@ def missing_extra() -> str | None:
     if all(importlib.util.find_spec(name) for name in ("fastapi", "uvicorn", "multipart")):
         return None
     return "toolkit serve needs: pip install 'image-toolkit[serve]'"
+
+
+def docs_assets_dir() -> Path | None:
+    """The folder of Swagger UI's and ReDoc's JS and CSS shipped by fastapi-offline, or None without it.
+
+    Only the package's files are used (found without importing it), not its
+    app factory: the app serves them itself with FastAPI's documented recipe.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(DOCS_ASSETS_PACKAGE)
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        folder = Path(location) / "static"
+        if all((folder / name).is_file() for name in DOCS_ASSETS):
+            return folder
+    return None
+
+
+def add_offline_docs(app, assets: Path) -> None:
+    """`/docs` and `/redoc` over the JS and CSS in `assets`, mounted at `DOCS_ASSETS_URL`: no CDN, no fonts.
+
+    FastAPI's "Self-hosting JavaScript and CSS for docs" recipe; the app is
+    made with docs_url=None and redoc_url=None so these replace its pages.
+    """
+    from fastapi import Request
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=assets), name="docs-assets")
+
+    def url(request: Request, path: str) -> str:
+        return f"{request.scope.get('root_path', '')}{path}"
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui(request: Request):
+        return get_swagger_ui_html(
+            openapi_url=url(request, app.openapi_url), title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=url(request, app.swagger_ui_oauth2_redirect_url),
+            swagger_js_url=url(request, f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js"),
+            swagger_css_url=url(request, f"{DOCS_ASSETS_URL}/swagger-ui.css"),
+            swagger_favicon_url=url(request, f"{DOCS_ASSETS_URL}/favicon.png"),
+            swagger_ui_parameters=app.swagger_ui_parameters,
+        )
+
+    @app.get(app.swagger_ui_oauth2_redirect_url, include_in_schema=False)
+    def swagger_ui_redirect():
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(request: Request):
+        return get_redoc_html(
+            openapi_url=url(request, app.openapi_url), title=f"{app.title} - ReDoc",
+            redoc_js_url=url(request, f"{DOCS_ASSETS_URL}/redoc.standalone.js"),
+            redoc_favicon_url=url(request, f"{DOCS_ASSETS_URL}/favicon.png"), with_google_fonts=False,
+        )
 
 
 class Collection:
@@ -273,7 +338,14 @@ def create_app(
     thumbnails: OrderedDict[int, bytes] = OrderedDict()
     thumbnail_lock = threading.Lock()
 
-    app = FastAPI(title="image-toolkit", version="1", description="Search, lasso, deselect and refine an image index.")
+    assets = docs_assets_dir()
+    offline = {"docs_url": None, "redoc_url": None} if assets else {}
+    app = FastAPI(title="image-toolkit", version="1", description="Search, lasso, deselect and refine an image index.", **offline)
+    if assets:
+        add_offline_docs(app, assets)
+    else:
+        logger.warning("/docs and /redoc load their scripts from a CDN and stay blank offline; "
+                       "pip install fastapi-offline (in the serve extra) to serve them from this app.")
 
     app.add_middleware(UploadLimit, path="/api/search/image", max_bytes=max_upload_bytes)
 
