@@ -33,7 +33,7 @@ def masked_binary_crossentropy(y_true, y_pred, pos_weight=None, neg_weight=None)
 
 @keras.saving.register_keras_serializable(package="image_toolkit")
 class MaskedBinaryCrossentropy(keras.losses.Loss):
-    """`masked_binary_crossentropy` as a Loss; optional per-label weights for --class_weight balanced."""
+    """`masked_binary_crossentropy` as a Loss; optional per-label weights for --class-weight balanced."""
 
     def __init__(
         self,

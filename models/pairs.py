@@ -36,10 +36,10 @@ def balanced_batches(
     by_class = class_indices(classes)
     if classes_per_batch > len(by_class):
         raise OptionError(
-            f"--classes_per_batch: {classes_per_batch} is more than the {len(by_class)} classes in the data."
+            f"--classes-per-batch: {classes_per_batch} is more than the {len(by_class)} classes in the data."
         )
-    check_range("--classes_per_batch", classes_per_batch, low=1)
-    check_range("--examples_per_class", examples_per_class, low=1)
+    check_range("--classes-per-batch", classes_per_batch, low=1)
+    check_range("--examples-per-class", examples_per_class, low=1)
     labels = list(by_class)
     n_batches = max(1, len(classes) // (classes_per_batch * examples_per_class))
     batches = []
@@ -65,7 +65,7 @@ def sample_pairs(
     whose class fills the group a positive. Partners are drawn for a whole
     group at once, from its rows sorted by class: O(n log n) per epoch.
     """
-    check_range("--positive_ratio", positive_ratio, low=0, high=1, low_open=True, high_open=True)
+    check_range("--positive-ratio", positive_ratio, low=0, high=1, low_open=True, high_open=True)
     codes = np.unique(classes, return_inverse=True)[1]
     groups = batches if batches is not None else [rng.permutation(len(classes))[: max(n_pairs, 1)]]
     first, second = [], []

@@ -32,7 +32,7 @@ def check_resumable(options: dict, output_dir: Path) -> dict:
     for name, value in options.items():
         if name not in RESUMABLE_CHANGES and name in previous and previous[name] != value:
             raise OptionError(
-                f"--resume: the run in {output_dir} used {SPELLED.get(name, '--' + name)} {previous[name]}, this one {value}; "
-                "resume with the same options or use a new --output_dir."
+                f"--resume: the run in {output_dir} used {SPELLED.get(name, '--' + name.replace('_', '-'))} {previous[name]}, this one {value}; "
+                "resume with the same options or use a new --output-dir."
             )
     return json.loads(state_path.read_text())

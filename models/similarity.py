@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 EMBEDDING_FILE = "embedding_model.keras"
 READABLE_FIX = (
     "a metadata CSV's image paths are relative to its 'root' column (written by make-metadata) or, without one, "
-    "to the CSV's folder; pass --img_directory with the folder they are relative to"
+    "to the CSV's folder; pass --img-directory with the folder they are relative to"
 )
 
 
@@ -76,13 +76,13 @@ class SimilarityOptions:
         check_range("--temperature", self.temperature, low=0, low_open=True)
         check_range("--margin", self.margin, low=0, low_open=True)
         if (self.classes_per_batch is None) != (self.examples_per_class is None):
-            raise OptionError("--classes_per_batch and --examples_per_class go together.")
+            raise OptionError("--classes-per-batch and --examples-per-class go together.")
         for option in ("epochs", "batch_size", "embedding_dim", "projection_dim", "image_size"):
             check_range(f"--{option}", getattr(self, option), low=1)
 
     @property
     def batch(self) -> int:
-        """Images per batch: a balanced batch's classes x examples, else --batch_size."""
+        """Images per batch: a balanced batch's classes x examples, else --batch-size."""
         return self.classes_per_batch * self.examples_per_class if self.classes_per_batch else self.batch_size
 
     @property
@@ -95,7 +95,7 @@ def _load_images(options: SimilarityOptions, output_dir: Path) -> pd.DataFrame:
     """Readable images with `class` (empty when unknown), `split` and `path`, from a metadata CSV or a folder.
 
     A CSV's image files are found by `read_metadata`'s rule (`formats.metadata`):
-    --img_directory, else the CSV's `root` column, else the CSV's folder.
+    --img-directory, else the CSV's `root` column, else the CSV's folder.
     """
     source = Path(options.data)
     if source.is_dir():

@@ -76,14 +76,14 @@ class TrainOptions:
             if getattr(self, option) not in allowed:
                 raise OptionError(f"--{option}: expected one of {', '.join(allowed)}. Received: {getattr(self, option)!r}.")
         if not 0.0 < self.val_split < 1.0:
-            raise OptionError(f"--val_split: expected a fraction strictly between 0 and 1. Received: {self.val_split}.")
+            raise OptionError(f"--val-split: expected a fraction strictly between 0 and 1. Received: {self.val_split}.")
         for option in ("epochs", "batch_size", "head_units", "image_size"):
             if getattr(self, option) < 1:
                 raise OptionError(f"--{option}: expected a positive integer. Received: {getattr(self, option)}.")
         if not self.learning_rate > 0:
-            raise OptionError(f"--learning_rate: expected a positive number. Received: {self.learning_rate}.")
+            raise OptionError(f"--learning-rate: expected a positive number. Received: {self.learning_rate}.")
         if (self.train_csv is None) != (self.val_csv is None):
-            raise OptionError("--train_csv and --val_csv go together: give both lists, or neither to split --data_csv.")
+            raise OptionError("--train-csv and --val-csv go together: give both lists, or neither to split --data-csv.")
 
 
 # (path, reason) of the unreadable images, and how many images were checked.
@@ -113,13 +113,13 @@ def _usable_rows(table: LabelTable, image_dir: Path, output_dir: Path, source: s
 
 
 def load_lists(options: TrainOptions, output_dir: Path) -> tuple[LabelTable, LabelTable]:
-    """The training and validation lists, from explicit CSVs or a reproducible split of --data_csv.
+    """The training and validation lists, from explicit CSVs or a reproducible split of --data-csv.
 
     Unreadable images are left out and listed in output_dir.
     """
     image_dir = Path(options.img_directory)
     if not image_dir.is_dir():
-        raise DataError(f"{image_dir}: image folder not found; pass --img_directory with the folder of your images.")
+        raise DataError(f"{image_dir}: image folder not found; pass --img-directory with the folder of your images.")
     if options.train_csv is not None:
         train = read_label_csv(options.train_csv, options.task, allow_duplicates=True)
         val = read_label_csv(options.val_csv, options.task, label_names=train.label_names)
@@ -209,7 +209,7 @@ def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
     output_dir = Path(options.output_dir)
     existing = next((part for part in (output_dir, *output_dir.parents) if part.exists()), None)
     if existing is not None and not existing.is_dir():
-        raise DataError(f"{existing}: is a file, not a folder; choose another --output_dir.")
+        raise DataError(f"{existing}: is a file, not a folder; choose another --output-dir.")
     # The folder itself is made with the first output written into it (data_tools.atomic), so a run
     # that fails before (no ImageNet weights offline, say) leaves no empty folder behind.
     state = check_resumable(dataclasses.asdict(options), output_dir) if options.resume else None

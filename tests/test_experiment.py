@@ -112,7 +112,7 @@ def test_a_test_split_too_small_for_a_class_is_refused(setup, tmp_path):
     result = CliRunner().invoke(toolkit, experiment_args(setup, tmp_path / "out", "--min_test_per_class", "8"))
     assert result.exit_code == 1
     message = one_line_error(result)
-    assert "the test split holds" in message and "--min_test_per_class" in message and "--test_split" in message
+    assert "the test split holds" in message and "--min-test-per-class" in message and "--test-split" in message
     assert not (tmp_path / "out" / "runs").exists()
 
 

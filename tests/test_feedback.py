@@ -185,7 +185,7 @@ def test_first_import_needs_the_data_set(runner, tmp_path):
     events = write_events(tmp_path / "events.jsonl", [event(["0001.png"])])
     result = runner.invoke(toolkit, import_args(events, tmp_path / "f.sqlite"))
     assert result.exit_code == 1
-    assert "--data_csv" in one_line_error(result)
+    assert "--data-csv" in one_line_error(result)
 
 
 def test_locked_database_waits_then_fails_clearly(digits, runner, tmp_path):

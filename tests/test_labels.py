@@ -74,7 +74,7 @@ def test_multiclass_split_keeps_every_class_in_both_parts(tmp_path):
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
 def test_split_refuses_impossible_fraction(tmp_path, fraction):
     table = read_label_csv(write(tmp_path, "image,odd\na.png,1\nb.png,0\n"))
-    with pytest.raises(OptionError, match="--val_split"):
+    with pytest.raises(OptionError, match="--val-split"):
         split_table(table, fraction, seed=0)
 
 

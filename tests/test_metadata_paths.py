@@ -85,7 +85,7 @@ def test_assess_writes_only_under_its_output_dir_and_nothing_when_no_image_reads
     result = CliRunner().invoke(assess, [str(model), str(tmp_path / "meta.csv"), "--img_directory", str(tmp_path / "nowhere")])
     assert result.exit_code == 1
     message = one_line_error(result)
-    assert "meta.csv: no readable image" in message and "file not found" in message and "--img_directory" in message
+    assert "meta.csv: no readable image" in message and "file not found" in message and "--img-directory" in message
     assert files(work) == []
 
     # Some images unreadable: listed in --output_dir only.
@@ -141,7 +141,7 @@ def test_an_older_make_metadata_csv_beside_its_image_folder_is_recognised(tmp_pa
     with caplog.at_level(logging.WARNING):
         frame = read_metadata(tmp_path / "meta.csv")
     assert frame["path"].tolist()[0] == tmp_path / "photos" / "a" / "0.png"
-    assert "older make-metadata" in caplog.text and f"--img_directory {tmp_path / 'photos'}" in caplog.text
+    assert "older make-metadata" in caplog.text and f"--img-directory {tmp_path / 'photos'}" in caplog.text
 
     # Two sub-folders that could be the root: no guess, the CSV's folder (and the error names the fix).
     placeholders(tmp_path / "copy", {"a": 2, "b": 2})
@@ -155,5 +155,5 @@ def test_an_older_csv_fails_in_training_with_the_fix(tmp_path):
     result = CliRunner().invoke(train_siamese, [str(tmp_path / "meta.csv"), "--output_dir", str(tmp_path / "run"), *SMALL])
     assert result.exit_code == 1
     message = one_line_error(result)
-    assert "meta.csv: no readable image" in message and "pass --img_directory" in message
+    assert "meta.csv: no readable image" in message and "pass --img-directory" in message
     assert not (tmp_path / "run" / SKIPPED_FILE).exists()

@@ -39,5 +39,5 @@ def test_mf_recovers_correlated_labels_better_than_the_mean():
 
 
 def test_unknown_strategy_is_refused():
-    with pytest.raises(OptionError, match="--missing_labels"):
+    with pytest.raises(OptionError, match="--missing-labels"):
         fill_missing(np.zeros((2, 2)), "median")

@@ -63,7 +63,7 @@ def test_pairs_are_deterministic_with_the_seed():
 
 
 def test_impossible_settings_are_refused():
-    with pytest.raises(OptionError, match="--positive_ratio"):
+    with pytest.raises(OptionError, match="--positive-ratio"):
         sample_pairs(CLASSES, n_pairs=10, positive_ratio=1.0, rng=np.random.default_rng(0))
     with pytest.raises(OptionError, match="more than the 4 classes"):
         balanced_batches(CLASSES, classes_per_batch=5, examples_per_class=2, rng=np.random.default_rng(0))

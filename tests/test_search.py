@@ -296,7 +296,7 @@ def test_keyword_without_a_match_lists_the_closest_class_names(runner, scores_in
     result = run(runner, folder / "index", "--text", "sofas bed")
     assert result.exit_code == 1
     assert "no class name matches 'sofas bed'. Closest class names: sofa" in one_line_error(result)
-    assert "Give --word_vectors to match synonyms too." in one_line_error(result)
+    assert "Give --word-vectors to match synonyms too." in one_line_error(result)
 
 
 def test_keyword_outside_the_word_vectors(runner, scores_index):

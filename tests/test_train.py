@@ -99,7 +99,7 @@ def test_resume_continues_from_the_last_epoch(tiny_set, tmp_path, runner):
     assert json.loads((tmp_path / "train_state.json").read_text())["epoch"] == 3
     changed = runner.invoke(train, train_args(root, tmp_path, "--epochs", "4", "--resume", "--head_units", "8"))
     assert changed.exit_code == 2
-    assert "--head_units 64, this one 8" in one_line_error(changed)
+    assert "--head-units 64, this one 8" in one_line_error(changed)
 
 
 def test_multiclass_task_from_a_label_column(digits_set, tmp_path, runner):

@@ -101,11 +101,11 @@ def test_fewer_than_two_usable_images_fails(runner, data, rows):
 @pytest.mark.parametrize(
     "option, message",
     [
-        (["--val_split", "1.5"], "--val_split"),
-        (["--val_split", "0"], "--val_split"),
+        (["--val_split", "1.5"], "--val-split"),
+        (["--val_split", "0"], "--val-split"),
         (["--backbone", "vgg99"], "--backbone"),
         (["--epochs", "0"], "--epochs"),
-        (["--train_csv", "x.csv"], "--train_csv and --val_csv go together"),
+        (["--train_csv", "x.csv"], "--train-csv and --val-csv go together"),
         (["--backbone", "inceptionv3", "--image_size", "64"], "inceptionv3 needs at least 75 pixels. Received: 64"),
     ],
 )
@@ -142,7 +142,7 @@ def test_output_dir_that_is_a_file(runner, data, output_dir):
         assert result.exit_code == 2 and "is a file" in one_line_error(result)
     else:
         assert result.exit_code == 1
-        assert f"{data / 'out'}: is a file, not a folder; choose another --output_dir" in one_line_error(result)
+        assert f"{data / 'out'}: is a file, not a folder; choose another --output-dir" in one_line_error(result)
     assert (data / "out").read_text() == "my notes"
 
 

@@ -171,7 +171,7 @@ def resample_csv(
         if path is not None:
             held_out[str(path)] = read_labels(path, train.task, allow_duplicates=True).images
     if not held_out:
-        logger.warning("No --val_csv or --test_csv given: cannot check that no held-out image is resampled.")
+        logger.warning("No --val-csv or --test-csv given: cannot check that no held-out image is resampled.")
     result = resample_table(train, read_image_feedback(feedback_csv), ratios, seed=seed, held_out=held_out, source=str(train_csv))
     write_label_csv(result.table, output)
     return result

@@ -348,7 +348,7 @@ def import_events(
                 register_dataset(connection, table, data_csv)
             images, classes, registered_from = registered(connection)
             if not images:
-                raise DataError(f"{db}: no data set registered yet; pass --data_csv with the label file the events refer to.")
+                raise DataError(f"{db}: no data set registered yet; pass --data-csv with the label file the events refer to.")
             source = Path(events_path).name
             where = f"the data set ({registered_from})" if registered_from else "the data set"
             rejected: list[Rejection] = []

@@ -32,7 +32,7 @@ def read_checked_csv(
 
     `kind` names the file in messages ("label CSV"), `example` is a header row
     to show ("image,even,prime"), and `missing_fix` says what to do when the
-    file is not there ("pass --data_csv with the path of your label file").
+    file is not there ("pass --data-csv with the path of your label file").
     """
     path = Path(path)
     if not path.is_file():

@@ -72,7 +72,7 @@ def report_skipped(skipped: list[tuple[str, str]], output_dir: str | os.PathLike
 
 
 def require_readable(
-    n_usable: int, skipped: list[tuple[str, str]], where: str, *, fix: str = "check the paths and --img_directory"
+    n_usable: int, skipped: list[tuple[str, str]], where: str, *, fix: str = "check the paths and --img-directory"
 ) -> None:
     """Fail when no image at all can be read: a run on nothing is a mistake, not a result."""
     if n_usable == 0:

@@ -55,7 +55,7 @@ class LabelTable:
 def _read_frame(path: Path, *, allow_duplicates: bool) -> pd.DataFrame:
     frame = read_checked_csv(
         path, required=("image",), kind="label CSV", example="image,even,prime",
-        missing_fix="pass --data_csv with the path of your label file",
+        missing_fix="pass --data-csv with the path of your label file",
     )
     duplicated = frame["image"][frame["image"].duplicated()]
     if not duplicated.empty and not allow_duplicates:
@@ -170,12 +170,12 @@ def split_table(table: LabelTable, val_split: float, seed: int) -> tuple[LabelTa
     own), multilabel rows by their rarest positive label. A class with a
     single image stays in training.
     """
-    check_range("--val_split", val_split, low=0, high=1, low_open=True, high_open=True)
+    check_range("--val-split", val_split, low=0, high=1, low_open=True, high_open=True)
     n_val = int(round(len(table) * val_split))
     if n_val < 1 or len(table) - n_val < 1:
         raise DataError(
-            f"--val_split {val_split} leaves no image for training or validation "
-            f"with {len(table)} usable images; label more images or change --val_split."
+            f"--val-split {val_split} leaves no image for training or validation "
+            f"with {len(table)} usable images; label more images or change --val-split."
         )
     if table.task == "multiclass":
         strata = image_classes(table)
@@ -185,7 +185,7 @@ def split_table(table: LabelTable, val_split: float, seed: int) -> tuple[LabelTa
     val_rows, train_rows = np.flatnonzero(held_out), np.flatnonzero(~held_out)
     if val_rows.size == 0 or train_rows.size == 0:
         raise DataError(
-            f"--val_split {val_split} leaves an empty training or validation list with {len(table)} images "
+            f"--val-split {val_split} leaves an empty training or validation list with {len(table)} images "
             "(a class with one image stays in training); label more images."
         )
     return table.subset(train_rows), table.subset(val_rows)

@@ -13,7 +13,7 @@ reads a metadata CSV: train-siamese, train-simclr, assess):
   CSV finds its images from any working directory, and a CSV moved together
   with its images still finds them. `make-metadata photos/ metadata.csv`
   writes `root` = `photos`; a CSV inside the image folder has `root` = `.`;
-- `--img_directory DIR` (img_directory=) overrides: every `image` is then
+- `--img-directory DIR` (img_directory=) overrides: every `image` is then
   relative to DIR and `root` is ignored;
 - a CSV without `root` (hand-written, or from an older make-metadata) is read
   relative to its own folder. An older make-metadata CSV written outside its
@@ -53,7 +53,7 @@ def read_metadata(path: str | Path, *, img_directory: str | Path | None = None) 
     """Read a metadata CSV: `image` and `class` columns, `split` optional (all 'train' if absent).
 
     The frame has `image`, `class`, `split` and `path`, each image's file
-    found by the rule in the module docstring (`--img_directory`, else the
+    found by the rule in the module docstring (`--img-directory`, else the
     `root` column, else the CSV's folder). Files are not checked here.
     """
     path = Path(path)
@@ -90,7 +90,7 @@ def _legacy_root(path: Path, images: list[str]) -> Path:
     found = holding[0]
     logger.warning(
         "%s: image paths are relative to %s (a metadata CSV from an older make-metadata); "
-        "rewrite it with 'toolkit make-metadata %s %s' or pass --img_directory %s.",
+        "rewrite it with 'toolkit make-metadata %s %s' or pass --img-directory %s.",
         path, found, found, path, found,
     )
     return found
@@ -114,7 +114,7 @@ def make_metadata(image_dir: str | Path, output_csv: str | Path, *, balanced: bo
     working directory and moves with its images. A class with a single
     image stays in training.
     """
-    check_range("--test_split", test_split, low=0, high=1, high_open=True)
+    check_range("--test-split", test_split, low=0, high=1, high_open=True)
     image_dir = Path(image_dir)
     paths = find_images(image_dir)
     paths = [path for path in paths if path.parent != image_dir]
@@ -191,7 +191,7 @@ def filter_images(image_dir: str | Path, output_dir: str | Path, *, min_size: in
     if not paths:
         left = "; ".join(f"{step}: {count}" for step, count in counts)
         raise DataError(
-            f"{image_dir}: no image passes the filters ({left}); lower --min_size or --min_per_class. "
+            f"{image_dir}: no image passes the filters ({left}); lower --min-size or --min-per-class. "
             f"Nothing was written to {output_dir}."
         )
     report_skipped(skipped, output_dir, counts[0][1])

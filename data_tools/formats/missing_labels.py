@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 def fill_missing(labels: np.ndarray, strategy: str, *, seed: int = 0) -> np.ndarray:
     """A copy of `labels` (N x L, NaN = unknown) with unknown cells handled by `strategy`."""
     if strategy not in STRATEGIES:
-        raise OptionError(f"--missing_labels: expected one of {', '.join(STRATEGIES)}. Received: {strategy!r}.")
+        raise OptionError(f"--missing-labels: expected one of {', '.join(STRATEGIES)}. Received: {strategy!r}.")
     labels = np.array(labels, dtype=np.float32)
     unknown = np.isnan(labels)
     if strategy == "mask" or not unknown.any():

@@ -113,7 +113,7 @@ def read_word_vectors(path: str | os.PathLike):
     try:
         from gensim.models import KeyedVectors
     except ImportError:
-        raise OptionError("--word_vectors needs gensim: pip install 'image-toolkit[words]'.") from None
+        raise OptionError("--word-vectors needs gensim: pip install 'image-toolkit[words]'.") from None
     path = Path(path)
     first_binary = path.suffix.lower() == ".bin"
     for binary in (first_binary, not first_binary):
@@ -181,7 +181,7 @@ def match_classes(
                     if (word in _words(name) or word == "_".join(_words(name))) and similarity > weights.get(index, (0,))[0]:
                         weights[index] = (similarity, word.replace("_", " "))
     if not weights:
-        hint = "" if word_vectors is not None else " Give --word_vectors to match synonyms too."
+        hint = "" if word_vectors is not None else " Give --word-vectors to match synonyms too."
         raise DataError(
             f"no class name matches '{keyword}'.{note} Closest class names: {', '.join(closest_names(keyword, names))}.{hint}"
         )

@@ -40,7 +40,7 @@ scores, a keyword that names a store class ranks by the index's metric to the
 mean (`rocchio.centroid`) of the images confirmed for it, plus the same bonus.
 
 The store must know the data set (image -> class): pass `labels` (the label
-CSV, as `toolkit feedback import --data_csv`) unless it already does.
+CSV, as `toolkit feedback import --data-csv`) unless it already does.
 
 Memory: the app keeps the index features (N x D float32) and up to
 `THUMBNAIL_CACHE` thumbnails; a cosine ranking makes a normalised copy of
@@ -84,7 +84,7 @@ DOCS_ASSETS_URL = "/docs-assets"
 DOCS_ASSETS_PACKAGE = "fastapi_offline"
 DOCS_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
 NO_DATA_SET = (
-    "give --labels LABEL_CSV (the label file of the images, as for toolkit feedback import --data_csv) "
+    "give --labels LABEL_CSV (the label file of the images, as for toolkit feedback import --data-csv) "
     "so feedback events have classes."
 )
 
