@@ -66,4 +66,4 @@ def test_index_build_and_add_bars(capsys):
 
 
 def test_thread_default_by_size():
-    assert default_n_jobs(300) == 1 and default_n_jobs(2_000) == 1
+    assert default_n_jobs(300) == 1 and default_n_jobs(2_000) == 1 and default_n_jobs(20_000) == -1
