@@ -14,6 +14,13 @@ grouped by scan), so the faster map is not a worse one. The openTSNE time includ
 (`embed_2d` does both); scikit-learn gets the PCA done beforehand.
 
     python benchmarks/bench_tsne.py [--n 20000] [--n_jobs -1]
+
+With `--threads`, it instead times `embed_2d` (openTSNE) on 300, 2,000 and
+20,000 of these points with one thread and with all cores, the two settings
+taking turns, best of 3 each: the measurement behind `embed_2d`'s default
+thread count.
+
+    python benchmarks/bench_tsne.py --threads [--sizes 300 2000 20000] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -48,13 +55,35 @@ def knn_accuracy(coords: np.ndarray, labels: np.ndarray, scans: np.ndarray) -> f
     return float(cross_val_score(KNeighborsClassifier(10), coords, labels, groups=scans, cv=GroupKFold(3)).mean())
 
 
+def compare_threads(sizes: list[int], repeats: int) -> None:
+    """Best-of-`repeats` seconds of embed_2d at each size with n_jobs 1 and -1, taking turns."""
+    print(f"t-SNE seconds (best of {repeats}, n_jobs 1 and -1 taking turns) on {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"{'points':>8}{'n_jobs 1':>12}{'n_jobs -1':>12}")
+    for n in sizes:
+        features = digits_points(n)[0]
+        best = {1: float("inf"), -1: float("inf")}
+        for _ in range(repeats):
+            for n_jobs in best:
+                started = time.perf_counter()
+                embed_2d(features, method="tsne", seed=0, n_jobs=n_jobs)
+                best[n_jobs] = min(best[n_jobs], time.perf_counter() - started)
+        print(f"{n:>8,}{best[1]:>12.2f}{best[-1]:>12.2f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20_000, help="number of points")
     parser.add_argument("--n_jobs", type=int, default=-1, help="threads for both (-1: all cores)")
     parser.add_argument("--perplexity", type=float, default=30.0)
+    parser.add_argument("--threads", action="store_true", help="compare n_jobs 1 and -1 at several sizes instead")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[300, 2_000, 20_000])
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        compare_threads(args.sizes, args.repeats)
+        return
     from openTSNE import __version__ as opentsne_version
     from sklearn import __version__ as sklearn_version
     from sklearn.manifold import TSNE

@@ -8,14 +8,15 @@ exists so that tests and CPU-only users can train in seconds.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from image_toolkit.data_tools.errors import OptionError
+from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.models.resnet18 import ResNet18
 from image_toolkit.models.runtime import keras
 
@@ -116,6 +117,29 @@ def check_backbone_options(name: str, *, weights: str | None, image_size: int) -
         raise OptionError(f"--weights: {weights} is not a file; use imagenet, none or the path of a weights file.")
 
 
+@contextlib.contextmanager
+def _keras_messages_off() -> Iterator[None]:
+    """Keep Keras' own messages off the screen for a while, then restore the setting.
+
+    Keras prints "Downloading data from https://..." and a download bar on
+    stdout (`io_utils.print_msg`) while interactive logging is on; with it
+    off they go to absl's log at INFO, which the toolkit keeps quiet.
+    """
+    was_on = keras.config.is_interactive_logging_enabled()
+    keras.config.disable_interactive_logging()
+    try:
+        yield
+    finally:
+        if was_on:
+            keras.config.enable_interactive_logging()
+
+
+def _download_failed(error: Exception) -> bool:
+    """Whether a builder's error is Keras failing to fetch (or check) a weights file."""
+    text = str(error)
+    return "URL fetch failure" in text or "Incomplete or corrupted file" in text or isinstance(error, OSError)
+
+
 def build_backbone(name: str, *, weights: str | None, image_size: int, include_top: bool = False) -> keras.Model:
     """Build a backbone with the requested weights: average-pooled without its top, or whole.
 
@@ -123,28 +147,32 @@ def build_backbone(name: str, *, weights: str | None, image_size: int, include_t
     (`toolkit get-inception-output`); ImageNet weights then fix the input
     size (299 px for InceptionV3, 224 px for the others).
 
-    Offline, Keras cannot fetch ImageNet weights; that becomes one line naming
-    the two ways around it instead of a stack of URL errors.
+    ImageNet weights are read from Keras' cache (~/.keras/models), which
+    Keras fills on first use without a word on screen: its download line
+    would otherwise be printed before an offline failure. Offline, that
+    failure is one line naming the two ways around it, a `DataError` (exit 1,
+    a problem of the environment, not of the command line).
     """
     check_backbone_options(name, weights=weights, image_size=image_size)
     spec = get_backbone(name)
     weights = resolve_weights(name, weights)
     shape = (image_size, image_size, 3)
     try:
-        model = spec.builder(
-            include_top=include_top,
-            weights="imagenet" if weights == "imagenet" else None,
-            input_shape=shape,
-            pooling=None if include_top else "avg",
-        )
-    except ValueError as error:
-        raise OptionError(f"--backbone {name}: {error}") from None
+        with _keras_messages_off() if weights == "imagenet" else contextlib.nullcontext():
+            model = spec.builder(
+                include_top=include_top,
+                weights="imagenet" if weights == "imagenet" else None,
+                input_shape=shape,
+                pooling=None if include_top else "avg",
+            )
     except Exception as error:
-        if weights == "imagenet" and ("URL fetch failure" in str(error) or isinstance(error, OSError)):
-            raise OptionError(
+        if weights == "imagenet" and _download_failed(error):
+            raise DataError(
                 f"--weights imagenet: cannot download the ImageNet weights of {name} (no internet?); "
                 "use --weights none, or --weights PATH with a local weights file."
             ) from None
+        if isinstance(error, ValueError):
+            raise OptionError(f"--backbone {name}: {error}") from None
         raise
     if weights not in (None, "imagenet"):
         try:

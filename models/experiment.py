@@ -47,6 +47,7 @@ from image_toolkit.data_tools.feedback.store import read_image_feedback
 from image_toolkit.data_tools.formats.images import check_images
 from image_toolkit.data_tools.formats.labels import LabelTable, read_label_csv, split_table, write_label_csv
 from image_toolkit.data_tools.maps.plots import plot_class_f1
+from image_toolkit.data_tools.progress import progress_bar
 from image_toolkit.models.inference import predict_images
 from image_toolkit.models.training import TrainOptions, train_classifier
 
@@ -286,8 +287,12 @@ def format_report(summary: dict, *, per_class: bool = False) -> str:
 # --- The experiment -----------------------------------------------------------------------------
 
 
-def run_experiment(training: TrainOptions, options: ExperimentOptions, *, verbose: int = 0) -> dict:
-    """Train and score baseline and meta for every seed; append the logs; return the summary."""
+def run_experiment(training: TrainOptions, options: ExperimentOptions, *, verbose: int = 0, show: bool | None = None) -> dict:
+    """Train and score baseline and meta for every seed; append the logs; return the summary.
+
+    `show` draws a bar of the finished runs (2 per seed) on stderr, advanced
+    between runs (None: when stderr is a terminal; False for --quiet).
+    """
     training.check()
     options.check()
     if training.train_csv is not None or training.resume:
@@ -308,45 +313,47 @@ def run_experiment(training: TrainOptions, options: ExperimentOptions, *, verbos
                 experiment, len(train), len(val), len(test), options.ratios)
     shared = {key: value for key, value in dataclasses.asdict(training).items() if key not in PER_RUN}
     log_rows, result_rows = [], []
-    for seed in range(options.seed_base, options.seed_base + options.seeds):
-        meta = resample_table(train, feedback, options.ratios, seed=seed,
-                              held_out={str(val_csv): val.images, str(test_csv): test.images}, source=str(base_csv))
-        grouped = meta.counts[~meta.counts["group"].isin(["other", "total"])]
-        if grouped["rows_before"].sum() == 0:
-            raise DataError(
-                f"{options.feedback}: no training image is in a group of --ratio {options.ratios}, so the meta model "
-                "would train on the baseline list; check that the feedback CSV names the images of --data_csv."
-            )
-        meta_csv = lists / f"train_meta_seed{seed}.csv"
-        write_label_csv(meta.table, meta_csv)
-        logger.info("Seed %d, meta list:\n%s", seed, meta.counts.to_string(index=False))
-        for variant, train_csv, rows in (("baseline", base_csv, train), ("meta", meta_csv, meta.table)):
-            run_options = dataclasses.replace(
-                training, output_dir=str(output_dir / "runs" / experiment / f"{variant}_seed{seed}"), seed=seed,
-                train_csv=str(train_csv), val_csv=str(val_csv),
-            )
-            logger.info("Training %s, seed %d, on %d rows", variant, seed, len(rows))
-            run_started = time.time()
-            summary = train_classifier(run_options, verbose=verbose)
-            scores = evaluate(summary["model"], test, image_dir, batch_size=training.batch_size)
-            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            macro_f1 = float(scores.loc[scores["class"] == MACRO, "f1"].iloc[0])
-            logger.info("%s seed %d: test macro-F1 %.4f", variant, seed, macro_f1)
-            run_log = {
-                "time": now, "experiment": experiment, "variant": variant, "seed": seed,
-                "epochs": summary["epochs"], "best_epoch": summary["best_epoch"],
-                "wall_time_s": round(time.time() - run_started, 2), "best_val_macro_f1": summary["best_val_macro_f1"],
-                "test_macro_f1": round(macro_f1, 6), "train_rows": len(rows), "train_images": len(set(rows.images)),
-                "val_images": len(val), "test_images": len(test), "ratios": json.dumps(options.ratios),
-                "feedback": options.feedback, "options": json.dumps(shared, default=str),
-            }
-            run_results = [{"time": now, "experiment": experiment, "variant": variant, "seed": seed, **row}
-                           for row in scores.round(6).to_dict(orient="records")]
-            # Logged run by run, so an interrupted experiment keeps the runs it finished.
-            append_csv(output_dir / "ExperimentLog.csv", pd.DataFrame([run_log], columns=LOG_COLUMNS))
-            append_csv(output_dir / "Results.csv", pd.DataFrame(run_results, columns=RESULT_COLUMNS))
-            log_rows.append(run_log)
-            result_rows.extend(run_results)
+    with progress_bar(2 * options.seeds, "Experiment runs", show=show) as advance:
+        for seed in range(options.seed_base, options.seed_base + options.seeds):
+            meta = resample_table(train, feedback, options.ratios, seed=seed,
+                                  held_out={str(val_csv): val.images, str(test_csv): test.images}, source=str(base_csv))
+            grouped = meta.counts[~meta.counts["group"].isin(["other", "total"])]
+            if grouped["rows_before"].sum() == 0:
+                raise DataError(
+                    f"{options.feedback}: no training image is in a group of --ratio {options.ratios}, so the meta model "
+                    "would train on the baseline list; check that the feedback CSV names the images of --data_csv."
+                )
+            meta_csv = lists / f"train_meta_seed{seed}.csv"
+            write_label_csv(meta.table, meta_csv)
+            logger.info("Seed %d, meta list:\n%s", seed, meta.counts.to_string(index=False))
+            for variant, train_csv, rows in (("baseline", base_csv, train), ("meta", meta_csv, meta.table)):
+                run_options = dataclasses.replace(
+                    training, output_dir=str(output_dir / "runs" / experiment / f"{variant}_seed{seed}"), seed=seed,
+                    train_csv=str(train_csv), val_csv=str(val_csv),
+                )
+                logger.info("Training %s, seed %d, on %d rows", variant, seed, len(rows))
+                run_started = time.time()
+                summary = train_classifier(run_options, verbose=verbose)
+                scores = evaluate(summary["model"], test, image_dir, batch_size=training.batch_size)
+                now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                macro_f1 = float(scores.loc[scores["class"] == MACRO, "f1"].iloc[0])
+                logger.info("%s seed %d: test macro-F1 %.4f", variant, seed, macro_f1)
+                run_log = {
+                    "time": now, "experiment": experiment, "variant": variant, "seed": seed,
+                    "epochs": summary["epochs"], "best_epoch": summary["best_epoch"],
+                    "wall_time_s": round(time.time() - run_started, 2), "best_val_macro_f1": summary["best_val_macro_f1"],
+                    "test_macro_f1": round(macro_f1, 6), "train_rows": len(rows), "train_images": len(set(rows.images)),
+                    "val_images": len(val), "test_images": len(test), "ratios": json.dumps(options.ratios),
+                    "feedback": options.feedback, "options": json.dumps(shared, default=str),
+                }
+                run_results = [{"time": now, "experiment": experiment, "variant": variant, "seed": seed, **row}
+                               for row in scores.round(6).to_dict(orient="records")]
+                # Logged run by run, so an interrupted experiment keeps the runs it finished.
+                append_csv(output_dir / "ExperimentLog.csv", pd.DataFrame([run_log], columns=LOG_COLUMNS))
+                append_csv(output_dir / "Results.csv", pd.DataFrame(run_results, columns=RESULT_COLUMNS))
+                log_rows.append(run_log)
+                result_rows.extend(run_results)
+                advance(1)
     log = pd.DataFrame(log_rows, columns=LOG_COLUMNS)
     results = pd.DataFrame(result_rows, columns=RESULT_COLUMNS)
     summary = {

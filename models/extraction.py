@@ -26,7 +26,7 @@ from image_toolkit.data_tools.formats.csv_files import read_checked_csv
 from image_toolkit.data_tools.formats.features import COMPARABLE_KEYS, FeatureSet, read_features, write_features
 from image_toolkit.data_tools.formats.images import IMAGE_SUFFIXES, check_images, find_images, report_skipped, require_readable
 from image_toolkit.data_tools.names import EXTRACT_PRECISIONS
-from image_toolkit.models.backbones import build_backbone, get_backbone
+from image_toolkit.models.backbones import NO_WEIGHTS, build_backbone, get_backbone
 from image_toolkit.models.inference import load_classifier, load_embedding_model
 from image_toolkit.models.pipeline import image_dataset
 from image_toolkit.models.runtime import keras, precision_policy, tf
@@ -37,6 +37,9 @@ OUTPUTS = ("scores", "pooled")
 # The `weights` recorded for features of a toolkit model file: the file holds them.
 MODEL_FILE_WEIGHTS = "model file"
 NAMED_MODELS = ("inceptionv3", "resnet50")
+# `--model pixels`: each image's own pixels as its features, the baseline a CNN must beat.
+PIXELS = "pixels"
+PIXELS_DEFAULT_SIZE = 32
 # XLA-compiled inference, by model, where it measured faster (benchmarks/bench_extract.py).
 # On 2 CPU cores it lost for both: ResNet50 23.8 -> 20.3 images/s, InceptionV3 34.4 -> 28.0.
 XLA_INFERENCE = {"resnet50": False, "inceptionv3": False}
@@ -70,6 +73,16 @@ def _layer_output(model: keras.Model, name: str):
     return layer.output
 
 
+def _unit_range(images):
+    return images / 255.0
+
+
+def pixel_network(image_size: int) -> keras.Model:
+    """An image batch (float RGB, 0-255) to its pixels in [0, 1], flattened row by row, RGB innermost."""
+    inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
+    return keras.Model(inputs, keras.layers.Flatten(name=PIXELS)(inputs), name=f"pixels_{image_size}")
+
+
 def feature_extractor(
     model: str = "inceptionv3",
     *,
@@ -86,11 +99,29 @@ def feature_extractor(
     path of a toolkit model (`best_model.h5`, or an `embedding_model.keras`),
     cut at `layer` (default: a classifier's penultimate layer for 'pooled',
     the output for 'scores' and for an embedding model).
+
+    `model` 'pixels' (with `output` 'pooled' only, no `layer`) gives each
+    image's raw pixels: RGB, resized to `image_size` (default 32) by the same
+    pipeline as any model, scaled to [0, 1] (pixel / 255), flattened to
+    `image_size` x `image_size` x 3 float32 values in row, column, channel
+    order. `weights` does not apply to it; a weights file is refused.
     """
     if output not in OUTPUTS:
         raise OptionError(f"output: expected one of {OUTPUTS}. Received: {output!r}")
     if precision not in EXTRACT_PRECISIONS:
         raise OptionError(f"--precision: expected one of {', '.join(EXTRACT_PRECISIONS)}. Received: {precision!r}.")
+    if model == PIXELS:
+        if output == "scores":
+            raise OptionError("--model pixels: raw pixels have no class scores; use toolkit get-transfer-layer --model pixels.")
+        if layer is not None:
+            raise OptionError("--layer: --model pixels has no layers to choose from; leave out --layer.")
+        if weights not in (*NO_WEIGHTS, "imagenet"):
+            raise OptionError(f"--weights {weights}: --model pixels has no weights; leave out --weights.")
+        size = image_size or PIXELS_DEFAULT_SIZE
+        check_range("--image_size", size, low=1)
+        network = pixel_network(size)
+        metadata = {"model": PIXELS, "output": output, "layer": PIXELS, "image_size": size, "weights": "none", "precision": "fp32"}
+        return FeatureExtractor(network, traced_forward(network, False), _unit_range, size, metadata)
     with precision_policy(precision):
         if model in NAMED_MODELS:
             if layer is not None:

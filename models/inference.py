@@ -32,14 +32,14 @@ def load_classifier(path: str | os.PathLike) -> tuple[keras.Model, dict]:
     """Load a toolkit classifier and its metadata (label names, backbone, image size, task)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: model file not found; train one with 'toolkit train' or pass --model_weights PATH.")
+        raise DataError(f"{path}: model file not found; pass the best_model.h5 of a training run, or train one with toolkit train (python train.py).")
     try:
         metadata = read_h5_metadata(path)
     except OSError:
         metadata = None
     if metadata is None:
         raise DataError(
-            f"{path}: not an image-toolkit model (no label metadata); use the best_model.h5 written by 'toolkit train'."
+            f"{path}: not an image-toolkit model (no label metadata); use the best_model.h5 written by toolkit train (python train.py)."
         )
     model = keras.models.load_model(path, compile=False)
     return model, metadata

@@ -116,20 +116,31 @@ def test_impossible_options_are_usage_errors(runner, data, option, message):
     assert not (data / "out").exists()
 
 
-def test_imagenet_weights_offline_name_the_fix(runner, data, monkeypatch):
-    from keras.src.applications import mobilenet_v2
+def test_imagenet_weights_offline_name_the_fix(runner, data, monkeypatch, tmp_path):
+    """Offline, Keras' own get_file runs (its cache an empty folder) and its download fails: one line, exit 1."""
+    import urllib.error
+
+    from keras.src.backend import config
+    from keras.src.utils import file_utils
 
     def offline(*args, **kwargs):
-        raise Exception("URL fetch failure on https://example.invalid: None -- [Errno -3] Temporary failure in name resolution")
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(mobilenet_v2.file_utils, "get_file", offline)
+    monkeypatch.setattr(config, "_KERAS_DIR", str(tmp_path / "keras_home"))
+    monkeypatch.setattr(file_utils, "urlretrieve", offline)
     args = ["--data_csv", str(data / "label.txt"), "--img_directory", str(data / "images"), "--output_dir", str(data / "out" / "r50"),
-            "--backbone", "mobilenetv2", "--weights", "imagenet", "--image_size", "32", "--epochs", "1", "--quiet"]
+            "--backbone", "mobilenetv2", "--weights", "imagenet", "--image_size", "32", "--epochs", "1"]
     result = runner.invoke(train, args)
-    assert result.exit_code == 2
-    line = one_line_error(result)
+    assert result.exit_code == 1, result.output
+    assert "Downloading" not in result.stdout and "Downloading" not in result.stderr
+    assert "https://" not in result.output
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("Error: ") and "Traceback" not in result.output
     assert "--weights imagenet" in line and "--weights none" in line and "--weights PATH" in line
     assert not (data / "out").exists(), "a failed run left an (empty) output folder"
+    from image_toolkit.models.runtime import keras
+
+    assert keras.config.is_interactive_logging_enabled(), "Keras' interactive logging was left off"
 
 
 @pytest.mark.parametrize("output_dir", ["out", "out/run"])

@@ -116,9 +116,14 @@ def simulate_feedback(
     noise: float = 0.05,
     method: str = "tsne",
     seed: int = 0,
-    n_jobs: int = -1,
+    n_jobs: int | None = None,
+    show: bool | None = None,
 ) -> dict:
-    """Map the images' features to 2-D, simulate the users and write their events as JSON lines."""
+    """Map the images' features to 2-D, simulate the users and write their events as JSON lines.
+
+    `n_jobs` None picks the t-SNE thread count by size; `show` draws the t-SNE
+    progress bar on stderr (None: when stderr is a terminal; False for --quiet).
+    """
     if Path(output).suffix.lower() != ".jsonl":
         raise OptionError(f"-o {output}: simulated events are written as JSON lines; give a name ending in .jsonl.")
     table = read_labels(data_csv, task)
@@ -134,7 +139,7 @@ def simulate_feedback(
         logger.warning("%d images of %s have no features in %s and are left out", len(table) - len(keep), data_csv, features_path)
     table = table.subset(keep)
     features = feature_set.features[[row_of[image] for image in table.images]]
-    coords = embed_2d(features, method=method, seed=seed, n_jobs=n_jobs)
+    coords = embed_2d(features, method=method, seed=seed, n_jobs=n_jobs, show=show)
     events = simulate_events(table, coords, users=users, noise=noise, seed=seed)
     write_text(output, "".join(json.dumps(event) + "\n" for event in events))
     truth = {image: row for row, image in enumerate(table.images)}

@@ -6,7 +6,9 @@ principal components (the usual first step: it removes noise and makes the
 neighbour search cheap), with openTSNE on `n_jobs` threads. openTSNE picks the
 gradient method: FFT-accelerated interpolation from 10,000 points on, and
 Barnes-Hut below, where the FFT grid's fixed cost dominates (300 points, one
-thread, here: 6 s with FFT, 0.4 s with Barnes-Hut). Memory: the features, their 50-d projection and openTSNE's
+thread, here: 6 s with FFT, 0.4 s with Barnes-Hut). The default thread count
+depends on the size (see `default_n_jobs`). A progress bar follows the
+optimisation's iterations on a terminal (`show`). Memory: the features, their 50-d projection and openTSNE's
 sparse neighbour graph (about 90 neighbours per point at perplexity 30).
 """
 
@@ -20,11 +22,30 @@ import numpy as np
 
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("tsne", "pca")
 PCA_DIMS = 50
+# openTSNE's iterations: early exaggeration, then the rest; the bar advances every PROGRESS_EVERY.
+TSNE_ITERATIONS = (250, 500)
+PROGRESS_EVERY = 10
+# Measured with `python benchmarks/bench_tsne.py --threads` (best of 3, n_jobs 1 and -1 taking
+# turns) on a 2-core machine shared with other jobs (load average about 2):
+#   points   n_jobs 1   n_jobs -1 (seconds)
+#      300       0.53        0.42
+#    2,000       7.29       14.57
+#   20,000      77.93       75.46
+# Below 10,000 points (Barnes-Hut) a second thread saves 0.1 s at best and doubled the time at
+# 2,000 points on the loaded machine (the issue saw 20 s against 2.3 s at 300 points); from
+# 10,000 (FFT gradients) all cores are as fast or slightly faster.
+ALL_CORES_FROM = 10_000
+
+
+def default_n_jobs(n_points: int) -> int:
+    """openTSNE threads when the caller gives none: one below ALL_CORES_FROM points, all cores from there."""
+    return 1 if n_points < ALL_CORES_FROM else -1
 
 
 def reduce_pca(features: np.ndarray, n_components: int, *, seed: int = 0) -> np.ndarray:
@@ -41,12 +62,15 @@ def embed_2d(
     method: str = "tsne",
     perplexity: float = 30.0,
     seed: int = 0,
-    n_jobs: int = -1,
+    n_jobs: int | None = None,
+    show: bool | None = None,
 ) -> np.ndarray:
     """An (N, 2) float32 map of N feature rows; the same seed gives the same map.
 
     t-SNE needs more than 3 x perplexity points; with fewer, the perplexity is
-    lowered to (N - 1) / 3 with a warning.
+    lowered to (N - 1) / 3 with a warning. `n_jobs` None picks the thread
+    count by size (`default_n_jobs`); -1 is all cores. `show` draws a bar of
+    the t-SNE iterations on stderr (None: when stderr is a terminal).
     """
     if method not in METHODS:
         raise OptionError(f"--method: expected one of {', '.join(METHODS)}. Received: {method!r}.")
@@ -66,16 +90,28 @@ def embed_2d(
         warnings.warn(f"perplexity {perplexity:g} is too large for {len(features)} points; using {largest:.1f}", stacklevel=2)
         perplexity = largest
     reduced = reduce_pca(features, PCA_DIMS, seed=seed)
-    logger.info("t-SNE of %d points (%d-d after PCA), perplexity %g", len(reduced), reduced.shape[1], perplexity)
-    embedding = TSNE(
-        n_components=2,
-        perplexity=perplexity,
-        initialization="pca",
-        negative_gradient_method="auto",
-        n_jobs=n_jobs,
-        random_state=seed,
-        verbose=False,
-    ).fit(reduced)
+    if n_jobs is None:
+        n_jobs = default_n_jobs(len(reduced))
+    logger.info("t-SNE of %d points (%d-d after PCA), perplexity %g, n_jobs %d",
+                len(reduced), reduced.shape[1], perplexity, n_jobs)
+    with progress_bar(sum(TSNE_ITERATIONS), "t-SNE", show=show) as advance:
+
+        def step(iteration: int, error: float, embedding) -> None:  # openTSNE stops on a true return value.
+            advance(PROGRESS_EVERY)
+
+        embedding = TSNE(
+            n_components=2,
+            perplexity=perplexity,
+            initialization="pca",
+            negative_gradient_method="auto",
+            early_exaggeration_iter=TSNE_ITERATIONS[0],
+            n_iter=TSNE_ITERATIONS[1],
+            n_jobs=n_jobs,
+            random_state=seed,
+            verbose=False,
+            callbacks=step,
+            callbacks_every_iters=PROGRESS_EVERY,
+        ).fit(reduced)
     return np.asarray(embedding, dtype=np.float32)
 
 
@@ -122,10 +158,15 @@ def draw_map(
     method: str = "tsne",
     perplexity: float = 30.0,
     seed: int = 0,
-    n_jobs: int = -1,
+    n_jobs: int | None = None,
     task: str | None = None,
+    show: bool | None = None,
 ) -> dict:
-    """Embed a feature file in 2-D; write the coordinates (image,x,y) and the plot, atomically."""
+    """Embed a feature file in 2-D; write the coordinates (image,x,y) and the plot, atomically.
+
+    `n_jobs` None picks the t-SNE thread count by size; `show` draws the t-SNE
+    progress bar on stderr (None: when stderr is a terminal; False for --quiet).
+    """
     import time
 
     import pandas as pd
@@ -161,7 +202,7 @@ def draw_map(
         if absent:
             logger.warning("%d highlighted images of %s are not in %s", absent, highlight, features_path)
     started = time.monotonic()
-    coords = embed_2d(feature_set.features, method=method, perplexity=perplexity, seed=seed, n_jobs=n_jobs)
+    coords = embed_2d(feature_set.features, method=method, perplexity=perplexity, seed=seed, n_jobs=n_jobs, show=show)
     seconds = time.monotonic() - started
     frame = pd.DataFrame({"image": feature_set.paths, "x": coords[:, 0].round(4), "y": coords[:, 1].round(4)})
     with atomic_path(coords_path) as temporary:

@@ -54,6 +54,7 @@ from image_toolkit.data_tools.atomic import atomic_path
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.features import COMPARABLE_KEYS, FeatureSet, check_features
+from image_toolkit.data_tools.progress import progress_bar, track
 from image_toolkit.data_tools.search.neighbors import ALL_CORES, available_cores, exact_neighbors
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ TUNE_K = 10
 MIN_ADDED_TO_TUNE = 100
 # faiss's k-means wants at least this many training rows per list.
 MIN_ROWS_PER_LIST = 39
+# Rows handed to faiss's add at once, so a progress bar can follow a large build.
+ADD_BLOCK = 10_000
 
 
 @contextlib.contextmanager
@@ -150,8 +153,12 @@ class ImageIndex:
 
     # Building and growing.
 
-    def fit(self, feature_set: FeatureSet) -> ImageIndex:
-        """Index every row of `feature_set`, tuning the search to `target_recall` on held-out rows."""
+    def fit(self, feature_set: FeatureSet, *, show: bool | None = None) -> ImageIndex:
+        """Index every row of `feature_set`, tuning the search to `target_recall` on held-out rows.
+
+        `show` draws progress bars of the adding and the tuning on stderr
+        (None: when stderr is a terminal; False for --quiet).
+        """
         check_index_options(kind=self.kind, metric=self.metric, target_recall=self.target_recall, n_threads=self.n_threads)
         check_range("m", self.m, low=2)
         check_range("ef_construction", self.ef_construction, low=1)
@@ -182,18 +189,18 @@ class ImageIndex:
         self.index_, self.params_, self.tuning_ = index, params, {}
         self.paths_, self.norms_ = [], (np.empty(0, dtype=np.float32) if norms is not None else None)
         self.features_metadata_ = dict(feature_set.metadata)
-        self._grow(paths, rows, norms, self.target_recall, tune_at_least=1)
+        self._grow(paths, rows, norms, self.target_recall, tune_at_least=1, show=show)
         logger.info("Indexed %d rows of %d features (%s, %s) in %.1f s",
                     self.size, dim, self.kind, self.metric, time.monotonic() - started)
         return self
 
-    def add(self, feature_set: FeatureSet, *, where: str = "the new features") -> ImageIndex:
+    def add(self, feature_set: FeatureSet, *, where: str = "the new features", show: bool | None = None) -> ImageIndex:
         """Add the rows of `feature_set` whose paths are not indexed yet.
 
         The features must come from the same model and layer as the indexed
         ones. With at least 100 new rows, the search is tuned again, on held-out
         new rows; with fewer, the tuned setting is kept. An ivf index keeps its
-        lists: new rows join the nearest list.
+        lists: new rows join the nearest list. `show` as for `fit`.
         """
         self._check_fitted()
         known = set(self.paths_)
@@ -205,12 +212,12 @@ class ImageIndex:
             return self
         rows, norms = self._prepared(rows)
         target = self.tuning_.get("target_recall", self.target_recall)
-        self._grow(paths, rows, norms, target, tune_at_least=MIN_ADDED_TO_TUNE)
+        self._grow(paths, rows, norms, target, tune_at_least=MIN_ADDED_TO_TUNE, show=show)
         logger.info("Added %d images; the index holds %d.", len(paths), self.size)
         return self
 
     def _grow(self, paths: list[str], rows: np.ndarray, norms: np.ndarray | None, target: float | None,
-              *, tune_at_least: int) -> None:
+              *, tune_at_least: int, show: bool | None = None) -> None:
         """Add prepared rows; to tune, hold a sample of them out, tune on it against the rest, then add it.
 
         Held-out rows go last, so the index (and `paths_`) lists them after
@@ -224,15 +231,13 @@ class ImageIndex:
             order = np.concatenate([np.setdiff1d(order, sample), np.sort(sample)])
             rows, paths = rows[order], [paths[i] for i in order]
             norms = norms[order] if norms is not None else None
-        with faiss_threads(self.n_threads):
-            self.index_.add(rows[: len(rows) - held])
+        self._add_rows(rows[: len(rows) - held], show=show)
         self.paths_ = self.paths_ + paths
         if norms is not None:
             self.norms_ = np.concatenate([self.norms_, norms])
         if held:
-            self._tune(rows[len(rows) - held :], target)
-            with faiss_threads(self.n_threads):
-                self.index_.add(rows[len(rows) - held :])
+            self._tune(rows[len(rows) - held :], target, show=show)
+            self._add_rows(rows[len(rows) - held :], show=show)
         elif self.kind == "flat":
             self.tuning_ = {"target_recall": target, "k": TUNE_K, "sample": 0, "recall": 1.0,
                             "parameter": None, "value": None, "tried": [], "exact": True}
@@ -242,6 +247,14 @@ class ImageIndex:
         elif self.tuning_:
             logger.info("Kept %s=%s, tuned on %d images: tuning again needs %d new images at once.",
                         self.tuning_["parameter"], self.tuning_["value"], self.tuning_.get("indexed", 0), tune_at_least)
+
+    def _add_rows(self, rows: np.ndarray, *, show: bool | None) -> None:
+        """faiss's add, in blocks of ADD_BLOCK rows so a bar can follow it."""
+        with faiss_threads(self.n_threads), progress_bar(len(rows), "Indexing", show=show and len(rows) > 0) as advance:
+            for start in range(0, len(rows), ADD_BLOCK):
+                block = rows[start : start + ADD_BLOCK]
+                self.index_.add(block)
+                advance(len(block))
 
     def _prepared(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Rows as faiss stores them (L2-normalised for cosine) and their lengths (cosine only)."""
@@ -322,7 +335,7 @@ class ImageIndex:
 
     # Tuning.
 
-    def _tune(self, queries: np.ndarray, target_recall: float, *, k: int = TUNE_K) -> dict:
+    def _tune(self, queries: np.ndarray, target_recall: float, *, k: int = TUNE_K, show: bool | None = None) -> dict:
         """Raise efSearch / nprobe along its grid until recall@k of `queries`, rows not in the index, reaches the target.
 
         The exact k nearest indexed rows of each query are the truth; a row
@@ -339,7 +352,7 @@ class ImageIndex:
         parameter = self._parameter_name()
         grid = EF_SEARCH_GRID if self.kind == "hnsw" else tuple(v for v in NPROBE_GRID if v < self.index_.nlist) + (self.index_.nlist,)
         tried = []
-        for value in grid:
+        for value in track(grid, f"Tuning {parameter}", show=show):
             self._set_search_parameter(value)
             with faiss_threads(self.n_threads):
                 raw, ids = self.index_.search(queries, k)
