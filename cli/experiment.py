@@ -52,7 +52,8 @@ def experiment(feedback: str, ratios: tuple[str, ...], seeds: int, seed_base: in
                                 test_split=test_split, split_seed=split_seed, test_csv=test_csv,
                                 min_test_per_class=min_test_per_class)
     with progress_to_stderr(as_json):
-        summary = run_experiment(TrainOptions(**training), options, verbose=progress_verbosity(quiet))
+        summary = run_experiment(TrainOptions(**training), options, verbose=progress_verbosity(quiet),
+                                 show=False if quiet else None)
     if as_json:
         echo_json(summary)
         return

@@ -11,10 +11,10 @@ from image_toolkit.data_tools import names
 extraction_options = option_group(
     click.argument("image_path", type=click.Path(exists=True)),
     click.argument("output_path", type=click.Path(dir_okay=False, writable=True)),
-    click.option("--model", default="inceptionv3", show_default=True, help="inceptionv3, resnet50, or the path of a toolkit model (best_model.h5)."),
+    click.option("--model", default="inceptionv3", show_default=True, help="inceptionv3, resnet50, pixels (the raw pixels at --image-size: the baseline), or the path of a toolkit model (best_model.h5, embedding_model.keras)."),
     click.option("--layer", default=None, help="Layer of a model file to read (default: its penultimate layer, or its output for get-inception-output)."),
     click.option("--weights", default="imagenet", show_default=True, help="imagenet, none, or a local weights file."),
-    click.option("--image-size", type=click.IntRange(min=32), default=None, help="Input size (default: the model's own, 299 for InceptionV3, 224 for ResNet50)."),
+    click.option("--image-size", type=click.IntRange(min=8), default=None, help="Input size (default: the model's own, 299 for InceptionV3, 224 for ResNet50, 32 for pixels; CNNs need at least 32)."),
     click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
     click.option("--precision", type=click.Choice(names.EXTRACT_PRECISIONS), default="fp32", show_default=True),
     click.option("--append", is_flag=True, help="Keep the rows already in OUTPUT_PATH and compute only the images not yet there."),

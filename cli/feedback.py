@@ -116,12 +116,12 @@ def export_events(db: Path, output: Path, wait: float, quiet: bool, as_json: boo
 @click.option("--noise", type=click.FloatRange(0, 0.5, max_open=True), default=0.05, show_default=True, help="Error rate of a deselect: a wrong image missed, or a right one deselected.")
 @click.option("--method", type=click.Choice(["tsne", "pca"]), default="tsne", show_default=True, help="The 2-D map the users lasso on.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--n-jobs", type=int, default=-1, show_default=True, help="Threads for t-SNE (-1: all cores).")
+@click.option("--n-jobs", type=int, default=None, help="Threads for t-SNE (default: 1 below 10,000 points, all cores from there, as measured; -1: all cores).")
 @TASK_OPTION
 @quiet_option
 @json_option
 def simulate(data_csv: Path, features_path: Path, output: Path, users: int, noise: float, method: str, seed: int,
-             n_jobs: int, task: str | None, quiet: bool, as_json: bool) -> None:
+             n_jobs: int | None, task: str | None, quiet: bool, as_json: bool) -> None:
     """Simulate users who lasso a class on a 2-D map and deselect the images of other classes.
 
     Each user picks a class, lassoes a disc around its centre on the t-SNE
@@ -140,7 +140,8 @@ def simulate(data_csv: Path, features_path: Path, output: Path, users: int, nois
     from image_toolkit.data_tools.feedback.simulate import simulate_feedback
 
     summary = simulate_feedback(data_csv, features_path, output, task=task, users=users, noise=noise,
-                                method=method, seed=seed, n_jobs=n_jobs)
+                                method=method, seed=seed, n_jobs=n_jobs,
+                                show=False if quiet else None)
     if as_json:
         echo_json(summary)
     elif not quiet:

@@ -91,7 +91,8 @@ def build(features: Path, index_dir: Path, kind: str, metric: str, target_recall
                                     with_class_names(feature_set.metadata, feature_set.features.shape[1]))
     started = time.monotonic()
     image_index = ImageIndex(kind=kind, metric=metric, target_recall=target_recall, m=m,
-                             ef_construction=ef_construction, nlist=nlist, n_threads=n_threads).fit(feature_set)
+                             ef_construction=ef_construction, nlist=nlist, n_threads=n_threads)
+    image_index.fit(feature_set, show=False if quiet else None)
     seconds = time.monotonic() - started
     image_index.save(index_dir)
     _report(image_index, index_dir, as_json, quiet, f"Built {index_dir} in {seconds:.1f} s", seconds=round(seconds, 3))
@@ -121,7 +122,7 @@ def add(index_dir: Path, features: Path, n_threads: int, quiet: bool, as_json: b
 
     image_index = ImageIndex.load(index_dir, n_threads=n_threads)
     before = image_index.size
-    image_index.add(read_features(features), where=features.name)
+    image_index.add(read_features(features), where=features.name, show=False if quiet else None)
     if image_index.size > before:
         image_index.save(index_dir)
     _report(image_index, index_dir, as_json, quiet, f"Added {image_index.size - before} images to {index_dir}",

@@ -21,12 +21,12 @@ from image_toolkit.data_tools.names import TASKS
 @click.option("--method", type=click.Choice(["tsne", "pca"]), default="tsne", show_default=True)
 @click.option("--perplexity", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--n-jobs", type=int, default=-1, show_default=True, help="Threads (-1: all cores).")
+@click.option("--n-jobs", type=int, default=None, help="Threads for t-SNE (default: 1 below 10,000 points, all cores from there, as measured; -1: all cores).")
 @click.option("--task", type=click.Choice(TASKS), default=None, help="Layout of --data-csv (default: multiclass if it has a 'label' column).")
 @quiet_option
 @json_option
 def tsne(features: Path, labels: Path | None, highlight: Path | None, output: Path, coords: Path | None, method: str,
-         perplexity: float, seed: int, n_jobs: int, task: str | None, quiet: bool, as_json: bool) -> None:
+         perplexity: float, seed: int, n_jobs: int | None, task: str | None, quiet: bool, as_json: bool) -> None:
     """Map the images of FEATURES to 2-D with t-SNE (openTSNE, after PCA to 50-d) and plot them.
 
     Points are coloured by class (--data-csv; a multilabel image by its set of
@@ -43,7 +43,8 @@ def tsne(features: Path, labels: Path | None, highlight: Path | None, output: Pa
     from image_toolkit.data_tools.maps.embedding import draw_map
 
     summary = draw_map(features, output, labels=labels, highlight=highlight, coords_path=coords, method=method,
-                       perplexity=perplexity, seed=seed, n_jobs=n_jobs, task=task)
+                       perplexity=perplexity, seed=seed, n_jobs=n_jobs, task=task,
+                       show=False if quiet else None)
     if as_json:
         echo_json(summary)
     elif not quiet:
