@@ -205,8 +205,7 @@ def train_embedding(options: SimilarityOptions, *, verbose: int = 1) -> dict:
     """Run a whole Siamese or SimCLR training; return the summary also written to `run.json`."""
     options.check()
     started = time.time()
-    output_dir = Path(options.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = Path(options.output_dir)  # Made with its first output (run.json before fit), not before.
     recorded = dataclasses.asdict(options)
     state = check_resumable(recorded, output_dir) if options.resume else None
     frame = _load_images(options, output_dir)
@@ -296,7 +295,6 @@ def assess(model_path: str | Path, metadata_csv: str | Path, *, img_directory: s
     output_dir = Path(output_dir)
     frame = _readable(frame, Path(metadata_csv), output_dir)
     paths, classes = list(frame["path"]), frame["class"].to_numpy()
-    output_dir.mkdir(parents=True, exist_ok=True)
     extractor = FeatureExtractor(tower, traced_forward(tower, False), get_backbone(info["backbone"]).preprocess, info["image_size"], {})
     embeddings = compute_features(extractor, paths, verbose=0)
     scores = retrieval_scores(embeddings, classes, metric=metric)

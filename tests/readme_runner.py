@@ -41,7 +41,7 @@ def bash_blocks(markdown: str) -> list[Block]:
     blocks = []
     for match in FENCE.finditer(markdown):
         before = markdown[: match.start()]
-        headings = re.findall(r"^#+ (.+)$", before, re.M)
+        headings = re.findall(r"^#+ (.+)$", re.sub(r"^```.*?^```", "", before, flags=re.S | re.M), re.M)
         previous = before.rstrip("\n").rsplit("\n", 1)[-1].strip()
         blocks.append(Block(match.group(1), before.count("\n") + 1, headings[-1] if headings else "top", previous != NOT_RUN))
     return blocks

@@ -193,3 +193,13 @@ def test_merge_features_refuses_an_unknown_output_type_before_reading(runner, tm
     result = runner.invoke(merge_features, [str(tmp_path / "all.npz")])
     assert result.exit_code == 2
     assert "Missing argument" in one_line_error(result)
+
+
+def test_a_refused_run_leaves_no_output_folder(runner, tmp_path):
+    """The writability probe before the search leaves nothing: the folder appears with the outputs."""
+    from image_toolkit.cli.neighbors import compute_distances
+    from image_toolkit.data_tools.formats.features import FeatureSet, write_features
+
+    write_features(tmp_path / "f.npz", FeatureSet([f"{i}.png" for i in range(5)], np.eye(5, dtype=np.float32), {}))
+    result = runner.invoke(compute_distances, [str(tmp_path / "f.npz"), str(tmp_path / "out" / "sub"), "cosine", "9"])
+    assert result.exit_code == 2 and not (tmp_path / "out").exists()

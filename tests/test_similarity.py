@@ -242,6 +242,7 @@ def test_bad_siamese_input(digits, tmp_path, runner, make_args, code, message):
     result = runner.invoke(train_siamese, args)
     assert result.exit_code == code, result.output
     assert message in one_line_error(result)
+    assert not (tmp_path / "out").exists(), "a refused run left an output folder"
 
 
 def test_temperature_must_be_positive(digits, tmp_path, runner):

@@ -35,7 +35,7 @@ import faiss
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from image_toolkit.data_tools.atomic import atomic_path
+from image_toolkit.data_tools.atomic import atomic_path, make_folder, remove_empty
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.features import check_features
@@ -489,16 +489,22 @@ def _transpose_into(out: np.ndarray, block: np.ndarray, tile: int = 16) -> np.nd
 
 
 def writable_dir(path: str | os.PathLike) -> Path:
-    """Create the output folder and prove a file can be written there, before any long computation."""
+    """Prove a file can be written in the output folder before any long computation, leaving nothing behind.
+
+    The folder itself appears with the outputs (`write_neighbors`), so a run
+    refused after this check leaves no empty folder.
+    """
     path = Path(path)
+    created = make_folder(path)
     try:
-        path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as error:
         raise DataError(
             f"{path}: cannot write there ({error.strerror or error}); choose another output folder."
         ) from None
+    finally:
+        remove_empty(created)
     return path
 
 
