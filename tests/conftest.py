@@ -41,3 +41,12 @@ def one_line_error(result) -> str:
     assert lines[0].startswith("Error: "), result.stderr
     assert "Traceback" not in result.output
     return lines[0]
+
+
+def class_folders(root, counts):
+    """Class sub-folders of placeholder .png files (make-metadata lists files; it does not decode them)."""
+    for name, count in counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            (root / name / f"{i}.png").write_bytes(b"png")
+    return root

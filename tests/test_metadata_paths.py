@@ -11,14 +11,13 @@ import logging
 import shutil
 
 import pandas as pd
-import pytest
 from click.testing import CliRunner
 
 from image_toolkit.cli.similarity import assess, filter_images, make_metadata, train_siamese, train_simclr
 from image_toolkit.data_tools.formats.images import SKIPPED_FILE
 from image_toolkit.data_tools.formats.metadata import read_metadata
 from image_toolkit.data_tools.make_demo_data import write_digit_folders
-from tests.conftest import one_line_error
+from tests.conftest import class_folders, one_line_error
 
 SMALL = ["--backbone", "small_cnn", "--image_size", "32", "--embedding_dim", "16", "--epochs", "1", "--batch_size", "32", "--quiet"]
 
@@ -36,14 +35,6 @@ def run_json(command, *args):
 def files(folder):
     return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
 
-
-def placeholders(root, counts):
-    """Class sub-folders of placeholder .png files (read_metadata finds files; it does not decode them)."""
-    for name, count in counts.items():
-        (root / name).mkdir(parents=True)
-        for i in range(count):
-            (root / name / f"{i}.png").write_bytes(b"png")
-    return root
 
 
 def test_the_chain_works_without_options_from_another_working_directory(tmp_path, monkeypatch):
@@ -98,7 +89,7 @@ def test_assess_writes_only_under_its_output_dir_and_nothing_when_no_image_reads
 
 
 def test_make_metadata_root_is_relative_to_the_csv_folder(tmp_path, monkeypatch):
-    placeholders(tmp_path / "data" / "photos", {"a": 2, "b": 2})
+    class_folders(tmp_path / "data" / "photos", {"a": 2, "b": 2})
     monkeypatch.chdir(tmp_path)
     cases = {"data/photos/metadata.csv": ".", "data/meta.csv": "photos", "lists/meta.csv": "../data/photos"}
     for csv, root in cases.items():
@@ -119,14 +110,14 @@ def test_filter_images_metadata_sits_beside_its_copies(tmp_path, monkeypatch):
 
 
 def test_img_directory_overrides_the_root_column(tmp_path):
-    placeholders(tmp_path / "photos", {"a": 1, "b": 1})
+    class_folders(tmp_path / "photos", {"a": 1, "b": 1})
     invoke(make_metadata, tmp_path / "photos", tmp_path / "meta.csv")
     frame = read_metadata(tmp_path / "meta.csv", img_directory=tmp_path / "copy")
     assert frame["path"].tolist() == [tmp_path / "copy" / "a" / "0.png", tmp_path / "copy" / "b" / "0.png"]
 
 
 def test_a_csv_without_root_is_read_from_its_folder(tmp_path):
-    placeholders(tmp_path, {"a": 1})
+    class_folders(tmp_path, {"a": 1})
     (tmp_path / "hand.csv").write_text("image,class\na/0.png,a\n/abs/elsewhere.png,a\n")
     assert read_metadata(tmp_path / "hand.csv")["path"].tolist() == [tmp_path / "a" / "0.png", tmp_path.joinpath("/abs/elsewhere.png")]
     # A blank root cell means the CSV's folder too.
@@ -135,7 +126,7 @@ def test_a_csv_without_root_is_read_from_its_folder(tmp_path):
 
 
 def test_an_older_make_metadata_csv_beside_its_image_folder_is_recognised(tmp_path, caplog):
-    placeholders(tmp_path / "photos", {"a": 2, "b": 2})
+    class_folders(tmp_path / "photos", {"a": 2, "b": 2})
     (tmp_path / "meta.csv").write_text("image,class,split\na/0.png,a,train\na/1.png,a,test\nb/0.png,b,train\nb/1.png,b,test\n")
     (tmp_path / "runs").mkdir()  # Other sub-folders without the images do not count.
     with caplog.at_level(logging.WARNING):
@@ -144,13 +135,13 @@ def test_an_older_make_metadata_csv_beside_its_image_folder_is_recognised(tmp_pa
     assert "older make-metadata" in caplog.text and f"--img-directory {tmp_path / 'photos'}" in caplog.text
 
     # Two sub-folders that could be the root: no guess, the CSV's folder (and the error names the fix).
-    placeholders(tmp_path / "copy", {"a": 2, "b": 2})
+    class_folders(tmp_path / "copy", {"a": 2, "b": 2})
     assert read_metadata(tmp_path / "meta.csv")["path"].tolist()[0] == tmp_path / "a" / "0.png"
 
 
 def test_an_older_csv_fails_in_training_with_the_fix(tmp_path):
-    placeholders(tmp_path / "photos", {"a": 2})
-    placeholders(tmp_path / "copy", {"a": 2})
+    class_folders(tmp_path / "photos", {"a": 2})
+    class_folders(tmp_path / "copy", {"a": 2})
     (tmp_path / "meta.csv").write_text("image,class\na/0.png,a\na/1.png,a\n")
     result = CliRunner().invoke(train_siamese, [str(tmp_path / "meta.csv"), "--output_dir", str(tmp_path / "run"), *SMALL])
     assert result.exit_code == 1

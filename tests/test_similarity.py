@@ -15,7 +15,7 @@ from image_toolkit.cli.similarity import assess, filter_images, make_metadata, t
 from image_toolkit.data_tools.formats.features import read_features
 from image_toolkit.data_tools.make_demo_data import write_digit_folders
 from image_toolkit.data_tools.search.retrieval import retrieval_scores
-from tests.conftest import one_line_error
+from tests.conftest import class_folders, one_line_error
 
 SMALL = ["--backbone", "small_cnn", "--image_size", "32", "--embedding_dim", "32", "--quiet"]
 
@@ -63,14 +63,6 @@ def test_make_metadata_splits_every_class(digits):
     shares = frame.groupby("class")["split"].apply(lambda s: (s == "test").mean())
     assert shares.between(0.2, 0.4).all()
 
-
-def class_folders(root, counts):
-    """Class sub-folders of placeholder .png files (make-metadata lists files, it does not decode them)."""
-    for name, count in counts.items():
-        (root / name).mkdir(parents=True)
-        for i in range(count):
-            (root / name / f"{i}.png").write_bytes(b"png")
-    return root
 
 
 @pytest.mark.parametrize("seed", range(4))
