@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from pathlib import Path
-
 import click
 
 from image_toolkit.cli.common import OUTPUT_DIR, command, echo_json, json_option, quiet_option, start
@@ -54,35 +49,12 @@ def demo_data(output_dir: str, layout: str, n_images: int | None, image_size: in
         write_digit_folders(output_dir, n_images=n_images, image_size=image_size, seed=seed)
         what = "class folders"
     else:
-        _write_labelled(Path(output_dir), n_images=n_images, image_size=image_size, seed=seed)
+        from image_toolkit.data_tools.make_demo_data import write_demo_dataset
+
+        write_demo_dataset(output_dir, n_images=n_images, image_size=image_size, seed=seed)
         what = "label.txt and images/"
     if as_json:
         echo_json({"output_dir": output_dir, "layout": layout, "images": n_images, "image_size": image_size})
     elif not quiet:
         click.echo(f"Wrote {n_images} digit images ({image_size} px) as {what} in {output_dir}")
 
-
-def _write_labelled(output_dir: Path, *, n_images: int, image_size: int, seed: int) -> None:
-    """label.txt + images/ in `output_dir`, written aside and moved in at the end: all of it or nothing."""
-    from image_toolkit.data_tools.atomic import make_folder, remove_empty
-    from image_toolkit.data_tools.errors import DataError
-    from image_toolkit.data_tools.make_demo_data import write_digits_dataset
-
-    taken = [name for name in ("label.txt", "images") if (output_dir / name).exists() or (output_dir / name).is_symlink()]
-    if taken:
-        raise DataError(f"{output_dir}: already holds {' and '.join(taken)}; give another folder for the demo data.")
-    created = make_folder(output_dir)
-    staging = Path(tempfile.mkdtemp(dir=output_dir, prefix=".demo-data.", suffix=".partial"))
-    moved: list[Path] = []
-    try:
-        write_digits_dataset(staging, n_images=n_images, image_size=image_size, seed=seed)
-        for name in ("images", "label.txt"):
-            os.replace(staging / name, output_dir / name)
-            moved.append(output_dir / name)
-        staging.rmdir()
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for path in moved:  # what was moved in before the failure: checked above not to be the user's
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        remove_empty(created)
-        raise

@@ -37,8 +37,9 @@ def experiment(feedback: str, ratios: tuple[str, ...], seeds: int, seed_base: in
     as it is: if feedback does not help, the table says so.
 
     \b
-    Example (demo digits, multiclass, CPU):
-      toolkit experiment --data-csv label.txt --img-directory images \\
+    Example (the digit folders of toolkit demo-data, multiclass, CPU; README
+    makes metadata.csv and image_feedback.csv):
+      toolkit experiment --data-csv metadata.csv --img-directory photos \\
           --feedback image_feedback.csv --ratio deselected=3 --seeds 3 \\
           --backbone small_cnn --weights none --image-size 32 --epochs 20
     """

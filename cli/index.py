@@ -66,8 +66,8 @@ def build(features: Path, index_dir: Path, kind: str, metric: str, target_recall
           nlist: int | None, overwrite: bool, n_threads: int, quiet: bool, as_json: bool) -> None:
     """Index the features in FEATURES (.npz, .h5 or .pkl) into the folder INDEX_DIR.
 
-    The index tunes itself: it holds out a sample of the images (a tenth,
-    100 to 1000), indexes the rest, and raises efSearch / nprobe until the
+    The index tunes itself: it holds out a sample of the images (a tenth, at
+    least 100 or half of a small set, at most 1000), indexes the rest, and raises efSearch / nprobe until the
     sample's recall@10 against exact search reaches --target-recall; then it
     adds the sample too. The chosen value and the recall are stored and
     shown by toolkit index info.

@@ -26,7 +26,7 @@ from image_toolkit.cli.common import command, echo_json, json_option, quiet_opti
 @click.option("--n-jobs", "n_jobs", type=int, default=None,
               help="Threads (-1: all cores; default 4); the same as the positional N_CORES, give one of them.")
 @click.option(
-    "--max-memory", type=int, default=512, show_default=True, help="Working memory in MB, beyond the features."
+    "--max-memory", type=click.IntRange(min=1), default=512, show_default=True, help="Working memory in MB, beyond the features."
 )
 @quiet_option
 @json_option

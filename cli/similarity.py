@@ -26,7 +26,7 @@ from image_toolkit.data_tools import names
 @quiet_option
 @json_option
 def make_metadata(image_dir: str, output_csv: str, balanced: bool, test_split: float, seed: int, quiet: bool, as_json: bool) -> None:
-    """Write a metadata CSV (image, class, split) from a folder of class sub-folders.
+    """Write a metadata CSV (image, class, split, root) from a folder of class sub-folders.
 
     \b
     Example:

@@ -6,6 +6,7 @@
 - `maps`: 2-D maps (t-SNE, PCA) and plots;
 - `web`: the web app and its page.
 
-The modules at this level (`errors`, `atomic`, `names`, `provenance`) are shared by all of them.
+The modules at this level (`errors`, `atomic`, `names`, `checks`, `progress`, `provenance`) are shared by
+all of them; `make_demo_data` writes the demo data (`toolkit demo-data`).
 Nothing here imports `image_toolkit.models` or `image_toolkit.cli` (import-linter checks it).
 """

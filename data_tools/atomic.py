@@ -52,7 +52,7 @@ def remove_empty(folders: list[Path]) -> None:
             return
 
 
-def _umask() -> int:
+def user_umask() -> int:
     """The process's umask; read from /proc where it can be, since setting it to read it races other threads."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -83,7 +83,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     try:
         yield temporary
         # mkstemp makes the file private (0600); an output gets the mode the user's umask gives a new file.
-        temporary.chmod(0o666 & ~_umask())
+        temporary.chmod(0o666 & ~user_umask())
         os.replace(temporary, target)
         written = True
     finally:

@@ -3,15 +3,13 @@
 The digits ship with scikit-learn (real scans, no download). Each 8x8 scan is
 upscaled to a PNG and given four yes/no labels, so the set exercises
 multi-label training; a few label cells are left blank to exercise missing
-labels. Tests and benchmarks call `write_digits_dataset` for sets of other
-sizes.
-
-    python -m image_toolkit.data_tools.make_demo_data --n_images 300 --image_size 64 --output_dir .
+labels. `toolkit demo-data` writes them (`write_demo_dataset`, or the class
+folders of `write_digit_folders`); tests and benchmarks call
+`write_digits_dataset` for sets of other sizes.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
@@ -22,7 +20,7 @@ import pandas as pd
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from image_toolkit.data_tools.atomic import _umask, atomic_path, make_folder, remove_empty
+from image_toolkit.data_tools.atomic import atomic_path, make_folder, remove_empty, user_umask
 from image_toolkit.data_tools.errors import DataError
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -101,7 +99,7 @@ def write_digit_folders(output_dir: str | Path, *, n_images: int = 1797, image_s
             folder = staging / DIGIT_NAMES[digits.target[row]]
             folder.mkdir(exist_ok=True)
             digit_image(digits.data[row], image_size).save(folder / f"{i:04d}.png")
-        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the output gets the user's usual mode
+        staging.chmod(0o777 & ~user_umask())  # mkdtemp makes it private; the output gets the user's usual mode
         if output_dir.is_dir():
             output_dir.rmdir()  # empty, checked above
         os.replace(staging, output_dir)
@@ -112,23 +110,25 @@ def write_digit_folders(output_dir: str | Path, *, n_images: int = 1797, image_s
     return output_dir
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n_images", type=int, default=300)
-    parser.add_argument("--image_size", type=int, default=64)
-    parser.add_argument("--blank_fraction", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output_dir", default=".")
-    args = parser.parse_args()
-    table = write_digits_dataset(
-        args.output_dir,
-        n_images=args.n_images,
-        image_size=args.image_size,
-        blank_fraction=args.blank_fraction,
-        seed=args.seed,
-    )
-    print(f"Wrote {len(table)} images and label.txt to {args.output_dir}")
 
-
-if __name__ == "__main__":
-    main()
+def write_demo_dataset(output_dir: str | Path, *, n_images: int = 300, image_size: int = 64, seed: int = 0) -> None:
+    """label.txt + images/ in `output_dir`, written aside and moved in at the end: all of it or nothing."""
+    output_dir = Path(output_dir)
+    taken = [name for name in ("label.txt", "images") if (output_dir / name).exists() or (output_dir / name).is_symlink()]
+    if taken:
+        raise DataError(f"{output_dir}: already holds {' and '.join(taken)}; give another folder for the demo data.")
+    created = make_folder(output_dir)
+    staging = Path(tempfile.mkdtemp(dir=output_dir, prefix=".demo-data.", suffix=".partial"))
+    moved: list[Path] = []
+    try:
+        write_digits_dataset(staging, n_images=n_images, image_size=image_size, seed=seed)
+        for name in ("images", "label.txt"):
+            os.replace(staging / name, output_dir / name)
+            moved.append(output_dir / name)
+        staging.rmdir()
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for path in moved:  # what was moved in before the failure: checked above not to be the user's
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        remove_empty(created)
+        raise

@@ -112,7 +112,7 @@ def check_backbone_options(name: str, *, weights: str | None, image_size: int) -
     """Refuse a backbone, weights file or input size that cannot work, before anything is built or written."""
     spec = get_backbone(name)
     if image_size < spec.min_size:
-        raise OptionError(f"--image_size: {name} needs at least {spec.min_size} pixels. Received: {image_size}.")
+        raise OptionError(f"--image-size: {name} needs at least {spec.min_size} pixels. Received: {image_size}.")
     if weights not in (*NO_WEIGHTS, "imagenet") and not Path(weights).is_file():
         raise OptionError(f"--weights: {weights} is not a file; use imagenet, none or the path of a weights file.")
 

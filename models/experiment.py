@@ -5,7 +5,7 @@ boundary images, `image_toolkit.data_tools.feedback.store`) in the training list
 in the order of the work:
 
 1. Read the label CSV; drop rows without a class and unreadable images.
-2. Fix the test split (`--test_csv`, or a stratified split drawn with
+2. Fix the test split (`--test-csv`, or a stratified split drawn with
    `split_seed`) and the validation split of the rest, with `split_seed`,
    independent of the training seeds. Neither is ever resampled.
 3. For each training seed: the baseline trains on the training list as it
@@ -79,8 +79,8 @@ class ExperimentOptions:
 
     def check(self) -> None:
         check_range("--seeds", self.seeds, low=1)
-        check_range("--test_split", self.test_split, low=0, high=1, low_open=True, high_open=True)
-        check_range("--min_test_per_class", self.min_test_per_class, low=1)
+        check_range("--test-split", self.test_split, low=0, high=1, low_open=True, high_open=True)
+        check_range("--min-test-per-class", self.min_test_per_class, low=1)
         if not self.ratios:
             raise OptionError("--ratio: give at least one, e.g. --ratio deselected=3.")
 
@@ -98,7 +98,7 @@ def _usable(table: LabelTable, image_dir: Path, source: str) -> LabelTable:
     if (~keep).any():
         logger.warning("%s: %d rows without a class or a readable image are left out", source, int((~keep).sum()))
     if not keep.any():
-        raise DataError(f"{source}: no row has a class and a readable image in {image_dir}; check --img_directory.")
+        raise DataError(f"{source}: no row has a class and a readable image in {image_dir}; check --img-directory.")
     return table.subset(np.flatnonzero(keep))
 
 
@@ -109,7 +109,7 @@ def check_test_split(test: LabelTable, minimum: int, source: str) -> None:
         if count < minimum:
             raise DataError(
                 f"{source}: the test split holds {count} image(s) of class '{name}'; scoring a class needs at least "
-                f"{minimum} (--min_test_per_class). Raise --test_split or pass a larger --test_csv, or label more '{name}' images."
+                f"{minimum} (--min-test-per-class). Raise --test-split or pass a larger --test-csv, or label more '{name}' images."
             )
 
 
@@ -117,7 +117,7 @@ def fixed_lists(training: TrainOptions, options: ExperimentOptions) -> tuple[Lab
     """The training, validation and test lists, fixed by `split_seed` (or `test_csv`) alone."""
     image_dir = Path(training.img_directory)
     if not image_dir.is_dir():
-        raise DataError(f"{image_dir}: image folder not found; pass --img_directory with the folder of your images.")
+        raise DataError(f"{image_dir}: image folder not found; pass --img-directory with the folder of your images.")
     table = _usable(read_label_csv(training.data_csv, training.task), image_dir, training.data_csv)
     if options.test_csv is not None:
         test = read_label_csv(options.test_csv, training.task, label_names=table.label_names)
@@ -131,7 +131,7 @@ def fixed_lists(training: TrainOptions, options: ExperimentOptions) -> tuple[Lab
         pool, source = table, options.test_csv
     else:
         pool, test = split_table(table, options.test_split, options.split_seed)
-        source = f"{training.data_csv} (--test_split {options.test_split})"
+        source = f"{training.data_csv} (--test-split {options.test_split})"
     check_test_split(test, options.min_test_per_class, source)
     train, val = split_table(pool, training.val_split, options.split_seed)
     return train, val, test
@@ -178,7 +178,7 @@ def read_log(path: Path, columns: list[str]) -> pd.DataFrame | None:
     if list(existing.columns) != columns:
         raise DataError(
             f"{path}: its columns ({', '.join(existing.columns)}) are not those of this experiment's log; "
-            "move the file aside or pass another --output_dir."
+            "move the file aside or pass another --output-dir."
         )
     return existing
 
@@ -296,7 +296,7 @@ def run_experiment(training: TrainOptions, options: ExperimentOptions, *, verbos
     training.check()
     options.check()
     if training.train_csv is not None or training.resume:
-        raise OptionError("the experiment makes its own training lists; leave out --train_csv, --val_csv and --resume.")
+        raise OptionError("the experiment makes its own training lists; leave out --train-csv, --val-csv and --resume.")
     started = datetime.now(timezone.utc)
     experiment = started.strftime("%Y%m%dT%H%M%SZ")
     output_dir = Path(training.output_dir)
@@ -321,7 +321,7 @@ def run_experiment(training: TrainOptions, options: ExperimentOptions, *, verbos
             if grouped["rows_before"].sum() == 0:
                 raise DataError(
                     f"{options.feedback}: no training image is in a group of --ratio {options.ratios}, so the meta model "
-                    "would train on the baseline list; check that the feedback CSV names the images of --data_csv."
+                    "would train on the baseline list; check that the feedback CSV names the images of --data-csv."
                 )
             meta_csv = lists / f"train_meta_seed{seed}.csv"
             write_label_csv(meta.table, meta_csv)

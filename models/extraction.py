@@ -25,6 +25,7 @@ from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.csv_files import read_checked_csv
 from image_toolkit.data_tools.formats.features import COMPARABLE_KEYS, FeatureSet, read_features, write_features
 from image_toolkit.data_tools.formats.images import IMAGE_SUFFIXES, check_images, find_images, report_skipped, require_readable
+from image_toolkit.data_tools.formats.metadata import ROOT_COLUMN
 from image_toolkit.data_tools.names import EXTRACT_PRECISIONS
 from image_toolkit.models.backbones import NO_WEIGHTS, build_backbone, get_backbone
 from image_toolkit.models.inference import load_classifier, load_embedding_model
@@ -118,7 +119,7 @@ def feature_extractor(
         if weights not in (*NO_WEIGHTS, "imagenet"):
             raise OptionError(f"--weights {weights}: --model pixels has no weights; leave out --weights.")
         size = image_size or PIXELS_DEFAULT_SIZE
-        check_range("--image_size", size, low=1)
+        check_range("--image-size", size, low=1)
         network = pixel_network(size)
         metadata = {"model": PIXELS, "output": output, "layer": PIXELS, "image_size": size, "weights": "none", "precision": "fp32"}
         return FeatureExtractor(network, traced_forward(network, False), _unit_range, size, metadata)
@@ -135,7 +136,7 @@ def feature_extractor(
             embedding = Path(model).suffix == ".keras"
             network, saved = load_embedding_model(model) if embedding else load_classifier(model)
             if image_size not in (None, saved["image_size"]):
-                raise OptionError(f"--image_size: {model} was trained at {saved['image_size']} px. Received: {image_size}.")
+                raise OptionError(f"--image-size: {model} was trained at {saved['image_size']} px. Received: {image_size}.")
             size, preprocess = saved["image_size"], get_backbone(saved["backbone"]).preprocess
             # An embedding model's output is the embedding; a classifier's transfer layer is its penultimate.
             default = network.layers[-1].name if output == "scores" or embedding else _penultimate(network)
@@ -179,7 +180,11 @@ def list_images(image_path: str | os.PathLike) -> tuple[Path, list[str]]:
     if image_path.suffix.lower() in IMAGE_SUFFIXES:
         return image_path.parent, [image_path.name]
     frame = read_checked_csv(image_path, required=("image",), kind="image list CSV", example="image")
-    return image_path.parent, list(dict.fromkeys(frame["image"]))
+    roots = set(frame[ROOT_COLUMN].str.strip()) if ROOT_COLUMN in frame.columns else {""}
+    if len(roots) == 1:  # A metadata CSV names its image folder in `root` (relative to the CSV): paths stay under it.
+        return image_path.parent / roots.pop(), list(dict.fromkeys(frame["image"]))
+    return image_path.parent, list(dict.fromkeys(f"{root}/{image}" if root else image
+                                                 for root, image in zip(frame[ROOT_COLUMN].str.strip(), frame["image"])))
 
 
 def traced_forward(model: keras.Model, jit_compile: bool):
@@ -230,9 +235,9 @@ def extract(
     `num_shards`-th image starting at `shard_index` (`toolkit merge-features`
     joins the shards).
     """
-    check_range("--num_shards", num_shards, low=1)
-    check_range("--shard_index", shard_index, low=0, high=num_shards, high_open=True, why="--num_shards")
-    check_range("--batch_size", batch_size, low=1)
+    check_range("--num-shards", num_shards, low=1)
+    check_range("--shard-index", shard_index, low=0, high=num_shards, high_open=True, why="--num-shards")
+    check_range("--batch-size", batch_size, low=1)
     output_path = Path(output_path)
     root, paths = list_images(image_path)
     paths = paths[shard_index::num_shards]

@@ -78,7 +78,7 @@ class SimilarityOptions:
         if (self.classes_per_batch is None) != (self.examples_per_class is None):
             raise OptionError("--classes-per-batch and --examples-per-class go together.")
         for option in ("epochs", "batch_size", "embedding_dim", "projection_dim", "image_size"):
-            check_range(f"--{option}", getattr(self, option), low=1)
+            check_range("--" + option.replace("_", "-"), getattr(self, option), low=1)
 
     @property
     def batch(self) -> int:

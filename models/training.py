@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.images import check_images, report_skipped, require_readable
 from image_toolkit.data_tools.formats.labels import LabelTable, read_label_csv, split_table, write_label_csv
@@ -74,16 +75,18 @@ class TrainOptions:
         choices = {"precision": PRECISIONS, "strategy": STRATEGIES, "class_weight": CLASS_WEIGHTS}
         for option, allowed in choices.items():
             if getattr(self, option) not in allowed:
-                raise OptionError(f"--{option}: expected one of {', '.join(allowed)}. Received: {getattr(self, option)!r}.")
-        if not 0.0 < self.val_split < 1.0:
-            raise OptionError(f"--val-split: expected a fraction strictly between 0 and 1. Received: {self.val_split}.")
+                raise OptionError(f"{_spelled(option)}: expected one of {', '.join(allowed)}. Received: {getattr(self, option)!r}.")
+        check_range("--val-split", self.val_split, low=0, high=1, low_open=True, high_open=True)
         for option in ("epochs", "batch_size", "head_units", "image_size"):
-            if getattr(self, option) < 1:
-                raise OptionError(f"--{option}: expected a positive integer. Received: {getattr(self, option)}.")
-        if not self.learning_rate > 0:
-            raise OptionError(f"--learning-rate: expected a positive number. Received: {self.learning_rate}.")
+            check_range(_spelled(option), getattr(self, option), low=1)
+        check_range("--learning-rate", self.learning_rate, low=0, low_open=True)
         if (self.train_csv is None) != (self.val_csv is None):
             raise OptionError("--train-csv and --val-csv go together: give both lists, or neither to split --data-csv.")
+
+
+def _spelled(option: str) -> str:
+    """An option as --help shows it: batch_size -> --batch-size."""
+    return "--" + option.replace("_", "-")
 
 
 # (path, reason) of the unreadable images, and how many images were checked.

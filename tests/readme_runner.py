@@ -67,9 +67,13 @@ def run_block(block: Block, cwd: Path, *, timeout: float = 600, merged: bool = F
 
 
 def fresh_checkout(repo: Path, target: Path) -> Path:
-    """Copy the files git tracks (what a clone holds) into `target`."""
-    listed = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, text=True, check=True).stdout
-    for name in filter(None, listed.split("\0")):
+    """Copy the files git tracks (what a clone holds) into `target`; outside git, the tree without build outputs."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, text=True)
+    if listed.returncode != 0:
+        ignored = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", ".pytest_cache", "runs", "out")
+        shutil.copytree(repo, target, ignore=ignored, dirs_exist_ok=True)
+        return target
+    for name in filter(None, listed.stdout.split("\0")):
         source = repo / name
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)

@@ -156,3 +156,15 @@ def test_extractor_rebuilt_from_metadata_gives_the_same_features(runner, model, 
     extractor = extractor_from_metadata(saved.metadata)
     again = compute_features(extractor, [images / saved.paths[0], images / saved.paths[1]], verbose=0)
     np.testing.assert_allclose(again, saved.features[:2], rtol=1e-5, atol=1e-6)
+
+
+def test_a_metadata_csv_lists_its_images_under_its_root(tmp_path):
+    """make-metadata's CSV names the image folder in `root`: extraction from the CSV finds the images there."""
+    from image_toolkit.models.extraction import list_images
+
+    (tmp_path / "photos" / "a").mkdir(parents=True)
+    (tmp_path / "meta.csv").write_text("image,class,split,root\na/1.png,a,train,photos\na/2.png,a,test,photos\n")
+    root, paths = list_images(tmp_path / "meta.csv")
+    assert root == tmp_path / "photos" and paths == ["a/1.png", "a/2.png"]
+    (tmp_path / "mixed.csv").write_text("image,class,split,root\na/1.png,a,train,photos\nb/2.png,b,test,other\n")
+    assert list_images(tmp_path / "mixed.csv") == (tmp_path, ["photos/a/1.png", "other/b/2.png"])

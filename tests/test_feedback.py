@@ -181,11 +181,19 @@ def test_an_id_reused_for_other_content_is_rejected(digits, runner, tmp_path):
     assert set(image_feedback(db)["image"]) == {"0001.png"}
 
 
-def test_first_import_needs_the_data_set(runner, tmp_path):
+def test_first_import_needs_the_data_set_and_leaves_no_database(runner, tmp_path):
     events = write_events(tmp_path / "events.jsonl", [event(["0001.png"])])
-    result = runner.invoke(toolkit, import_args(events, tmp_path / "f.sqlite"))
+    result = runner.invoke(toolkit, import_args(events, tmp_path / "new" / "f.sqlite"))
     assert result.exit_code == 1
     assert "--data-csv" in one_line_error(result)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_database_path_through_a_file_is_one_line(digits, runner, tmp_path):
+    events = write_events(tmp_path / "events.jsonl", [event(["0001.png"])])
+    result = runner.invoke(toolkit, import_args(events, events / "f.sqlite", digits["labels"]))
+    assert result.exit_code == 1
+    assert "events.jsonl: is a file, not a folder" in one_line_error(result)
 
 
 def test_locked_database_waits_then_fails_clearly(digits, runner, tmp_path):

@@ -257,9 +257,9 @@ def test_library_rejects_unknown_kind_and_metric(data):
         ({"ef_construction": 0}, r"^ef_construction must be at least 1. Received: ef_construction=0$"),
         ({"kind": "ivf", "nlist": 0}, r"^nlist must be at least 1. Received: nlist=0$"),
         ({"kind": "ivf", "nlist": 41}, r"^nlist must be at most 40 \(the number of rows\). Received: nlist=41$"),
-        ({"target_recall": 0}, r"^target_recall must be in \(0, 1\]. Received: target_recall=0$"),
-        ({"target_recall": 1.5}, r"Received: target_recall=1.5$"),
-        ({"n_threads": 0}, r"^n_threads must be -1 \(all cores\) or at least 1. Received: n_threads=0$"),
+        ({"target_recall": 0}, r"^--target-recall must be in \(0, 1\]. Received: --target-recall=0$"),
+        ({"target_recall": 1.5}, r"Received: --target-recall=1.5$"),
+        ({"n_threads": 0}, r"^--n-jobs must be -1 \(all cores\) or at least 1. Received: --n-jobs=0$"),
     ],
 )
 def test_library_rejects_impossible_settings(data, options, message):

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from image_toolkit.data_tools.atomic import atomic_path
+from image_toolkit.data_tools.atomic import atomic_path, make_folder, remove_empty
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.labels import SEPARATOR, LabelTable, image_classes, read_labels
@@ -204,6 +204,20 @@ def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise
 
 
+def is_locked(error: sqlite3.OperationalError) -> bool:
+    """Whether SQLite gave up waiting for another writer (its "database is locked" / "busy" errors)."""
+    return "locked" in str(error) or "busy" in str(error)
+
+
+def _discard(connection: sqlite3.Connection, made: Path | None, folders: list[Path]) -> None:
+    """Close a connection that failed to open; remove the database file and folders this attempt made."""
+    connection.close()
+    if made is not None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{made}{suffix}").unlink(missing_ok=True)
+    remove_empty(folders)
+
+
 def connect(path: str | Path, *, create: bool = False, wait: float = DEFAULT_WAIT_S) -> sqlite3.Connection:
     """Open the store, creating it when `create`; refuse a newer schema or a foreign file.
 
@@ -214,8 +228,8 @@ def connect(path: str | Path, *, create: bool = False, wait: float = DEFAULT_WAI
     if not path.is_file() and not create:
         raise DataError(f"{path}: feedback database not found; create it with 'toolkit feedback import EVENTS --db {path}'.")
     check_range("--wait", wait, low=0, why="seconds")
-    if create:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    created = make_folder(path.parent) if create else []
+    new = not path.exists()
     connection = sqlite3.connect(path, timeout=wait, isolation_level=None)
     try:
         version = connection.execute("PRAGMA user_version").fetchone()[0]
@@ -237,15 +251,15 @@ def connect(path: str | Path, *, create: bool = False, wait: float = DEFAULT_WAI
                         connection.execute(statement)
                     connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except sqlite3.OperationalError as error:
-        connection.close()
-        if "locked" in str(error) or "busy" in str(error):
+        _discard(connection, path if new else None, created)
+        if is_locked(error):
             raise _locked(path, wait) from None
         raise DataError(f"{path}: cannot open the feedback database ({error}).") from None
     except sqlite3.DatabaseError as error:
-        connection.close()
+        _discard(connection, path if new else None, created)
         raise DataError(f"{path}: not an SQLite database ({error}); pass another --db.") from None
     except DataError:
-        connection.close()
+        _discard(connection, path if new else None, created)
         raise
     connection.execute("PRAGMA foreign_keys = ON")
     return connection
@@ -340,6 +354,8 @@ def import_events(
     """
     db = Path(db)
     table = read_labels(data_csv, task) if data_csv is not None else None
+    if table is None and not db.is_file():
+        raise DataError(f"{db}: a new feedback database, so no data set is registered; pass --data-csv with the label file the events refer to.")
     rows = read_event_lines(events_path)
     connection = connect(db, create=True, wait=wait)
     try:
@@ -373,7 +389,7 @@ def import_events(
                     rejected.append(Rejection(line, str(conflict)))
         total = connection.execute("SELECT COUNT(*) FROM events").fetchone()[0]
     except sqlite3.OperationalError as error:
-        if "locked" in str(error) or "busy" in str(error):
+        if is_locked(error):
             raise _locked(db, wait) from None
         raise
     finally:
@@ -406,7 +422,7 @@ def image_feedback(db: str | Path = "feedback.sqlite", *, wait: float = DEFAULT_
         )
         classes = dict(connection.execute("SELECT image, class FROM images"))
     except sqlite3.OperationalError as error:
-        if "locked" in str(error) or "busy" in str(error):
+        if is_locked(error):
             raise _locked(Path(db), wait) from None
         raise
     finally:

@@ -25,7 +25,6 @@ from image_toolkit.data_tools.formats.csv_files import read_checked_csv, read_cs
 from image_toolkit.data_tools.formats.splits import rarest_positive, stratified_split
 from image_toolkit.data_tools.names import TASKS
 
-
 # The class-name column of a multiclass label CSV; a metadata CSV (image,class,split) serves as one too.
 CLASS_COLUMNS = ("label", "class")
 

@@ -107,8 +107,8 @@ def check_index_options(*, kind: str, metric: str, target_recall: float | None, 
     if metric not in METRICS:
         raise OptionError(f"Unknown metric. Expected one of {', '.join(METRICS)}. Received: metric={metric!r}")
     if target_recall is not None:
-        check_range("target_recall", target_recall, low=0, high=1, low_open=True)
-    check_range("n_threads", n_threads, low=1, special=ALL_CORES)
+        check_range("--target-recall", target_recall, low=0, high=1, low_open=True)
+    check_range("--n-jobs", n_threads, low=1, special=ALL_CORES)
 
 
 class ImageIndex:

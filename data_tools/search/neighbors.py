@@ -231,7 +231,7 @@ def check_options(*, metric: str, n_threads: int, max_memory: int) -> None:
     """Reject impossible options; the CLI calls this before reading any file."""
     if metric not in KERNELS:
         raise OptionError(f"Unknown distance metric. Expected one of {', '.join(METRICS)}. Received: {metric!r}")
-    check_range("n_threads", n_threads, low=1, special=ALL_CORES)
+    check_range("--n-jobs", n_threads, low=1, special=ALL_CORES)
     check_range("max_memory", max_memory, low=0, low_open=True, why="bytes")
 
 

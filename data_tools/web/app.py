@@ -84,7 +84,7 @@ DOCS_ASSETS_URL = "/docs-assets"
 DOCS_ASSETS_PACKAGE = "fastapi_offline"
 DOCS_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
 NO_DATA_SET = (
-    "give --labels LABEL_CSV (the label file of the images, as for toolkit feedback import --data-csv) "
+    "give --data-csv LABEL_CSV (the label file of the images, as for toolkit feedback import --data-csv) "
     "so feedback events have classes."
 )
 
