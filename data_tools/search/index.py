@@ -190,7 +190,7 @@ class ImageIndex:
         self.paths_, self.norms_ = [], (np.empty(0, dtype=np.float32) if norms is not None else None)
         self.features_metadata_ = dict(feature_set.metadata)
         self._grow(paths, rows, norms, self.target_recall, tune_at_least=1, show=show)
-        logger.info("Indexed %d rows of %d features (%s, %s) in %.1f s",
+        logger.debug("Indexed %d rows of %d features (%s, %s) in %.1f s",
                     self.size, dim, self.kind, self.metric, time.monotonic() - started)
         return self
 
@@ -213,7 +213,7 @@ class ImageIndex:
         rows, norms = self._prepared(rows)
         target = self.tuning_.get("target_recall", self.target_recall)
         self._grow(paths, rows, norms, target, tune_at_least=MIN_ADDED_TO_TUNE, show=show)
-        logger.info("Added %d images; the index holds %d.", len(paths), self.size)
+        logger.debug("Added %d images; the index holds %d.", len(paths), self.size)
         return self
 
     def _grow(self, paths: list[str], rows: np.ndarray, norms: np.ndarray | None, target: float | None,
