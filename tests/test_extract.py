@@ -127,7 +127,7 @@ def test_images_to_neighbors_csv(runner, model, images, tmp_path):
         (lambda d, m, t: [str(t / "junk"), str(t / "f.npz"), "--model", str(m)], 1, "no readable image"),
         (lambda d, m, t: [str(d), str(t / "f.txt"), "--model", str(m)], 2, "unknown feature file type"),
         (lambda d, m, t: [str(d), str(t / "f.npz"), "--model", str(m), "--layer", "nope"], 2, "has no layer 'nope'"),
-        (lambda d, m, t: [str(d), str(t / "f.npz"), "--model", str(m), "--num_shards", "2", "--shard_index", "2"], 2, "--shard_index"),
+        (lambda d, m, t: [str(d), str(t / "f.npz"), "--model", str(m), "--num_shards", "2", "--shard_index", "2"], 2, "--shard-index"),
         (lambda d, m, t: [str(d), str(t / "f.npz"), "--model", str(t / "absent.h5")], 1, "model file not found"),
     ],
 )

@@ -374,7 +374,7 @@ def test_missing_extra_is_one_line(runner, monkeypatch, digits):
 def test_no_data_set_in_the_store_is_one_line(runner, digits, tmp_path):
     root = digits["root"]
     result = runner.invoke(toolkit, ["serve", str(root / "index"), "--images", str(root / "images"), "--db", str(tmp_path / "new.sqlite")])
-    assert result.exit_code == 2 and "give --labels LABEL_CSV" in one_line_error(result)
+    assert result.exit_code == 2 and "give --data-csv LABEL_CSV" in one_line_error(result)
     assert not (tmp_path / "new.sqlite").exists()
 
 
