@@ -541,3 +541,22 @@ def test_browser_lasso_deselect_submit_refines(digits, tmp_path):
     assert shown == refined_order(net, [deselected])
     net[extra] = -1
     assert second == refined_order(net, [deselected, extra])
+
+
+def test_oversized_names_and_non_finite_vectors_are_refused(client, digits):
+    """A 20 MiB user name is not stored, and NaN or infinity in a query vector is a 422, not a 500."""
+    huge = client.post("/api/feedback", json=event([digits["names"][0]], user="u" * 100_000))
+    assert huge.status_code == 422
+    dim = digits["features"].shape[1]
+    for bad in ("NaN", "Infinity", "1e309"):
+        body = '{"query": {"vector": [' + ", ".join([bad] + ["0.5"] * (dim - 1)) + "]}}"
+        answer = client.post("/api/search/refine", content=body, headers={"content-type": "application/json"})
+        assert answer.status_code == 422, (bad, answer.text)
+
+
+def test_an_oversized_name_in_an_events_file_is_rejected_with_its_reason():
+    from image_toolkit.data_tools.feedback.store import MAX_NAME_LENGTH, check_event
+
+    raw = {**event(["a.png"]), "user": "u" * (MAX_NAME_LENGTH + 1)}
+    with pytest.raises(ValueError, match=f"'user' is longer than {MAX_NAME_LENGTH} characters"):
+        check_event(raw, {"a.png"}, {"even"})

@@ -49,6 +49,8 @@ ACTIONS = ("lasso", "select", "deselect")
 EVENT_FIELDS = ("user", "session", "timestamp", "query_class", "action", "images")
 EXPORT_COLUMNS = ["image", "class", "query_class", "lasso_count", "deselect_count", "select_count", "users"]
 DEFAULT_WAIT_S = 10.0
+# Longest user, session or event id kept: names, not payloads (a 20 MiB user name was once stored).
+MAX_NAME_LENGTH = 200
 
 _SCHEMA = """
 CREATE TABLE dataset (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -123,6 +125,9 @@ def check_event(raw: object, known_images: set[str], classes: set[str]) -> dict:
     if unknown:
         more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
         raise ValueError(f"image '{unknown[0]}'{more} not in the data set")
+    for name in ("user", "session", "id"):
+        if len(str(raw.get(name) or "")) > MAX_NAME_LENGTH:
+            raise ValueError(f"'{name}' is longer than {MAX_NAME_LENGTH} characters")
     event = {
         "user": str(raw["user"]).strip(),
         "session": str(raw["session"]).strip(),

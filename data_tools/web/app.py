@@ -350,13 +350,13 @@ def create_app(
     app.add_middleware(UploadLimit, path="/api/search/image", max_bytes=max_upload_bytes)
 
     class Event(BaseModel):
-        user: str
-        session: str
-        timestamp: str
-        query_class: str
-        action: str
-        images: list[str]
-        id: str | None = None
+        user: str = Field(max_length=feedback.MAX_NAME_LENGTH)
+        session: str = Field(max_length=feedback.MAX_NAME_LENGTH)
+        timestamp: str = Field(max_length=64)
+        query_class: str = Field(max_length=feedback.MAX_NAME_LENGTH)
+        action: str = Field(max_length=16)
+        images: list[str] = Field(max_length=MAX_K * 100)
+        id: str | None = Field(None, max_length=feedback.MAX_NAME_LENGTH)
 
     class TextQuery(BaseModel):
         text: str | None = None
@@ -487,6 +487,8 @@ def create_app(
             vector = np.asarray(query.vector, dtype=np.float32)
             if vector.shape[0] != collection.features.shape[1]:
                 raise HTTPException(422, f"query.vector has {vector.shape[0]} features but the index {collection.features.shape[1]}.")
+            if not np.isfinite(vector).all():
+                raise HTTPException(422, "query.vector holds NaN or infinite values; send finite numbers.")
         refined = rocchio.rocchio(vector, collection.features, body.selected, body.deselected,
                                   alpha=alpha, beta=beta, gamma=gamma, metric=collection.metric)
         ids, values = rocchio.rank(refined, collection.features, metric=collection.metric, k=body.k)
