@@ -94,7 +94,7 @@ def test_fractional_ratio_keeps_the_expected_share_on_average():
     assert len(result.table) == pytest.approx(1.3 * n, rel=0.03)
 
 
-@pytest.mark.parametrize("ratio", ["deselected=0", "deselected=-2", "deselected=abc", "deselected", "boundary=2", "deselected=nan"])
+@pytest.mark.parametrize("ratio", ["deselected=0", "deselected=-2", "deselected=abc", "deselected", "boundary=2", "deselected=nan", "deselected=1e9"])
 def test_bad_ratio_is_a_usage_error(runner, lists, ratio):
     result = run(runner, lists, ratio)
     assert result.exit_code == 2

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.feedback.store import read_image_feedback
 from image_toolkit.data_tools.formats.labels import LabelTable, read_labels, write_label_csv
@@ -35,6 +36,8 @@ from image_toolkit.data_tools.formats.labels import LabelTable, read_labels, wri
 logger = logging.getLogger(__name__)
 
 FEEDBACK_GROUPS = ("deselected", "selected", "feedback")
+# Most copies of a row: a ratio of 1e9 once asked numpy for 1021 GiB.
+MAX_RATIO = 1000
 CLASS_PREFIX = "class:"
 
 
@@ -54,9 +57,9 @@ def parse_ratios(items: Iterable[str]) -> dict[str, float]:
             ratio = float(value)
         except ValueError:
             ratio = math.nan
-        if not (math.isfinite(ratio) and ratio > 0):
+        if not (math.isfinite(ratio) and 0 < ratio <= MAX_RATIO):
             raise OptionError(
-                f"--ratio {item}: the ratio must be a positive number "
+                f"--ratio {item}: the ratio must be a positive number up to {MAX_RATIO} "
                 f"(1 keeps the rows, 3 triples them, 0.5 keeps half). Received: {value.strip()!r}."
             )
         if group in ratios:
@@ -125,8 +128,7 @@ def resample_table(
     if not ratios:
         raise OptionError("--ratio: give at least one, e.g. --ratio deselected=3.")
     for group, ratio in ratios.items():
-        if not (math.isfinite(ratio) and ratio > 0):
-            raise OptionError(f"--ratio {group}={ratio}: the ratio must be a positive number.")
+        check_range(f"--ratio {group}", ratio, low=0, high=MAX_RATIO, low_open=True, why="copies per row")
     check_no_leak(train, held_out or {}, source)
     masks = group_members(train, feedback, ratios, source=source)
     for group, mask in masks.items():
