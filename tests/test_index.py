@@ -243,7 +243,7 @@ def test_unknown_kind_metric_or_impossible_recall_is_a_usage_error(runner, tmp_p
 
 
 def test_library_rejects_unknown_kind_and_metric(data):
-    with pytest.raises(OptionError, match=r"Expected one of hnsw, ivf, flat. Received: kind='lsh'"):
+    with pytest.raises(OptionError, match=r"Expected one of hnsw, ivf, ivfpq, flat. Received: kind='lsh'"):
         ImageIndex(kind="lsh").fit(feature_set(data[0]))
     with pytest.raises(OptionError, match=r"Expected one of cosine, euclidean, inner_product. Received: metric='l1'"):
         ImageIndex(metric="l1").fit(feature_set(data[0]))
