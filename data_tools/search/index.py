@@ -74,7 +74,7 @@ FORMAT_VERSION = 1
 BUILD = "Build it with toolkit index build FEATURES INDEX_DIR."
 
 # Search-time settings tried in order by `_tune`, each about 1.5 times the last.
-EF_SEARCH_GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
+EF_SEARCH_GRID = (10, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 NPROBE_GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 4096)
 TUNE_SAMPLE = 1000
 TUNE_K = 10
@@ -363,8 +363,9 @@ class ImageIndex:
         """
         if self.kind == "hnsw" and k > self.params_["efSearch"]:  # params_ follows the index: no SWIG look-ups.
             raw, indices = self.index_.search(queries, k, params=faiss.SearchParametersHNSW(efSearch=k))
-        else:
-            raw, indices = self.index_.search(queries, k)
+        else:  # faiss's search_c, as its Python search calls it, without the checks `search` has made already.
+            raw, indices = np.empty((len(queries), k), dtype=np.float32), np.empty((len(queries), k), dtype=np.int64)
+            self.index_.search_c(len(queries), faiss.swig_ptr(queries), k, faiss.swig_ptr(raw), faiss.swig_ptr(indices))
         if self.kind == "flat" or indices[:, -1].min() >= 0:  # faiss fills from the front: the last column tells.
             return raw, indices, True
         short = np.flatnonzero((indices < 0).any(axis=1))
