@@ -49,15 +49,15 @@ def index() -> None:
 @index.command("build", context_settings=SETTINGS, aliases={"--M": "--m"})
 @click.argument("features", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--kind", type=click.Choice(KINDS), default="hnsw", show_default=True,
-              help="hnsw: graph, fast search; ivf: k-means lists, faster build on large sets; "
-                   "ivfpq: k-means lists of 4-bit codes, re-ranked exactly, fast build and search; flat: exact.")
+@click.option("--kind", type=click.Choice(KINDS), default="ivf", show_default=True,
+              help="ivf: k-means lists, fastest to build and search on the benchmarks; hnsw: graph; "
+                   "ivfpq: lists of 4-bit codes re-ranked exactly, small codes for large D; flat: exact.")
 @click.option("--metric", type=click.Choice(METRICS), default="cosine", show_default=True,
               help="cosine: inner product of L2-normalised rows; inner_product ranks larger first.")
 @click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
               help="Raise efSearch (hnsw) or nprobe (ivf, ivfpq) until recall@10 on held-out images reaches this.")
-@click.option("--m", "m", type=click.IntRange(min=2), default=32, show_default=True, help="hnsw: links per node.")
-@click.option("--ef-construction", type=click.IntRange(min=1), default=80, show_default=True, help="hnsw: build-time search depth.")
+@click.option("--m", "m", type=click.IntRange(min=2), default=24, show_default=True, help="hnsw: links per node.")
+@click.option("--ef-construction", type=click.IntRange(min=1), default=48, show_default=True, help="hnsw: build-time search depth.")
 @click.option("--nlist", type=click.IntRange(min=1), default=None,
               help="ivf, ivfpq: number of lists (default: 4 sqrt(N), at most N/39).")
 @click.option("--pq-m", "pq_m", type=click.IntRange(min=1), default=None,
@@ -81,7 +81,7 @@ def build(features: Path, index_dir: Path, kind: str, metric: str, target_recall
     \b
     Example:
       toolkit index build features.npz my_index/
-      toolkit index build features.npz my_index/ --kind ivf --target-recall 0.99
+      toolkit index build features.npz my_index/ --kind hnsw --target-recall 0.99
     """
     _start(quiet)
     from image_toolkit.data_tools.errors import DataError
