@@ -251,7 +251,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1_000, help="query rows, not indexed")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--target", type=float, default=0.95, help="recall@k to reach")
-    parser.add_argument("--kinds", default="hnsw,ivfpq",
+    parser.add_argument("--kinds", default="ivf,hnsw,ivfpq",
                         help="toolkit kinds, comma-separated, each optionally with options: hnsw:m=16:ef_construction=100")
     parser.add_argument("--peers", default="hnswlib,usearch,annoy", help="peer libraries, comma-separated")
     parser.add_argument("--peer-m", type=int, default=16, help="hnswlib and usearch: M (connectivity)")
