@@ -95,7 +95,7 @@ UNTUNED_K_FACTOR = 8
 ADD_BLOCK = 10_000
 
 
-class faiss_threads:  # noqa: N801 - used as a context manager, like contextlib's.
+class faiss_threads:  # Lower case: it replaces a contextlib function of this name, and callers keep it.
     """Bound faiss's OpenMP threads (-1: all cores) inside a `with` block.
 
     faiss's own BLAS runs on the same OpenMP threads, so this is all a faiss
@@ -105,7 +105,7 @@ class faiss_threads:  # noqa: N801 - used as a context manager, like contextlib'
     the count is already right: a one-query search takes tens of microseconds.
     """
 
-    __slots__ = ("wanted", "previous")
+    __slots__ = ("previous", "wanted")
 
     def __init__(self, n_threads: int):
         self.wanted = available_cores() if n_threads == -1 else n_threads
