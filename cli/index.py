@@ -14,7 +14,7 @@ import click
 from image_toolkit.cli.common import echo_json, group, json_option, quiet_option, start
 
 # The same as image_toolkit.data_tools.search.index.KINDS and METRICS (a test checks): repeated so that --help loads no faiss.
-KINDS = ("hnsw", "ivf", "flat")
+KINDS = ("hnsw", "ivf", "ivfpq", "flat")
 METRICS = ("cosine", "euclidean", "inner_product")
 SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -49,21 +49,27 @@ def index() -> None:
 @index.command("build", context_settings=SETTINGS, aliases={"--M": "--m"})
 @click.argument("features", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--kind", type=click.Choice(KINDS), default="hnsw", show_default=True,
-              help="hnsw: graph, fast search; ivf: k-means lists, faster build on large sets; flat: exact.")
+@click.option("--kind", type=click.Choice(KINDS), default="ivf", show_default=True,
+              help="ivf: k-means lists, fastest to build and search on the benchmarks; hnsw: graph; "
+                   "ivfpq: lists of 4-bit codes re-ranked exactly, small codes for large D; flat: exact.")
 @click.option("--metric", type=click.Choice(METRICS), default="cosine", show_default=True,
               help="cosine: inner product of L2-normalised rows; inner_product ranks larger first.")
 @click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
-              help="Raise efSearch (hnsw) or nprobe (ivf) until recall@10 on held-out images reaches this.")
-@click.option("--m", "m", type=click.IntRange(min=2), default=32, show_default=True, help="hnsw: links per node.")
-@click.option("--ef-construction", type=click.IntRange(min=1), default=80, show_default=True, help="hnsw: build-time search depth.")
-@click.option("--nlist", type=click.IntRange(min=1), default=None, help="ivf: number of lists (default: 4 sqrt(N), at most N/39).")
+              help="Raise efSearch (hnsw) or nprobe (ivf, ivfpq) until recall@10 on held-out images reaches this.")
+@click.option("--m", "m", type=click.IntRange(min=2), default=24, show_default=True, help="hnsw: links per node.")
+@click.option("--ef-construction", type=click.IntRange(min=1), default=48, show_default=True, help="hnsw: build-time search depth.")
+@click.option("--nlist", type=click.IntRange(min=1), default=None,
+              help="ivf, ivfpq: number of lists (default: 4 sqrt(N), at most N/39).")
+@click.option("--pq-m", "pq_m", type=click.IntRange(min=1), default=None,
+              help="ivfpq: 4-bit sub-quantizers, a divisor of the feature count (default: the largest up to half of it).")
+@click.option("--k-factor", "k_factor", type=click.IntRange(min=1), default=None,
+              help="ivfpq: rows proposed by the codes per result, re-ranked on the exact features (default: tuned).")
 @click.option("--overwrite", is_flag=True, help="Replace an index already in INDEX_DIR.")
 @threads_option
 @quiet_option
 @json_option
 def build(features: Path, index_dir: Path, kind: str, metric: str, target_recall: float, m: int, ef_construction: int,
-          nlist: int | None, overwrite: bool, n_threads: int, quiet: bool, as_json: bool) -> None:
+          nlist: int | None, pq_m: int | None, k_factor: int, overwrite: bool, n_threads: int, quiet: bool, as_json: bool) -> None:
     """Index the features in FEATURES (.npz, .h5 or .pkl) into the folder INDEX_DIR.
 
     The index tunes itself: it holds out a sample of the images (a tenth, at
@@ -75,7 +81,7 @@ def build(features: Path, index_dir: Path, kind: str, metric: str, target_recall
     \b
     Example:
       toolkit index build features.npz my_index/
-      toolkit index build features.npz my_index/ --kind ivf --target-recall 0.99
+      toolkit index build features.npz my_index/ --kind hnsw --target-recall 0.99
     """
     _start(quiet)
     from image_toolkit.data_tools.errors import DataError
@@ -91,7 +97,7 @@ def build(features: Path, index_dir: Path, kind: str, metric: str, target_recall
                                     with_class_names(feature_set.metadata, feature_set.features.shape[1]))
     started = time.monotonic()
     image_index = ImageIndex(kind=kind, metric=metric, target_recall=target_recall, m=m,
-                             ef_construction=ef_construction, nlist=nlist, n_threads=n_threads)
+                             ef_construction=ef_construction, nlist=nlist, pq_m=pq_m, k_factor=k_factor, n_threads=n_threads)
     image_index.fit(feature_set, show=False if quiet else None)
     seconds = time.monotonic() - started
     image_index.save(index_dir)

@@ -82,7 +82,7 @@ def true_recall(index: ImageIndex, rows: np.ndarray, queries: np.ndarray, metric
     return float(np.mean(distances <= radius[:, None] + 1e-5))
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "ivfpq"])
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 def test_tuned_index_reaches_the_target_recall_and_a_starved_one_does_not(hard_data, kind, metric):
     """On 3000 wide 64-d clusters the search setting decides recall: tuning must find one that reaches the target.
@@ -98,7 +98,7 @@ def test_tuned_index_reaches_the_target_recall_and_a_starved_one_does_not(hard_d
     assert true_recall(approximate, rows, queries, metric) >= 0.95
     tuning = approximate.tuning_
     assert tuning["recall"] >= 0.95 and tuning["sample"] == 300 and tuning["k"] == 10 and tuning["indexed"] == 2700
-    assert tuning["parameter"] == {"hnsw": "efSearch", "ivf": "nprobe"}[kind]
+    assert tuning["parameter"] == {"hnsw": "efSearch", "ivf": "nprobe", "ivfpq": "nprobe"}[kind]
     assert approximate.params_[tuning["parameter"]] == tuning["value"] == tuning["tried"][-1][0]
     # Tuning raised the setting: the cheaper ones tried first fell short.
     assert len(tuning["tried"]) > 1 and all(recall < 0.95 for _, recall in tuning["tried"][:-1])
@@ -146,7 +146,7 @@ def test_add_then_search_equals_building_from_all_features_for_flat(runner, tmp_
     np.testing.assert_allclose(grown.vectors(), rows, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "ivfpq"])
 def test_add_grows_an_approximate_index_and_tunes_it_again(tmp_path, data, kind):
     rows, queries = data
     grown = ImageIndex(kind=kind, n_threads=1).fit(feature_set(rows[:1500]))
@@ -181,9 +181,44 @@ def test_saved_index_reloads_with_its_settings(tmp_path, data):
     assert metadata["features"]["model"] == "resnet50" and metadata["size"] == 3000
 
 
+def test_ivfpq_tunes_its_re_rank_and_reloads_with_it(tmp_path, hard_data):
+    """ivfpq chooses k_factor (the re-rank depth) before nprobe, and a reloaded index searches with both."""
+    rows, queries = hard_data
+    built = ImageIndex(kind="ivfpq", n_threads=1).fit(feature_set(rows))
+    assert built.params_["pq_m"] == 32 and built.params_["nlist"] == 76  # 64 features: 32 codes of 2; 4 sqrt(3000) lists.
+    # Every list searched: k_factor rises to the first recall of 0.975; then, at the tuned nprobe, falls while on target.
+    factors = built.tuning_["k_factor_tried"]
+    rise = next(i for i, (_, recall) in enumerate(factors) if recall >= 0.975) + 1
+    assert [f for f, _ in factors[:rise]] == [2, 4, 8, 16, 32, 64][:rise]
+    assert all(recall < 0.975 for _, recall in factors[: rise - 1])
+    kept = [f for f, recall in factors[rise:] if recall >= 0.95]
+    assert built.params_["k_factor"] == min(kept, default=factors[rise - 1][0]) == built.index_.k_factor
+    assert all(recall >= 0.95 for _, recall in factors[rise:-1])
+    assert true_recall(built, rows, queries, "cosine") >= 0.95
+    built.save(tmp_path / "index")
+    loaded = ImageIndex.load(tmp_path / "index")
+    assert loaded.params_ == built.params_ and loaded.get_config()["k_factor"] is None
+    assert loaded.index_.k_factor == built.params_["k_factor"] and loaded._ivf().nprobe == built.params_["nprobe"]
+    for got, expected in zip(loaded.search(queries, k=10), built.search(queries, k=10)):
+        np.testing.assert_array_equal(got, expected)
+    # Exact re-rank: values are the true cosine distances of the rows found.
+    values, found = loaded.search(queries[:5], k=3)
+    unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    order = np.array([int(Path(path).stem) for path in loaded.paths_])
+    expected = 1 - np.einsum("qd,qkd->qk", queries[:5] / np.linalg.norm(queries[:5], axis=1, keepdims=True), unit[order[found]])
+    np.testing.assert_allclose(values, expected, atol=1e-5)
+
+
+def test_ivfpq_given_k_factor_and_pq_m_are_kept(data):
+    rows, _ = data
+    built = ImageIndex(kind="ivfpq", pq_m=8, k_factor=16, nlist=20, n_threads=1).fit(feature_set(rows))
+    assert {key: built.params_[key] for key in ("pq_m", "k_factor", "nlist")} == {"pq_m": 8, "k_factor": 16, "nlist": 20}
+    assert "k_factor_tried" not in built.tuning_ and built.tuning_["recall"] >= 0.95
+
+
 def test_large_k_is_clamped_with_a_warning_and_every_row_returned(data):
     rows, _ = data
-    for kind in ("hnsw", "ivf"):
+    for kind in ("hnsw", "ivf", "ivfpq"):
         small = ImageIndex(kind=kind, n_threads=1).fit(feature_set(rows[:300]))
         with pytest.warns(UserWarning, match="k=500 is more than the 300 indexed images"):
             values, indices = small.search(rows[:2], k=500)
@@ -196,7 +231,7 @@ def test_tiny_sets_build_and_tune(data):
     # That tuning reaches its target is proven on a large, hard set above; here recall is 1 by size alone.
     rows, _ = data
     for n in (1, 2, 24):
-        for kind in ("hnsw", "ivf", "flat"):
+        for kind in ("hnsw", "ivf", "ivfpq", "flat"):
             built = ImageIndex(kind=kind).fit(feature_set(rows[:n]))
             assert built.size == n
             assert built.tuning_["recall"] is None if (n == 1 and kind != "flat") else built.tuning_["recall"] >= 0.95
@@ -243,7 +278,7 @@ def test_unknown_kind_metric_or_impossible_recall_is_a_usage_error(runner, tmp_p
 
 
 def test_library_rejects_unknown_kind_and_metric(data):
-    with pytest.raises(OptionError, match=r"Expected one of hnsw, ivf, flat. Received: kind='lsh'"):
+    with pytest.raises(OptionError, match=r"Expected one of hnsw, ivf, ivfpq, flat. Received: kind='lsh'"):
         ImageIndex(kind="lsh").fit(feature_set(data[0]))
     with pytest.raises(OptionError, match=r"Expected one of cosine, euclidean, inner_product. Received: metric='l1'"):
         ImageIndex(metric="l1").fit(feature_set(data[0]))
@@ -265,6 +300,33 @@ def test_library_rejects_unknown_kind_and_metric(data):
 def test_library_rejects_impossible_settings(data, options, message):
     with pytest.raises(OptionError, match=message):
         ImageIndex(**options).fit(feature_set(data[0][:40]))
+
+
+@pytest.mark.parametrize("pq_m", [5, 30, 33])
+def test_ivfpq_whose_pq_m_does_not_divide_the_features_names_the_valid_ones(runner, tmp_path, features_file, data, pq_m):
+    nearest = {5: 4, 30: 32, 33: 32}[pq_m]
+    message = (rf"^--pq-m must divide the 32 features per row \(nearest: {nearest}\). "
+               rf"Expected one of 1, 2, 4, 8, 16, 32. Received: --pq-m={pq_m}$")
+    with pytest.raises(OptionError, match=message):
+        ImageIndex(kind="ivfpq", pq_m=pq_m).fit(feature_set(data[0][:100]))
+    result = invoke(runner, "build", features_file, tmp_path / "index", "--kind", "ivfpq", "--pq-m", pq_m)
+    assert result.exit_code == 2 and f"Received: --pq-m={pq_m}" in one_line_error(result)
+    assert not (tmp_path / "index").exists()
+
+
+def test_unreachable_target_recall_warns_with_the_best_recall_reached(runner, tmp_path, features_file, data):
+    """Four 4-bit codes per row and no re-rank depth: no nprobe reaches 0.99, and the message says how far it got."""
+    options = {"kind": "ivfpq", "pq_m": 4, "k_factor": 1, "target_recall": 0.99, "n_threads": 1}
+    with pytest.warns(UserWarning, match=r"^--target-recall 0.99 not reached: recall@10 was at best 0\.\d{3}, at nprobe=\d+ "
+                                         r"\(tried nprobe 1 to 76\)\. Rebuild with a larger --k-factor or --pq-m, or --kind flat"):
+        built = ImageIndex(**options).fit(feature_set(data[0]))
+    best = max(recall for _, recall in built.tuning_["tried"])
+    assert built.tuning_["recall"] == best < 0.99 and built.params_["nprobe"] == built.tuning_["value"]
+    with pytest.warns(UserWarning, match=rf"^--target-recall 0.99 not reached: recall@10 was at best {best:.3f}, "):
+        result = invoke(runner, "build", features_file, tmp_path / "index", "--kind", "ivfpq", "--pq-m", 4,
+                        "--k-factor", 1, "--target-recall", 0.99)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "index" / "metadata.json").read_text())["tuning"]["recall"] == best
 
 
 def test_missing_index_dir(runner, tmp_path, features_file):

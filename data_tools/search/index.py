@@ -2,8 +2,15 @@
 
 `ImageIndex` wraps one faiss index of the feature rows and the image paths:
 
-- kind `hnsw` (default): `IndexHNSWFlat`, a graph; fast to search, slower to build.
-- kind `ivf`: `IndexIVFFlat`, k-means lists trained on the data; faster to build on large sets.
+- kind `ivf` (default): `IndexIVFFlat`, k-means lists trained on the data;
+  the fastest to build and, one query per call, to search at recall@10 0.95
+  on both data sets of `benchmarks/bench_ann.py` (see README).
+- kind `hnsw`: `IndexHNSWFlat`, a graph (M=24, efConstruction=48: on
+  bench_ann, as fast to search as M=32, 80 and 2.2x faster to build).
+- kind `ivfpq`: faiss's fast-scan IVF-PQ (`IVF{nlist},PQ{m}x4fs`: 4-bit codes
+  compared with SIMD lookups) behind an exact re-rank (`IndexRefineFlat`):
+  the lists propose `k_factor * k` rows by their codes and the exact rows,
+  kept beside the codes, order them. Fast to build and to search.
 - kind `flat`: exact search, for small sets and as the reference.
 
 Metric `cosine` (default) is the inner product of L2-normalised rows; their
@@ -16,7 +23,7 @@ cosine distance (1 - similarity), euclidean distance, or the inner product
 Self-tuning: building holds out a random sample of the rows (a tenth, at
 least 100 or half of a small set, at most 1000), indexes the others, finds
 the held-out rows' exact 10 nearest indexed rows, raises `efSearch` (hnsw)
-or `nprobe` (ivf) along a fixed grid until recall@10 reaches `target_recall`,
+or `nprobe` (ivf, ivfpq) along a fixed grid until recall@10 reaches `target_recall`,
 and then adds the held-out rows too (they come last in the index and in
 `paths.json`). Rows tied with the exact 10th neighbour count as found. The
 chosen value and the measured recall are saved. The sample is held out
@@ -31,7 +38,7 @@ The folder holds plain files, no pickle: `index.faiss` (faiss's own format),
 They are written atomically and checked against each other on load.
 
 Memory: the index holds the features (N x D float32) plus, for hnsw, about
-2 * M ids per row. Tuning reads the rows back once (another N x D float32).
+2 * M ids per row, for ivfpq m / 2 bytes of codes per row. Tuning reads the rows back once (another N x D float32).
 """
 
 from __future__ import annotations
@@ -44,7 +51,6 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import faiss
@@ -59,7 +65,7 @@ from image_toolkit.data_tools.search.neighbors import ALL_CORES, available_cores
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("hnsw", "ivf", "flat")
+KINDS = ("hnsw", "ivf", "ivfpq", "flat")
 METRICS = ("cosine", "euclidean", "inner_product")
 FAISS_METRICS = {"cosine": faiss.METRIC_INNER_PRODUCT, "euclidean": faiss.METRIC_L2, "inner_product": faiss.METRIC_INNER_PRODUCT}
 # The metric `exact_neighbors` computes on the stored rows, giving faiss's own values.
@@ -71,7 +77,7 @@ FORMAT_VERSION = 1
 BUILD = "Build it with toolkit index build FEATURES INDEX_DIR."
 
 # Search-time settings tried in order by `_tune`, each about 1.5 times the last.
-EF_SEARCH_GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
+EF_SEARCH_GRID = (10, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 NPROBE_GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 4096)
 TUNE_SAMPLE = 1000
 TUNE_K = 10
@@ -79,25 +85,61 @@ TUNE_K = 10
 MIN_ADDED_TO_TUNE = 100
 # faiss's k-means wants at least this many training rows per list.
 MIN_ROWS_PER_LIST = 39
+# ivfpq trains 16 centroids (4 bits) per sub-quantizer: smaller sets are repeated up to this many rows to train.
+MIN_PQ_TRAIN = 16 * MIN_ROWS_PER_LIST
+# ivfpq re-ranks k_factor * k rows exactly; tuning tries these, smallest first (see _tune).
+K_FACTOR_GRID = (2, 4, 8, 16, 32, 64)
+# ivfpq's k_factor when it is neither given nor tuned (too few rows).
+UNTUNED_K_FACTOR = 8
 # Rows handed to faiss's add at once, so a progress bar can follow a large build.
 ADD_BLOCK = 10_000
 
 
-@contextlib.contextmanager
-def faiss_threads(n_threads: int) -> Iterator[None]:
-    """Bound faiss's OpenMP threads (-1: all cores) inside the block.
+class faiss_threads:  # Lower case: it replaces a contextlib function of this name, and callers keep it.
+    """Bound faiss's OpenMP threads (-1: all cores) inside a `with` block.
 
     faiss's own BLAS runs on the same OpenMP threads, so this is all a faiss
     call needs. `image_toolkit.data_tools.search.neighbors.thread_limit` also bounds numpy's BLAS
     through threadpoolctl, which costs about 0.5 ms a call: as much as a
-    whole one-query search.
+    whole one-query search. A class, not a generator, and nothing set when
+    the count is already right: a one-query search takes tens of microseconds.
     """
-    previous = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(available_cores() if n_threads == -1 else n_threads)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(previous)
+
+    __slots__ = ("previous", "wanted")
+
+    def __init__(self, n_threads: int):
+        self.wanted = available_cores() if n_threads == -1 else n_threads
+
+    def __enter__(self) -> None:
+        self.previous = faiss.omp_get_max_threads()
+        if self.previous != self.wanted:
+            faiss.omp_set_num_threads(self.wanted)
+
+    def __exit__(self, *exc_info) -> None:
+        if self.previous != self.wanted:
+            faiss.omp_set_num_threads(self.previous)
+
+
+def pq_divisors(dim: int) -> list[int]:
+    """The sub-quantizer counts a product quantizer of `dim` features accepts: the divisors of dim."""
+    return [m for m in range(1, dim + 1) if dim % m == 0]
+
+
+def default_pq_m(dim: int) -> int:
+    """ivfpq's default sub-quantizers: the largest divisor of `dim` up to dim / 2 (two features per 4-bit code)."""
+    return max(m for m in pq_divisors(dim) if 2 * m <= dim) if dim > 1 else 1
+
+
+def check_pq_m(pq_m: int, dim: int) -> None:
+    """An OptionError naming the valid values unless `pq_m` divides `dim`."""
+    check_range("--pq-m", pq_m, low=1)
+    if dim % pq_m:
+        valid = pq_divisors(dim)
+        nearest = min(valid, key=lambda m: (abs(m - pq_m), m))
+        raise OptionError(
+            f"--pq-m must divide the {dim} features per row (nearest: {nearest}). "
+            f"Expected one of {', '.join(map(str, valid))}. Received: --pq-m={pq_m}"
+        )
 
 
 def check_index_options(*, kind: str, metric: str, target_recall: float | None, n_threads: int) -> None:
@@ -122,18 +164,23 @@ class ImageIndex:
     for tuning come after the others of the same `fit` or `add`.
 
     `m` and `ef_construction` shape the hnsw graph; `nlist` is the number of
-    ivf lists (default round(4 * sqrt(N)), at most N / 39).
+    ivf or ivfpq lists (default round(4 * sqrt(N)), at most N / 39). `pq_m`
+    is ivfpq's number of 4-bit sub-quantizers (a divisor of the feature
+    count; default the largest up to D / 2) and `k_factor` how many times k
+    rows its codes propose for the exact re-rank (default None: tuned).
     """
 
     def __init__(
         self,
         *,
-        kind: str = "hnsw",
+        kind: str = "ivf",
         metric: str = "cosine",
         target_recall: float | None = 0.95,
-        m: int = 32,
-        ef_construction: int = 80,
+        m: int = 24,
+        ef_construction: int = 48,
         nlist: int | None = None,
+        pq_m: int | None = None,
+        k_factor: int | None = None,
         n_threads: int = -1,
     ):
         self.kind = kind
@@ -142,13 +189,16 @@ class ImageIndex:
         self.m = m
         self.ef_construction = ef_construction
         self.nlist = nlist
+        self.pq_m = pq_m
+        self.k_factor = k_factor
         self.n_threads = n_threads
 
     def get_config(self) -> dict:
         """The constructor arguments, as given."""
         return {
             "kind": self.kind, "metric": self.metric, "target_recall": self.target_recall, "m": self.m,
-            "ef_construction": self.ef_construction, "nlist": self.nlist, "n_threads": self.n_threads,
+            "ef_construction": self.ef_construction, "nlist": self.nlist, "pq_m": self.pq_m,
+            "k_factor": self.k_factor, "n_threads": self.n_threads,
         }
 
     # Building and growing.
@@ -164,10 +214,14 @@ class ImageIndex:
         check_range("ef_construction", self.ef_construction, low=1)
         if self.nlist is not None:
             check_range("nlist", self.nlist, low=1)
+        if self.k_factor is not None:
+            check_range("--k-factor", self.k_factor, low=1)
         paths, rows = _unique_rows(feature_set.paths, feature_set.features, set())
         rows = check_features(rows, "features")
-        if self.nlist is not None and self.kind == "ivf":
+        if self.nlist is not None and self.kind in ("ivf", "ivfpq"):
             check_range("nlist", self.nlist, high=len(rows), why="the number of rows")
+        if self.pq_m is not None and self.kind == "ivfpq":
+            check_pq_m(self.pq_m, rows.shape[1])
         rows, norms = self._prepared(rows)
         dim = rows.shape[1]
         started = time.monotonic()
@@ -183,6 +237,14 @@ class ImageIndex:
                 index.train(rows)
                 index.make_direct_map()  # Lets `reconstruct` give rows back (keyword search, tuning).
                 params = {"nlist": nlist, "nprobe": index.nprobe}
+            elif self.kind == "ivfpq":
+                nlist = self.nlist or max(1, min(round(4 * math.sqrt(len(rows))), len(rows) // MIN_ROWS_PER_LIST))
+                pq_m = self.pq_m or default_pq_m(dim)
+                index = faiss.index_factory(dim, f"IVF{nlist},PQ{pq_m}x4fs,RFlat", FAISS_METRICS[self.metric])
+                index.k_factor = self.k_factor or UNTUNED_K_FACTOR
+                # A small set is repeated to train: k-means needs 16 rows per sub-quantizer and 39 per list.
+                index.train(rows if len(rows) >= MIN_PQ_TRAIN else np.resize(rows, (MIN_PQ_TRAIN, dim)))
+                params = {"nlist": nlist, "pq_m": pq_m, "k_factor": int(index.k_factor), "nprobe": 1}
             else:
                 index = faiss.IndexFlat(dim, FAISS_METRICS[self.metric])
                 params = {}
@@ -277,34 +339,52 @@ class ImageIndex:
         """
         self._check_fitted()
         k = self._checked_k(k)
-        queries = check_features(queries, "queries")
+        # The web app's case is one query a call: the common input skips check_features' copies and row scan.
+        if not (isinstance(queries, np.ndarray) and queries.ndim == 2 and queries.dtype == np.float32
+                and queries.size and np.isfinite(queries).all()):
+            queries = check_features(queries, "queries")
         if queries.shape[1] != self.dim:
             raise DataError(
                 f"queries: {queries.shape[1]} features per row, but the index has {self.dim}; "
                 f"extract the queries with the index's model and layer ({_describe(self.features_metadata_)})."
             )
-        queries, _ = self._prepared(queries)
+        if self.metric == "cosine":  # A normalised copy; no lengths, unlike _prepared.
+            queries = np.array(queries, dtype=np.float32, order="C")
+            faiss.normalize_L2(queries)
+        else:
+            queries = np.ascontiguousarray(queries, dtype=np.float32)
         with faiss_threads(self.n_threads):
-            raw, indices = self._search_raw(queries, k)
-        return self._reported(raw, indices), indices
+            raw, indices, complete = self._search_raw(queries, k)
+        return self._reported(raw, indices, complete), indices
 
-    def _search_raw(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search_raw(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, bool]:
         """faiss's search at the tuned setting; queries it leaves short of k results are searched again exhaustively.
 
         faiss's hnsw keeps only efSearch candidates, so efSearch is raised to
         k for the search; ivf finds fewer than k rows when the probed lists
-        hold fewer.
+        hold fewer. Also says whether every query found k rows after that.
         """
-        if self.kind == "hnsw":
-            raw, indices = self.index_.search(queries, k, params=faiss.SearchParametersHNSW(efSearch=max(self.index_.hnsw.efSearch, k)))
-        else:
-            raw, indices = self.index_.search(queries, k)
+        if self.kind == "hnsw" and k > self.params_["efSearch"]:  # params_ follows the index: no SWIG look-ups.
+            raw, indices = self.index_.search(queries, k, params=faiss.SearchParametersHNSW(efSearch=k))
+        else:  # faiss's search_c, as its Python search calls it, without the checks `search` has made already.
+            raw, indices = np.empty((len(queries), k), dtype=np.float32), np.empty((len(queries), k), dtype=np.int64)
+            self.index_.search_c(len(queries), faiss.swig_ptr(queries), k, faiss.swig_ptr(raw), faiss.swig_ptr(indices))
+        if self.kind == "flat" or indices[:, -1].min() >= 0:  # faiss fills from the front: the last column tells.
+            return raw, indices, True
         short = np.flatnonzero((indices < 0).any(axis=1))
-        if len(short) and self.kind != "flat":
-            exhaustive = (faiss.SearchParametersHNSW(efSearch=max(self.size, k)) if self.kind == "hnsw"
-                          else faiss.SearchParametersIVF(nprobe=self.index_.nlist))
-            raw[short], indices[short] = self.index_.search(queries[short], k, params=exhaustive)
-        return raw, indices
+        if self.kind == "hnsw":
+            exhaustive = faiss.SearchParametersHNSW(efSearch=max(self.size, k))
+        elif self.kind == "ivf":
+            exhaustive = faiss.SearchParametersIVF(nprobe=self.index_.nlist)
+        else:
+            every_list = faiss.SearchParametersIVF(nprobe=self._ivf().nlist)
+            exhaustive = faiss.IndexRefineSearchParameters(k_factor=self.index_.k_factor, base_index_params=every_list)
+        raw[short], indices[short] = self.index_.search(queries[short], k, params=exhaustive)
+        return raw, indices, False
+
+    def _ivf(self) -> faiss.IndexIVF:
+        """The inverted lists of an ivf or ivfpq index (ivfpq's sit behind the re-rank)."""
+        return faiss.extract_index_ivf(self.index_)
 
     def _checked_k(self, k: int) -> int:
         check_range("k", k, low=1)
@@ -313,16 +393,21 @@ class ImageIndex:
             return self.size
         return k
 
-    def _reported(self, raw: np.ndarray, indices: np.ndarray) -> np.ndarray:
-        """faiss's values (inner products, squared L2) as users see them."""
+    def _reported(self, raw: np.ndarray, indices: np.ndarray, complete: bool = False) -> np.ndarray:
+        """faiss's values (inner products, squared L2) as users see them, in place; NaN where no row was found.
+
+        `complete`: every query found k rows (an exact index always does), so there is no -1 to look for.
+        """
         if self.metric == "cosine":
-            values = np.clip(1 - raw, 0, 2)
+            values = np.subtract(1, raw, out=raw)
+            np.maximum(values, 0, out=values)  # Rounding: 1 - 1.0000001. (Not np.clip: slower on small arrays.)
         elif self.metric == "euclidean":
-            values = np.sqrt(np.maximum(raw, 0))
+            values = np.sqrt(np.maximum(raw, 0, out=raw), out=raw)
         else:
-            values = raw.copy()
-        values[indices < 0] = np.nan
-        return values.astype(np.float32, copy=False)
+            values = raw  # faiss's own array, not shared with anything: no copy.
+        if not complete:
+            values[indices < 0] = np.nan
+        return values
 
     def vectors(self) -> np.ndarray:
         """The indexed features as given (N x D float32), read back from the index, in the order of `paths_`."""
@@ -342,6 +427,14 @@ class ImageIndex:
         found at the exact k-th distance counts as found (ties). Stores and
         returns the target, the parameter, its value, the measured recall
         and every (value, recall) tried.
+
+        ivfpq first chooses its re-rank depth, unless `k_factor` was given:
+        searching every list, so that only the 4-bit codes lose neighbours,
+        the smallest k_factor of K_FACTOR_GRID whose recall is halfway from
+        the target to 1 (0.975 for 0.95), which leaves nprobe room to reach
+        the target; then nprobe is raised as for ivf; then k_factor is
+        lowered again while the recall at that nprobe stays on target.
+        `k_factor_tried` lists every (k_factor, recall) in that order.
         """
         started = time.monotonic()
         stored = self._stored_rows()
@@ -350,43 +443,79 @@ class ImageIndex:
         larger_is_nearer = self.index_.metric_type == faiss.METRIC_INNER_PRODUCT
         radius = (-exact_values if larger_is_nearer else exact_values)[:, -1]
         parameter = self._parameter_name()
-        grid = EF_SEARCH_GRID if self.kind == "hnsw" else tuple(v for v in NPROBE_GRID if v < self.index_.nlist) + (self.index_.nlist,)
+
+        def measured() -> float:
+            with faiss_threads(self.n_threads):
+                raw, ids = self.index_.search(queries, k)
+            return _recall(-raw if larger_is_nearer else raw, ids, radius, k)
+
+        if self.kind == "hnsw":
+            grid = EF_SEARCH_GRID
+        else:
+            nlist = self._ivf().nlist
+            grid = tuple(v for v in NPROBE_GRID if v < nlist) + (nlist,)
+        factors = []
+        if self.kind == "ivfpq" and self.k_factor is None:
+            self._set_search_parameter(nlist)
+            for factor in track(K_FACTOR_GRID, "Tuning k_factor", show=show):
+                self._set_k_factor(factor)
+                factors.append([factor, round(measured(), 4)])
+                if factors[-1][1] >= (1 + target_recall) / 2:
+                    break
+            else:  # The best, and the smallest of equals.
+                self._set_k_factor(max(factors, key=lambda item: (item[1], -item[0]))[0])
         tried = []
         for value in track(grid, f"Tuning {parameter}", show=show):
             self._set_search_parameter(value)
-            with faiss_threads(self.n_threads):
-                raw, ids = self.index_.search(queries, k)
-            recall = _recall(-raw if larger_is_nearer else raw, ids, radius, k)
-            tried.append([value, round(recall, 4)])
-            if recall >= target_recall:
+            tried.append([value, round(measured(), 4)])
+            if tried[-1][1] >= target_recall:
                 break
+        if factors and tried[-1][1] >= target_recall:
+            # The halfway margin may be more than this nprobe needs: a smaller k_factor re-ranks fewer rows.
+            for factor in sorted((f for f in K_FACTOR_GRID if f < self.params_["k_factor"]), reverse=True):
+                previous = self.params_["k_factor"]
+                self._set_k_factor(factor)
+                recall = round(measured(), 4)
+                factors.append([factor, recall])
+                if recall < target_recall:
+                    self._set_k_factor(previous)
+                    break
+                tried[-1][1] = recall
         value, recall = tried[-1]
         if recall < target_recall:
             value, recall = max(tried, key=lambda item: item[1])
             self._set_search_parameter(value)
+            more = {"hnsw": "a larger --m or --ef-construction", "ivfpq": "a larger --k-factor or --pq-m"}.get(self.kind, "")
             warnings.warn(
-                f"recall@{k} reached only {recall:.3f} < {target_recall} at {parameter}={value}; "
-                "rebuild with a larger M, or --kind ivf or flat, for more.", stacklevel=3
+                f"--target-recall {target_recall} not reached: recall@{k} was at best {recall:.3f}, at {parameter}={value} "
+                f"(tried {parameter} {tried[0][0]} to {tried[-1][0]}). Rebuild with {more + ', or ' if more else ''}"
+                "--kind flat for exact search, or lower --target-recall.", stacklevel=3
             )
         self.tuning_ = {"target_recall": target_recall, "k": k, "sample": len(queries), "recall": recall,
                         "parameter": parameter, "value": value, "tried": tried, "indexed": len(stored)}
+        if factors:
+            self.tuning_["k_factor_tried"] = factors
         logger.info("Tuned %s=%s: recall@%d %.3f on %d held-out images against %d (target %g), %.1f s",
                     parameter, value, k, recall, len(queries), len(stored), target_recall, time.monotonic() - started)
         return self.tuning_
 
     def _parameter_name(self) -> str | None:
-        return {"hnsw": "efSearch", "ivf": "nprobe"}.get(self.kind)
+        return {"hnsw": "efSearch", "ivf": "nprobe", "ivfpq": "nprobe"}.get(self.kind)
 
     def _parameter_value(self) -> int | None:
         name = self._parameter_name()
         return self.params_[name] if name else None
 
+    def _set_k_factor(self, value: int) -> None:
+        self.index_.k_factor = float(value)
+        self.params_["k_factor"] = int(value)
+
     def _set_search_parameter(self, value: int | None) -> None:
         if self.kind == "hnsw":
             self.index_.hnsw.efSearch = int(value)
             self.params_["efSearch"] = int(value)
-        elif self.kind == "ivf":
-            self.index_.nprobe = int(value)
+        elif self.kind in ("ivf", "ivfpq"):
+            self._ivf().nprobe = int(value)
             self.params_["nprobe"] = int(value)
 
     # Describing.
@@ -497,6 +626,8 @@ class ImageIndex:
             found = ", ".join(f"{name}: {count}" for name, count in counts.items())
             raise DataError(f"{directory}: the index files disagree on the number of images ({found}). {BUILD}")
         self._set_search_parameter(self._parameter_value())  # Nothing to set for flat.
+        if self.kind == "ivfpq":
+            self._set_k_factor(self.params_.get("k_factor", UNTUNED_K_FACTOR))
         return self
 
     def _check_loaded(self, directory: Path) -> None:
@@ -504,8 +635,10 @@ class ImageIndex:
         where = directory / METADATA_FILE
         if self.kind not in KINDS or self.metric not in METRICS:
             raise DataError(f"{where}: unknown kind {self.kind!r} or metric {self.metric!r}. {BUILD}")
-        faiss_class = {"hnsw": faiss.IndexHNSW, "ivf": faiss.IndexIVF, "flat": faiss.IndexFlat}[self.kind]
-        if not isinstance(self.index_, faiss_class) or self.index_.metric_type != FAISS_METRICS[self.metric]:
+        faiss_class = {"hnsw": faiss.IndexHNSW, "ivf": faiss.IndexIVF, "ivfpq": faiss.IndexRefine, "flat": faiss.IndexFlat}[self.kind]
+        right_kind = isinstance(self.index_, faiss_class) and (
+            self.kind != "ivfpq" or isinstance(faiss.downcast_index(self.index_.base_index), faiss.IndexIVFPQFastScan))
+        if not right_kind or self.index_.metric_type != FAISS_METRICS[self.metric]:
             raise DataError(
                 f"{where}: says a {self.kind} index of metric {self.metric}, but {INDEX_FILE} is a "
                 f"{type(self.index_).__name__} of another kind or metric. {BUILD}"
