@@ -53,8 +53,6 @@ def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_
     if problem:
         raise click.ClickException(problem)
     start(quiet)
-    import socket
-
     import uvicorn
 
     from image_toolkit.data_tools.web.app import create_app
@@ -64,14 +62,9 @@ def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_
     app = create_app(index_dir, images_dir, db, map_csv, labels=labels, scores=scores,
                      embed=lazy_embedder(lambda: app.state.collection.metadata),
                      max_upload_bytes=int(max_upload_mb * 1024 * 1024))
-    try:  # Bound here, before "Serving" is printed, and handed to uvicorn: a port in use is one line.
-        listening = socket.create_server((host, port))
-    except OSError as error:
-        raise click.ClickException(f"cannot listen on {host}:{port} ({error.strerror or error}); "
-                                   "give another --port, or stop the program that holds it.") from None
-    url = f"http://{host}:{listening.getsockname()[1]}/"
+    url = f"http://{host}:{port}/"
     if as_json:
         echo_json({"url": url, "images": len(app.state.collection.names), "db": str(db)})
     elif not quiet:
         click.echo(f"Serving {len(app.state.collection.names):,} images at {url} (feedback in {db}); Ctrl-C stops.", err=True)
-    uvicorn.Server(uvicorn.Config(app, log_level="warning" if quiet else "info")).run(sockets=[listening])
+    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info")

@@ -560,16 +560,3 @@ def test_an_oversized_name_in_an_events_file_is_rejected_with_its_reason():
     raw = {**event(["a.png"]), "user": "u" * (MAX_NAME_LENGTH + 1)}
     with pytest.raises(ValueError, match=f"'user' is longer than {MAX_NAME_LENGTH} characters"):
         check_event(raw, {"a.png"}, {"even"})
-
-
-def test_a_port_in_use_is_one_line_before_serving_is_announced(runner, digits, tmp_path):
-    import socket
-
-    root = digits["root"]
-    with socket.create_server(("127.0.0.1", 0)) as taken:
-        port = taken.getsockname()[1]
-        result = runner.invoke(toolkit, ["serve", str(root / "index"), "--img-directory", str(root / "images"),
-                                         "--data-csv", str(root / "label.txt"), "--db", str(tmp_path / "f.sqlite"),
-                                         "--port", str(port)])
-    assert result.exit_code == 1 and f"cannot listen on 127.0.0.1:{port}" in one_line_error(result)
-    assert "Serving" not in result.output
