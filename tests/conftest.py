@@ -13,6 +13,21 @@ from click.testing import CliRunner
 from image_toolkit.data_tools.make_demo_data import write_digits_dataset
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--full", action="store_true", default=False,
+        help="run every kill -9 trial (CI runs a sample of each; see tests/kill9.py)",
+    )
+
+
+@pytest.fixture(scope="session")
+def kill_trial_count(request) -> int:
+    """How many kill -9 moments each crash test tries: a sample in CI, all with `pytest --full`."""
+    from tests.kill9 import FULL_TRIALS, SAMPLE_TRIALS
+
+    return FULL_TRIALS if request.config.getoption("--full") else SAMPLE_TRIALS
+
+
 @pytest.fixture(scope="session")
 def digits_set(tmp_path_factory):
     """1000 digits at 32 px with four yes/no labels, 5 % of cells blank: (folder, full table)."""
