@@ -28,7 +28,8 @@ from image_toolkit.cli.main import toolkit  # noqa: E402
 from image_toolkit.data_tools.formats.features import FeatureSet, write_features  # noqa: E402
 from image_toolkit.data_tools.make_demo_data import write_digits_dataset  # noqa: E402
 from image_toolkit.data_tools.search.index import ImageIndex  # noqa: E402
-from image_toolkit.data_tools.web.app import LEARNED_WEIGHT, create_app, docs_assets_dir  # noqa: E402
+from image_toolkit.data_tools.web.app import LEARNED_WEIGHT, docs_assets_dir  # noqa: E402
+from image_toolkit.data_tools.web.app import create_app as create_served_app  # noqa: E402
 from tests.conftest import one_line_error  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +42,11 @@ CLASSES = ["even", "prime", "five_or_more", "closed_loop"]
 def pixels(paths) -> np.ndarray:
     """Grey pixels in [0, 1]: real features that need no network; also the app's `embed` for uploads."""
     return np.stack([np.asarray(Image.open(p).convert("L"), dtype=np.float32).ravel() / 255 for p in paths])
+
+
+def create_app(*args, **kwargs):
+    """The app as `toolkit serve` builds it, also answering the Host "testserver" of FastAPI's test client."""
+    return create_served_app(*args, allowed_hosts=["testserver"], **kwargs)
 
 
 def load_benchmark():
@@ -281,7 +287,7 @@ def test_feedback_is_stored_and_exported(client, digits, tmp_path):
 ])
 def test_bad_events_are_refused_with_the_reason(client, body, reason):
     answer = client.post("/api/feedback", json=body)
-    assert answer.status_code == 422 and reason in answer.json()["detail"]
+    assert answer.status_code == 422 and reason in answer.json()["detail"][0]["msg"]
 
 
 # Refusals.
@@ -322,7 +328,7 @@ def test_an_indexed_file_that_cannot_be_decoded_is_a_clear_422(tmp_path, digits)
     ImageIndex(kind="flat").fit(FeatureSet(["broken.png"], np.ones((1, 4), np.float32), {"model": "x"})).save(tmp_path / "index")
     client = TestClient(create_app(tmp_path / "index", tmp_path / "images", tmp_path / "f.sqlite", labels=root / "label.txt"))
     answer = client.get("/api/thumbnails/0")
-    assert answer.status_code == 422 and "broken.png" in answer.json()["detail"]
+    assert answer.status_code == 422 and "broken.png" in answer.json()["detail"][0]["msg"]
 
 
 def test_learned_query_works_when_the_class_scores_name_other_classes(tmp_path, digits):

@@ -8,8 +8,8 @@ API (JSON unless said; the schema is at /openapi.json):
 
 - `GET  /api/info`: size, metric, the classes of the store, the defaults below.
 - `GET  /api/search?q=sofa&k=40`: keyword query (see "Keyword ranking").
-- `POST /api/search/image`: multipart upload `file`, at most `max_upload_bytes`;
-  the image is embedded with the index's model. The answer carries the
+- `POST /api/search/image`: multipart upload `file`, at most `max_upload_bytes`
+  and `MAX_PIXELS` pixels; the image is embedded with the index's model. The answer carries the
   query's feature row (`query_vector`) for `refine`.
 - `POST /api/search/refine`: `{"query": {"text": ..} | {"id": ..} | {"vector": [..]},
   "selected": [ids], "deselected": [ids], "k": 40}`: Rocchio (`image_toolkit.data_tools.search.rocchio`)
@@ -28,6 +28,19 @@ API (JSON unless said; the schema is at /openapi.json):
   self-hosting the docs assets. (ReDoc still asks cdn.redoc.ly for its
   footer logo, and hides it when that fails.) Without the package they fall
   back to FastAPI's pages, which load the assets from a CDN: blank offline.
+
+Exposure: the app answers only requests whose Host header names the bound
+host, localhost, 127.0.0.1, ::1 or one of `allowed_hosts` (Starlette's
+TrustedHostMiddleware, against DNS rebinding). With a `token`, every /api
+request must carry it: `Authorization: Bearer TOKEN`, or the cookie that
+opening `/?token=TOKEN` sets, so the page keeps working. Every request body
+is counted as it arrives and cut off at its limit (`max_upload_bytes` for
+uploads, `MAX_BODY_BYTES` for JSON), chunked or not; a locked feedback store
+is a 503 with Retry-After, which the page retries with backoff.
+
+Errors: `{"detail": "..."}`, but 422s have FastAPI's validation shape
+(`{"detail": [{"loc": [...], "msg": "...", "type": "..."}]}`) whether FastAPI
+or the app refused the request, so one schema describes them all.
 
 Keyword ranking: when the index (or `scores`) holds class scores, an image's
 score is the weighted sum of its scores for the classes the keyword names
@@ -48,14 +61,17 @@ the features while it runs.
 """
 
 import csv
+import hmac
 import io
+import ipaddress
 import logging
 import os
 import sqlite3
 import tempfile
 import threading
+import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +90,20 @@ STATIC_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.c
 DEFAULT_K = 40
 MAX_K = 1000
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+# JSON bodies (events, refine queries) are far smaller; this bounds what a client can make the server read.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+# Largest image decoded, as an upload or a thumbnail: about an 8,000 x 6,000 photo (150 MB as RGB).
+# Pillow's own limit is process-wide and only warns below 179 MP; this one is the app's and refuses before decoding.
+MAX_PIXELS = 50_000_000
+# An event's image list: at most ten pages of results; each name a relative path.
+MAX_EVENT_IMAGES = 10 * MAX_K
+MAX_IMAGE_NAME_LENGTH = 1024
+# Seconds a client is told to wait before sending again when the feedback store is locked by an import.
+RETRY_AFTER_S = 1
+TOKEN_COOKIE = "image_toolkit_token"
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+# What an indexed image may be served as (`FileResponse` guesses it from the suffix).
+IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/tiff", "image/webp")
 LEARNED_WEIGHT = 0.5
 THUMBNAIL_SIZE = 128
 THUMBNAIL_CACHE = 4096
@@ -113,6 +143,111 @@ def docs_assets_dir() -> Path | None:
             return folder
     return None
 
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only: localhost or a loopback address."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def trusted_hosts(host: str, allowed_hosts=()) -> list[str]:
+    """The Host header values the app answers: the bound host, the loopback names and `allowed_hosts`.
+
+    An IPv6 address is listed as a Host header writes it, in brackets.
+    """
+    names = []
+    for name in (host, *LOOPBACK_HOSTS, *allowed_hosts):
+        bare = name.strip("[]").lower()
+        try:
+            bracketed = ipaddress.ip_address(bare).version == 6
+        except ValueError:
+            bracketed = False
+        names.append(f"[{bare}]" if bracketed else bare)
+    return list(dict.fromkeys(names))
+
+
+class TooManyPixels(DataError):
+    """An image larger than the app decodes (`MAX_PIXELS`)."""
+
+
+def open_image(source, *, max_pixels: int = MAX_PIXELS, what: str = "the image"):
+    """Open an image for its header only; TooManyPixels when it is over `max_pixels`, before any pixel is decoded.
+
+    Pillow's own bomb check, at twice its process-wide limit, is turned into
+    the same error, and its warning below that is silenced: this limit is lower.
+    """
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(source)
+    except Image.DecompressionBombError:
+        raise TooManyPixels(f"{what} has more than {max_pixels:,} pixels, the most this server decodes.") from None
+    if image.width * image.height > max_pixels:
+        image.close()
+        raise TooManyPixels(f"{what} is {image.width:,} x {image.height:,} pixels, over the limit of {max_pixels:,}.")
+    return image
+
+
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before sending the request again.",
+                               "schema": {"type": "integer"}}}
+# The error answers of the API, for its OpenAPI `responses`; every one has a `{"detail": "..."}` body.
+ERROR_RESPONSES = {
+    400: {"description": "The Host header names none of the hosts this server answers (as text/plain), "
+                         "or the request is malformed.",
+          "content": {"text/plain": {"schema": {"type": "string"}}}},
+    401: {"description": "No token, or a wrong one: send `Authorization: Bearer TOKEN` or open /?token=TOKEN once."},
+    404: {"description": "No such image id, or no class matches the keyword."},
+    409: {"description": "The event's id already holds another event."},
+    413: {"description": "The request body, the upload or its pixel count is over the server's limit."},
+    415: {"description": "The upload is not an image."},
+    503: {"description": "The feedback store is locked by another writer (e.g. an import); send again after Retry-After.",
+          "headers": RETRY_AFTER},
+}
+
+
+def busy(detail: str):
+    """The 503 of a locked feedback store, with Retry-After so a client (the page) knows when to send again."""
+    from fastapi import HTTPException
+
+    return HTTPException(503, detail, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def finite(value):
+    """`value` with every NaN or infinite float written as a string: JSON has no such numbers."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    return value
+
+
+async def validation_error(request, error):
+    """FastAPI's 422 answer, safe for a refused NaN or infinity echoed in `input` (its own handler answers 500)."""
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"detail": finite(jsonable_encoder(error.errors()))}, status_code=422)
+
+
+def thumbnail_png(path: Path, what: str) -> bytes:
+    """A PNG of the image at most THUMBNAIL_SIZE px a side; DataError when it cannot be decoded or is over MAX_PIXELS."""
+    try:
+        with open_image(path, what=what) as picture:
+            picture = picture.convert("RGB")
+            picture.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+            buffer = io.BytesIO()
+            picture.save(buffer, format="PNG")
+    except (OSError, ValueError) as error:  # Pillow's UnidentifiedImageError is an OSError.
+        raise DataError(f"{what} cannot be decoded: {error}.") from None
+    return buffer.getvalue()
 
 def add_offline_docs(app, assets: Path) -> None:
     """`/docs` and `/redoc` over the JS and CSS in `assets`, mounted at `DOCS_ASSETS_URL`: no CDN, no fonts.
@@ -169,7 +304,10 @@ class Collection:
         self.ids = {name: i for i, name in enumerate(self.names)}
         self.features = np.ascontiguousarray(index.vectors(), dtype=np.float32)
         self.class_scores, self.vocabulary = self._class_scores(index, scores)
+        self._check_images(images_dir)
         self.map_csv, self._coords = map_csv, None
+        if map_csv is not None:  # Read now, so a wrong --map is an error at start, not a 500 on the map view.
+            self._coords = (self._read_map(Path(map_csv)), Path(map_csv).name)
 
     def _relative(self, path: str) -> str:
         """An index path as a name relative to the image folder (absolute paths inside it are shortened)."""
@@ -199,6 +337,20 @@ class Collection:
         full[[rows[i] for i in keep]] = values[keep]
         return full, names
 
+    def _check_images(self, images_dir) -> None:
+        """Refuse an image folder holding none of the indexed images; warn with the count when some are missing.
+
+        The wrong folder otherwise serves a page of broken images, every one a 404.
+        """
+        missing = sum(self.file(i) is None for i in range(len(self.names)))
+        if self.names and missing == len(self.names):
+            raise DataError(
+                f"{images_dir}: holds none of the {len(self.names):,} indexed images (the index names e.g. "
+                f"'{self.names[0]}'); pass the folder the index's image paths are relative to as --img-directory.")
+        if missing:
+            logger.warning("%s: %d of the %d indexed images are not in this folder; the page shows them as missing.",
+                           images_dir, missing, len(self.names))
+
     def file(self, image_id: int) -> Path | None:
         """The image file of an id, or None when the id is unknown or its file is not inside the image folder."""
         if not 0 <= image_id < len(self.names):
@@ -211,12 +363,9 @@ class Collection:
     def coords(self) -> tuple[np.ndarray, str]:
         """(N x 2 coordinates, NaN where the map has no point, and where they come from)."""
         if self._coords is None:
-            if self.map_csv is not None:
-                self._coords = (self._read_map(Path(self.map_csv)), Path(self.map_csv).name)
-            else:
-                from image_toolkit.data_tools.maps.embedding import embed_2d
+            from image_toolkit.data_tools.maps.embedding import embed_2d
 
-                self._coords = (embed_2d(self.features, method="pca"), "pca")
+            self._coords = (embed_2d(self.features, method="pca"), "pca")
         return self._coords
 
     def _read_map(self, path: Path) -> np.ndarray:
@@ -253,7 +402,11 @@ class Store:
         if labels is None and not self.db.is_file():
             raise OptionError(f"{self.db}: no such feedback store; {NO_DATA_SET}")
         table = read_labels(labels) if labels is not None else None
-        connection = feedback.connect(self.db, create=True, wait=wait)
+        try:
+            connection = feedback.connect(self.db, create=True, wait=wait)
+        except sqlite3.Error as error:  # Raised before the store's own checks: a folder it cannot write in.
+            raise DataError(f"{self.db}: cannot open or create the feedback store ({error}); "
+                            "pass a --db in a folder you can write to.") from None
         try:
             if table is not None:
                 with feedback.transaction(connection):
@@ -314,6 +467,10 @@ def create_app(
     scores: str | os.PathLike | None = None,
     embed: Callable[[list[Path]], np.ndarray] | None = None,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    host: str = "127.0.0.1",
+    allowed_hosts: Sequence[str] = (),
+    token: str | None = None,
+    wait: float = feedback.DEFAULT_WAIT_S,
     alpha: float = rocchio.ALPHA,
     beta: float = rocchio.BETA,
     gamma: float = rocchio.GAMMA,
@@ -325,29 +482,55 @@ def create_app(
     passes it in (`toolkit serve` gives the model recorded in the index
     metadata, loaded on the first upload), since this package holds no
     network. Without it, image queries are refused.
+
+    `host` is the address served on; the Host headers answered are it, the
+    loopback names and `allowed_hosts` (a test client's "testserver", a name
+    of this machine). `token`: see "Exposure" in the module docstring.
+    `wait`: seconds a feedback post waits for an import's write lock before
+    its 503.
     """
+    from typing import Annotated
+
     from fastapi import Body, FastAPI, File, HTTPException, Query, UploadFile
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, HTMLResponse, Response
     from pydantic import BaseModel, Field
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
 
     check_range("max_upload_bytes", max_upload_bytes, low=1)
     for name, weight in (("alpha", alpha), ("beta", beta), ("gamma", gamma), ("learned_weight", learned_weight)):
         check_range(name, weight, low=0)
     collection = Collection(index_dir, images_dir, scores=scores, map_csv=map_csv)
-    store = Store(Path(db_path), labels=labels)
+    store = Store(Path(db_path), labels=labels, wait=wait)
     thumbnails: OrderedDict[int, bytes] = OrderedDict()
     thumbnail_lock = threading.Lock()
 
     assets = docs_assets_dir()
     offline = {"docs_url": None, "redoc_url": None} if assets else {}
-    app = FastAPI(title="image-toolkit", version="1", description="Search, lasso, deselect and refine an image index.", **offline)
+    class Message(BaseModel):
+        detail: str
+
+    def answers(*codes: int) -> dict:
+        """The OpenAPI `responses` of an operation's error codes, each with the app's `{"detail": ...}` body."""
+        return {code: {"model": Message, **ERROR_RESPONSES[code]} for code in codes}
+
+    always = answers(400, 401) if token else answers(400)
+    app = FastAPI(title="image-toolkit", version="1", description="Search, lasso, deselect and refine an image index.",
+                  responses=always, **offline)
     if assets:
         add_offline_docs(app, assets)
     else:
         logger.warning("/docs and /redoc load their scripts from a CDN and stay blank offline; "
                        "pip install fastapi-offline (in the serve extra) to serve them from this app.")
 
-    app.add_middleware(UploadLimit, path="/api/search/image", max_bytes=max_upload_bytes)
+    # Added inside out: a request meets the Host check first, then the token, then the body limit.
+    app.add_middleware(BodyLimit, upload_path="/api/search/image", max_upload_bytes=max_upload_bytes)
+    if token:
+        app.add_middleware(TokenGate, token=token)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts(host, allowed_hosts))
+
+    ImageName = Annotated[str, Field(max_length=MAX_IMAGE_NAME_LENGTH)]
+    ImageIds = Annotated[list[int], Field(max_length=len(collection.names))]
 
     class Event(BaseModel):
         user: str = Field(max_length=feedback.MAX_NAME_LENGTH)
@@ -355,19 +538,23 @@ def create_app(
         timestamp: str = Field(max_length=64)
         query_class: str = Field(max_length=feedback.MAX_NAME_LENGTH)
         action: str = Field(max_length=16)
-        images: list[str] = Field(max_length=MAX_K * 100)
+        images: list[ImageName] = Field(max_length=MAX_EVENT_IMAGES)
         id: str | None = Field(None, max_length=feedback.MAX_NAME_LENGTH)
 
     class TextQuery(BaseModel):
-        text: str | None = None
+        text: str | None = Field(None, max_length=200)
         id: int | None = None
-        vector: list[float] | None = None
+        vector: list[float] | None = Field(None, max_length=collection.features.shape[1])
 
     class Refine(BaseModel):
         query: TextQuery
-        selected: list[int] = Field(default_factory=list)
-        deselected: list[int] = Field(default_factory=list)
+        selected: ImageIds = Field(default_factory=list)
+        deselected: ImageIds = Field(default_factory=list)
         k: int = Field(DEFAULT_K, ge=1, le=MAX_K)
+
+    def invalid(message: str, *where: str | int) -> RequestValidationError:
+        """A 422 of the app's own in FastAPI's validation shape, so the schema's HTTPValidationError holds for all."""
+        return RequestValidationError([{"loc": where, "msg": message, "type": "value_error"}])
 
     def results(ids, scores_) -> list[dict]:
         return [{"rank": rank, "id": int(i), "image": collection.names[i], "score": round(float(s), 6)}
@@ -430,23 +617,25 @@ def create_app(
             "learned_weight": learned_weight, "default_k": DEFAULT_K,
         }
 
-    @app.get("/api/search")
+    @app.get("/api/search", responses=answers(404))
     def search(q: str = Query(..., min_length=1, max_length=200), k: int = Query(DEFAULT_K, ge=1, le=MAX_K)):
         scores_, query_class, matched = keyword_scores(q)
         ids, values = top(scores_, k)
         return {"query": {"text": q}, "query_class": query_class, "classes": matched, "results": results(ids, values)}
 
-    @app.post("/api/search/image")
+    @app.post("/api/search/image", responses=answers(413, 415))
     def search_image(file: UploadFile = File(...), k: int = Query(DEFAULT_K, ge=1, le=MAX_K)):
-        from PIL import Image, UnidentifiedImageError
+        from PIL import UnidentifiedImageError
 
         content = file.file.read(max_upload_bytes + 1)
         if len(content) > max_upload_bytes:
             raise HTTPException(413, f"the upload is over the limit of {max_upload_bytes:,} bytes.")
         try:
-            with Image.open(io.BytesIO(content)) as image:
+            with open_image(io.BytesIO(content), what="the upload") as image:
                 image.verify()
                 suffix = "." + (image.format or "png").lower()
+        except TooManyPixels as error:
+            raise HTTPException(413, str(error)) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             raise HTTPException(415, "the upload is not an image (JPEG, PNG, BMP or GIF).") from None
         with tempfile.TemporaryDirectory() as folder:
@@ -457,19 +646,19 @@ def create_app(
                     raise DataError("this server was started without an image embedder, so an uploaded image cannot be searched.")
                 vector = np.asarray(embed([path]), dtype=np.float32).reshape(-1)
             except DataError as error:
-                raise HTTPException(400, str(error)) from None
+                raise invalid(str(error), "body", "file") from None
         if vector.shape[0] != collection.features.shape[1]:
-            raise HTTPException(400, f"the query has {vector.shape[0]} features but the index {collection.features.shape[1]}.")
+            raise invalid(f"the query has {vector.shape[0]} features but the index {collection.features.shape[1]}.", "body", "file")
         ids, values = rocchio.rank(vector, collection.features, metric=collection.metric, k=k)
         return {"query": {"image": file.filename}, "query_vector": [round(float(v), 7) for v in vector],
                 "query_class": None, "results": results(ids, values)}
 
-    @app.post("/api/search/refine")
+    @app.post("/api/search/refine", responses=answers(404, 413))
     def refine(body: Refine):
         query = body.query
         given = [name for name in ("text", "id", "vector") if getattr(query, name) is not None]
         if len(given) != 1:
-            raise HTTPException(422, f"give exactly one of query.text, query.id or query.vector; received {given or 'none'}.")
+            raise invalid(f"give exactly one of query.text, query.id or query.vector; received {given or 'none'}.", "body", "query")
         for name, ids in (("selected", body.selected), ("deselected", body.deselected)):
             bad = [i for i in ids if not 0 <= i < len(collection.names)]
             if bad:
@@ -486,9 +675,10 @@ def create_app(
         else:
             vector = np.asarray(query.vector, dtype=np.float32)
             if vector.shape[0] != collection.features.shape[1]:
-                raise HTTPException(422, f"query.vector has {vector.shape[0]} features but the index {collection.features.shape[1]}.")
+                raise invalid(f"query.vector has {vector.shape[0]} features but the index {collection.features.shape[1]}.",
+                              "body", "query", "vector")
             if not np.isfinite(vector).all():
-                raise HTTPException(422, "query.vector holds NaN or infinite values; send finite numbers.")
+                raise invalid("query.vector holds NaN or infinite values; send finite numbers.", "body", "query", "vector")
         refined = rocchio.rocchio(vector, collection.features, body.selected, body.deselected,
                                   alpha=alpha, beta=beta, gamma=gamma, metric=collection.metric)
         ids, values = rocchio.rank(refined, collection.features, metric=collection.metric, k=body.k)
@@ -496,14 +686,19 @@ def create_app(
                 "query_class": query_class, "rocchio": {"alpha": alpha, "beta": beta, "gamma": gamma},
                 "selected": len(body.selected), "deselected": len(body.deselected), "results": results(ids, values)}
 
-    @app.get("/api/images/{image_id}")
+    image_content = {kind: {"schema": {"type": "string", "format": "binary"}} for kind in IMAGE_MEDIA_TYPES}
+
+    @app.get("/api/images/{image_id}", response_class=FileResponse,
+             responses={200: {"description": "The image file as indexed.", "content": image_content}, **answers(404)})
     def image(image_id: int):
         path = collection.file(image_id)
         if path is None:
             raise HTTPException(404, f"unknown image id {image_id}.")
         return FileResponse(path)
 
-    @app.get("/api/thumbnails/{image_id}")
+    @app.get("/api/thumbnails/{image_id}", response_class=Response, responses={
+        200: {"description": f"A PNG at most {THUMBNAIL_SIZE} px a side.", "content": {"image/png": image_content["image/png"]}},
+        **answers(404)})
     def thumbnail(image_id: int):
         with thumbnail_lock:
             cached = thumbnails.get(image_id)
@@ -511,17 +706,10 @@ def create_app(
             path = collection.file(image_id)
             if path is None:
                 raise HTTPException(404, f"unknown image id {image_id}.")
-            from PIL import Image
-
             try:
-                with Image.open(path) as picture:
-                    picture = picture.convert("RGB")
-                    picture.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-                    buffer = io.BytesIO()
-                    picture.save(buffer, format="PNG")
-            except (OSError, ValueError) as error:  # Pillow's UnidentifiedImageError is an OSError.
-                raise HTTPException(422, f"image {image_id} ({collection.names[image_id]}) cannot be decoded: {error}.") from None
-            cached = buffer.getvalue()
+                cached = thumbnail_png(path, f"image {image_id} ({collection.names[image_id]})")
+            except DataError as error:
+                raise invalid(str(error), "path", "image_id") from None
             with thumbnail_lock:
                 thumbnails[image_id] = cached
                 while len(thumbnails) > THUMBNAIL_CACHE:
@@ -535,49 +723,131 @@ def create_app(
             {"id": i, "x": round(float(x), 5), "y": round(float(y), 5)}
             for i, (x, y) in enumerate(coords.tolist()) if x == x]}
 
-    @app.post("/api/feedback")
+    @app.post("/api/feedback", responses=answers(409, 413, 503))
     def add_feedback(event: Event = Body(...)):
         try:
             stored, added = store.add(event.model_dump(exclude_none=True))
         except feedback.EventConflict as conflict:
             raise HTTPException(409, f"{conflict}.") from None
         except ValueError as error:
-            raise HTTPException(422, str(error)) from None
+            raise invalid(str(error), "body") from None
         except sqlite3.OperationalError as error:
-            raise HTTPException(503, f"the feedback store is busy ({error}); send the event again.") from None
+            raise busy(f"the feedback store is busy ({error}); send the event again.") from None
         return {"id": stored["id"], "added": added}
 
-    @app.get("/api/feedback/export")
+    @app.get("/api/feedback/export", response_class=Response, responses={
+        200: {"description": "One row per judged image (toolkit feedback export).",
+              "content": {"text/csv": {"schema": {"type": "string"}}}}, **answers(503)})
     def export():
         try:
             frame = feedback.image_feedback(store.db, wait=store.wait)
         except (sqlite3.OperationalError, DataError) as error:
-            raise HTTPException(503, f"the feedback store cannot be read now ({error}); try again.") from None
+            raise busy(f"the feedback store cannot be read now ({error}); try again.") from None
         return Response(frame.to_csv(index=False), media_type="text/csv",
                         headers={"Content-Disposition": 'attachment; filename="image_feedback.csv"'})
 
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.state.collection, app.state.store = collection, store
     return app
 
 
-class UploadLimit:
-    """ASGI middleware: refuse a request to `path` whose Content-Length is over the upload limit, unread.
+class BodyTooLarge(Exception):
+    """Raised into the app when a request body passes its limit, so nothing more of it is read."""
 
-    Starlette would take in a whole multipart body before the endpoint
-    could check its size; a body without a Content-Length is still checked
-    there, after reading.
+
+async def refuse(scope, receive, send, status: int, detail: str, headers: dict | None = None) -> None:
+    """Answer a request from a middleware with the app's `{"detail": ...}` body."""
+    from fastapi.responses import JSONResponse
+
+    await JSONResponse({"detail": detail}, status_code=status, headers=headers)(scope, receive, send)
+
+
+class BodyLimit:
+    """ASGI middleware: count each request's body as it arrives and stop at the limit with a 413.
+
+    A Content-Length over the limit is refused unread; a body without one
+    (chunked) is cut off at the first chunk past the limit, so no more than
+    the limit ever reaches Starlette's multipart parser, which spools an
+    upload to a temporary file. Uploads to `upload_path` may carry
+    `max_upload_bytes` (plus the multipart headers); other bodies `MAX_BODY_BYTES`.
     """
 
-    def __init__(self, app, *, path: str, max_bytes: int):
-        self.app, self.path, self.max_bytes = app, path, max_bytes
+    def __init__(self, app, *, upload_path: str, max_upload_bytes: int):
+        self.app, self.upload_path, self.max_upload_bytes = app, upload_path, max_upload_bytes
+
+    def limit(self, path: str) -> tuple[int, str]:
+        """(bytes a request to `path` may send, the limit's wording for the answer)."""
+        if path == self.upload_path:
+            return self.max_upload_bytes + MULTIPART_OVERHEAD, f"upload limit of {self.max_upload_bytes:,} bytes"
+        return MAX_BODY_BYTES, f"request body limit of {MAX_BODY_BYTES:,} bytes"
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"] == self.path:
-            length = dict(scope["headers"]).get(b"content-length", b"")
-            if length.isdigit() and int(length) > self.max_bytes + MULTIPART_OVERHEAD:
-                from fastapi.responses import JSONResponse
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit, wording = self.limit(scope["path"])
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            await refuse(scope, receive, send, 413, f"the request ({int(length):,} bytes) is over the {wording}.")
+            return
+        counted, over = 0, False
 
-                detail = f"the request ({int(length):,} bytes) is over the upload limit of {self.max_bytes:,} bytes."
-                await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
-                return
+        async def counting_receive():
+            nonlocal counted, over
+            message = await receive()
+            if message["type"] == "http.request":
+                counted += len(message.get("body", b""))
+                if counted > limit:
+                    over = True
+                    raise BodyTooLarge
+            return message
+
+        async def guarded_send(message):
+            if not over:  # FastAPI answers a body it could not read (400); the 413 below replaces that.
+                await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not over:
+                raise
+        if over:
+            await refuse(scope, receive, send, 413, f"the request (over {limit:,} bytes so far) is over the {wording}.")
+
+
+class TokenGate:
+    """ASGI middleware: every /api request must carry the token, as a Bearer header or as the page's cookie.
+
+    Opening `/?token=TOKEN` sets the cookie (HttpOnly, SameSite=Strict) and
+    redirects to `/`, so the page, its fetches and its <img> thumbnails carry
+    the token without a script seeing it, and the URL bar no longer shows it.
+    """
+
+    def __init__(self, app, *, token: str):
+        self.app, self.token = app, token.encode("utf-8")
+
+    def matches(self, given: str | None) -> bool:
+        return given is not None and hmac.compare_digest(given.encode("utf-8"), self.token)
+
+    async def __call__(self, scope, receive, send):
+        from starlette.requests import Request
+        from starlette.responses import RedirectResponse
+
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        if scope["path"] == "/" and "token" in request.query_params and self.matches(request.query_params["token"]):
+            response = RedirectResponse("/", status_code=303)
+            response.set_cookie(TOKEN_COOKIE, self.token.decode("utf-8"), httponly=True, samesite="strict")
+            await response(scope, receive, send)
+            return
+        if scope["path"].startswith("/api/") and not self.carried(request):
+            await refuse(scope, receive, send, 401, "this server needs its token: open /?token=TOKEN once in the browser, "
+                         "or send the header 'Authorization: Bearer TOKEN'.", headers={"WWW-Authenticate": "Bearer"})
+            return
         await self.app(scope, receive, send)
+
+    def carried(self, request) -> bool:
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        return (scheme.lower() == "bearer" and self.matches(credentials.strip())) or self.matches(request.cookies.get(TOKEN_COOKIE))
