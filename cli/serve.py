@@ -6,6 +6,7 @@ FastAPI and uvicorn (the `serve` extra) are imported inside the command, so
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import click
@@ -28,12 +29,18 @@ from image_toolkit.cli.common import command, echo_json, json_option, quiet_opti
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; the default is this machine only. 0.0.0.0 opens it to the network.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="TCP port.")
+@click.option("--token", envvar="IMAGE_TOOLKIT_TOKEN", show_envvar=True,
+              help="Require this token on every /api request (open /?token=TOKEN once in the browser); "
+                   "for a --host other than this machine.")
+@click.option("--allow-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="Another Host name the page may be opened as (a DNS name or address of this machine); repeatable.")
 @click.option("--max-upload-mb", type=click.FloatRange(min=0, min_open=True), default=10, show_default=True,
               help="Largest query image accepted, in MiB.")
 @quiet_option
 @json_option
 def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_csv: Path | None, scores: Path | None,
-          host: str, port: int, max_upload_mb: float, quiet: bool, as_json: bool) -> None:
+          host: str, port: int, token: str | None, allowed_hosts: tuple[str, ...], max_upload_mb: float,
+          quiet: bool, as_json: bool) -> None:
     """Serve a search page over the index in INDEX_DIR: keyword or image queries, lasso, deselect, refine.
 
     The page shows the results as a grid or as a map (the --map t-SNE
@@ -41,6 +48,10 @@ def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_
     click one to deselect it, then Submit: the events go to the --db
     feedback store and the ranking is refined by Rocchio. The API is
     described at http://HOST:PORT/docs (/openapi.json).
+
+    Only requests naming the host served on, localhost or an --allow-host
+    are answered. A --host other than this machine is open to the network:
+    give it a --token.
 
     \b
     Example:
@@ -55,16 +66,52 @@ def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_
     start(quiet)
     import uvicorn
 
-    from image_toolkit.data_tools.web.app import create_app
+    from image_toolkit.data_tools.web.app import create_app, is_loopback
     from image_toolkit.models.extraction import lazy_embedder
 
+    check_port(host, port)
+    if not is_loopback(host):
+        click.echo(f"Warning: {exposure(host, port, token)}", err=True)
     # The embedder reads the index's feature metadata from the app on the first upload.
     app = create_app(index_dir, images_dir, db, map_csv, labels=labels, scores=scores,
                      embed=lazy_embedder(lambda: app.state.collection.metadata),
-                     max_upload_bytes=int(max_upload_mb * 1024 * 1024))
+                     max_upload_bytes=int(max_upload_mb * 1024 * 1024), host=host,
+                     allowed_hosts=[*machine_names(host), *allowed_hosts], token=token)
     url = f"http://{host}:{port}/"
     if as_json:
         echo_json({"url": url, "images": len(app.state.collection.names), "db": str(db)})
     elif not quiet:
         click.echo(f"Serving {len(app.state.collection.names):,} images at {url} (feedback in {db}); Ctrl-C stops.", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info")
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail in one line if uvicorn could not listen on host:port; it would fail only after 'Serving ...' (exit 3).
+
+    Binds and closes a socket as uvicorn binds its own (SO_REUSEADDR, IPv6
+    for an address with a colon), so a port in use is found the same way.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as error:
+            raise click.ClickException(f"{host}:{port}: cannot listen there ({error.strerror or error}); "
+                                       "pass another --port, or stop the program using this one.") from None
+
+
+def machine_names(host: str) -> list[str]:
+    """Names a browser may use for this machine when serving on every address (0.0.0.0 or ::): its host names."""
+    if host not in ("0.0.0.0", "::", ""):
+        return []
+    return list(dict.fromkeys([socket.gethostname(), socket.getfqdn()]))
+
+
+def exposure(host: str, port: int, token: str | None) -> str:
+    """The warning for a --host reachable from other machines: what is open, and what to do about it."""
+    if token:
+        return (f"--host {host} serves port {port} to the network over plain HTTP; every /api request needs the token "
+                "(open /?token=TOKEN once in the browser).")
+    return (f"--host {host} opens port {port} to the network with no authentication: anyone who reaches it can read "
+            "and add feedback; pass --token (or set IMAGE_TOOLKIT_TOKEN).")

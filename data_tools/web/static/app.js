@@ -13,6 +13,7 @@ const state = {
   coords: null,         // id -> [x, y] in the 1000 x 1000 map layer
   zoom: 1, panX: 0, panY: 0,
   session: "s-" + Math.random().toString(36).slice(2, 10),
+  sent: 0,              // events posted by this page: with the session, each event's id
 };
 
 function status(text, error = false) {
@@ -20,14 +21,27 @@ function status(text, error = false) {
   $("status").classList.toggle("error", error);
 }
 
+// A 503 means the feedback store is locked (a long `toolkit feedback import`): send again after the
+// server's Retry-After, then twice as long each time. Safe for a feedback post: its event id makes a repeat a no-op.
+const RETRIES = 6, MAX_WAIT_S = 30;
+
 async function api(path, options = {}) {
-  const response = await fetch(path, options);
-  const body = await response.json().catch(() => ({}));
-  if (!response.ok) {
-    const detail = Array.isArray(body.detail) ? body.detail.map((d) => d.msg).join("; ") : body.detail;
-    throw new Error(detail || `${response.status} ${response.statusText}`);
+  for (let attempt = 0; ; attempt += 1) {
+    const response = await fetch(path, options);
+    if (response.status === 503 && attempt < RETRIES) {
+      const first = Math.max(Number(response.headers.get("Retry-After")) || 1, 0.1);
+      const wait = Math.min(MAX_WAIT_S, first * 2 ** attempt);
+      status(`The feedback store is busy; sending again in ${wait} s (try ${attempt + 2} of ${RETRIES + 1})…`);
+      await new Promise((resolve) => setTimeout(resolve, wait * 1000));
+      continue;
+    }
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      const detail = Array.isArray(body.detail) ? body.detail.map((d) => d.msg).join("; ") : body.detail;
+      throw new Error(detail || `${response.status} ${response.statusText}`);
+    }
+    return body;
   }
-  return body;
 }
 
 // Results.
@@ -148,6 +162,7 @@ async function submit() {
       await api("/api/feedback", {
         method: "POST", headers: { "Content-Type": "application/json" },
         body: JSON.stringify({
+          id: `${state.session}-${(state.sent += 1)}`,
           user: $("user").value.trim() || "web", session: state.session, timestamp: new Date().toISOString(),
           query_class: queryClass, action, images: byAction[action].map((id) => names.get(id)),
         }),
