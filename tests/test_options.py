@@ -238,6 +238,7 @@ def test_serve_json_prints_one_line_with_the_url(runner, tmp_path, monkeypatch):
     monkeypatch.setattr(web, "missing_extra", lambda: None)
     monkeypatch.setattr(web, "create_app", lambda *args, **kwargs: fake)
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
+    monkeypatch.setattr("image_toolkit.cli.serve.check_port", lambda host, port: None)  # 8123 and 8000 stay unbound.
     (tmp_path / "index").mkdir()
     result = runner.invoke(toolkit, ["serve", str(tmp_path / "index"), "--images", str(tmp_path), "--port", "8123", "--json"])
     assert result.exit_code == 0, result.output
