@@ -566,3 +566,35 @@ def test_an_oversized_name_in_an_events_file_is_rejected_with_its_reason():
     raw = {**event(["a.png"]), "user": "u" * (MAX_NAME_LENGTH + 1)}
     with pytest.raises(ValueError, match=f"'user' is longer than {MAX_NAME_LENGTH} characters"):
         check_event(raw, {"a.png"}, {"even"})
+
+
+def test_browser_submit_retries_while_an_import_holds_the_store(digits, tmp_path):
+    """The store locked as by a long `feedback import`: the page gets a 503, says so, sends again, and the event is stored once."""
+    sync_api = browser_test()
+    db = tmp_path / "locked.sqlite"
+    app = make_app(digits, db, wait=0.05)
+    with uvicorn_thread(app) as url, sync_api.sync_playwright() as playwright, \
+            contextlib.closing(sqlite3.connect(db, isolation_level=None)) as importer:
+        browser = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page() if not browser.pages else browser.pages[0]
+            page.goto(url)
+            page.wait_for_function("document.querySelectorAll('#query-class option').length === 5")
+            page.fill("#q", "even")
+            page.press("#q", "Enter")
+            page.wait_for_function("document.querySelectorAll('#grid .thumb').length === 40")
+            chosen = int(page.get_attribute("#grid .thumb", "data-id"))
+            page.click("#grid .thumb")
+            importer.execute("BEGIN IMMEDIATE")
+            page.click("#submit")
+            page.wait_for_function("document.getElementById('status').textContent.includes('busy')", timeout=10_000)
+            importer.execute("COMMIT")
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('Refined')", timeout=20_000)
+        finally:
+            browser.close()
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        rows = connection.execute("SELECT events.id, events.action, event_images.image FROM events "
+                                  "JOIN event_images ON events.id = event_images.event_id").fetchall()
+    assert [(action, image) for _, action, image in rows] == [("select", digits["names"][chosen])]
+    assert rows[0][0].startswith("s-")  # The page's own event id, the same on every try.
