@@ -199,7 +199,7 @@ RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before sending th
 # The error answers of the API, for its OpenAPI `responses`; every one has a `{"detail": "..."}` body.
 ERROR_RESPONSES = {
     400: {"description": "The Host header names none of the hosts this server answers (as text/plain), "
-                         "or the request is malformed.",
+                         "or an uploaded image cannot be embedded by this server.",
           "content": {"text/plain": {"schema": {"type": "string"}}}},
     401: {"description": "No token, or a wrong one: send `Authorization: Bearer TOKEN` or open /?token=TOKEN once."},
     404: {"description": "No such image id, or no class matches the keyword."},
@@ -646,9 +646,9 @@ def create_app(
                     raise DataError("this server was started without an image embedder, so an uploaded image cannot be searched.")
                 vector = np.asarray(embed([path]), dtype=np.float32).reshape(-1)
             except DataError as error:
-                raise invalid(str(error), "body", "file") from None
+                raise HTTPException(400, str(error)) from None
         if vector.shape[0] != collection.features.shape[1]:
-            raise invalid(f"the query has {vector.shape[0]} features but the index {collection.features.shape[1]}.", "body", "file")
+            raise HTTPException(400, f"the query has {vector.shape[0]} features but the index {collection.features.shape[1]}.")
         ids, values = rocchio.rank(vector, collection.features, metric=collection.metric, k=k)
         return {"query": {"image": file.filename}, "query_vector": [round(float(v), 7) for v in vector],
                 "query_class": None, "results": results(ids, values)}
