@@ -11,10 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from image_toolkit.data_tools.errors import DataError
+from image_toolkit.data_tools.errors import DataError, OptionError
 
 
 def make_folder(folder: str | os.PathLike) -> list[Path]:
@@ -65,6 +65,40 @@ def user_umask() -> int:
     return mask
 
 
+def _cannot_write(folder: Path, error: OSError) -> DataError:
+    """The one message for a folder the run may not write into (read-only, full, /sys...)."""
+    return DataError(f"{folder}: cannot write here ({error.strerror or error}); choose a writable folder.")
+
+
+def staging_folder(parent: str | os.PathLike, name: str) -> Path:
+    """A new hidden folder in `parent` for outputs to be moved into place whole (`.NAME.XXXX.partial`).
+
+    `parent` must exist. An unwritable one is a DataError, not a traceback.
+    mkdtemp makes the folder private; it gets the mode the user's umask
+    gives a new folder, which the moved outputs keep.
+    """
+    try:
+        staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".partial"))
+    except OSError as error:
+        raise _cannot_write(Path(parent), error) from None
+    staging.chmod(0o777 & ~user_umask())
+    return staging
+
+
+def refuse_inputs(output: str | os.PathLike, inputs: Iterable[str | os.PathLike | None], *, option: str) -> None:
+    """Refuse an output that is one of the run's inputs: writing it would destroy what the run reads.
+
+    `option` names the output as the user gave it ("-o", "--coords",
+    "OUTPUT_CSV"). Inputs that are None (options not given) are ignored;
+    paths are compared resolved, so `./a.csv` and `a.csv` are one file.
+    """
+    target = Path(output).resolve()
+    for source in inputs:
+        if source is not None and Path(source).resolve() == target:
+            raise OptionError(f"{option} {output}: is also an input of this run ({source}); writing it would "
+                              "replace it. Give the output another name.")
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path (same folder, same suffix) that replaces `target` on success."""
@@ -76,7 +110,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=f".partial{target.suffix}")
     except OSError as error:
         remove_empty(created)
-        raise DataError(f"{target.parent}: cannot write here ({error.strerror or error}); choose a writable folder.") from None
+        raise _cannot_write(target.parent, error) from None
     os.close(handle)
     temporary = Path(temporary)
     written = False

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import pandas as pd
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from image_toolkit.data_tools.atomic import atomic_path, make_folder, remove_empty, user_umask
+from image_toolkit.data_tools.atomic import atomic_path, make_folder, remove_empty, staging_folder
 from image_toolkit.data_tools.errors import DataError
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -91,20 +90,21 @@ def write_digit_folders(output_dir: str | Path, *, n_images: int = 1797, image_s
         raise DataError(f"{output_dir}: already exists and is not an empty folder; give a new or empty folder "
                         "(the digit class folders would mix into what is there).")
     created = make_folder(output_dir.parent)
-    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.", suffix=".partial"))
+    staging = None
     try:
+        staging = staging_folder(output_dir.parent, output_dir.name)
         digits = load_digits()
         rows = np.random.default_rng(seed).permutation(len(digits.target))[:n_images]
         for i, row in enumerate(rows):
             folder = staging / DIGIT_NAMES[digits.target[row]]
             folder.mkdir(exist_ok=True)
             digit_image(digits.data[row], image_size).save(folder / f"{i:04d}.png")
-        staging.chmod(0o777 & ~user_umask())  # mkdtemp makes it private; the output gets the user's usual mode
         if output_dir.is_dir():
             output_dir.rmdir()  # empty, checked above
         os.replace(staging, output_dir)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         remove_empty(created)
         raise
     return output_dir
@@ -118,16 +118,18 @@ def write_demo_dataset(output_dir: str | Path, *, n_images: int = 300, image_siz
     if taken:
         raise DataError(f"{output_dir}: already holds {' and '.join(taken)}; give another folder for the demo data.")
     created = make_folder(output_dir)
-    staging = Path(tempfile.mkdtemp(dir=output_dir, prefix=".demo-data.", suffix=".partial"))
+    staging = None
     moved: list[Path] = []
     try:
+        staging = staging_folder(output_dir, "demo-data")
         write_digits_dataset(staging, n_images=n_images, image_size=image_size, seed=seed)
         for name in ("images", "label.txt"):
             os.replace(staging / name, output_dir / name)
             moved.append(output_dir / name)
         staging.rmdir()
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         for path in moved:  # what was moved in before the failure: checked above not to be the user's
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         remove_empty(created)
