@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import click
 
@@ -175,8 +176,29 @@ def group(name: str | None = None, **settings):
 # (predict's labels, search's results, index info, assess's scores, experiment's comparison) still goes to stdout.
 quiet_option = click.option("--quiet", is_flag=True, help="No progress and no summary: silent on success but for the results it prints.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
-# An output folder: a file of that name is a one-line usage error; the folder is made with the first output.
-OUTPUT_DIR = click.Path(file_okay=False)
+class OutputFolder(click.Path):
+    """An output folder: a file of that name, or a file on the way to it (FILE/sub), is a one-line usage error.
+
+    Click checks only the path itself, so `FILE` was a usage error (exit 2)
+    and `FILE/sub` a data error (exit 1) found when the first output was
+    written; both are the same mistake. The folder itself is made with the
+    first output (`image_toolkit.data_tools.atomic`).
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(file_okay=False, **kwargs)
+
+    def convert(self, value, param, ctx):
+        converted = super().convert(value, param, ctx)
+        for part in Path(os.fsdecode(value)).parents:
+            if part.is_dir():
+                break
+            if part.exists() or part.is_symlink():
+                self.fail(f"{part} is a file, not a folder; choose another output folder.", param, ctx)
+        return converted
+
+
+OUTPUT_DIR = OutputFolder()
 
 
 def start(quiet: bool) -> None:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import click
 
-from image_toolkit.cli.common import command, echo_json, json_option, quiet_option, start
+from image_toolkit.cli.common import OutputFolder, command, echo_json, json_option, quiet_option, start
 
 
 @command("compute-distances")
 @click.argument("features_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("output_dir_path", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("output_dir_path", type=OutputFolder(path_type=Path))
 @click.argument("distance_metric")
 @click.argument("n_neighbors", type=int)
 @click.argument("n_cores", type=int, default=None, required=False)
@@ -66,6 +66,7 @@ def compute_distances(
     n_cores = next((n for n in (n_cores, n_jobs) if n is not None), 4)
     start(quiet)
     logging.getLogger("faiss").setLevel(logging.WARNING)  # Its loader logs every CPU feature it tries.
+    from image_toolkit.data_tools.errors import DataError
     from image_toolkit.data_tools.formats.features import read_features
     from image_toolkit.data_tools.search.neighbors import check_options, exact_neighbors, writable_dir, write_neighbors
 
@@ -74,6 +75,11 @@ def compute_distances(
     writable_dir(output_dir_path)
     gallery = read_features(features_path)
     query_set = read_features(queries) if queries else None
+    if query_set is not None and query_set.features.shape[1] != gallery.features.shape[1]:
+        raise DataError(
+            f"{queries}: {query_set.features.shape[1]} features per row, but {features_path} has "
+            f"{gallery.features.shape[1]}; extract both with the same model and layer."
+        )
     started = time.monotonic()
     distances, indices = exact_neighbors(
         gallery.features,
