@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from image_toolkit.data_tools.atomic import atomic_path
+from image_toolkit.data_tools.atomic import atomic_path, refuse_inputs
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.csv_files import read_checked_csv
@@ -117,6 +117,8 @@ def make_metadata(image_dir: str | Path, output_csv: str | Path, *, balanced: bo
     check_range("--test-split", test_split, low=0, high=1, high_open=True)
     image_dir = Path(image_dir)
     paths = find_images(image_dir)
+    # Only an image of the same name can be the output: the others need not be resolved.
+    refuse_inputs(output_csv, (path for path in paths if path.name == Path(output_csv).name), option="OUTPUT_CSV")
     paths = [path for path in paths if path.parent != image_dir]
     if not paths:
         raise DataError(f"{image_dir}: no images in class sub-folders (expected {image_dir}/CLASS/image.jpg).")
