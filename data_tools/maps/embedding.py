@@ -64,6 +64,7 @@ def embed_2d(
     seed: int = 0,
     n_jobs: int | None = None,
     show: bool | None = None,
+    where: str = "features",
 ) -> np.ndarray:
     """An (N, 2) float32 map of N feature rows; the same seed gives the same map.
 
@@ -71,13 +72,17 @@ def embed_2d(
     lowered to (N - 1) / 3 with a warning. `n_jobs` None picks the thread
     count by size (`default_n_jobs`); -1 is all cores. `show` draws a bar of
     the t-SNE iterations on stderr (None: when stderr is a terminal).
+    `where` names the features in errors (their file).
     """
     if method not in METHODS:
         raise OptionError(f"--method: expected one of {', '.join(METHODS)}. Received: {method!r}.")
     check_range("perplexity", perplexity, low=0, low_open=True)
+    if n_jobs is not None:
+        check_range("--n-jobs", n_jobs, low=1, special={-1: "all cores"})
     features = np.asarray(features, dtype=np.float32)
     if features.ndim != 2 or len(features) < 4:
-        raise DataError(f"a 2-D map needs at least 4 feature rows; got {len(features)}. Extract features of more images.")
+        raise DataError(f"{where}: a 2-D map needs at least 4 feature rows; got {len(features)}. "
+                        "Extract features of more images.")
     if method == "pca":
         coords = reduce_pca(features, 2, seed=seed)
         if coords.shape[1] < 2:
@@ -171,7 +176,7 @@ def draw_map(
 
     import pandas as pd
 
-    from image_toolkit.data_tools.atomic import atomic_path
+    from image_toolkit.data_tools.atomic import atomic_path, refuse_inputs
     from image_toolkit.data_tools.formats.features import read_features
     from image_toolkit.data_tools.maps.plots import plot_embedding
 
@@ -179,6 +184,8 @@ def draw_map(
     if output.suffix.lower() != ".png":
         raise OptionError(f"-o {output}: the plot is a PNG; give a name ending in .png.")
     coords_path = Path(coords_path) if coords_path is not None else output.with_suffix(".csv")
+    refuse_inputs(output, (features_path, labels, highlight), option="-o")
+    refuse_inputs(coords_path, (features_path, labels, highlight, output), option="--coords")
     feature_set = read_features(features_path)
     classes = None
     if labels is not None:
@@ -201,14 +208,17 @@ def draw_map(
         absent = len(chosen - set(feature_set.paths))
         if absent:
             logger.warning("%d highlighted images of %s are not in %s", absent, highlight, features_path)
-    started = time.monotonic()
-    coords = embed_2d(feature_set.features, method=method, perplexity=perplexity, seed=seed, n_jobs=n_jobs, show=show)
-    seconds = time.monotonic() - started
-    frame = pd.DataFrame({"image": feature_set.paths, "x": coords[:, 0].round(4), "y": coords[:, 1].round(4)})
-    with atomic_path(coords_path) as temporary:
-        frame.to_csv(temporary, index=False)
-    title = f"{'t-SNE' if method == 'tsne' else 'PCA'} of {Path(features_path).name} ({len(frame)} images)"
-    plot_embedding(coords, output, classes=classes, highlight=marked, highlight_label=what, title=title)
+    # Both outputs are written aside and moved in together at the end: an unwritable folder for either fails
+    # before the map is computed, and a failed run leaves neither.
+    with atomic_path(coords_path) as coords_file, atomic_path(output) as plot_file:
+        started = time.monotonic()
+        coords = embed_2d(feature_set.features, method=method, perplexity=perplexity, seed=seed, n_jobs=n_jobs,
+                          show=show, where=str(features_path))
+        seconds = time.monotonic() - started
+        frame = pd.DataFrame({"image": feature_set.paths, "x": coords[:, 0].round(4), "y": coords[:, 1].round(4)})
+        frame.to_csv(coords_file, index=False)
+        title = f"{'t-SNE' if method == 'tsne' else 'PCA'} of {Path(features_path).name} ({len(frame)} images)"
+        plot_embedding(coords, plot_file, classes=classes, highlight=marked, highlight_label=what, title=title)
     return {
         "plot": str(output),
         "coords": str(coords_path),
