@@ -194,7 +194,7 @@ class OutputFolder(click.Path):
             if part.is_dir():
                 break
             if part.exists() or part.is_symlink():
-                self.fail(f"{part} is a file, not a folder; choose another output folder.", param, ctx)
+                self.fail(f"{part}: is a file, not a folder; choose another output folder.", param, ctx)
         return converted
 
 

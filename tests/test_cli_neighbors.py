@@ -158,7 +158,7 @@ def test_missing_features_file_is_a_usage_error(runner, tmp_path):
 def test_unwritable_output_folder_fails_before_the_search(runner, tmp_path, features_file):
     (tmp_path / "taken").write_text("a file, not a folder")
     result = runner.invoke(compute_distances, [str(features_file), str(tmp_path / "taken" / "out"), "cosine", "3"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # as for OUTPUT_DIR_PATH = the file itself: a usage error
     assert "taken: is a file, not a folder" in one_line_error(result)
 
 
