@@ -49,6 +49,7 @@ def read_checked_csv(
         raise DataError(
             f"{path}: not a readable CSV ({str(error).splitlines()[0]}); expected a header row such as '{example}'."
         ) from None
+    _check_header_names(read_csv_header(path, kind=kind, missing_fix=missing_fix), path, kind)
     frame.columns = [str(column).strip() for column in frame.columns]
     for column in required:
         if column not in frame.columns:
@@ -73,6 +74,22 @@ def read_csv_header(path: str | os.PathLike, *, kind: str = "CSV", missing_fix: 
             return [cell.strip() for cell in next(csv.reader(handle), [])]
     except UnicodeDecodeError:
         raise DataError(f"{path}: {_first_undecodable(path)} is not UTF-8 text; save the file as CSV UTF-8.") from None
+
+
+def _check_header_names(header: list[str], path: Path, kind: str) -> None:
+    """Refuse a blank or repeated column name, which pandas would quietly rename ('Unnamed: 2', 'even.1').
+
+    A label CSV would then train a label named 'even.1', or one of nothing
+    but blanks from a trailing comma.
+    """
+    blank = [number for number, name in enumerate(header, start=1) if not name]
+    if blank:
+        raise DataError(f"{path}: column {blank[0]} of the header has no name; name every column of a {kind} "
+                        "or delete the empty one (a trailing comma makes one).")
+    repeated = sorted({name for name in header if header.count(name) > 1}, key=header.index)
+    if repeated:
+        raise DataError(f"{path}: the header names column '{repeated[0]}' {header.count(repeated[0])} times; "
+                        f"a {kind} names each column once.")
 
 
 def _first_undecodable(path: Path) -> str:
