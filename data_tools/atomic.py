@@ -95,7 +95,8 @@ def refuse_inputs(output: str | os.PathLike, inputs: Iterable[str | os.PathLike 
     target = Path(output).resolve()
     for source in inputs:
         if source is not None and Path(source).resolve() == target:
-            raise OptionError(f"{option} {output}: is also an input of this run ({source}); writing it would "
+            spelled = "" if str(source) == str(output) else f" ({source})"
+            raise OptionError(f"{option} {output}: is also an input of this run{spelled}; writing it would "
                               "replace it. Give the output another name.")
 
 

@@ -179,18 +179,22 @@ HEADER_ONLY = text("bad.csv", "image,even\n")
 NO_IMAGE_COLUMN = text("bad.csv", "file,even\n0000.png,1\n")
 # Two classes of 12 images (even, odd): a test split the experiment accepts.
 TWO_CLASSES = text("two.csv", "image,label\n" + "".join(f"{i:04d}.png,{('even', 'odd')[i % 2]}\n" for i in range(24)))
+KERAS_NOT_FOUND = ("training: models/inference.py load_embedding_model quotes Keras' 'File not found' for a .keras "
+                   "file that is there but damaged (item 10)")
 BROKEN_CSV = text("bad.csv", 'image,even\n0000.png,1\n"0001.png,0\n0002.png,1,1,1\n')
 
 
 def case(case_id: str, argv: str, code: int, expected: str, setup: Setup = nothing, *, owner: str | None = None,
-         needs: str | None = None):
+         needs: str | None = None, misleading: str | None = None):
     """One row of the table: `argv` is split like a shell line after `{ro}` is filled in.
 
-    `owner` marks a failure in a file another helper owns (strict xfail);
-    `needs` names a fixture of trained models the case copies in.
+    `expected` must be in the error line, `misleading` must not (a wrong
+    diagnosis, e.g. "File not found" for a file that is there). `owner`
+    marks a failure in a file another helper owns (strict xfail); `needs`
+    names a trained model the case copies in (the `trained` fixture).
     """
     marks = [pytest.mark.xfail(strict=True, reason=f"owner: {owner}")] if owner else []
-    return pytest.param(argv, code, expected, setup, needs, id=case_id, marks=marks)
+    return pytest.param(argv, code, expected, misleading, setup, needs, id=case_id, marks=marks)
 
 
 CASES = [
@@ -349,7 +353,11 @@ CASES = [
     case("simclr-embedding-dim-zero", "train-simclr images --embedding-dim 0", 2, "--embedding-dim"),
     # --- assess ---
     case("assess-model-missing", "assess nowhere.keras metadata.csv", 2, "nowhere.keras"),
-    case("assess-model-text", "assess fake.keras metadata.csv --output-dir out", 1, "fake.keras", text("fake.keras", "no")),
+    case("assess-model-text", "assess fake.keras metadata.csv --output-dir out", 1, "fake.keras", text("fake.keras", "no"),
+         misleading="File not found", owner=KERAS_NOT_FOUND),
+    case("assess-model-truncated", "assess cut.keras metadata.csv --output-dir out", 1, "cut.keras",
+         truncated("embedding_model.keras", "cut.keras"), needs="embedding", misleading="File not found",
+         owner=KERAS_NOT_FOUND),
     case("assess-model-binary", "assess fake.h5 metadata.csv --output-dir out", 1, "fake.h5", data("fake.h5", BINARY)),
     case("assess-csv-missing", "assess fake.keras nowhere.csv", 2, "nowhere.csv", text("fake.keras", "no")),
     case("assess-csv-no-class-column", "assess embedding_model.keras bad.csv --output-dir out", 1, "bad.csv",
@@ -380,7 +388,8 @@ for name in ("get-inception-output", "get-transfer-layer"):
         case(f"{short}-unknown-model", f"{name} images out.npz --model vgg99", 1, "vgg99"),
         case(f"{short}-model-text", f"{name} images out.npz --model fake.h5", 1, "fake.h5", text("fake.h5", "no")),
         case(f"{short}-model-truncated-keras", f"{name} images out.npz --model cut.keras", 1, "cut.keras",
-             truncated("embedding_model.keras", "cut.keras"), needs="embedding"),
+             truncated("embedding_model.keras", "cut.keras"), needs="embedding", misleading="File not found",
+             owner=KERAS_NOT_FOUND),
         case(f"{short}-image-size-tiny", f"{name} images out.npz --image-size 4", 2, "--image-size"),
         case(f"{short}-batch-size-zero", f"{name} images out.npz --batch-size 0", 2, "--batch-size"),
         case(f"{short}-unknown-precision", f"{name} images out.npz --precision fp8", 2, "--precision"),
@@ -714,8 +723,8 @@ def no_server(monkeypatch):
     monkeypatch.setattr(uvicorn.Server, "run", refuse)
 
 
-@pytest.mark.parametrize("argv, code, expected, setup, needs", CASES)
-def test_bad_input(argv, code, expected, setup, needs, request, runner, workspace, read_only, tmp_path, monkeypatch,
+@pytest.mark.parametrize("argv, code, expected, misleading, setup, needs", CASES)
+def test_bad_input(argv, code, expected, misleading, setup, needs, request, runner, workspace, read_only, tmp_path, monkeypatch,
                    no_server):
     shutil.copytree(workspace, tmp_path, dirs_exist_ok=True)
     if needs:
@@ -735,6 +744,7 @@ def test_bad_input(argv, code, expected, setup, needs, request, runner, workspac
     line = one_line_error(result)
     assert result.exit_code == code, line
     assert expected in line
+    assert misleading is None or misleading not in line
     after = snapshot(tmp_path)
     changed = sorted(path for path in before.keys() | after.keys() if before.get(path) != after.get(path))
     assert not changed, f"the refused run added, changed or removed {changed}"

@@ -185,7 +185,9 @@ def draw_map(
         raise OptionError(f"-o {output}: the plot is a PNG; give a name ending in .png.")
     coords_path = Path(coords_path) if coords_path is not None else output.with_suffix(".csv")
     refuse_inputs(output, (features_path, labels, highlight), option="-o")
-    refuse_inputs(coords_path, (features_path, labels, highlight, output), option="--coords")
+    refuse_inputs(coords_path, (features_path, labels, highlight), option="--coords")
+    if coords_path.resolve() == output.resolve():
+        raise OptionError(f"--coords {coords_path}: is the plot's name too (-o); give the coordinates CSV another name.")
     feature_set = read_features(features_path)
     classes = None
     if labels is not None:
