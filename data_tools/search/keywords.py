@@ -232,19 +232,27 @@ def rank_by_classes(scores: np.ndarray, matches: list[ClassMatch], *, k: int) ->
     return combined[order].astype(np.float32), order
 
 
-def scores_for_index(index, scores: FeatureSet | None, where: str) -> tuple[list[str], np.ndarray, dict, str]:
-    """The paths, class scores and their metadata to rank: the --scores file's rows of indexed images, or the index's own rows."""
+def scores_for_index(
+    index, scores: FeatureSet | None, where: str, *, scores_name: str = "--scores"
+) -> tuple[list[str], np.ndarray, dict, str]:
+    """The paths, class scores and their metadata to rank: the scores file's rows of indexed images, or the index's own rows.
+
+    `where` names the index and `scores_name` the scores file in messages.
+    """
     if scores is None:
         return index.paths_, index.vectors(), index.features_metadata_, where
     indexed = set(index.paths_)
     keep = np.array([path in indexed for path in scores.paths], dtype=bool)
     if not keep.any():
-        raise DataError(f"--scores: none of its {len(scores.paths)} images is in the index {where}; extract scores of the indexed images.")
+        raise DataError(
+            f"{scores_name}: none of its {len(scores.paths)} images is in the index {where}; "
+            "extract scores of the indexed images (get-inception-output on the same image folder)."
+        )
     missing = len(indexed) - int(keep.sum())
     if missing > 0:
-        warnings.warn(f"{missing} of the {len(indexed)} indexed images have no scores in --scores and are left out.", stacklevel=2)
+        warnings.warn(f"{missing} of the {len(indexed)} indexed images have no scores in {scores_name} and are left out.", stacklevel=2)
     paths = [path for path, ok in zip(scores.paths, keep) if ok]
-    return paths, scores.features[keep], scores.metadata, "--scores"
+    return paths, scores.features[keep], scores.metadata, scores_name
 
 
 def keyword_search(

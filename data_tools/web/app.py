@@ -298,6 +298,7 @@ class Collection:
         if not self.root.is_dir():
             raise DataError(f"{images_dir}: no such image folder; pass the folder the index's image paths are relative to.")
         index = ImageIndex.load(index_dir, n_threads=1)
+        self.index_dir = Path(index_dir)
         self.metadata = dict(index.features_metadata_)
         self.metric = "euclidean" if index.metric == "euclidean" else "cosine"
         self.names = [self._relative(path) for path in index.paths_]
@@ -324,7 +325,9 @@ class Collection:
         from image_toolkit.data_tools.search.keywords import class_names, scores_for_index
 
         try:
-            paths, values, metadata, source = scores_for_index(index, read_features(scores) if scores else None, "the index")
+            paths, values, metadata, source = scores_for_index(
+                index, read_features(scores) if scores else None, str(self.index_dir), scores_name=str(scores)
+            )
             names = class_names(metadata, values.shape[1], source)
         except DataError as error:
             if scores:
