@@ -29,7 +29,9 @@ import hashlib
 import itertools
 import json
 import logging
+import os
 import sqlite3
+import tempfile
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from image_toolkit.data_tools.atomic import atomic_path, make_folder, remove_empty
+from image_toolkit.data_tools.atomic import atomic_path, make_folder, remove_empty, user_umask
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.csv_files import read_csv_header
@@ -291,6 +293,48 @@ def _discard(connection: sqlite3.Connection | None, made: Path | None, folders: 
     remove_empty(folders)
 
 
+def _write_schema(connection: sqlite3.Connection) -> None:
+    """The tables, indexes and schema version of a new store, in WAL mode, unless another process wrote them first."""
+    connection.execute("PRAGMA journal_mode = WAL")
+    with transaction(connection):
+        if connection.execute("PRAGMA user_version").fetchone()[0] == 0:
+            for statement in [*filter(str.strip, _SCHEMA.split(";")), *_INDEXES]:
+                connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _create(path: Path) -> bool:
+    """Make a new, empty store at `path` in one step; False if another process made one there first.
+
+    The schema is written to a temporary file beside `path`, which is then
+    hard-linked into place, so a kill -9 at any moment leaves no store or a
+    complete one, never a file without its schema. A link, unlike a rename,
+    never replaces a store that another process made meanwhile.
+    """
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        temporary.chmod(0o666 & ~user_umask())  # mkstemp's 0600 would keep a teammate out
+        connection = sqlite3.connect(temporary, isolation_level=None)
+        try:
+            _write_schema(connection)
+        finally:
+            connection.close()
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+        except OSError:  # A file system without hard links: a rename, if no store appeared meanwhile.
+            if path.exists():
+                return False
+            os.replace(temporary, path)
+        return True
+    finally:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{temporary}{suffix}").unlink(missing_ok=True)
+
+
 def connect(path: str | Path, *, create: bool = False, wait: float = DEFAULT_WAIT_S) -> sqlite3.Connection:
     """Open the store, creating it when `create`; refuse a newer schema or a foreign file.
 
@@ -302,10 +346,11 @@ def connect(path: str | Path, *, create: bool = False, wait: float = DEFAULT_WAI
         raise DataError(f"{path}: feedback database not found; create it with 'toolkit feedback import EVENTS --db {path}'.")
     check_range("--wait", wait, low=0, why="seconds")
     created = make_folder(path.parent) if create else []
-    new = not path.exists()
-    connection = None
+    made = connection = None
     try:
-        connection = sqlite3.connect(path, timeout=wait, isolation_level=None)  # Fails in a folder it may not write.
+        if create and not path.exists():
+            made = path if _create(path) else None
+        connection = sqlite3.connect(path, timeout=wait, isolation_level=None)
         version = connection.execute("PRAGMA user_version").fetchone()[0]
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if version > SCHEMA_VERSION:
@@ -321,20 +366,18 @@ def connect(path: str | Path, *, create: bool = False, wait: float = DEFAULT_WAI
                     f"{path}: an empty feedback database (no data set registered); import events first with "
                     f"'toolkit feedback import EVENTS --db {path} --data-csv LABEL_CSV'."
                 )
-            connection.execute("PRAGMA journal_mode = WAL")
-            with transaction(connection):
-                if connection.execute("PRAGMA user_version").fetchone()[0] == 0:  # Another process may have won.
-                    for statement in [*filter(str.strip, _SCHEMA.split(";")), *_INDEXES]:
-                        connection.execute(statement)
-                    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            _write_schema(connection)  # An empty file someone made: the store is made in it.
+    except OSError as error:  # The temporary file of a new store, in a folder it may not write.
+        _discard(connection, made, created)
+        raise DataError(f"{path.parent}: cannot write here ({error.strerror or error}); choose a writable folder for --db.") from None
     except sqlite3.OperationalError as error:
-        _discard(connection, path if new else None, created)
+        _discard(connection, made, created)
         raise database_error(path, error, wait) or DataError(f"{path}: cannot open the feedback database ({error}).") from None
     except sqlite3.DatabaseError as error:
-        _discard(connection, path if new else None, created)
+        _discard(connection, made, created)
         raise DataError(f"{path}: not an SQLite database ({error}); pass another --db.") from None
     except DataError:
-        _discard(connection, path if new else None, created)
+        _discard(connection, made, created)
         raise
     connection.execute("PRAGMA foreign_keys = ON")
     return connection
