@@ -17,7 +17,10 @@ import, so every event is checked against real image names and exported with
 the images' classes.
 
 An event's id is its `id` field when it has one, else a stable hash of its
-content, so importing the same file twice adds nothing.
+content, so importing the same file twice adds nothing. An import commits
+its events in batches (`BATCH_EVENTS`), each a short write transaction, so
+the web app's posts get in between; a run cut short keeps what it
+committed, and running it again adds exactly the rest.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ CREATE TABLE event_images (
     PRIMARY KEY (event_id, position)
 );
 """
-# The columns queries look up: an image's events (export, votes) and a class's events (the web page's votes).
+# The columns queries look up: an image's events, and a class's events (the web page's votes for a query).
 _INDEXES = (
     "CREATE INDEX IF NOT EXISTS event_images_by_image ON event_images (image)",
     "CREATE INDEX IF NOT EXISTS events_by_query_class ON events (query_class)",
@@ -84,6 +87,7 @@ _INDEXES = (
 # Events per write transaction of an import: the write lock is held for one batch (tens of ms), so a
 # web post waits that long at most, where a 200,000-event import in one transaction made it wait 10 s.
 BATCH_EVENTS = 5000
+# SQLite's page cache for an import (its default is 2 MB): the batches' inserts into the indexes hit it.
 IMPORT_CACHE_KIB = 64 * 1024
 
 
@@ -205,7 +209,7 @@ def _json_lines(path: Path) -> Iterator[tuple[int, object]]:
             if not line.strip():
                 continue
             try:
-                yield number, json.loads(line)
+                yield number, json.loads(line.strip())
             except json.JSONDecodeError as error:
                 yield number, Rejection(number, f"malformed JSON ({error.msg} at column {error.colno})")
 
@@ -546,8 +550,8 @@ def import_events(
         raise DataError(f"{db}: a new feedback database, so no data set is registered; pass --data-csv with the label file the events refer to.")
     rows = read_event_lines(events_path)
     connection = connect(db, create=table is not None, wait=wait)
-    # A page cache for batches of inserts (SQLite's default is 2 MB), and no fsync at each commit: in WAL mode a
-    # crash of the process loses nothing committed, a power cut at most the last batches, which a rerun adds.
+    # No fsync at each commit: in WAL mode a crash of the process loses nothing committed,
+    # and a power cut at most the last batches, which the same import again adds.
     connection.execute(f"PRAGMA cache_size = -{IMPORT_CACHE_KIB}")
     connection.execute("PRAGMA synchronous = NORMAL")
     source = Path(events_path).name
