@@ -1,6 +1,7 @@
 """`feedback import` of large files: batches that let other writers in, the same result as one transaction,
 and one-line errors for binary files, read-only folders and a database without a data set."""
 
+import contextlib
 import json
 import os
 import random
@@ -145,6 +146,26 @@ def test_the_queried_columns_are_indexed_in_new_and_older_databases(tmp_path):
     assert "USING INDEX" not in str(plan)
     store.import_events(events, db)
     assert "events_by_query_class" in indexes(db)
+
+
+def test_a_new_database_appears_only_once_its_schema_is_written(tmp_path, monkeypatch):
+    """While the schema is written nothing is at --db yet, so a kill -9 then cannot leave a file without its schema."""
+    db = tmp_path / "f.sqlite"
+    present_while_writing = []
+    real = store.transaction
+
+    @contextlib.contextmanager
+    def spying(connection):
+        present_while_writing.append(db.exists())
+        with real(connection) as inside:
+            yield inside
+
+    monkeypatch.setattr(store, "transaction", spying)
+    store.connect(db, create=True).close()
+    assert present_while_writing[0] is False
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
+    assert not [path.name for path in tmp_path.iterdir() if ".partial" in path.name]  # the temporary file is gone
 
 
 # --- One line, exit 1, nothing left behind ------------------------------------------------------------
