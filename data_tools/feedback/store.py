@@ -84,7 +84,7 @@ _INDEXES = (
     "CREATE INDEX IF NOT EXISTS event_images_by_image ON event_images (image)",
     "CREATE INDEX IF NOT EXISTS events_by_query_class ON events (query_class)",
 )
-# Events per write transaction of an import: the write lock is held for one batch (under a second, 0.6 s
+# Events per write transaction of an import: the write lock is held for one batch (under a second, 0.6-0.9 s
 # at most measured on a busy 2-core machine), so a web post waits that long at most, where a
 # 200,000-event import in one transaction made it wait 10 s and fail. Smaller batches made imports slower.
 BATCH_EVENTS = 5000
