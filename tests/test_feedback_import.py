@@ -77,7 +77,7 @@ def test_a_writer_gets_in_between_the_batches_of_a_long_import(tmp_path, monkeyp
 
     def post_events():
         """A web page posting events with a short busy timeout, as the server does, until the import is done."""
-        connection = store.connect(db, wait=1.0)
+        connection = store.connect(db, wait=2.0)
         try:
             for number in range(100_000):
                 if finished.is_set():
