@@ -137,3 +137,19 @@ def test_multilabel_lists_keep_blank_cells_and_use_label_groups(runner, tmp_path
     table = read_label_csv(out, "multilabel", allow_duplicates=True)
     assert table.images == ["0000.png", "0001.png", "0001.png", "0002.png", "0002.png", "0002.png"]
     assert np.isnan(table.labels[1, 1]) and np.isnan(table.labels[2, 1])
+
+
+def test_ratios_that_multiply_past_the_cap_are_a_usage_error(runner, tmp_path):
+    """Each ratio is at most 1000, but a row in four groups would get 1000^4 copies: numpy once asked for 7 TiB."""
+    train = tmp_path / "train.csv"
+    train.write_text("image,a,b,c\n0000.png,1,1,1\n0001.png,0,1,0\n")
+    feedback = tmp_path / "image_feedback.csv"
+    pd.DataFrame([["0000.png", "a;b;c", "a", 1, 1, 0, 1]], columns=FEEDBACK_COLUMNS).to_csv(feedback, index=False)
+    out = tmp_path / "meta.csv"
+    ratios = [item for group in ("deselected", "class:a", "class:b", "class:c") for item in ("--ratio", f"{group}=1000")]
+    result = runner.invoke(toolkit, ["resample", str(train), str(feedback), "-o", str(out), *ratios])
+    assert result.exit_code == 2
+    message = one_line_error(result)
+    assert "'0000.png'" in message and "deselected, class:a, class:b, class:c" in message and "1e+12" in message
+    assert "at most 1000" in message
+    assert not out.exists()

@@ -115,6 +115,17 @@ def check_no_leak(train: LabelTable, held_out: dict[str, Iterable[str]], source:
             )
 
 
+def check_copies(per_row: np.ndarray, masks: dict[str, np.ndarray], train: LabelTable) -> None:
+    """Refuse ratios whose product gives a row more than MAX_RATIO copies (four groups at 1000 once asked for 7 TiB)."""
+    worst = int(np.argmax(per_row)) if len(per_row) else 0
+    if len(per_row) and per_row[worst] > MAX_RATIO:
+        groups = [group for group, mask in masks.items() if mask[worst]]
+        raise OptionError(
+            f"--ratio: image '{train.images[worst]}' is in the groups {', '.join(groups)}, whose ratios multiply to "
+            f"{per_row[worst]:g} copies; at most {MAX_RATIO} copies per row, so lower the ratios of groups that overlap."
+        )
+
+
 def resample_table(
     train: LabelTable,
     feedback: pd.DataFrame,
@@ -140,6 +151,7 @@ def resample_table(
     per_row = np.ones(len(train))
     for group, mask in masks.items():
         per_row[mask] *= ratios[group]
+    check_copies(per_row, masks, train)
     whole = np.floor(per_row)
     draws = np.random.default_rng(seed).random(len(train))
     copies = (whole + (draws < per_row - whole)).astype(int)

@@ -17,7 +17,10 @@ import, so every event is checked against real image names and exported with
 the images' classes.
 
 An event's id is its `id` field when it has one, else a stable hash of its
-content, so importing the same file twice adds nothing.
+content, so importing the same file twice adds nothing. An import commits
+its events in batches (`BATCH_EVENTS`), each a short write transaction, so
+the web app's posts get in between; a run cut short keeps what it
+committed, and running it again adds exactly the rest.
 """
 
 from __future__ import annotations
@@ -26,20 +29,23 @@ import contextlib
 import csv
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
-import re
+import os
 import sqlite3
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from image_toolkit.data_tools.atomic import atomic_path, make_folder, remove_empty
+from image_toolkit.data_tools.atomic import atomic_path, make_folder, remove_empty, user_umask
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.formats.csv_files import read_csv_header
 from image_toolkit.data_tools.formats.labels import SEPARATOR, LabelTable, image_classes, read_labels
 
 logger = logging.getLogger(__name__)
@@ -72,8 +78,18 @@ CREATE TABLE event_images (
     image TEXT NOT NULL,
     PRIMARY KEY (event_id, position)
 );
-CREATE INDEX event_images_by_image ON event_images (image);
 """
+# The columns queries look up: an image's events, and a class's events (the web page's votes for a query).
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS event_images_by_image ON event_images (image)",
+    "CREATE INDEX IF NOT EXISTS events_by_query_class ON events (query_class)",
+)
+# Events per write transaction of an import: the write lock is held for one batch (under a second, 0.6-0.9 s
+# at most measured on a busy 2-core machine), so a web post waits that long at most, where a
+# 200,000-event import in one transaction made it wait 10 s and fail. Smaller batches made imports slower.
+BATCH_EVENTS = 5000
+# SQLite's page cache for an import (its default is 2 MB): the batches' inserts into the indexes hit it.
+IMPORT_CACHE_KIB = 64 * 1024
 
 
 # --- Events -----------------------------------------------------------------------------------
@@ -87,12 +103,17 @@ class Rejection:
     reason: str
 
 
+# The content hash's text: keys sorted, no spaces. One encoder for every event (json.dumps builds one per call).
+_canonical_json = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
 def _normalised_timestamp(value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"malformed timestamp {value!r} (expected ISO 8601, e.g. 2024-05-01T12:30:00Z)")
+    text = value.strip()
     try:
         # Python 3.10's fromisoformat does not read the 'Z' (UTC) that browsers and our simulator write.
-        moment = datetime.fromisoformat(re.sub(r"[zZ]$", "+00:00", value.strip()))
+        moment = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1] in "zZ" else text)
     except ValueError:
         raise ValueError(f"malformed timestamp {value!r} (expected ISO 8601, e.g. 2024-05-01T12:30:00Z)") from None
     if moment.tzinfo is not None:
@@ -121,8 +142,8 @@ def check_event(raw: object, known_images: set[str], classes: set[str]) -> dict:
     images = list(dict.fromkeys(image.strip() for image in images if image.strip()))
     if not images:
         raise ValueError("'images' is empty")
-    unknown = [image for image in images if image not in known_images]
-    if unknown:
+    if not known_images.issuperset(images):
+        unknown = [image for image in images if image not in known_images]
         more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
         raise ValueError(f"image '{unknown[0]}'{more} not in the data set")
     for name in ("user", "session", "id"):
@@ -136,18 +157,21 @@ def check_event(raw: object, known_images: set[str], classes: set[str]) -> dict:
         "action": action,
         "images": images,
     }
-    content = json.dumps(event, sort_keys=True, separators=(",", ":"))
+    content = _canonical_json(event)
     event["content_hash"] = hashlib.sha256(content.encode("utf-8")).hexdigest()
     given_id = raw.get("id")
     event["id"] = str(given_id).strip() if given_id not in (None, "") else event["content_hash"][:32]
     return event
 
 
-def read_event_lines(path: str | Path) -> list[tuple[int, object]]:
-    """(line number, raw event) for every event in a .jsonl or .csv file.
+def read_event_lines(path: str | Path) -> Iterator[tuple[int, object]]:
+    """(line number, raw event) for every event in a .jsonl or .csv file, read as the caller goes.
 
-    A line that is not JSON becomes a `Rejection` in place of its event.
-    CSV columns are the event's fields, `images` holding names joined by ';'.
+    The file is checked first (its suffix, that it is text, a CSV's columns),
+    so a wrong file is refused before anything is imported; the events are
+    then read one at a time, so a file of millions of events is never held
+    in memory. A line that is not JSON becomes a `Rejection` in place of its
+    event. CSV columns are the event's fields, `images` holding names joined by ';'.
     """
     path = Path(path)
     if not path.is_file():
@@ -155,29 +179,48 @@ def read_event_lines(path: str | Path) -> list[tuple[int, object]]:
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".csv"):
         raise OptionError(f"{path.name}: expected an events file ending in .jsonl or .csv. Received: {suffix or 'no suffix'!r}")
-    rows: list[tuple[int, object]] = []
+    _check_text(path)
+    if suffix == ".jsonl":
+        return _json_lines(path)
+    header = read_csv_header(path, kind="events CSV")
+    missing = [name for name in EVENT_FIELDS if name not in header]
+    if missing:
+        raise DataError(
+            f"{path}: no '{missing[0]}' column; an events CSV has the columns "
+            f"{','.join(EVENT_FIELDS)} (images joined by ';') and optionally id."
+        )
+    return _csv_rows(path)
+
+
+def _check_text(path: Path) -> None:
+    """Refuse a file holding bytes that are not UTF-8 text, or NUL bytes (a binary file), naming the first such line."""
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{path}: line {number} is not UTF-8 text; events are UTF-8 JSON lines or CSV.") from None
+            if b"\x00" in line:
+                raise DataError(f"{path}: line {number} holds a NUL byte (a binary file?); events are UTF-8 JSON lines or CSV.")
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, object]]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line.strip())
+            except json.JSONDecodeError as error:
+                yield number, Rejection(number, f"malformed JSON ({error.msg} at column {error.colno})")
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, object]]:
     with path.open(newline="", encoding="utf-8") as handle:
-        if suffix == ".jsonl":
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append((number, json.loads(line.strip())))
-                except json.JSONDecodeError as error:
-                    rows.append((number, Rejection(number, f"malformed JSON ({error.msg} at column {error.colno})")))
-        else:
-            reader = csv.DictReader(handle)
-            header = [name.strip() for name in reader.fieldnames or []]
-            missing = [name for name in EVENT_FIELDS if name not in header]
-            if missing:
-                raise DataError(
-                    f"{path}: no '{missing[0]}' column; an events CSV has the columns "
-                    f"{','.join(EVENT_FIELDS)} (images joined by ';') and optionally id."
-                )
-            reader.fieldnames = header
-            for row in reader:
-                rows.append((reader.line_num, {key: value for key, value in row.items() if key is not None}))
-    return rows
+        reader = csv.DictReader(handle)
+        reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
+        for row in reader:
+            yield reader.line_num, {key: value for key, value in row.items() if key is not None}
 
 
 # --- The store --------------------------------------------------------------------------------
@@ -188,6 +231,25 @@ def _locked(path: Path, wait: float) -> DataError:
         f"{path}: the database is locked by another writer (waited {wait:g} s); "
         "let the other import finish and run again, or raise --wait."
     )
+
+
+# What SQLite says when the file or its folder, not the code, is at fault (a read-only folder, a full disk).
+_FILE_PROBLEMS = ("unable to open", "readonly", "disk i/o", "disk is full")
+
+
+def database_error(path: Path, error: sqlite3.OperationalError, wait: float) -> DataError | None:
+    """The one-line error for an SQLite failure the user can fix: another writer, or a file or folder not writable.
+
+    None for any other failure, which the caller raises as the bug it is.
+    """
+    if is_locked(error):
+        return _locked(path, wait)
+    if any(problem in str(error).lower() for problem in _FILE_PROBLEMS):
+        return DataError(
+            f"{path}: SQLite cannot write the database or its folder ({error}); "
+            "make them writable, or pass another --db."
+        )
+    return None
 
 
 @contextlib.contextmanager
@@ -209,18 +271,73 @@ def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise
 
 
+@contextlib.contextmanager
+def reported(path: Path, wait: float) -> Iterator[None]:
+    """Raise an SQLite failure inside as its one-line `database_error`, when it is one the user can fix."""
+    try:
+        yield
+    except sqlite3.OperationalError as error:
+        problem = database_error(path, error, wait)
+        if problem is None:
+            raise
+        raise problem from None
+
+
 def is_locked(error: sqlite3.OperationalError) -> bool:
     """Whether SQLite gave up waiting for another writer (its "database is locked" / "busy" errors)."""
     return "locked" in str(error) or "busy" in str(error)
 
 
-def _discard(connection: sqlite3.Connection, made: Path | None, folders: list[Path]) -> None:
+def _discard(connection: sqlite3.Connection | None, made: Path | None, folders: list[Path]) -> None:
     """Close a connection that failed to open; remove the database file and folders this attempt made."""
-    connection.close()
+    if connection is not None:
+        connection.close()
     if made is not None:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{made}{suffix}").unlink(missing_ok=True)
     remove_empty(folders)
+
+
+def _write_schema(connection: sqlite3.Connection) -> None:
+    """The tables, indexes and schema version of a new store, in WAL mode, unless another process wrote them first."""
+    connection.execute("PRAGMA journal_mode = WAL")
+    with transaction(connection):
+        if connection.execute("PRAGMA user_version").fetchone()[0] == 0:
+            for statement in [*filter(str.strip, _SCHEMA.split(";")), *_INDEXES]:
+                connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _create(path: Path) -> bool:
+    """Make a new, empty store at `path` in one step; False if another process made one there first.
+
+    The schema is written to a temporary file beside `path`, which is then
+    hard-linked into place, so a kill -9 at any moment leaves no store or a
+    complete one, never a file without its schema. A link, unlike a rename,
+    never replaces a store that another process made meanwhile.
+    """
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        temporary.chmod(0o666 & ~user_umask())  # mkstemp's 0600 would keep a teammate out
+        connection = sqlite3.connect(temporary, isolation_level=None)
+        try:
+            _write_schema(connection)
+        finally:
+            connection.close()
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+        except OSError:  # A file system without hard links: a rename, if no store appeared meanwhile.
+            if path.exists():
+                return False
+            os.replace(temporary, path)
+        return True
+    finally:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{temporary}{suffix}").unlink(missing_ok=True)
 
 
 def connect(path: str | Path, *, create: bool = False, wait: float = DEFAULT_WAIT_S) -> sqlite3.Connection:
@@ -234,9 +351,11 @@ def connect(path: str | Path, *, create: bool = False, wait: float = DEFAULT_WAI
         raise DataError(f"{path}: feedback database not found; create it with 'toolkit feedback import EVENTS --db {path}'.")
     check_range("--wait", wait, low=0, why="seconds")
     created = make_folder(path.parent) if create else []
-    new = not path.exists()
-    connection = sqlite3.connect(path, timeout=wait, isolation_level=None)
+    made = connection = None
     try:
+        if create and not path.exists():
+            made = path if _create(path) else None
+        connection = sqlite3.connect(path, timeout=wait, isolation_level=None)
         version = connection.execute("PRAGMA user_version").fetchone()[0]
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if version > SCHEMA_VERSION:
@@ -248,23 +367,22 @@ def connect(path: str | Path, *, create: bool = False, wait: float = DEFAULT_WAI
             raise DataError(f"{path}: an SQLite file but not a feedback database (tables: {', '.join(sorted(tables))}); pass another --db.")
         if version == 0:
             if not create:
-                raise DataError(f"{path}: an empty feedback database; import events first with 'toolkit feedback import'.")
-            connection.execute("PRAGMA journal_mode = WAL")
-            with transaction(connection):
-                if connection.execute("PRAGMA user_version").fetchone()[0] == 0:  # Another process may have won.
-                    for statement in filter(str.strip, _SCHEMA.split(";")):
-                        connection.execute(statement)
-                    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                raise DataError(
+                    f"{path}: an empty feedback database (no data set registered); import events first with "
+                    f"'toolkit feedback import EVENTS --db {path} --data-csv LABEL_CSV'."
+                )
+            _write_schema(connection)  # An empty file someone made: the store is made in it.
+    except OSError as error:  # The temporary file of a new store, in a folder it may not write.
+        _discard(connection, made, created)
+        raise DataError(f"{path.parent}: cannot write here ({error.strerror or error}); choose a writable folder for --db.") from None
     except sqlite3.OperationalError as error:
-        _discard(connection, path if new else None, created)
-        if is_locked(error):
-            raise _locked(path, wait) from None
-        raise DataError(f"{path}: cannot open the feedback database ({error}).") from None
+        _discard(connection, made, created)
+        raise database_error(path, error, wait) or DataError(f"{path}: cannot open the feedback database ({error}).") from None
     except sqlite3.DatabaseError as error:
-        _discard(connection, path if new else None, created)
+        _discard(connection, made, created)
         raise DataError(f"{path}: not an SQLite database ({error}); pass another --db.") from None
     except DataError:
-        _discard(connection, path if new else None, created)
+        _discard(connection, made, created)
         raise
     connection.execute("PRAGMA foreign_keys = ON")
     return connection
@@ -294,28 +412,56 @@ def registered(connection: sqlite3.Connection) -> tuple[dict[str, str], list[str
     return images, classes, meta.get("data_csv")
 
 
-def store_event(connection: sqlite3.Connection, event: dict, *, source: str, imported_at: str) -> bool:
-    """Insert a checked event inside the caller's transaction; False if the same event is already stored.
+ADDED, ALREADY_STORED, CONFLICT = "added", "already stored", "conflict"
 
-    Idempotent by id: the same event again adds nothing; another event under
-    a stored id raises EventConflict rather than overwriting it.
+
+def _conflict(event_id: str) -> str:
+    return f"event id '{event_id}' is already stored with other content"
+
+
+def store_events(connection: sqlite3.Connection, events: list[dict], *, source: str, imported_at: str) -> list[str]:
+    """Insert checked events inside the caller's transaction; the outcome of each: ADDED, ALREADY_STORED or CONFLICT.
+
+    Idempotent by id: an event whose id is stored (or came earlier in
+    `events`) with the same content adds nothing; with other content it is a
+    CONFLICT and the stored one is kept. The stored ids are looked up in one
+    query and the new events written by two `executemany`, so a batch of
+    thousands costs a few statements, not thousands.
     """
-    stored = connection.execute("SELECT content_hash FROM events WHERE id = ?", (event["id"],)).fetchone()
-    if stored is not None:
-        if stored[0] != event["content_hash"]:
-            raise EventConflict(f"event id '{event['id']}' is already stored with other content")
-        return False
-    connection.execute(
+    ids = json.dumps([event["id"] for event in events])
+    stored = dict(connection.execute("SELECT id, content_hash FROM events WHERE id IN (SELECT value FROM json_each(?))", (ids,)))
+    outcomes, new = [], []
+    for event in events:
+        known = stored.get(event["id"])
+        if known is None:
+            stored[event["id"]] = event["content_hash"]
+            new.append(event)
+            outcomes.append(ADDED)
+        else:
+            outcomes.append(ALREADY_STORED if known == event["content_hash"] else CONFLICT)
+    new.sort(key=lambda event: event["id"])  # Rows in key order fill the index pages one after another.
+    connection.executemany(
         "INSERT INTO events (id, content_hash, user, session, timestamp, query_class, action, source, imported_at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (event["id"], event["content_hash"], event["user"], event["session"], event["timestamp"],
-         event["query_class"], event["action"], source, imported_at),
+        [(event["id"], event["content_hash"], event["user"], event["session"], event["timestamp"],
+          event["query_class"], event["action"], source, imported_at) for event in new],
     )
     connection.executemany(
         "INSERT INTO event_images (event_id, position, image) VALUES (?, ?, ?)",
-        [(event["id"], position, image) for position, image in enumerate(event["images"])],
+        [(event["id"], position, image) for event in new for position, image in enumerate(event["images"])],
     )
-    return True
+    return outcomes
+
+
+def store_event(connection: sqlite3.Connection, event: dict, *, source: str, imported_at: str) -> bool:
+    """Insert one checked event inside the caller's transaction; False if the same event is already stored.
+
+    Another event under a stored id raises EventConflict rather than overwriting it.
+    """
+    (outcome,) = store_events(connection, [event], source=source, imported_at=imported_at)
+    if outcome == CONFLICT:
+        raise EventConflict(_conflict(event["id"]))
+    return outcome == ADDED
 
 
 def session_votes(connection: sqlite3.Connection, query_class: str) -> dict[str, int]:
@@ -342,6 +488,41 @@ def session_votes(connection: sqlite3.Connection, query_class: str) -> dict[str,
     return net
 
 
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of `size` items (the last one shorter): `itertools.batched` of Python 3.12."""
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+def _prepare_dataset(connection: sqlite3.Connection, db: Path, table: LabelTable | None, data_csv: str | Path | None) -> tuple[set[str], set[str], str]:
+    """Register the data set when given, add any index an older file lacks; the known images and classes, and where they came from."""
+    with transaction(connection):
+        for statement in _INDEXES:
+            connection.execute(statement)
+        if table is not None:
+            register_dataset(connection, table, data_csv)
+        images, classes, registered_from = registered(connection)
+    if not images:
+        raise DataError(f"{db}: no data set registered yet; pass --data-csv with the label file the events refer to.")
+    return set(images), set(classes), f"the data set ({registered_from})" if registered_from else "the data set"
+
+
+def _checked(batch: list[tuple[int, object]], known: set[str], classes: set[str], where: str,
+             rejected: list[Rejection]) -> list[tuple[int, dict]]:
+    """(line, checked event) for the good events of a batch; a rejection for each bad one is added to `rejected`."""
+    checked = []
+    for line, raw in batch:
+        if isinstance(raw, Rejection):
+            rejected.append(raw)
+            continue
+        try:
+            checked.append((line, check_event(raw, known, classes)))
+        except ValueError as error:
+            rejected.append(Rejection(line, str(error).replace("the data set", where)))
+    return checked
+
+
 def import_events(
     events_path: str | Path,
     db: str | Path = "feedback.sqlite",
@@ -350,63 +531,57 @@ def import_events(
     task: str | None = None,
     wait: float = DEFAULT_WAIT_S,
 ) -> dict:
-    """Check every event of a .jsonl / .csv file and add the good ones to the store.
+    """Check every event of a .jsonl / .csv file and add the good ones to the store, in batches.
 
     `data_csv` registers (or updates) the data set the events refer to; it is
     needed on the first import. Bad events are left out and reported with
     their line numbers; events already stored (same id) are not added again.
     An id seen before with other content is a rejection, not an overwrite.
+
+    Each batch of BATCH_EVENTS events is one short write transaction, so
+    another writer (the web page posting an event) gets in between batches
+    instead of waiting out the whole import. A run cut short (kill -9,
+    Ctrl-C, a lock it waited too long for) keeps the batches it committed,
+    and running the same import again adds exactly the rest: events are
+    idempotent by id. The summary counts the whole run.
     """
     db = Path(db)
     table = read_labels(data_csv, task) if data_csv is not None else None
     if table is None and not db.is_file():
         raise DataError(f"{db}: a new feedback database, so no data set is registered; pass --data-csv with the label file the events refer to.")
     rows = read_event_lines(events_path)
-    connection = connect(db, create=True, wait=wait)
-    try:
-        with transaction(connection):
-            if table is not None:
-                register_dataset(connection, table, data_csv)
-            images, classes, registered_from = registered(connection)
-            if not images:
-                raise DataError(f"{db}: no data set registered yet; pass --data-csv with the label file the events refer to.")
-            source = Path(events_path).name
-            where = f"the data set ({registered_from})" if registered_from else "the data set"
-            rejected: list[Rejection] = []
-            added = already = 0
-            imported_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            known, class_set = set(images), set(classes)  # Once: a set of 50k names per event made imports O(events x images).
-            for line, raw in rows:
-                if isinstance(raw, Rejection):
-                    rejected.append(raw)
-                    continue
-                try:
-                    event = check_event(raw, known, class_set)
-                except ValueError as error:
-                    rejected.append(Rejection(line, str(error).replace("the data set", where)))
-                    continue
-                try:
-                    if store_event(connection, event, source=source, imported_at=imported_at):
-                        added += 1
-                    else:
-                        already += 1
-                except EventConflict as conflict:
-                    rejected.append(Rejection(line, str(conflict)))
+    connection = connect(db, create=table is not None, wait=wait)
+    # No fsync at each commit: in WAL mode a crash of the process loses nothing committed,
+    # and a power cut at most the last batches, which the same import again adds.
+    connection.execute(f"PRAGMA cache_size = -{IMPORT_CACHE_KIB}")
+    connection.execute("PRAGMA synchronous = NORMAL")
+    source = Path(events_path).name
+    imported_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    rejected: list[Rejection] = []
+    counts = {ADDED: 0, ALREADY_STORED: 0}
+    read = 0
+    with contextlib.closing(connection), reported(db, wait):
+        known, classes, where = _prepare_dataset(connection, db, table, data_csv)
+        for batch in _batches(rows, BATCH_EVENTS):
+            read += len(batch)
+            checked = _checked(batch, known, classes, where, rejected)  # Before the transaction: no lock held meanwhile.
+            with transaction(connection):
+                outcomes = store_events(connection, [event for _, event in checked], source=source, imported_at=imported_at)
+            for (line, event), outcome in zip(checked, outcomes):
+                if outcome == CONFLICT:
+                    rejected.append(Rejection(line, _conflict(event["id"])))
+                else:
+                    counts[outcome] += 1
         total = connection.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-    except sqlite3.OperationalError as error:
-        if is_locked(error):
-            raise _locked(db, wait) from None
-        raise
-    finally:
-        connection.close()
+    rejected.sort(key=lambda rejection: rejection.line)
     for rejection in rejected:
-        logger.warning("%s line %d: %s; event left out", Path(events_path).name, rejection.line, rejection.reason)
+        logger.warning("%s line %d: %s; event left out", source, rejection.line, rejection.reason)
     return {
         "db": str(db),
         "events": str(events_path),
-        "read": len(rows),
-        "added": added,
-        "already_stored": already,
+        "read": read,
+        "added": counts[ADDED],
+        "already_stored": counts[ALREADY_STORED],
         "rejected": [dataclasses.asdict(rejection) for rejection in rejected],
         "events_in_db": total,
     }
@@ -419,19 +594,13 @@ def image_feedback(db: str | Path = "feedback.sqlite", *, wait: float = DEFAULT_
     first, joined by ';'; `users` counts the distinct users who acted on it.
     """
     connection = connect(db, wait=wait)
-    try:
+    with contextlib.closing(connection), reported(Path(db), wait):
         events = pd.read_sql_query(
             "SELECT event_images.image AS image, events.action AS action, events.query_class AS query_class, "
             "events.user AS user FROM event_images JOIN events ON events.id = event_images.event_id",
             connection,
         )
         classes = dict(connection.execute("SELECT image, class FROM images"))
-    except sqlite3.OperationalError as error:
-        if is_locked(error):
-            raise _locked(Path(db), wait) from None
-        raise
-    finally:
-        connection.close()
     if events.empty:
         return pd.DataFrame(columns=EXPORT_COLUMNS)
     counts = pd.crosstab(events["image"], events["action"]).reindex(columns=list(ACTIONS), fill_value=0)
