@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from image_toolkit.data_tools.atomic import refuse_inputs
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.feedback.store import read_image_feedback
@@ -178,7 +179,8 @@ def resample_csv(
     test_csv: str | Path | None = None,
     task: str | None = None,
 ) -> Resampled:
-    """Read the lists, resample the training list and write it to `output` (atomically)."""
+    """Read the lists, resample the training list and write it to `output` (atomically); `output` may not be an input."""
+    refuse_inputs(output, (train_csv, feedback_csv, val_csv, test_csv), option="-o")
     train = read_labels(train_csv, task, allow_duplicates=True)
     held_out = {}
     for path in (val_csv, test_csv):

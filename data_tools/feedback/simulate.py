@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from image_toolkit.data_tools.atomic import write_text
+from image_toolkit.data_tools.atomic import refuse_inputs, write_text
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.features import read_features
@@ -126,6 +126,7 @@ def simulate_feedback(
     """
     if Path(output).suffix.lower() != ".jsonl":
         raise OptionError(f"-o {output}: simulated events are written as JSON lines; give a name ending in .jsonl.")
+    refuse_inputs(output, (data_csv, features_path), option="-o")
     table = read_labels(data_csv, task)
     feature_set = read_features(features_path)
     row_of = {path: row for row, path in enumerate(feature_set.paths)}

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from image_toolkit.data_tools.atomic import atomic_path, make_folder, remove_empty, user_umask
+from image_toolkit.data_tools.atomic import atomic_path, make_folder, refuse_inputs, remove_empty, user_umask
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.csv_files import read_csv_header
@@ -545,6 +545,7 @@ def import_events(
     and running the same import again adds exactly the rest: events are
     idempotent by id. The summary counts the whole run.
     """
+    refuse_inputs(db, (events_path, data_csv), option="--db")
     db = Path(db)
     table = read_labels(data_csv, task) if data_csv is not None else None
     if table is None and not db.is_file():
@@ -623,7 +624,8 @@ def image_feedback(db: str | Path = "feedback.sqlite", *, wait: float = DEFAULT_
 
 
 def export_image_feedback(db: str | Path, output: str | Path, *, wait: float = DEFAULT_WAIT_S) -> pd.DataFrame:
-    """Write `image_feedback(db)` as CSV, atomically; return it."""
+    """Write `image_feedback(db)` as CSV, atomically; return it. An output that is the database itself is refused."""
+    refuse_inputs(output, (db,), option="-o")
     frame = image_feedback(db, wait=wait)
     with atomic_path(output) as temporary:
         frame.to_csv(temporary, index=False)
