@@ -405,16 +405,13 @@ class Store:
         if labels is None and not self.db.is_file():
             raise OptionError(f"{self.db}: no such feedback store; {NO_DATA_SET}")
         table = read_labels(labels) if labels is not None else None
+        connection = feedback.connect(self.db, create=True, wait=wait)
         try:
-            connection = feedback.connect(self.db, create=True, wait=wait)
-        except sqlite3.Error as error:  # Raised before the store's own checks: a folder it cannot write in.
-            raise DataError(f"{self.db}: cannot open or create the feedback store ({error}); "
-                            "pass a --db in a folder you can write to.") from None
-        try:
-            if table is not None:
-                with feedback.transaction(connection):
-                    feedback.register_dataset(connection, table, labels)
-            self.images, classes, _ = feedback.registered(connection)
+            with feedback.reported(self.db, wait):  # A read-only or locked store is one line, not a traceback.
+                if table is not None:
+                    with feedback.transaction(connection):
+                        feedback.register_dataset(connection, table, labels)
+                self.images, classes, _ = feedback.registered(connection)
         finally:
             connection.close()
         self.classes = classes
