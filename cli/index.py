@@ -35,6 +35,9 @@ def index() -> None:
     An index folder holds the faiss index (index.faiss), the image paths
     (paths.json) and metadata.json: how the features were made, the metric,
     the faiss parameters, and the recall measured when the index tuned itself.
+    They sit in a sub-folder (set-1, set-2, ...) that index.json names: a
+    build or add writes a new set and then switches index.json to it, so an
+    interrupted run leaves the previous index whole.
 
     \b
     Example:
@@ -86,11 +89,11 @@ def build(features: Path, index_dir: Path, kind: str, metric: str, target_recall
     _start(quiet)
     from image_toolkit.data_tools.errors import DataError
     from image_toolkit.data_tools.formats.features import read_features
-    from image_toolkit.data_tools.search.index import INDEX_FILE, ImageIndex, check_index_options
+    from image_toolkit.data_tools.search.index import ImageIndex, check_index_options, holds_index
     from image_toolkit.data_tools.search.keywords import with_class_names
 
     check_index_options(kind=kind, metric=metric, target_recall=target_recall, n_threads=n_threads)
-    if (index_dir / INDEX_FILE).exists() and not overwrite:
+    if holds_index(index_dir) and not overwrite:
         raise DataError(f"{index_dir} already holds an index; grow it with toolkit index add, or give --overwrite to replace it.")
     feature_set = read_features(features)
     feature_set = type(feature_set)(feature_set.paths, feature_set.features,
@@ -155,8 +158,10 @@ def info(index_dir: Path, quiet: bool, as_json: bool) -> None:
 
 def _report(image_index, index_dir: Path, as_json: bool, quiet: bool, headline: str | None, **extra) -> None:
     """The index's description, as JSON or as a few lines for people (none with --quiet; info shows them anyway)."""
+    from image_toolkit.data_tools.search.index import index_set
+
     description = image_index.info()
-    size_bytes = sum(path.stat().st_size for path in index_dir.iterdir() if path.is_file())
+    size_bytes = sum(path.stat().st_size for path in index_set(index_dir).iterdir() if path.is_file())
     if as_json:
         echo_json({"index_dir": str(index_dir), **extra, **description, "bytes": size_bytes})
         return

@@ -176,8 +176,9 @@ def test_saved_index_reloads_with_its_settings(tmp_path, data):
     assert loaded.index_.hnsw.efSearch == built.params_["efSearch"]
     for got, expected in zip(loaded.search(queries, k=10), built.search(queries, k=10)):
         np.testing.assert_array_equal(got, expected)
-    assert sorted(path.name for path in (tmp_path / "index").iterdir()) == ["index.faiss", "metadata.json", "norms.npy", "paths.json"]
-    metadata = json.loads((tmp_path / "index" / "metadata.json").read_text())
+    assert sorted(path.name for path in (tmp_path / "index").iterdir()) == ["index.json", "set-1"]
+    assert sorted(path.name for path in (tmp_path / "index" / "set-1").iterdir()) == ["index.faiss", "metadata.json", "norms.npy", "paths.json"]
+    metadata = json.loads((tmp_path / "index" / "set-1" / "metadata.json").read_text())
     assert metadata["features"]["model"] == "resnet50" and metadata["size"] == 3000
 
 
@@ -326,7 +327,7 @@ def test_unreachable_target_recall_warns_with_the_best_recall_reached(runner, tm
         result = invoke(runner, "build", features_file, tmp_path / "index", "--kind", "ivfpq", "--pq-m", 4,
                         "--k-factor", 1, "--target-recall", 0.99)
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "index" / "metadata.json").read_text())["tuning"]["recall"] == best
+    assert json.loads((tmp_path / "index" / "set-1" / "metadata.json").read_text())["tuning"]["recall"] == best
 
 
 def test_missing_index_dir(runner, tmp_path, features_file):
@@ -338,12 +339,16 @@ def test_missing_index_dir(runner, tmp_path, features_file):
 
 
 def edit_metadata(folder, **changes):
-    """Change the format version or the config in an index folder's metadata.json."""
+    """Change the format version or the config in the metadata.json of an index folder's set."""
     metadata = json.loads((folder / "metadata.json").read_text())
     if "format_version" in changes:
         metadata["format_version"] = changes.pop("format_version")
     metadata["config"].update(changes)
     (folder / "metadata.json").write_text(json.dumps(metadata))
+
+
+def write_manifest(folder, content):
+    (folder.parent / "index.json").write_text(content)
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -357,10 +362,14 @@ def edit_metadata(folder, **changes):
     (lambda folder: edit_metadata(folder, metric="manhattan"), "unknown kind 'flat' or metric 'manhattan'"),
     (lambda folder: edit_metadata(folder, kind="hnsw"), "says a hnsw index of metric cosine, but index.faiss is a"),
     (lambda folder: edit_metadata(folder, metric="euclidean"), "says a flat index of metric euclidean, but"),
+    (lambda folder: write_manifest(folder, "{"), "index.json: not readable JSON"),
+    (lambda folder: write_manifest(folder, '{"format": "image-toolkit index", "current": "../x"}'), "index.json: not the manifest"),
+    (lambda folder: shutil.rmtree(folder), "index.json: names the set set-1, which is missing"),
 ])
 def test_corrupt_index_dir_is_one_line_error(runner, tmp_path, built, damage, message):
+    """Damage to the set index.json names, or to index.json itself, is one line naming the file."""
     shutil.copytree(built, tmp_path / "index")
-    damage(tmp_path / "index")
+    damage(tmp_path / "index" / "set-1")
     result = invoke(runner, "info", tmp_path / "index")
     assert result.exit_code == 1
     assert message in one_line_error(result)

@@ -241,7 +241,7 @@ def test_missing_index_dir(runner, tmp_path):
 
 def test_corrupt_index_dir(runner, pooled_index, tmp_path):
     shutil.copytree(pooled_index[0], tmp_path / "index")
-    (tmp_path / "index" / "index.faiss").write_bytes(b"\x00" * 100)
+    (tmp_path / "index" / "set-1" / "index.faiss").write_bytes(b"\x00" * 100)
     result = run(runner, tmp_path / "index", "--text", "sofa")
     assert result.exit_code == 1 and "index.faiss: not a readable faiss index" in one_line_error(result)
 

@@ -34,8 +34,16 @@ way on a sample of the new rows when it adds at least 100 at once; with fewer
 it keeps the tuned value.
 
 The folder holds plain files, no pickle: `index.faiss` (faiss's own format),
-`paths.json` (a JSON list), `metadata.json`, and `norms.npy` for cosine.
-They are written atomically and checked against each other on load.
+`paths.json` (a JSON list), `metadata.json`, and `norms.npy` for cosine,
+checked against each other on load. They change together, as one unit:
+`save` writes the complete set into a new sub-folder (`set-1`, `set-2`,
+...), flushes it to disk, and only then replaces `index.json`, the small
+manifest naming the current set (`os.replace`, atomic). Loading reads the set
+`index.json` names, so a crash at any moment leaves the old index or the new
+one, never a mix. Older sets, and a half-written set a crash left, are
+removed after the swap (or by the next save). A folder without `index.json`
+holds the four files at its top level (toolkit versions before the manifest)
+and loads as before; saving into it moves it to the new layout.
 
 Memory: the index holds the features (N x D float32) plus, for hnsw, about
 2 * M ids per row, for ivfpq m / 2 bytes of codes per row. Tuning reads the rows back once (another N x D float32).
@@ -43,12 +51,13 @@ Memory: the index holds the features (N x D float32) plus, for hnsw, about
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import logging
 import math
 import os
+import re
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -56,7 +65,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from image_toolkit.data_tools.atomic import atomic_path
+from image_toolkit.data_tools.atomic import atomic_path, make_folder, remove_empty, write_text
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.features import COMPARABLE_KEYS, FeatureSet, check_features
@@ -72,6 +81,9 @@ FAISS_METRICS = {"cosine": faiss.METRIC_INNER_PRODUCT, "euclidean": faiss.METRIC
 EXACT_METRICS = {"cosine": "inner_product", "euclidean": "sqeuclidean", "inner_product": "inner_product"}
 
 INDEX_FILE, PATHS_FILE, METADATA_FILE, NORMS_FILE = "index.faiss", "paths.json", "metadata.json", "norms.npy"
+# The manifest naming the current set of the four files, and the sub-folders holding each set.
+MANIFEST_FILE, SET_PREFIX = "index.json", "set-"
+SET_NAME = re.compile(rf"{SET_PREFIX}(\d+)")
 FORMAT = "image-toolkit index"
 FORMAT_VERSION = 1
 BUILD = "Build it with toolkit index build FEATURES INDEX_DIR."
@@ -558,38 +570,57 @@ class ImageIndex:
     # Saving and loading.
 
     def save(self, directory: str | os.PathLike) -> list[Path]:
-        """Write the index folder: every file or none is replaced."""
+        """Write the index folder as one unit: a new set of files, then the manifest naming it; return the set's files.
+
+        Until `index.json` is replaced, loading finds the previous index
+        whole; a failed save leaves the folder as it was (a new folder is
+        removed again).
+        """
         self._check_fitted()
         directory = Path(directory)
+        created = make_folder(directory)
+        folder = directory / f"{SET_PREFIX}{_next_set_number(directory)}"
+        try:
+            folder.mkdir()
+            files = self._write_set(folder)
+            write_text(directory / MANIFEST_FILE, json.dumps({"format": FORMAT, "current": folder.name}))
+        except (OSError, DataError) as error:
+            shutil.rmtree(folder, ignore_errors=True)
+            remove_empty(created)
+            if isinstance(error, DataError):
+                raise
+            raise DataError(f"{directory}: cannot write the index ({error.strerror or error}). Choose a writable folder.") from None
+        _remove_stale(directory, current=folder.name)
+        return files
+
+    def _write_set(self, folder: Path) -> list[Path]:
+        """The four files (three without norms) in `folder`, each flushed to disk before the manifest may name them."""
         metadata = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "config": self.get_config(),
             "size": self.size, "dim": self.dim, "params": self.params_, "tuning": self.tuning_,
             "features": self.features_metadata_,
         }
-        names = [INDEX_FILE, PATHS_FILE, METADATA_FILE] + ([NORMS_FILE] if self.norms_ is not None else [])
-        targets = [directory / name for name in names]
+        files = [folder / name for name in (INDEX_FILE, PATHS_FILE, METADATA_FILE)]
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            with contextlib.ExitStack() as stack:
-                temporary = [stack.enter_context(atomic_path(target)) for target in targets]
-                faiss.write_index(self.index_, str(temporary[0]))
-                temporary[1].write_text(json.dumps(self.paths_, ensure_ascii=False), encoding="utf-8")
-                temporary[2].write_text(json.dumps(metadata, indent=2, default=str), encoding="utf-8")
-                if self.norms_ is not None:
-                    with temporary[3].open("wb") as handle:
-                        np.save(handle, self.norms_)
-        except OSError as error:
-            raise DataError(f"{directory}: cannot write the index ({error.strerror or error}). Choose a writable folder.") from None
-        if self.norms_ is None:
-            (directory / NORMS_FILE).unlink(missing_ok=True)
-        return targets
+            faiss.write_index(self.index_, str(files[0]))
+        except RuntimeError as error:  # faiss's own error for a file it cannot write.
+            raise OSError(str(error).strip().splitlines()[-1]) from None
+        files[1].write_text(json.dumps(self.paths_, ensure_ascii=False), encoding="utf-8")
+        files[2].write_text(json.dumps(metadata, indent=2, default=str), encoding="utf-8")
+        if self.norms_ is not None:
+            files.append(folder / NORMS_FILE)
+            np.save(files[3], self.norms_)
+        for path in [*files, folder]:
+            _fsync(path)
+        return files
 
     @classmethod
     def load(cls, directory: str | os.PathLike, *, n_threads: int = -1) -> ImageIndex:
-        """Read an index folder written by `save`; a missing or damaged folder is a DataError naming the file."""
+        """Read the current set of an index folder written by `save`; a missing or damaged one is a DataError naming the file."""
         directory = Path(directory)
         if not directory.is_dir():
             raise DataError(f"{directory}: no such index folder. {BUILD}")
+        directory = index_set(directory)
         missing = [name for name in (INDEX_FILE, PATHS_FILE, METADATA_FILE) if not (directory / name).is_file()]
         if missing:
             raise DataError(f"{directory}: not an index folder (no {', '.join(missing)}). {BUILD}")
@@ -646,6 +677,53 @@ class ImageIndex:
         name = self._parameter_name()
         if name is not None and not isinstance(self.params_.get(name), int):
             raise DataError(f"{where}: no {name} among the parameters ({self.params_}). {BUILD}")
+
+
+def holds_index(directory: str | os.PathLike) -> bool:
+    """Whether `directory` holds an index, in either layout (a manifest, or the files at its top level)."""
+    directory = Path(directory)
+    return (directory / MANIFEST_FILE).exists() or (directory / INDEX_FILE).exists()
+
+
+def index_set(directory: str | os.PathLike) -> Path:
+    """The folder holding an index's current files: the set `index.json` names, or `directory` itself without one."""
+    directory = Path(directory)
+    manifest = directory / MANIFEST_FILE
+    if not manifest.exists():
+        return directory
+    content = _read_json(manifest, dict)
+    current = content.get("current")
+    if content.get("format") != FORMAT or not isinstance(current, str) or not SET_NAME.fullmatch(current):
+        raise DataError(f"{manifest}: not the manifest of a toolkit index. {BUILD}")
+    if not (directory / current).is_dir():
+        raise DataError(f"{manifest}: names the set {current}, which is missing from {directory}. {BUILD}")
+    return directory / current
+
+
+def _next_set_number(directory: Path) -> int:
+    """One more than any set in the folder, current or left by a crash: a new set never reuses a name."""
+    numbers = [int(match[1]) for path in directory.iterdir() if (match := SET_NAME.fullmatch(path.name))]
+    return max(numbers, default=0) + 1
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or folder to disk, so that the manifest never names files a power cut could lose."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def _remove_stale(directory: Path, *, current: str) -> None:
+    """Remove what the current set replaced: older or half-written sets, the files of the old layout, manifest leftovers."""
+    for path in directory.iterdir():
+        if SET_NAME.fullmatch(path.name) and path.name != current:
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.name.startswith(f".{MANIFEST_FILE}.") and ".partial" in path.name:
+            path.unlink(missing_ok=True)
+    for name in (INDEX_FILE, PATHS_FILE, METADATA_FILE, NORMS_FILE):
+        (directory / name).unlink(missing_ok=True)
 
 
 def _read_json(path: Path, expected: type):
