@@ -3,6 +3,8 @@
 import logging
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -143,3 +145,51 @@ def test_merge_refuses_shards_of_different_runs(tmp_path, other, message):
     write_features(tmp_path / "b.npz", other)
     with pytest.raises(DataError, match=message):
         merge_features([tmp_path / "a.npz", tmp_path / "b.npz"])
+
+
+class OverlappingDtype:
+    """A structured dtype whose object field lies over an integer field, flagged as holding references, not as a list pickle.
+
+    Built only from pieces the loader allows (numpy.dtype and its state):
+    an array of it turns raw bytes into object pointers.
+    """
+
+    def __reduce__(self):
+        fields = {"pointer": (np.dtype("O"), 0), "number": (np.dtype("<i8"), 0)}
+        return np.dtype, ("V8", False, True), (3, "|", None, ("pointer", "number"), fields, 8, 1, 1)
+
+
+class RawArray:
+    """An array of OverlappingDtype from raw bytes, pickled as numpy pickles arrays (_reconstruct, then its state)."""
+
+    def __reduce__(self):
+        reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy.(_)core.multiarray._reconstruct
+        return reconstruct, (np.ndarray, (0,), b"b"), (1, (2,), OverlappingDtype(), False, b"\x41" * 16)
+
+
+@pytest.mark.parametrize("what", ["array", "dtype"])
+def test_pickle_of_a_structured_or_object_dtype_is_refused_before_an_array_is_built(tmp_path, what):
+    """A crafted dtype whose object field overlaps raw bytes: one line, no segfault (run apart, so a crash fails the test)."""
+    target = tmp_path / "features.pkl"
+    features = RawArray() if what == "array" else np.ones((2, 3), dtype=np.float32)
+    content = {"paths": ["a.png", "b.png"], "features": features, "metadata": {"dtype": OverlappingDtype()}}
+    target.write_bytes(pickle.dumps(content, protocol=2))
+    assert b"_codecs\nencode" in target.read_bytes()  # The pieces of the report: numpy.dtype, _reconstruct, _codecs.encode.
+    code = ("from image_toolkit.data_tools.formats.features import read_features\n"
+            "from image_toolkit.data_tools.errors import DataError\n"
+            f"try:\n    read_features({str(target)!r})\nexcept DataError as error:\n    print(error)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
+    assert done.stdout.startswith("features.pkl: refused to load: the pickle holds an array of dtype "), done.stdout
+    assert "only plain numeric and text arrays" in done.stdout and len(done.stdout.splitlines()) == 1
+
+
+def test_pickle_of_plain_arrays_and_numpy_scalars_still_loads(tmp_path):
+    target = tmp_path / "features.pkl"
+    content = {"paths": np.array(["a.png", "b.png"]), "features": np.ones((2, 3), dtype=np.float16),
+               "metadata": {"scale": np.float64(2), "count": np.int64(3), "flag": np.bool_(True)}}
+    for protocol in (2, pickle.HIGHEST_PROTOCOL):
+        target.write_bytes(pickle.dumps(content, protocol=protocol))
+        read = read_features(target)
+        assert read.paths == ["a.png", "b.png"] and read.features.dtype == np.float32
+        assert read.metadata == {"scale": 2.0, "count": 3, "flag": True}
