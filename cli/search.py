@@ -68,7 +68,7 @@ def search(index_dir: Path, images: tuple[Path, ...], features: Path | None, tex
         queries = [_keyword_query(image_index, index_dir, text, k, scores, word_vectors, min_similarity)]
     else:
         if images:
-            names, rows = [str(image) for image in images], _embed(image_index, list(images), as_json)
+            names, rows = [str(image) for image in images], _embed(image_index, index_dir, list(images), as_json)
         else:
             from image_toolkit.data_tools.formats.features import read_features
 
@@ -86,17 +86,25 @@ def search(index_dir: Path, images: tuple[Path, ...], features: Path | None, tex
     _show(queries, value_name, output, as_json, quiet)
 
 
-def _embed(image_index, images: list[Path], as_json: bool):
+def _embed(image_index, index_dir: Path, images: list[Path], as_json: bool):
     """The query images' features, from the model recorded in the index."""
     from image_toolkit.data_tools.errors import DataError
+    from image_toolkit.data_tools.formats.features import MODEL_FILE_WEIGHTS
     from image_toolkit.data_tools.formats.images import image_problem
 
     for image in images:
         problem = image_problem(image)
         if problem:
             raise DataError(f"{image}: {problem}; give a JPEG, PNG, BMP or GIF image.")
-    if not image_index.features_metadata_.get("model"):
+    metadata = image_index.features_metadata_
+    if not metadata.get("model"):
         raise DataError("the index records no feature model, so a query image cannot be embedded; search with --features.")
+    if metadata.get("weights") == MODEL_FILE_WEIGHTS and not Path(metadata["model"]).is_file():
+        elsewhere = f" nor at {index_dir / metadata['model_relative']}" if metadata.get("model_relative") else ""
+        raise DataError(
+            f"{metadata['model']}: the model file the index {index_dir} was built with is not there{elsewhere}; "
+            "put it back, or search with --features FILE (query features extracted with that model)."
+        )
     from image_toolkit.models.extraction import compute_features, extractor_from_metadata
 
     with progress_to_stderr(as_json):

@@ -23,7 +23,13 @@ import numpy as np
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.csv_files import read_checked_csv
-from image_toolkit.data_tools.formats.features import COMPARABLE_KEYS, FeatureSet, read_features, write_features
+from image_toolkit.data_tools.formats.features import (
+    COMPARABLE_KEYS,
+    MODEL_FILE_WEIGHTS,
+    FeatureSet,
+    read_features,
+    write_features,
+)
 from image_toolkit.data_tools.formats.images import IMAGE_SUFFIXES, check_images, find_images, report_skipped, require_readable
 from image_toolkit.data_tools.formats.metadata import ROOT_COLUMN
 from image_toolkit.data_tools.names import EXTRACT_PRECISIONS
@@ -35,8 +41,6 @@ from image_toolkit.models.runtime import keras, precision_policy, tf
 logger = logging.getLogger(__name__)
 
 OUTPUTS = ("scores", "pooled")
-# The `weights` recorded for features of a toolkit model file: the file holds them.
-MODEL_FILE_WEIGHTS = "model file"
 NAMED_MODELS = ("inceptionv3", "resnet50")
 # `--model pixels`: each image's own pixels as its features, the baseline a CNN must beat.
 PIXELS = "pixels"
@@ -146,6 +150,7 @@ def feature_extractor(
                 raise OptionError(f"--layer: {model} has no layer {layer_name!r}; its layers are {', '.join(names)}.")
             network = keras.Model(network.inputs, _layer_output(network, layer_name), name=f"{network.name}_{layer_name}")
             weights, jit_compile = MODEL_FILE_WEIGHTS, False
+            model = Path(model).resolve()  # Recorded absolute: the features can be used from any folder.
     metadata = {"model": str(model), "output": output, "layer": layer_name,
                 "image_size": size, "weights": weights, "precision": precision}
     return FeatureExtractor(network, traced_forward(network, jit_compile), preprocess, size, metadata)

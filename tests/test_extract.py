@@ -168,3 +168,24 @@ def test_a_metadata_csv_lists_its_images_under_its_root(tmp_path):
     assert root == tmp_path / "photos" and paths == ["a/1.png", "a/2.png"]
     (tmp_path / "mixed.csv").write_text("image,class,split,root\na/1.png,a,train,photos\nb/2.png,b,test,other\n")
     assert list_images(tmp_path / "mixed.csv") == (tmp_path, ["photos/a/1.png", "other/b/2.png"])
+
+
+def test_append_from_another_folder_with_the_model_named_another_way(runner, model, images, tmp_path, monkeypatch):
+    """The first run's relative --model is recorded resolved, so a later --append from elsewhere matches it."""
+    project = tmp_path / "project"
+    (project / "models").mkdir(parents=True)
+    shutil.copy(model, project / "models" / "best_model.h5")
+    later = tmp_path / "later"
+    later.mkdir()
+    for image in sorted(images.iterdir())[::2]:
+        image.rename(later / image.name)
+    monkeypatch.chdir(project)
+    extract(runner, get_transfer_layer, images, "features.npz", "--model", "models/best_model.h5")
+    assert read_features("features.npz").metadata["model"] == str((project / "models" / "best_model.h5").resolve())
+    for image in later.iterdir():
+        image.rename(images / image.name)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(get_transfer_layer, [str(images), "project/features.npz", "--model", "./project/models/best_model.h5",
+                                                "--append", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"computed": 12' in result.stdout and len(read_features(project / "features.npz").paths) == 24

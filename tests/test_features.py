@@ -1,5 +1,6 @@
 """Feature files: the three formats round-trip, bad files fail with their name, shards merge."""
 
+import json
 import logging
 import os
 import pickle
@@ -40,6 +41,14 @@ def test_original_pickle_of_float64_features_loads_as_float32(tmp_path):
     target.write_bytes(pickle.dumps(content, protocol=2))
     read = read_features(target)
     assert read.features.dtype == np.float32 and read.metadata == {"scale": 2.0}
+    # Plain arrays and numpy scalars of every kind a feature pickle holds, in the oldest and the newest protocol.
+    content = {"paths": np.array(["a.png", "b.png"]), "features": np.ones((2, 3), dtype=np.float16),
+               "metadata": {"scale": np.float64(2), "count": np.int64(3), "flag": np.bool_(True)}}
+    for protocol in (2, pickle.HIGHEST_PROTOCOL):
+        target.write_bytes(pickle.dumps(content, protocol=protocol))
+        read = read_features(target)
+        assert read.paths == ["a.png", "b.png"] and read.features.dtype == np.float32
+        assert read.metadata == {"scale": 2.0, "count": 3, "flag": True}
 
 
 class RunsCode:
@@ -184,12 +193,33 @@ def test_pickle_of_a_structured_or_object_dtype_is_refused_before_an_array_is_bu
     assert "only plain numeric and text arrays" in done.stdout and len(done.stdout.splitlines()) == 1
 
 
-def test_pickle_of_plain_arrays_and_numpy_scalars_still_loads(tmp_path):
-    target = tmp_path / "features.pkl"
-    content = {"paths": np.array(["a.png", "b.png"]), "features": np.ones((2, 3), dtype=np.float16),
-               "metadata": {"scale": np.float64(2), "count": np.int64(3), "flag": np.bool_(True)}}
-    for protocol in (2, pickle.HIGHEST_PROTOCOL):
-        target.write_bytes(pickle.dumps(content, protocol=protocol))
-        read = read_features(target)
-        assert read.paths == ["a.png", "b.png"] and read.features.dtype == np.float32
-        assert read.metadata == {"scale": 2.0, "count": 3, "flag": True}
+def model_project(root):
+    """A project folder: a model file (any bytes do: only its path is read here) and features of it."""
+    (root / "models").mkdir(parents=True)
+    (root / "models" / "best_model.h5").write_bytes(b"model")
+    return root / "models" / "best_model.h5"
+
+
+MODEL_FILE = {"output": "pooled", "layer": "head_dense", "image_size": 32, "weights": "model file"}
+
+
+def test_a_model_file_is_found_again_when_the_features_move_with_it(tmp_path, monkeypatch):
+    model = model_project(tmp_path / "project")
+    write_features(tmp_path / "project" / "features.npz", feature_set(**MODEL_FILE, model=str(model)))
+    (tmp_path / "project").rename(tmp_path / "moved")
+    monkeypatch.chdir(tmp_path)
+    read = read_features(tmp_path / "moved" / "features.npz")
+    assert read.metadata["model"] == str((tmp_path / "moved" / "models" / "best_model.h5").resolve())
+    assert read.metadata["model_relative"] == "models/best_model.h5"
+
+
+def test_a_relative_model_path_recorded_by_an_older_version_is_found_from_another_folder(tmp_path, monkeypatch):
+    model_project(tmp_path / "project")
+    older = feature_set(**MODEL_FILE, model="models/best_model.h5")
+    np.savez(tmp_path / "project" / "features.npz", paths=np.array(older.paths), features=older.features,
+             metadata=np.array(json.dumps(older.metadata)))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    read = read_features(tmp_path / "project" / "features.npz")
+    assert read.metadata["model"] == str((tmp_path / "project" / "models" / "best_model.h5").resolve())
+

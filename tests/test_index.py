@@ -402,3 +402,17 @@ def test_index_commands_load_no_tensorflow_and_reload_in_a_fresh_process(tmp_pat
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.stdout.strip() == "3000 7", done.stderr
+
+
+def test_an_index_finds_its_model_file_again_when_moved_with_it(tmp_path, monkeypatch, data):
+    """The model path is stored absolute and relative to the index folder; loading tries both (one function for features and indexes)."""
+    project = tmp_path / "project"
+    (project / "models").mkdir(parents=True)
+    (project / "models" / "best_model.h5").write_bytes(b"model")
+    metadata = {**METADATA, "weights": "model file", "model": str(project / "models" / "best_model.h5")}
+    ImageIndex(kind="flat").fit(feature_set(data[0][:50], metadata=metadata)).save(project / "index")
+    project.rename(tmp_path / "moved")
+    monkeypatch.chdir(tmp_path)
+    loaded = ImageIndex.load(tmp_path / "moved" / "index")
+    assert loaded.features_metadata_["model"] == str((tmp_path / "moved" / "models" / "best_model.h5").resolve())
+    assert loaded.features_metadata_["model_relative"] == "../models/best_model.h5"

@@ -224,6 +224,64 @@ def test_keyword_query_on_a_toolkit_models_label_names(runner, image_index):
     assert ranked == [scores.paths[i] for i in np.argsort(-scores.features[:, 1], kind="stable")]
 
 
+@pytest.fixture(scope="module")
+def project(image_index, tiny_set, tmp_path_factory):
+    """A project made from inside its folder with relative paths: --model models/best_model.h5, features, scores, index."""
+    root = tmp_path_factory.mktemp("project") / "project"
+    (root / "models").mkdir(parents=True)
+    shutil.copy(image_index / "best_model.h5", root / "models" / "best_model.h5")
+    shutil.copytree(tiny_set[0] / "images", root / "images")
+    runner = CliRunner()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        for command, name in ((get_transfer_layer, "features.npz"), (get_inception_output, "scores.npz")):
+            result = runner.invoke(command, ["images", name, "--model", "models/best_model.h5", "--quiet"])
+            assert result.exit_code == 0, result.output
+        assert runner.invoke(index, ["build", "features.npz", "index", "--quiet"]).exit_code == 0
+    return root
+
+
+def test_image_and_keyword_queries_work_from_another_folder_after_a_relative_model(runner, project, tmp_path, monkeypatch):
+    """search --image and serve's --scores: the model recorded as typed (relative) was lost from any other folder."""
+    monkeypatch.chdir(tmp_path)
+    result = run(runner, project / "index", "--image", project / "images" / "0005.png", "-k", 1, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["results"][0]["path"] == "0005.png"
+    result = run(runner, project / "index", "--text", "prime", "--scores", project / "scores.npz", "-k", 3, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["classes"][0]["name"] == "prime"
+    from image_toolkit.data_tools.web.app import Collection  # What toolkit serve --scores loads.
+
+    collection = Collection(project / "index", project / "images", scores=project / "scores.npz")
+    assert collection.vocabulary is not None and "prime" in collection.vocabulary
+
+
+def test_image_query_finds_the_model_of_a_project_moved_whole(runner, project, tmp_path, monkeypatch):
+    moved = tmp_path / "moved"
+    shutil.copytree(project, moved)
+    project.rename(project.with_name("away"))  # The recorded absolute path no longer exists.
+    try:
+        monkeypatch.chdir(tmp_path)
+        result = run(runner, moved / "index", "--image", moved / "images" / "0017.png", "-k", 1, "--json")
+    finally:
+        project.with_name("away").rename(project)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["results"][0]["path"] == "0017.png"
+
+
+def test_image_query_whose_model_is_gone_names_searchs_own_options(runner, tiny_set, tmp_path):
+    """Not 'pass --model_weights' (search has no such option): the missing model file, and --features."""
+    metadata = {"model": str(tmp_path / "gone" / "best_model.h5"), "output": "pooled", "layer": "head_dense",
+                "image_size": 32, "weights": "model file"}
+    write_features(tmp_path / "features.npz", FeatureSet(paths(20), np.eye(20, 8, dtype=np.float32) + 1, metadata))
+    ImageIndex(kind="flat").fit(read_features(tmp_path / "features.npz")).save(tmp_path / "index")
+    result = run(runner, tmp_path / "index", "--image", tiny_set[0] / "images" / "0005.png")
+    assert result.exit_code == 1
+    line = one_line_error(result)
+    assert f"{tmp_path / 'gone' / 'best_model.h5'}: the model file the index" in line
+    assert "nor at" in line and "--features FILE" in line and "--model" not in line
+
+
 def test_unreadable_query_image(runner, pooled_index, tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
     result = run(runner, pooled_index[0], "--image", tmp_path / "broken.jpg")

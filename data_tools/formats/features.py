@@ -14,6 +14,13 @@ Three formats hold the same content, picked by the file's suffix:
 
 Every file is checked on load (2-D, finite, one path per row), so a damaged
 or foreign file fails here with its name, not deep inside a search.
+
+Features of a toolkit model file (weights "model file") record the model's
+absolute path, and beside it `model_relative`, its path relative to the
+folder of the file recording it (a feature file, an index folder). Reading
+finds the model where it was, else relative to the file, so a project moved
+or copied whole keeps working; a relative path recorded by older versions is
+tried from the current folder, then from the file's.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ COMPARABLE_KEYS = ("model", "layer", "image_size", "weights")
 # Metadata that describes one shard of an extraction run and means nothing once merged.
 SHARD_KEYS = ("num_shards", "shard_index")
 REEXTRACT = "Re-extract with toolkit get-transfer-layer."
+# The `weights` recorded for features of a toolkit model file, whose `model` is then a path: the file holds the weights.
+MODEL_FILE_WEIGHTS = "model file"
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,43 @@ def _checked(paths: object, features: object, metadata: object, where: str) -> F
     if not isinstance(metadata, dict):
         raise DataError(f"{where}: 'metadata' must be a dict, got {type(metadata).__name__}. {REEXTRACT}")
     return FeatureSet(list(paths), array, dict(metadata))
+
+
+def anchored_model(metadata: dict, folder: str | os.PathLike) -> dict:
+    """Metadata to write into `folder`: a model file's path also relative to it (`model_relative`), to be found when moved.
+
+    Only an absolute model path (as extraction records it, or as reading
+    found it) is anchored; any other drops a `model_relative` that would
+    describe some other folder.
+    """
+    metadata = {key: value for key, value in metadata.items() if key != "model_relative"}
+    model = metadata.get("model")
+    if metadata.get("weights") != MODEL_FILE_WEIGHTS or not isinstance(model, str) or not Path(model).is_absolute():
+        return metadata
+    try:
+        relative = os.path.relpath(model, Path(folder).resolve())
+    except ValueError:  # Another drive (Windows): no relative path exists.
+        return metadata
+    return {**metadata, "model_relative": Path(relative).as_posix()}
+
+
+def located_model(metadata: dict, folder: str | os.PathLike) -> dict:
+    """Metadata read from a file in `folder`, its model file's path made absolute where the file is found.
+
+    Tried in order: the recorded path (a relative one from the current
+    folder, as older versions meant it, then from `folder`), then
+    `model_relative` from `folder`. None found: the metadata as recorded,
+    for the command that needs the model to say so.
+    """
+    model = metadata.get("model")
+    if metadata.get("weights") != MODEL_FILE_WEIGHTS or not isinstance(model, str) or not model:
+        return metadata
+    recorded, folder = Path(model), Path(folder)
+    candidates = [recorded] if recorded.is_absolute() else [recorded, folder / recorded]
+    if isinstance(metadata.get("model_relative"), str):
+        candidates.append(folder / metadata["model_relative"])
+    found = next((candidate for candidate in candidates if candidate.is_file()), None)
+    return metadata if found is None else {**metadata, "model": str(found.resolve())}
 
 
 class _RefusedGlobal(pickle.UnpicklingError):
@@ -247,7 +293,8 @@ def read_features(path: str | os.PathLike) -> FeatureSet:
     except Exception as error:  # numpy, h5py and pickle raise many types for a foreign file.
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataError(f"{path.name}: not a {path.suffix} feature file ({reason}). {REEXTRACT}") from None
-    return _checked(paths, features, metadata, path.name)
+    checked = _checked(paths, features, metadata, path.name)
+    return replace(checked, metadata=located_model(checked.metadata, path.parent))
 
 
 def _write_npz(target: Path, feature_set: FeatureSet) -> None:
@@ -281,11 +328,13 @@ WRITERS = {".npz": _write_npz, ".h5": _write_h5, ".pkl": _write_pkl}
 def write_features(path: str | os.PathLike, feature_set: FeatureSet) -> None:
     """Check and write a feature set atomically, in the format its suffix names.
 
-    The toolkit's version is added to the metadata unless already there.
+    The toolkit's version is added to the metadata unless already there, and
+    a model file's path relative to the output's folder (`anchored_model`).
     """
     writer = WRITERS[feature_format(path)]
     checked = _checked(feature_set.paths, feature_set.features, feature_set.metadata, Path(path).name)
-    checked = replace(checked, metadata={"toolkit_version": toolkit_version(), **checked.metadata})
+    metadata = anchored_model({"toolkit_version": toolkit_version(), **checked.metadata}, Path(path).parent)
+    checked = replace(checked, metadata=metadata)
     try:
         with atomic_path(path) as temporary:
             writer(temporary, checked)

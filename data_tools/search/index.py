@@ -68,7 +68,7 @@ import numpy as np
 from image_toolkit.data_tools.atomic import atomic_path, make_folder, remove_empty, write_text
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
-from image_toolkit.data_tools.formats.features import COMPARABLE_KEYS, FeatureSet, check_features
+from image_toolkit.data_tools.formats.features import COMPARABLE_KEYS, FeatureSet, anchored_model, check_features, located_model
 from image_toolkit.data_tools.progress import progress_bar, track
 from image_toolkit.data_tools.search.neighbors import ALL_CORES, available_cores, exact_neighbors
 
@@ -582,7 +582,7 @@ class ImageIndex:
         folder = directory / f"{SET_PREFIX}{_next_set_number(directory)}"
         try:
             folder.mkdir()
-            files = self._write_set(folder)
+            files = self._write_set(folder, anchored_model(self.features_metadata_, directory))
             write_text(directory / MANIFEST_FILE, json.dumps({"format": FORMAT, "current": folder.name}))
         except (OSError, DataError) as error:
             shutil.rmtree(folder, ignore_errors=True)
@@ -593,12 +593,12 @@ class ImageIndex:
         _remove_stale(directory, current=folder.name)
         return files
 
-    def _write_set(self, folder: Path) -> list[Path]:
+    def _write_set(self, folder: Path, features_metadata: dict) -> list[Path]:
         """The four files (three without norms) in `folder`, each flushed to disk before the manifest may name them."""
         metadata = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "config": self.get_config(),
             "size": self.size, "dim": self.dim, "params": self.params_, "tuning": self.tuning_,
-            "features": self.features_metadata_,
+            "features": features_metadata,
         }
         files = [folder / name for name in (INDEX_FILE, PATHS_FILE, METADATA_FILE)]
         try:
@@ -620,7 +620,7 @@ class ImageIndex:
         directory = Path(directory)
         if not directory.is_dir():
             raise DataError(f"{directory}: no such index folder. {BUILD}")
-        directory = index_set(directory)
+        top, directory = directory, index_set(directory)
         missing = [name for name in (INDEX_FILE, PATHS_FILE, METADATA_FILE) if not (directory / name).is_file()]
         if missing:
             raise DataError(f"{directory}: not an index folder (no {', '.join(missing)}). {BUILD}")
@@ -643,7 +643,7 @@ class ImageIndex:
         self.index_, self.paths_ = index, [str(path) for path in paths]
         self.params_, self.tuning_ = dict(metadata.get("params", {})), dict(metadata.get("tuning", {}))
         self._check_loaded(directory)
-        self.features_metadata_ = dict(metadata.get("features", {}))
+        self.features_metadata_ = located_model(dict(metadata.get("features", {})), top)
         self.norms_ = None
         if self.metric == "cosine":
             try:
