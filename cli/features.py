@@ -26,10 +26,12 @@ def merge_features(output_path: Path, input_paths: tuple[Path, ...], quiet: bool
       toolkit merge-features features.npz features_shard*.npz
     """
     start(quiet)
+    from image_toolkit.data_tools.atomic import refuse_inputs
     from image_toolkit.data_tools.formats.features import feature_format, write_features
     from image_toolkit.data_tools.formats.features import merge_features as merge
 
     feature_format(output_path)
+    refuse_inputs(output_path, input_paths, option="OUTPUT_PATH")
     merged = merge(list(input_paths))
     write_features(output_path, merged)
     n_images, dim = merged.features.shape

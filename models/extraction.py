@@ -262,9 +262,10 @@ def extract(
             logger.info("%s: all %d images are already there; nothing to compute.", output_path, len(known))
             return {"path": str(output_path), "rows": len(known), "computed": 0, "skipped": 0, "dim": previous.features.shape[1]}
     usable, skipped = check_images([root / path for path in paths])
+    readable = [path for path, ok in zip(paths, usable) if ok]
+    require_readable(len(readable), skipped, str(image_path), fix="give a folder or CSV of JPEG, PNG, BMP or GIF files")
     report_skipped(skipped, output_path.parent, len(paths))
-    paths = [path for path, ok in zip(paths, usable) if ok]
-    require_readable(len(paths), skipped, str(image_path), fix="give a folder or CSV of JPEG, PNG, BMP or GIF files")
+    paths = readable
     started = time.perf_counter()
     features = compute_features(extractor, [root / path for path in paths], batch_size=batch_size, verbose=verbose)
     seconds = time.perf_counter() - started

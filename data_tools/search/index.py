@@ -617,6 +617,7 @@ class ImageIndex:
     @classmethod
     def load(cls, directory: str | os.PathLike, *, n_threads: int = -1) -> ImageIndex:
         """Read the current set of an index folder written by `save`; a missing or damaged one is a DataError naming the file."""
+        check_range("--n-jobs", n_threads, low=1, special=ALL_CORES)
         directory = Path(directory)
         if not directory.is_dir():
             raise DataError(f"{directory}: no such index folder. {BUILD}")
