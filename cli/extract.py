@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from image_toolkit.cli.common import command, echo_json, json_option, option_group, progress_to_stderr, quiet_option, start
@@ -29,9 +31,11 @@ def run_extraction(output: str, image_path: str, output_path: str, model: str, l
                    image_size: int | None, batch_size: int, precision: str, append: bool, num_shards: int,
                    shard_index: int, quiet: bool, as_json: bool) -> None:
     start(quiet)
+    from image_toolkit.data_tools.atomic import writable_folder
     from image_toolkit.models.extraction import extract, feature_extractor
     from image_toolkit.models.runtime import progress_verbosity
 
+    writable_folder(Path(output_path).absolute().parent)
     extractor = feature_extractor(model, output=output, layer=layer, weights=weights, image_size=image_size, precision=precision)
     with progress_to_stderr(as_json):
         summary = extract(image_path, output_path, extractor, batch_size=batch_size, append=append,

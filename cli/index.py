@@ -87,6 +87,7 @@ def build(features: Path, index_dir: Path, kind: str, metric: str, target_recall
       toolkit index build features.npz my_index/ --kind hnsw --target-recall 0.99
     """
     _start(quiet)
+    from image_toolkit.data_tools.atomic import writable_folder
     from image_toolkit.data_tools.errors import DataError
     from image_toolkit.data_tools.formats.features import read_features
     from image_toolkit.data_tools.search.index import ImageIndex, check_index_options, holds_index
@@ -95,6 +96,7 @@ def build(features: Path, index_dir: Path, kind: str, metric: str, target_recall
     check_index_options(kind=kind, metric=metric, target_recall=target_recall, n_threads=n_threads)
     if holds_index(index_dir) and not overwrite:
         raise DataError(f"{index_dir} already holds an index; grow it with toolkit index add, or give --overwrite to replace it.")
+    writable_folder(index_dir)
     feature_set = read_features(features)
     feature_set = type(feature_set)(feature_set.paths, feature_set.features,
                                     with_class_names(feature_set.metadata, feature_set.features.shape[1]))

@@ -66,13 +66,14 @@ def compute_distances(
     n_cores = next((n for n in (n_cores, n_jobs) if n is not None), 4)
     start(quiet)
     logging.getLogger("faiss").setLevel(logging.WARNING)  # Its loader logs every CPU feature it tries.
+    from image_toolkit.data_tools.atomic import writable_folder
     from image_toolkit.data_tools.errors import DataError
     from image_toolkit.data_tools.formats.features import read_features
-    from image_toolkit.data_tools.search.neighbors import check_options, exact_neighbors, writable_dir, write_neighbors
+    from image_toolkit.data_tools.search.neighbors import check_options, exact_neighbors, write_neighbors
 
     max_bytes = max_memory * 2**20
     check_options(metric=distance_metric, n_threads=n_cores, max_memory=max_bytes)
-    writable_dir(output_dir_path)
+    writable_folder(output_dir_path)
     gallery = read_features(features_path)
     query_set = read_features(queries) if queries else None
     if query_set is not None and query_set.features.shape[1] != gallery.features.shape[1]:

@@ -100,6 +100,27 @@ def refuse_inputs(output: str | os.PathLike, inputs: Iterable[str | os.PathLike 
                               "replace it. Give the output another name.")
 
 
+def writable_folder(path: str | os.PathLike) -> Path:
+    """Prove a file can be written in the output folder before any long computation, leaving nothing behind.
+
+    The folder itself appears with the first output, so a run refused after
+    this check leaves no empty folder. One check for every command whose
+    outputs come after minutes of work (extraction, indexing, all-kNN).
+    """
+    path = Path(path)
+    created = make_folder(path)
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise DataError(
+            f"{path}: cannot write there ({error.strerror or error}); choose another output folder."
+        ) from None
+    finally:
+        remove_empty(created)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path (same folder, same suffix) that replaces `target` on success."""

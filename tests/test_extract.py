@@ -1,6 +1,7 @@
 """Feature extraction through the command line: formats, --append, shards, inputs, bad input."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,3 +190,29 @@ def test_append_from_another_folder_with_the_model_named_another_way(runner, mod
                                                 "--append", "--json"])
     assert result.exit_code == 0, result.output
     assert '"computed": 12' in result.stdout and len(read_features(project / "features.npz").paths) == 24
+
+
+@pytest.mark.parametrize("command, argv", [
+    (get_transfer_layer, ["IMAGES", "OUT/features.npz", "--model", "pixels"]),
+    (compute_distances, ["FEATURES", "OUT", "cosine", "2"]),
+])
+def test_an_unwritable_output_folder_is_refused_before_any_work(runner, images, tmp_path, monkeypatch, command, argv):
+    """The output folder's check comes first, so a read-only folder costs no extraction or search time."""
+    import os
+
+    from image_toolkit.data_tools.search import neighbors
+    from image_toolkit.models import extraction
+
+    features = tmp_path / "f.npz"
+    assert runner.invoke(get_transfer_layer, [str(images), str(features), "--model", "pixels", "--quiet"]).exit_code == 0
+    if os.geteuid() == 0:  # Root writes through chmod; /sys refuses even root.
+        out = Path("/sys/toolkit-test")
+    else:
+        (tmp_path / "ro").mkdir(mode=0o555)
+        out = tmp_path / "ro" / "out"
+    monkeypatch.setattr(extraction, "feature_extractor", lambda *a, **k: pytest.fail("extractor built before the output check"))
+    monkeypatch.setattr(neighbors, "exact_neighbors", lambda *a, **k: pytest.fail("search before the output check"), raising=False)
+    args = [a.replace("IMAGES", str(images)).replace("FEATURES", str(features)).replace("OUT", str(out)) for a in argv]
+    result = runner.invoke(command, args)
+    assert result.exit_code == 1, result.output
+    assert str(out.parent) in one_line_error(result) and not out.exists()

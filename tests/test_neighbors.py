@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
+from image_toolkit.data_tools.atomic import writable_folder
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.search import neighbors
 from image_toolkit.data_tools.search.neighbors import (
@@ -14,7 +15,6 @@ from image_toolkit.data_tools.search.neighbors import (
     block_rows,
     exact_neighbors,
     working_set,
-    writable_dir,
     write_neighbors,
 )
 
@@ -178,4 +178,4 @@ def test_a_failed_write_leaves_nothing(tmp_path, data):
 def test_an_output_folder_that_cannot_be_made_is_a_data_error(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(DataError, match=r"file: is a file, not a folder"):
-        writable_dir(tmp_path / "file" / "out")
+        writable_folder(tmp_path / "file" / "out")

@@ -24,7 +24,6 @@ import csv
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,7 +34,7 @@ import faiss
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from image_toolkit.data_tools.atomic import atomic_path, make_folder, remove_empty
+from image_toolkit.data_tools.atomic import atomic_path, writable_folder
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.features import check_features
@@ -488,26 +487,6 @@ def _transpose_into(out: np.ndarray, block: np.ndarray, tile: int = 16) -> np.nd
 # Output files.
 
 
-def writable_dir(path: str | os.PathLike) -> Path:
-    """Prove a file can be written in the output folder before any long computation, leaving nothing behind.
-
-    The folder itself appears with the outputs (`write_neighbors`), so a run
-    refused after this check leaves no empty folder.
-    """
-    path = Path(path)
-    created = make_folder(path)
-    try:
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as error:
-        raise DataError(
-            f"{path}: cannot write there ({error.strerror or error}); choose another output folder."
-        ) from None
-    finally:
-        remove_empty(created)
-    return path
-
-
 def write_neighbors(
     output_dir: str | os.PathLike,
     distances: np.ndarray,
@@ -520,7 +499,7 @@ def write_neighbors(
     The CSV, for people, has one line per (query, neighbour): the query's
     path, the rank (1 = nearest), the neighbour's path and the distance.
     """
-    output_dir = writable_dir(output_dir)
+    output_dir = writable_folder(output_dir)
     targets = [output_dir / name for name in (NEIGHBORS_FILE, DISTANCES_FILE, CSV_FILE)]
     k = indices.shape[1]
     try:
