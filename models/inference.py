@@ -11,7 +11,7 @@ import numpy as np
 
 from image_toolkit.data_tools.errors import DataError
 from image_toolkit.data_tools.formats.images import check_images, find_images, require_readable
-from image_toolkit.data_tools.formats.model_file import read_h5_metadata
+from image_toolkit.data_tools.formats.model_file import model_file_format, read_h5_metadata
 from image_toolkit.models.backbones import BACKBONES, get_backbone
 from image_toolkit.models.pipeline import image_dataset
 from image_toolkit.models.runtime import keras
@@ -54,6 +54,11 @@ def load_embedding_model(path: str | Path) -> tuple[keras.Model, dict]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: model file not found; train one with 'toolkit train-siamese' or 'toolkit train-simclr'.")
+    if model_file_format(path) is None:
+        raise DataError(
+            f"{path}: not a Keras model file (neither a .keras archive nor HDF5); "
+            "pass the embedding_model.keras of a train-siamese or train-simclr run."
+        )
     try:
         tower = keras.models.load_model(path, compile=False)
     except Exception as error:

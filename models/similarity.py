@@ -32,7 +32,7 @@ from image_toolkit.models.inference import load_embedding_model
 from image_toolkit.models.losses import ContrastiveLoss
 from image_toolkit.models.pairs import balanced_batches, require_pairs, sample_pairs
 from image_toolkit.models.pipeline import image_dataset, pair_dataset, views_dataset
-from image_toolkit.models.runs import LAST_CHECKPOINT, check_resumable, write_run_record
+from image_toolkit.models.runs import HISTORY_FILE, check_resumable, forget_state, write_run_record
 from image_toolkit.models.runtime import keras
 
 logger = logging.getLogger(__name__)
@@ -222,27 +222,28 @@ def train_embedding(options: SimilarityOptions, *, verbose: int = 1) -> dict:
     logger.info("Training on %d images%s", len(train), f", evaluating retrieval on {len(gallery[1])}" if gallery else " (no labelled held-out split: no retrieval evaluation)")
 
     if state is not None:
-        model = keras.models.load_model(output_dir / LAST_CHECKPOINT)
+        model = keras.models.load_model(output_dir / state["checkpoint"])
         tower = tower_of(model)
         logger.info("Resuming after epoch %d", state["epoch"])
     else:
         model, tower = _build(options, n_classes)
     monitor, mode = ("val_recall@1", "max") if gallery else ("loss", "min")
 
-    def save_tower(_model, _epoch, _score):
-        with atomic_path(output_dir / EMBEDDING_FILE) as temporary:
+    def save_tower(_model, _epoch, _score, path):
+        with atomic_path(path) as temporary:
             tower.save(temporary)
 
     callbacks = [RetrievalEvaluation(tower, *gallery, metric=options.metric)] if gallery else []
-    checkpoints = TrainingCheckpoints(output_dir, save_best=save_tower, monitor=monitor, mode=mode,
-                                      best_score=state["best_score"] if state else None,
-                                      best_epoch=state["best_epoch"] if state else None)
-    callbacks += [checkpoints, keras.callbacks.CSVLogger(str(output_dir / "history.csv"), append=options.resume)]
+    checkpoints = TrainingCheckpoints(output_dir, save_best=save_tower, best_name=EMBEDDING_FILE, monitor=monitor,
+                                      mode=mode, state=state)
+    callbacks.append(checkpoints)
+    if state is None:
+        forget_state(output_dir)
     write_run_record(output_dir, recorded, status="running", n_train=len(train))
     if initial_epoch < options.epochs:
         model.fit(dataset, epochs=options.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps, shuffle=False,
                   callbacks=callbacks, verbose=verbose)
-    history = pd.read_csv(output_dir / "history.csv")
+    history = pd.read_csv(output_dir / HISTORY_FILE)
     plot_training_curves(history, output_dir / "curves.png", score=monitor if gallery else None)
     summary = {
         "status": "finished",

@@ -30,7 +30,7 @@ from image_toolkit.models.classifier import ImageClassifier
 from image_toolkit.models.losses import MaskedBinaryCrossentropy
 from image_toolkit.models.metrics import MaskedF1Score
 from image_toolkit.models.pipeline import image_dataset, random_augmentation
-from image_toolkit.models.runs import LAST_CHECKPOINT, check_resumable, write_run_record
+from image_toolkit.models.runs import HISTORY_FILE, check_resumable, forget_state, write_run_record
 from image_toolkit.models.runtime import distribution_strategy, keras, precision_policy
 
 logger = logging.getLogger(__name__)
@@ -251,7 +251,7 @@ def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
     keras.utils.set_random_seed(options.seed)
     with precision_policy(options.precision), distribution_strategy(options.strategy).scope():
         if state is not None:
-            model = keras.models.load_model(output_dir / LAST_CHECKPOINT)
+            model = keras.models.load_model(output_dir / state["checkpoint"])
             logger.info("Resuming after epoch %d (best %.4f at epoch %s)", state["epoch"], state["best_score"], state["best_epoch"])
         else:
             model = ImageClassifier(
@@ -266,16 +266,17 @@ def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
             _compile(model, options, train_labels)
         checkpoints = TrainingCheckpoints(
             output_dir,
-            save_best=lambda best, epoch, score: save_h5_with_metadata(
-                best, output_dir / "best_model.h5", {**metadata, "best_epoch": epoch, "val_macro_f1": score}
+            save_best=lambda best, epoch, score, path: save_h5_with_metadata(
+                best, path, {**metadata, "best_epoch": epoch, "val_macro_f1": score}
             ),
-            best_score=state["best_score"] if state else None,
-            best_epoch=state["best_epoch"] if state else None,
+            best_name="best_model.h5",
+            state=state,
         )
-        # The run's record and lists only now that the model stands (weights found, sizes fit);
-        # train.csv creates the output folder, which the checkpoints and CSVLogger below expect.
+        # The run's record and lists only now that the model stands (weights found, sizes fit).
         write_label_csv(train, output_dir / "train.csv")
         write_label_csv(val, output_dir / "val.csv")
+        if state is None:
+            forget_state(output_dir)
         write_run_record(output_dir, dataclasses.asdict(options), status="running", n_train=len(train), n_val=len(val))
         initial_epoch = state["epoch"] if state else 0
         if initial_epoch < options.epochs:
@@ -286,13 +287,13 @@ def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
                 shuffle=False,  # the dataset shuffles itself, with the run's seed
                 initial_epoch=initial_epoch,
                 class_weight=balanced_class_weights(train_labels) if options.task == "multiclass" and options.class_weight == "balanced" else None,
-                callbacks=[checkpoints, keras.callbacks.CSVLogger(str(output_dir / "history.csv"), append=options.resume)],
+                callbacks=[checkpoints],
                 verbose=verbose,
             )
         else:
             logger.info("Already trained for %d epochs; nothing to do.", initial_epoch)
 
-    history = pd.read_csv(output_dir / "history.csv")
+    history = pd.read_csv(output_dir / HISTORY_FILE)
     plot_training_curves(history, output_dir / "loss_curve.png")
     best_row = history.loc[history["val_macro_f1"].idxmax()]
     summary = {

@@ -87,7 +87,7 @@ def test_siamese_type_d_learns_digit_similarity(siamese_d, digits):
     assert summary["val_recall@1"] >= before["recall@1"] + 0.15, (summary, before)
     history = pd.read_csv(output_dir / "history.csv")
     assert {"val_recall@1", "val_recall@5", "val_recall@10", "val_map@r"} <= set(history.columns)
-    for name in ["embedding_model.keras", "curves.png", "run.json", "last_checkpoint.keras"]:
+    for name in ["embedding_model.keras", "curves.png", "run.json", "last_checkpoint.epoch0006.keras"]:
         assert (output_dir / name).is_file(), name
 
 
