@@ -121,10 +121,28 @@ def _readable(frame: pd.DataFrame, source: Path, output_dir: Path) -> pd.DataFra
     return frame[np.array(usable)].reset_index(drop=True)
 
 
+def require_two_classes(classes: np.ndarray, source: str | Path, *, images: str, purpose: str) -> None:
+    """Refuse images all of one class where `purpose` compares classes.
+
+    With one class every neighbour is a match: recall@1 and mAP@R are 1.0
+    whatever the model, and a Siamese network has no negative pair.
+    """
+    found = np.unique(classes)
+    if len(found) == 1:
+        raise DataError(
+            f"{source}: every {images} is of class '{found[0]}'; {purpose} needs at least two classes. "
+            "Add images of another class."
+        )
+
+
 def _gallery(frame: pd.DataFrame, options: SimilarityOptions):
-    """The labelled held-out images for the per-epoch retrieval evaluation, or None."""
+    """The labelled held-out images for the per-epoch retrieval evaluation, or None; they must hold two classes."""
     held_out = frame[(frame["split"] != "train") & (frame["class"] != "")]
-    if held_out.empty or held_out["class"].value_counts().max() < 2:
+    if held_out.empty:
+        return None
+    require_two_classes(held_out["class"].to_numpy(), options.data, images="held-out image",
+                        purpose="the retrieval evaluation of every epoch")
+    if held_out["class"].value_counts().max() < 2:
         return None
     dataset = image_dataset(
         list(held_out["path"]),
@@ -137,6 +155,7 @@ def _gallery(frame: pd.DataFrame, options: SimilarityOptions):
 
 def _siamese_data(train: pd.DataFrame, options: SimilarityOptions, epochs: int, rng):
     classes = train["class"].to_numpy()
+    require_two_classes(classes, options.data, images="training image", purpose="Siamese training (a negative pair is two classes)")
     require_pairs(classes, options.data)
     names, class_ids = np.unique(classes, return_inverse=True)
     first, second, same = [], [], []
@@ -296,6 +315,7 @@ def assess(model_path: str | Path, metadata_csv: str | Path, *, img_directory: s
     output_dir = Path(output_dir)
     frame = _readable(frame, Path(metadata_csv), output_dir)
     paths, classes = list(frame["path"]), frame["class"].to_numpy()
+    require_two_classes(classes, metadata_csv, images=f"image of split '{split}'", purpose="scoring retrieval")
     extractor = FeatureExtractor(tower, traced_forward(tower, False), get_backbone(info["backbone"]).preprocess, info["image_size"], {})
     embeddings = compute_features(extractor, paths, verbose=0)
     scores = retrieval_scores(embeddings, classes, metric=metric)

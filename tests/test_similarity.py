@@ -272,3 +272,38 @@ def test_every_embedding_model_saves_and_reloads(tmp_path, suffix):
         expected, actual = model.predict(inputs, verbose=0), again.predict(inputs, verbose=0)
         for key in expected if isinstance(expected, dict) else [None]:
             np.testing.assert_allclose(actual[key] if key else actual, expected[key] if key else expected, atol=1e-5)
+
+
+ONE_CLASS = lambda frame: frame["class"] == "five"  # noqa: E731
+ONE_HELD_OUT_CLASS = lambda frame: (frame["split"] == "train") | (frame["class"] == "five")  # noqa: E731
+
+
+@pytest.mark.parametrize(
+    "command, keep, message",
+    [
+        (train_siamese, ONE_CLASS, "every training image is of class 'five'; Siamese training"),
+        (train_siamese, ONE_HELD_OUT_CLASS, "every held-out image is of class 'five'; the retrieval evaluation"),
+        (train_simclr, ONE_HELD_OUT_CLASS, "every held-out image is of class 'five'; the retrieval evaluation"),
+    ],
+    ids=["siamese-one-class", "siamese-one-held-out-class", "simclr-one-held-out-class"],
+)
+def test_one_class_is_refused_rather_than_scored_perfect(digits, tmp_path, runner, command, keep, message):
+    """With one class every neighbour matches: recall@1 and mAP@R would read 1.0 whatever the model."""
+    frame = pd.read_csv(digits / "metadata.csv")
+    frame[keep(frame)].to_csv(tmp_path / "one.csv", index=False)
+    args = [str(tmp_path / "one.csv"), "--img_directory", str(digits), "--epochs", "1", "--output_dir", str(tmp_path / "out"), *SMALL]
+    result = runner.invoke(command, args)
+    assert result.exit_code == 1, result.output
+    line = one_line_error(result)
+    assert "one.csv" in line and message in line and "needs at least two classes" in line
+    assert not (tmp_path / "out").exists(), "a refused run left an output folder"
+
+
+def test_assess_refuses_a_split_of_one_class(siamese_d, digits, tmp_path, runner):
+    frame = pd.read_csv(digits / "metadata.csv")
+    frame[ONE_CLASS(frame)].to_csv(tmp_path / "one.csv", index=False)
+    result = runner.invoke(assess, [str(siamese_d[0] / "embedding_model.keras"), str(tmp_path / "one.csv"),
+                                    "--img_directory", str(digits), "--output_dir", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    assert "one.csv: every image of split 'test' is of class 'five'; scoring retrieval needs at least two" in one_line_error(result)
+    assert not (tmp_path / "out").exists()
