@@ -307,3 +307,19 @@ def test_assess_refuses_a_split_of_one_class(siamese_d, digits, tmp_path, runner
     assert result.exit_code == 1, result.output
     assert "one.csv: every image of split 'test' is of class 'five'; scoring retrieval needs at least two" in one_line_error(result)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["assess", "get-transfer-layer"])
+def test_a_truncated_embedding_model_is_called_truncated(siamese_d, digits, tmp_path, runner, command):
+    """Keras calls a .keras archive it cannot open 'File not found'; the file is there, cut short."""
+    from image_toolkit.cli.main import toolkit
+
+    content = (siamese_d[0] / "embedding_model.keras").read_bytes()
+    model = tmp_path / "cut.keras"
+    model.write_bytes(content[: len(content) // 2])
+    args = {"assess": ["assess", str(model), str(digits / "metadata.csv"), "--output_dir", str(tmp_path / "out")],
+            "get-transfer-layer": ["get-transfer-layer", str(digits), str(tmp_path / "out.npz"), "--model", str(model)]}
+    result = runner.invoke(toolkit, args[command])
+    assert result.exit_code == 1, result.output
+    line = one_line_error(result)
+    assert f"{model}: not a complete Keras model file (truncated or damaged)" in line and "File not found" not in line
