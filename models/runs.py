@@ -54,9 +54,15 @@ def write_run_record(output_dir: Path, options: dict, **fields) -> None:
     write_text(output_dir / "run.json", json.dumps(record, indent=2, default=str))
 
 
-def forget_state(output_dir: Path) -> None:
-    """Drop the epoch state of an earlier run in `output_dir`, which a new run (not resumed) must not continue."""
-    (output_dir / STATE_FILE).unlink(missing_ok=True)
+def begin_run(output_dir: Path, options: dict, state: dict | None, **fields) -> None:
+    """Write `run.json` of a run starting to fit; a run that continues no state first drops an earlier run's.
+
+    Otherwise a new run killed before its first epoch would leave the
+    earlier run's state for `--resume` to continue under the new options.
+    """
+    if state is None:
+        (output_dir / STATE_FILE).unlink(missing_ok=True)
+    write_run_record(output_dir, options, status="running", **fields)
 
 
 def commit_epoch(output_dir: Path, state: dict) -> None:

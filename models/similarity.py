@@ -32,7 +32,7 @@ from image_toolkit.models.inference import load_embedding_model
 from image_toolkit.models.losses import ContrastiveLoss
 from image_toolkit.models.pairs import balanced_batches, require_pairs, sample_pairs
 from image_toolkit.models.pipeline import image_dataset, pair_dataset, views_dataset
-from image_toolkit.models.runs import HISTORY_FILE, check_resumable, forget_state, write_run_record
+from image_toolkit.models.runs import HISTORY_FILE, begin_run, check_resumable, write_run_record
 from image_toolkit.models.runtime import keras
 
 logger = logging.getLogger(__name__)
@@ -256,9 +256,7 @@ def train_embedding(options: SimilarityOptions, *, verbose: int = 1) -> dict:
     checkpoints = TrainingCheckpoints(output_dir, save_best=save_tower, best_name=EMBEDDING_FILE, monitor=monitor,
                                       mode=mode, state=state)
     callbacks.append(checkpoints)
-    if state is None:
-        forget_state(output_dir)
-    write_run_record(output_dir, recorded, status="running", n_train=len(train))
+    begin_run(output_dir, recorded, state, n_train=len(train))
     if initial_epoch < options.epochs:
         model.fit(dataset, epochs=options.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps, shuffle=False,
                   callbacks=callbacks, verbose=verbose)

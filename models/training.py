@@ -30,7 +30,7 @@ from image_toolkit.models.classifier import ImageClassifier
 from image_toolkit.models.losses import MaskedBinaryCrossentropy
 from image_toolkit.models.metrics import MaskedF1Score
 from image_toolkit.models.pipeline import image_dataset, random_augmentation
-from image_toolkit.models.runs import HISTORY_FILE, check_resumable, forget_state, write_run_record
+from image_toolkit.models.runs import HISTORY_FILE, begin_run, check_resumable, write_run_record
 from image_toolkit.models.runtime import distribution_strategy, keras, precision_policy
 
 logger = logging.getLogger(__name__)
@@ -275,9 +275,7 @@ def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
         # The run's record and lists only now that the model stands (weights found, sizes fit).
         write_label_csv(train, output_dir / "train.csv")
         write_label_csv(val, output_dir / "val.csv")
-        if state is None:
-            forget_state(output_dir)
-        write_run_record(output_dir, dataclasses.asdict(options), status="running", n_train=len(train), n_val=len(val))
+        begin_run(output_dir, dataclasses.asdict(options), state, n_train=len(train), n_val=len(val))
         initial_epoch = state["epoch"] if state else 0
         if initial_epoch < options.epochs:
             model.fit(

@@ -37,11 +37,18 @@ def state_of(output_dir):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def load_checkpoint(output_dir):
+    """The checkpoint train_state.json names, its loss and metrics registered first (by importing models.training)."""
+    import image_toolkit.models.training  # noqa: F401
+    from image_toolkit.models.runtime import keras
+
+    return keras.models.load_model(output_dir / state_of(output_dir)["checkpoint"])
+
+
 def assert_usable(output_dir, root):
     """What a cut run leaves loads, and history.csv agrees with the committed state."""
     from image_toolkit.data_tools.formats.model_file import read_h5_metadata
     from image_toolkit.models.inference import predict_images
-    from image_toolkit.models.runtime import keras
 
     state = state_of(output_dir)
     committed = state["epoch"] if state else 0
@@ -51,7 +58,7 @@ def assert_usable(output_dir, root):
         assert len(predictions) == 1
         assert read_h5_metadata(best)["best_epoch"] <= committed
     if state is not None:
-        keras.models.load_model(output_dir / state["checkpoint"])
+        load_checkpoint(output_dir)
     history = output_dir / "history.csv"
     rows = pd.read_csv(history).to_dict(orient="records") if history.exists() else []
     assert len(rows) in (committed, committed - 1), (len(rows), committed)
@@ -63,14 +70,13 @@ def assert_usable(output_dir, root):
 def assert_trained_exactly(output_dir, epochs):
     """Epochs 1..epochs each once: in history.csv, in the state, and in the optimizer's step count."""
     from image_toolkit.data_tools.formats.model_file import read_h5_metadata
-    from image_toolkit.models.runtime import keras
 
     state = state_of(output_dir)
     history = pd.read_csv(output_dir / "history.csv")
     assert history["epoch"].tolist() == list(range(epochs))
     assert state["epoch"] == epochs and history.to_dict(orient="records") == state["history"]
     steps = math.ceil(len(pd.read_csv(output_dir / "train.csv")) / 32)
-    checkpoint = keras.models.load_model(output_dir / state["checkpoint"])
+    checkpoint = load_checkpoint(output_dir)
     assert int(checkpoint.optimizer.iterations.numpy()) == epochs * steps
     assert read_h5_metadata(output_dir / "best_model.h5")["best_epoch"] == state["best_epoch"]
     left = sorted(path.name for path in output_dir.iterdir() if ".epoch" in path.name or ".partial" in path.name)
@@ -140,3 +146,22 @@ def test_a_run_killed_at_random_moments_resumes_exactly(tiny_set, tmp_path, runn
     trials = kill_trials(command, window_s=window, trials=kill_trial_count, cwd=tmp_path, check=check,
                          prepare=lambda: shutil.rmtree(output_dir, ignore_errors=True), seed=5)
     assert len(trials) == kill_trial_count
+
+
+def test_a_new_run_cut_before_its_first_epoch_is_not_resumed_from_the_old_one(tiny_set, tmp_path, runner, monkeypatch):
+    """The old run's state would be continued under the new run's options (head_units 64 weights, run.json saying 8)."""
+    from image_toolkit.models.callbacks import TrainingCheckpoints
+
+    root, _ = tiny_set
+    assert runner.invoke(train, train_args(root, tmp_path, 1)).exit_code == 0
+
+    def die(self, epoch, logs=None):
+        raise Crash
+
+    monkeypatch.setattr(TrainingCheckpoints, "on_epoch_end", die)
+    assert isinstance(runner.invoke(train, train_args(root, tmp_path, 1, "--head_units", "8")).exception, Crash)
+    monkeypatch.undo()
+    resumed = runner.invoke(train, train_args(root, tmp_path, 1, "--head_units", "8", "--resume"))
+    assert resumed.exit_code == 0, resumed.output
+    assert_trained_exactly(tmp_path, 1)
+    assert load_checkpoint(tmp_path).get_layer("head_dense").units == 8
