@@ -60,8 +60,8 @@ def begin_run(output_dir: Path, options: dict, state: dict | None, **fields) -> 
     Otherwise a new run killed before its first epoch would leave the
     earlier run's state for `--resume` to continue under the new options.
     """
-    if state is None:
-        (output_dir / STATE_FILE).unlink(missing_ok=True)
+    if state is None and (output_dir / STATE_FILE).is_file():
+        (output_dir / STATE_FILE).unlink()
     write_run_record(output_dir, options, status="running", **fields)
 
 
