@@ -71,18 +71,24 @@ def load_embedding_model(path: str | Path) -> tuple[keras.Model, dict]:
 
 
 def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Image arguments as files: folders are searched recursively; missing paths are an error."""
+    """Image arguments as files: folders are searched recursively; missing paths are an error.
+
+    A folder without images is worth a warning only beside inputs that
+    have some; with none at all, the caller's error names the inputs.
+    """
     paths: list[Path] = []
+    empty = []
     for item in map(Path, inputs):
         if item.is_dir():
             found = find_images(item)
-            if not found:
-                logger.warning("%s: no image files in this folder", item)
+            empty += [] if found else [item]
             paths.extend(found)
         elif item.exists():
             paths.append(item)
         else:
             raise DataError(f"{item}: no such file or folder.")
+    for folder in empty if paths else []:
+        logger.warning("%s: no image files in this folder", folder)
     return paths
 
 
@@ -102,7 +108,7 @@ def predict_images(
     paths = expand_inputs(inputs)
     usable, skipped = check_images(paths)
     paths = [path for path, ok in zip(paths, usable) if ok]
-    require_readable(len(paths), skipped, "predict", fix="pass JPEG, PNG, BMP or GIF files or folders")
+    require_readable(len(paths), skipped, ", ".join(map(str, inputs)), fix="pass JPEG, PNG, BMP or GIF files or folders")
     dataset = image_dataset(
         paths,
         image_size=metadata["image_size"],

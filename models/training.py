@@ -97,15 +97,16 @@ def _usable_rows(table: LabelTable, image_dir: Path, output_dir: Path, source: s
                  earlier: Skipped = ((), 0)) -> tuple[LabelTable, Skipped]:
     """Drop images that cannot be read and, for multiclass, unlabelled rows.
 
-    The unreadable ones, with those of `earlier` lists of the run, are
-    listed in skipped_images.txt, before a list with none readable fails.
+    A list with none readable fails first, leaving nothing behind (its
+    error names the first unreadable image); otherwise the unreadable ones,
+    with those of `earlier` lists of the run, are listed in skipped_images.txt.
     """
     unique = sorted(set(table.images))
     usable, skipped = check_images([image_dir / name for name in unique])
-    so_far = ((*earlier[0], *skipped), earlier[1] + len(unique))
-    report_skipped(list(so_far[0]), output_dir, so_far[1])
     readable = {name for name, ok in zip(unique, usable) if ok}
     require_readable(len(readable), skipped, source)
+    so_far = ((*earlier[0], *skipped), earlier[1] + len(unique))
+    report_skipped(list(so_far[0]), output_dir, so_far[1])
     keep = np.array([name in readable for name in table.images])
     if table.task == "multiclass":
         labelled = ~np.isnan(table.labels).any(axis=1)

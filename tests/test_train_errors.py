@@ -83,9 +83,9 @@ def test_no_readable_image_fails(runner, data):
         image.write_text("text pretending to be a picture")
     result = run_train(runner, data)
     assert result.exit_code == 1
-    assert "no readable image" in one_line_error(result)
-    assert (data / "out" / "skipped_images.txt").is_file()
-    assert not (data / "out" / "best_model.h5").exists()
+    line = one_line_error(result)
+    assert "label.txt: no readable image (first: " in line and "0000.png" in line
+    assert not (data / "out").exists(), "a run on no image left its output folder"
 
 
 @pytest.mark.parametrize("rows", ["0000.png,1\n", "0000.png,1\n0001.png,0\n"])
@@ -231,3 +231,11 @@ def test_resume_from_a_truncated_checkpoint_says_it_is_truncated(runner, data):
     result = run_train(runner, data, "--epochs", "2", "--resume")
     assert result.exit_code == 1, result.output
     assert f"{checkpoint}: {TRUNCATED}" in one_line_error(result)
+
+
+def test_predict_on_a_folder_without_images_names_it(runner, data):
+    assert run_train(runner, data).exit_code == 0
+    (data / "empty").mkdir()
+    result = runner.invoke(predict, [str(data / "empty"), "--model", str(data / "out" / "best_model.h5")])
+    assert result.exit_code == 1, result.output
+    assert f"{data / 'empty'}: no readable image" in one_line_error(result)
