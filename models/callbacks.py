@@ -10,9 +10,9 @@ from pathlib import Path
 
 import h5py
 
-from image_toolkit.data_tools.atomic import atomic_path, write_text
+from image_toolkit.data_tools.atomic import atomic_path
 from image_toolkit.data_tools.formats.model_file import METADATA_ATTRIBUTE
-from image_toolkit.models.runs import LAST_CHECKPOINT, STATE_FILE
+from image_toolkit.models.runs import LAST_CHECKPOINT, commit_epoch, epoch_file
 from image_toolkit.models.runtime import keras
 
 logger = logging.getLogger(__name__)
@@ -31,44 +31,56 @@ def save_h5_with_metadata(model: keras.Model, path: str | Path, metadata: dict) 
 
 
 class TrainingCheckpoints(keras.callbacks.Callback):
-    """Save the best epoch by `monitor` (through `save_best`) and the last epoch (for `--resume`).
+    """Commit every epoch whole: its checkpoint (for `--resume`), its history row and, if best by `monitor`, its model.
 
-    The last checkpoint is a `.keras` file of the whole training model with
-    its optimizer state; beside it `train_state.json` records the epoch
-    reached and the best score so far, so a resumed run neither repeats
-    epochs nor overwrites a better model. Both are written atomically.
+    The checkpoint is a `.keras` file of the whole training model with its
+    optimizer state. A new best model is written by `save_best` to an
+    epoch-numbered file first, and moved to `best_name` once the epoch is
+    committed; `history.csv` is rewritten from the committed rows. The
+    order, and what a run killed midway leaves, are in
+    `image_toolkit.models.runs`. `state` continues a resumed run.
     """
 
     def __init__(
         self,
         output_dir: str | Path,
         *,
-        save_best: Callable[[keras.Model, int, float], None],
+        save_best: Callable[[keras.Model, int, float, Path], None],
+        best_name: str,
         monitor: str = "val_macro_f1",
         mode: str = "max",
-        best_score: float | None = None,
-        best_epoch: int | None = None,
+        state: dict | None = None,
     ):
         super().__init__()
         self.output_dir = Path(output_dir)
         self.save_best = save_best
+        self.best_name = best_name
         self.monitor = monitor
         self.sign = 1.0 if mode == "max" else -1.0
-        self.best_score = -self.sign * math.inf if best_score is None else best_score
-        self.best_epoch = best_epoch
+        state = state or {}
+        self.best_score = state.get("best_score", -self.sign * math.inf)
+        self.best_epoch = state.get("best_epoch")
+        self.history = list(state.get("history", []))
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        score = float((logs or {}).get(self.monitor, math.nan))
+        logs = logs or {}
+        done = epoch + 1
+        score = float(logs.get(self.monitor, math.nan))
+        publish = {}
         if self.sign * score > self.sign * self.best_score:
-            self.best_score, self.best_epoch = score, epoch + 1
-            self.save_best(self.model, self.best_epoch, score)
-            logger.info("Epoch %d: %s improved to %.4f; best model saved", epoch + 1, self.monitor, score)
-        with atomic_path(self.output_dir / LAST_CHECKPOINT) as temporary:
+            staged = epoch_file(self.best_name, done)
+            self.save_best(self.model, done, score, self.output_dir / staged)
+            publish[staged] = self.best_name
+            self.best_score, self.best_epoch = score, done
+            logger.info("Epoch %d: %s improved to %.4f; best model saved", done, self.monitor, score)
+        checkpoint = epoch_file(LAST_CHECKPOINT, done)
+        with atomic_path(self.output_dir / checkpoint) as temporary:
             self.model.save(temporary)
-        write_text(
-            self.output_dir / STATE_FILE,
-            json.dumps({"epoch": epoch + 1, "best_score": self.best_score, "best_epoch": self.best_epoch}, indent=2),
-        )
+        self.history.append({"epoch": epoch, **{name: float(logs[name]) for name in sorted(logs)}})
+        commit_epoch(self.output_dir, {
+            "epoch": done, "checkpoint": checkpoint, "best_score": self.best_score, "best_epoch": self.best_epoch,
+            "publish": publish, "history": self.history,
+        })
 
 
 class RetrievalEvaluation(keras.callbacks.Callback):

@@ -11,7 +11,7 @@ import numpy as np
 
 from image_toolkit.data_tools.errors import DataError
 from image_toolkit.data_tools.formats.images import check_images, find_images, require_readable
-from image_toolkit.data_tools.formats.model_file import read_h5_metadata
+from image_toolkit.data_tools.formats.model_file import model_file_format, read_h5_metadata
 from image_toolkit.models.backbones import BACKBONES, get_backbone
 from image_toolkit.models.pipeline import image_dataset
 from image_toolkit.models.runtime import keras
@@ -54,6 +54,11 @@ def load_embedding_model(path: str | Path) -> tuple[keras.Model, dict]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: model file not found; train one with 'toolkit train-siamese' or 'toolkit train-simclr'.")
+    if model_file_format(path) is None:
+        raise DataError(
+            f"{path}: not a Keras model file (neither a .keras archive nor HDF5); "
+            "pass the embedding_model.keras of a train-siamese or train-simclr run."
+        )
     try:
         tower = keras.models.load_model(path, compile=False)
     except Exception as error:
@@ -66,18 +71,24 @@ def load_embedding_model(path: str | Path) -> tuple[keras.Model, dict]:
 
 
 def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Image arguments as files: folders are searched recursively; missing paths are an error."""
+    """Image arguments as files: folders are searched recursively; missing paths are an error.
+
+    A folder without images is worth a warning only beside inputs that
+    have some; with none at all, the caller's error names the inputs.
+    """
     paths: list[Path] = []
+    empty = []
     for item in map(Path, inputs):
         if item.is_dir():
             found = find_images(item)
-            if not found:
-                logger.warning("%s: no image files in this folder", item)
+            empty += [] if found else [item]
             paths.extend(found)
         elif item.exists():
             paths.append(item)
         else:
             raise DataError(f"{item}: no such file or folder.")
+    for folder in empty if paths else []:
+        logger.warning("%s: no image files in this folder", folder)
     return paths
 
 
@@ -97,7 +108,7 @@ def predict_images(
     paths = expand_inputs(inputs)
     usable, skipped = check_images(paths)
     paths = [path for path, ok in zip(paths, usable) if ok]
-    require_readable(len(paths), skipped, "predict", fix="pass JPEG, PNG, BMP or GIF files or folders")
+    require_readable(len(paths), skipped, ", ".join(map(str, inputs)), fix="pass JPEG, PNG, BMP or GIF files or folders")
     dataset = image_dataset(
         paths,
         image_size=metadata["image_size"],

@@ -32,7 +32,7 @@ from image_toolkit.models.inference import load_embedding_model
 from image_toolkit.models.losses import ContrastiveLoss
 from image_toolkit.models.pairs import balanced_batches, require_pairs, sample_pairs
 from image_toolkit.models.pipeline import image_dataset, pair_dataset, views_dataset
-from image_toolkit.models.runs import LAST_CHECKPOINT, check_resumable, write_run_record
+from image_toolkit.models.runs import HISTORY_FILE, begin_run, check_resumable, write_run_record
 from image_toolkit.models.runtime import keras
 
 logger = logging.getLogger(__name__)
@@ -121,10 +121,28 @@ def _readable(frame: pd.DataFrame, source: Path, output_dir: Path) -> pd.DataFra
     return frame[np.array(usable)].reset_index(drop=True)
 
 
+def require_two_classes(classes: np.ndarray, source: str | Path, *, images: str, purpose: str) -> None:
+    """Refuse images all of one class where `purpose` compares classes.
+
+    With one class every neighbour is a match: recall@1 and mAP@R are 1.0
+    whatever the model, and a Siamese network has no negative pair.
+    """
+    found = np.unique(classes)
+    if len(found) == 1:
+        raise DataError(
+            f"{source}: every {images} is of class '{found[0]}'; {purpose} needs at least two classes. "
+            "Add images of another class."
+        )
+
+
 def _gallery(frame: pd.DataFrame, options: SimilarityOptions):
-    """The labelled held-out images for the per-epoch retrieval evaluation, or None."""
+    """The labelled held-out images for the per-epoch retrieval evaluation, or None; they must hold two classes."""
     held_out = frame[(frame["split"] != "train") & (frame["class"] != "")]
-    if held_out.empty or held_out["class"].value_counts().max() < 2:
+    if held_out.empty:
+        return None
+    require_two_classes(held_out["class"].to_numpy(), options.data, images="held-out image",
+                        purpose="the retrieval evaluation of every epoch")
+    if held_out["class"].value_counts().max() < 2:
         return None
     dataset = image_dataset(
         list(held_out["path"]),
@@ -137,6 +155,7 @@ def _gallery(frame: pd.DataFrame, options: SimilarityOptions):
 
 def _siamese_data(train: pd.DataFrame, options: SimilarityOptions, epochs: int, rng):
     classes = train["class"].to_numpy()
+    require_two_classes(classes, options.data, images="training image", purpose="Siamese training (a negative pair is two classes)")
     require_pairs(classes, options.data)
     names, class_ids = np.unique(classes, return_inverse=True)
     first, second, same = [], [], []
@@ -222,27 +241,26 @@ def train_embedding(options: SimilarityOptions, *, verbose: int = 1) -> dict:
     logger.info("Training on %d images%s", len(train), f", evaluating retrieval on {len(gallery[1])}" if gallery else " (no labelled held-out split: no retrieval evaluation)")
 
     if state is not None:
-        model = keras.models.load_model(output_dir / LAST_CHECKPOINT)
+        model = keras.models.load_model(output_dir / state["checkpoint"])
         tower = tower_of(model)
         logger.info("Resuming after epoch %d", state["epoch"])
     else:
         model, tower = _build(options, n_classes)
     monitor, mode = ("val_recall@1", "max") if gallery else ("loss", "min")
 
-    def save_tower(_model, _epoch, _score):
-        with atomic_path(output_dir / EMBEDDING_FILE) as temporary:
+    def save_tower(_model, _epoch, _score, path):
+        with atomic_path(path) as temporary:
             tower.save(temporary)
 
     callbacks = [RetrievalEvaluation(tower, *gallery, metric=options.metric)] if gallery else []
-    checkpoints = TrainingCheckpoints(output_dir, save_best=save_tower, monitor=monitor, mode=mode,
-                                      best_score=state["best_score"] if state else None,
-                                      best_epoch=state["best_epoch"] if state else None)
-    callbacks += [checkpoints, keras.callbacks.CSVLogger(str(output_dir / "history.csv"), append=options.resume)]
-    write_run_record(output_dir, recorded, status="running", n_train=len(train))
+    checkpoints = TrainingCheckpoints(output_dir, save_best=save_tower, best_name=EMBEDDING_FILE, monitor=monitor,
+                                      mode=mode, state=state)
+    callbacks.append(checkpoints)
+    begin_run(output_dir, recorded, state, n_train=len(train))
     if initial_epoch < options.epochs:
         model.fit(dataset, epochs=options.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps, shuffle=False,
                   callbacks=callbacks, verbose=verbose)
-    history = pd.read_csv(output_dir / "history.csv")
+    history = pd.read_csv(output_dir / HISTORY_FILE)
     plot_training_curves(history, output_dir / "curves.png", score=monitor if gallery else None)
     summary = {
         "status": "finished",
@@ -295,6 +313,7 @@ def assess(model_path: str | Path, metadata_csv: str | Path, *, img_directory: s
     output_dir = Path(output_dir)
     frame = _readable(frame, Path(metadata_csv), output_dir)
     paths, classes = list(frame["path"]), frame["class"].to_numpy()
+    require_two_classes(classes, metadata_csv, images=f"image of split '{split}'", purpose="scoring retrieval")
     extractor = FeatureExtractor(tower, traced_forward(tower, False), get_backbone(info["backbone"]).preprocess, info["image_size"], {})
     embeddings = compute_features(extractor, paths, verbose=0)
     scores = retrieval_scores(embeddings, classes, metric=metric)

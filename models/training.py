@@ -30,7 +30,7 @@ from image_toolkit.models.classifier import ImageClassifier
 from image_toolkit.models.losses import MaskedBinaryCrossentropy
 from image_toolkit.models.metrics import MaskedF1Score
 from image_toolkit.models.pipeline import image_dataset, random_augmentation
-from image_toolkit.models.runs import LAST_CHECKPOINT, check_resumable, write_run_record
+from image_toolkit.models.runs import HISTORY_FILE, begin_run, check_resumable, write_run_record
 from image_toolkit.models.runtime import distribution_strategy, keras, precision_policy
 
 logger = logging.getLogger(__name__)
@@ -97,15 +97,16 @@ def _usable_rows(table: LabelTable, image_dir: Path, output_dir: Path, source: s
                  earlier: Skipped = ((), 0)) -> tuple[LabelTable, Skipped]:
     """Drop images that cannot be read and, for multiclass, unlabelled rows.
 
-    The unreadable ones, with those of `earlier` lists of the run, are
-    listed in skipped_images.txt, before a list with none readable fails.
+    A list with none readable fails first, leaving nothing behind (its
+    error names the first unreadable image); otherwise the unreadable ones,
+    with those of `earlier` lists of the run, are listed in skipped_images.txt.
     """
     unique = sorted(set(table.images))
     usable, skipped = check_images([image_dir / name for name in unique])
-    so_far = ((*earlier[0], *skipped), earlier[1] + len(unique))
-    report_skipped(list(so_far[0]), output_dir, so_far[1])
     readable = {name for name, ok in zip(unique, usable) if ok}
     require_readable(len(readable), skipped, source)
+    so_far = ((*earlier[0], *skipped), earlier[1] + len(unique))
+    report_skipped(list(so_far[0]), output_dir, so_far[1])
     keep = np.array([name in readable for name in table.images])
     if table.task == "multiclass":
         labelled = ~np.isnan(table.labels).any(axis=1)
@@ -251,7 +252,7 @@ def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
     keras.utils.set_random_seed(options.seed)
     with precision_policy(options.precision), distribution_strategy(options.strategy).scope():
         if state is not None:
-            model = keras.models.load_model(output_dir / LAST_CHECKPOINT)
+            model = keras.models.load_model(output_dir / state["checkpoint"])
             logger.info("Resuming after epoch %d (best %.4f at epoch %s)", state["epoch"], state["best_score"], state["best_epoch"])
         else:
             model = ImageClassifier(
@@ -266,17 +267,16 @@ def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
             _compile(model, options, train_labels)
         checkpoints = TrainingCheckpoints(
             output_dir,
-            save_best=lambda best, epoch, score: save_h5_with_metadata(
-                best, output_dir / "best_model.h5", {**metadata, "best_epoch": epoch, "val_macro_f1": score}
+            save_best=lambda best, epoch, score, path: save_h5_with_metadata(
+                best, path, {**metadata, "best_epoch": epoch, "val_macro_f1": score}
             ),
-            best_score=state["best_score"] if state else None,
-            best_epoch=state["best_epoch"] if state else None,
+            best_name="best_model.h5",
+            state=state,
         )
-        # The run's record and lists only now that the model stands (weights found, sizes fit);
-        # train.csv creates the output folder, which the checkpoints and CSVLogger below expect.
+        # The run's record and lists only now that the model stands (weights found, sizes fit).
         write_label_csv(train, output_dir / "train.csv")
         write_label_csv(val, output_dir / "val.csv")
-        write_run_record(output_dir, dataclasses.asdict(options), status="running", n_train=len(train), n_val=len(val))
+        begin_run(output_dir, dataclasses.asdict(options), state, n_train=len(train), n_val=len(val))
         initial_epoch = state["epoch"] if state else 0
         if initial_epoch < options.epochs:
             model.fit(
@@ -286,13 +286,13 @@ def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
                 shuffle=False,  # the dataset shuffles itself, with the run's seed
                 initial_epoch=initial_epoch,
                 class_weight=balanced_class_weights(train_labels) if options.task == "multiclass" and options.class_weight == "balanced" else None,
-                callbacks=[checkpoints, keras.callbacks.CSVLogger(str(output_dir / "history.csv"), append=options.resume)],
+                callbacks=[checkpoints],
                 verbose=verbose,
             )
         else:
             logger.info("Already trained for %d epochs; nothing to do.", initial_epoch)
 
-    history = pd.read_csv(output_dir / "history.csv")
+    history = pd.read_csv(output_dir / HISTORY_FILE)
     plot_training_curves(history, output_dir / "loss_curve.png")
     best_row = history.loc[history["val_macro_f1"].idxmax()]
     summary = {

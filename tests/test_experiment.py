@@ -207,3 +207,13 @@ def test_a_log_with_other_columns_is_refused_before_training(setup, tmp_path):
     result = CliRunner().invoke(toolkit, experiment_args(setup, tmp_path / "out"))
     assert result.exit_code == 1 and "move the file aside" in one_line_error(result)
     assert not (tmp_path / "out" / "runs").exists()
+
+
+@pytest.mark.parametrize("output", ["afile", "afile/exp"])
+def test_an_output_folder_that_is_a_file_is_one_line(setup, tmp_path, output):
+    (tmp_path / "afile").write_text("my notes")
+    result = CliRunner().invoke(toolkit, experiment_args(setup, tmp_path / output))
+    assert result.exit_code in (1, 2), result.output
+    line = one_line_error(result)
+    assert str(tmp_path / "afile") in line and "is a file" in line
+    assert (tmp_path / "afile").read_text() == "my notes"

@@ -87,7 +87,7 @@ def test_siamese_type_d_learns_digit_similarity(siamese_d, digits):
     assert summary["val_recall@1"] >= before["recall@1"] + 0.15, (summary, before)
     history = pd.read_csv(output_dir / "history.csv")
     assert {"val_recall@1", "val_recall@5", "val_recall@10", "val_map@r"} <= set(history.columns)
-    for name in ["embedding_model.keras", "curves.png", "run.json", "last_checkpoint.keras"]:
+    for name in ["embedding_model.keras", "curves.png", "run.json", "last_checkpoint.epoch0006.keras"]:
         assert (output_dir / name).is_file(), name
 
 
@@ -272,3 +272,64 @@ def test_every_embedding_model_saves_and_reloads(tmp_path, suffix):
         expected, actual = model.predict(inputs, verbose=0), again.predict(inputs, verbose=0)
         for key in expected if isinstance(expected, dict) else [None]:
             np.testing.assert_allclose(actual[key] if key else actual, expected[key] if key else expected, atol=1e-5)
+
+
+ONE_CLASS = lambda frame: frame["class"] == "five"  # noqa: E731
+ONE_HELD_OUT_CLASS = lambda frame: (frame["split"] == "train") | (frame["class"] == "five")  # noqa: E731
+
+
+@pytest.mark.parametrize(
+    "command, keep, message",
+    [
+        (train_siamese, ONE_CLASS, "every training image is of class 'five'; Siamese training"),
+        (train_siamese, ONE_HELD_OUT_CLASS, "every held-out image is of class 'five'; the retrieval evaluation"),
+        (train_simclr, ONE_HELD_OUT_CLASS, "every held-out image is of class 'five'; the retrieval evaluation"),
+    ],
+    ids=["siamese-one-class", "siamese-one-held-out-class", "simclr-one-held-out-class"],
+)
+def test_one_class_is_refused_rather_than_scored_perfect(digits, tmp_path, runner, command, keep, message):
+    """With one class every neighbour matches: recall@1 and mAP@R would read 1.0 whatever the model."""
+    frame = pd.read_csv(digits / "metadata.csv")
+    frame[keep(frame)].to_csv(tmp_path / "one.csv", index=False)
+    args = [str(tmp_path / "one.csv"), "--img_directory", str(digits), "--epochs", "1", "--output_dir", str(tmp_path / "out"), *SMALL]
+    result = runner.invoke(command, args)
+    assert result.exit_code == 1, result.output
+    line = one_line_error(result)
+    assert "one.csv" in line and message in line and "needs at least two classes" in line
+    assert not (tmp_path / "out").exists(), "a refused run left an output folder"
+
+
+def test_assess_refuses_a_split_of_one_class(siamese_d, digits, tmp_path, runner):
+    frame = pd.read_csv(digits / "metadata.csv")
+    frame[ONE_CLASS(frame)].to_csv(tmp_path / "one.csv", index=False)
+    result = runner.invoke(assess, [str(siamese_d[0] / "embedding_model.keras"), str(tmp_path / "one.csv"),
+                                    "--img_directory", str(digits), "--output_dir", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    assert "one.csv: every image of split 'test' is of class 'five'; scoring retrieval needs at least two" in one_line_error(result)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["assess", "get-transfer-layer"])
+def test_a_truncated_embedding_model_is_called_truncated(siamese_d, digits, tmp_path, runner, command):
+    """Keras calls a .keras archive it cannot open 'File not found'; the file is there, cut short."""
+    from image_toolkit.cli.main import toolkit
+
+    content = (siamese_d[0] / "embedding_model.keras").read_bytes()
+    model = tmp_path / "cut.keras"
+    model.write_bytes(content[: len(content) // 2])
+    args = {"assess": ["assess", str(model), str(digits / "metadata.csv"), "--output_dir", str(tmp_path / "out")],
+            "get-transfer-layer": ["get-transfer-layer", str(digits), str(tmp_path / "out.npz"), "--model", str(model)]}
+    result = runner.invoke(toolkit, args[command])
+    assert result.exit_code == 1, result.output
+    line = one_line_error(result)
+    assert f"{model}: not a complete Keras model file (truncated or damaged)" in line and "File not found" not in line
+
+
+@pytest.mark.parametrize("output", ["afile", "afile/sub"])
+def test_an_output_folder_that_is_a_file_is_one_line(digits, tmp_path, runner, output):
+    (tmp_path / "afile").write_text("my notes")
+    args = [str(digits / "metadata.csv"), "--epochs", "1", "--output_dir", str(tmp_path / output), *SMALL]
+    result = runner.invoke(train_siamese, args)
+    assert result.exit_code in (1, 2), result.output
+    assert f"{tmp_path / 'afile'}" in one_line_error(result) and "is a file" in one_line_error(result)
+    assert (tmp_path / "afile").read_text() == "my notes"

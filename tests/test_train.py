@@ -216,7 +216,7 @@ def test_balanced_class_weight_reweighs_the_loss(tiny_set, tmp_path, runner):
 def test_fine_tune_trains_a_pretrained_backbone(tiny_set, tmp_path, runner, fine_tune):
     """A backbone from a weights file stays frozen unless --fine_tune; the head trains either way."""
     from image_toolkit.models.backbones import SmallCNN
-    from image_toolkit.models.runs import LAST_CHECKPOINT
+    from image_toolkit.models.runs import STATE_FILE
     from image_toolkit.models.runtime import keras
 
     root, _ = tiny_set
@@ -224,7 +224,7 @@ def test_fine_tune_trains_a_pretrained_backbone(tiny_set, tmp_path, runner, fine
     weights_file = tmp_path / "small_cnn.weights.h5"
     pretrained.save_weights(weights_file)
     small_run(runner, root, tmp_path / "run", "--weights", str(weights_file), "--epochs", "2", *(["--fine_tune"] if fine_tune else []))
-    model = keras.models.load_model(tmp_path / "run" / LAST_CHECKPOINT)
+    model = keras.models.load_model(tmp_path / "run" / json.loads((tmp_path / "run" / STATE_FILE).read_text())["checkpoint"])
     backbone = model.get_layer("small_cnn")
     assert backbone.trainable is fine_tune
     changed = [not np.array_equal(before, after) for before, after in zip(pretrained.get_weights(), backbone.get_weights())]

@@ -83,9 +83,9 @@ def test_no_readable_image_fails(runner, data):
         image.write_text("text pretending to be a picture")
     result = run_train(runner, data)
     assert result.exit_code == 1
-    assert "no readable image" in one_line_error(result)
-    assert (data / "out" / "skipped_images.txt").is_file()
-    assert not (data / "out" / "best_model.h5").exists()
+    line = one_line_error(result)
+    assert "label.txt: no readable image (first: " in line and "0000.png" in line
+    assert not (data / "out").exists(), "a run on no image left its output folder"
 
 
 @pytest.mark.parametrize("rows", ["0000.png,1\n", "0000.png,1\n0001.png,0\n"])
@@ -200,3 +200,40 @@ def test_predict_skips_unreadable_images_and_names_them(runner, data):
     assert len(result.stdout.strip().splitlines()) == 1
     missing = runner.invoke(predict, [str(data / "absent.png"), "--model_weights", str(data / "out" / "best_model.h5")])
     assert missing.exit_code == 1 and "no such file or folder" in one_line_error(missing)
+
+
+TRUNCATED = "not a complete Keras model file (truncated or damaged)"
+
+
+def cut_short(source, target, keep):
+    content = source.read_bytes()
+    target.write_bytes(content[: int(len(content) * keep)])
+    return target
+
+
+def test_predict_with_a_truncated_model_says_it_is_truncated(runner, data):
+    assert run_train(runner, data).exit_code == 0
+    for keep in (0.0, 0.3, 0.999):
+        model = cut_short(data / "out" / "best_model.h5", data / "cut.h5", keep)
+        result = runner.invoke(predict, [str(data / "images" / "0000.png"), "--model", str(model)])
+        assert result.exit_code == 1, result.output
+        line = one_line_error(result)
+        assert f"{model}: {TRUNCATED}" in line and "File not found" not in line, (keep, line)
+
+
+def test_resume_from_a_truncated_checkpoint_says_it_is_truncated(runner, data):
+    assert run_train(runner, data).exit_code == 0
+    state = json.loads((data / "out" / "train_state.json").read_text())
+    checkpoint = data / "out" / state["checkpoint"]
+    cut_short(checkpoint, checkpoint, 0.5)
+    result = run_train(runner, data, "--epochs", "2", "--resume")
+    assert result.exit_code == 1, result.output
+    assert f"{checkpoint}: {TRUNCATED}" in one_line_error(result)
+
+
+def test_predict_on_a_folder_without_images_names_it(runner, data):
+    assert run_train(runner, data).exit_code == 0
+    (data / "empty").mkdir()
+    result = runner.invoke(predict, [str(data / "empty"), "--model", str(data / "out" / "best_model.h5")])
+    assert result.exit_code == 1, result.output
+    assert f"{data / 'empty'}: no readable image" in one_line_error(result)
