@@ -10,8 +10,7 @@ a refused run must not have overwritten them).
 
 `{ro}` in a command line is a folder nobody may write into: a folder made
 read-only with chmod, or, for root (whom chmod does not stop), /sys, where
-even root cannot create a file. Cases marked xfail are failures in files
-other helpers own; the reason names the owner.
+even root cannot create a file.
 """
 
 from __future__ import annotations
@@ -181,22 +180,18 @@ HEADER_ONLY = text("bad.csv", "image,even\n")
 NO_IMAGE_COLUMN = text("bad.csv", "file,even\n0000.png,1\n")
 # Two classes of 12 images (even, odd): a test split the experiment accepts.
 TWO_CLASSES = text("two.csv", "image,label\n" + "".join(f"{i:04d}.png,{('even', 'odd')[i % 2]}\n" for i in range(24)))
-KERAS_NOT_FOUND = ("training: models/inference.py load_embedding_model quotes Keras' 'File not found' for a .keras "
-                   "file that is there but damaged (item 10)")
 BROKEN_CSV = text("bad.csv", 'image,even\n0000.png,1\n"0001.png,0\n0002.png,1,1,1\n')
 
 
-def case(case_id: str, argv: str, code: int, expected: str, setup: Setup = nothing, *, owner: str | None = None,
+def case(case_id: str, argv: str, code: int, expected: str, setup: Setup = nothing, *,
          needs: str | None = None, misleading: str | None = None):
     """One row of the table: `argv` is split like a shell line after `{ro}` is filled in.
 
     `expected` must be in the error line, `misleading` must not (a wrong
-    diagnosis, e.g. "File not found" for a file that is there). `owner`
-    marks a failure in a file another helper owns (strict xfail); `needs`
+    diagnosis, e.g. "File not found" for a file that is there). `needs`
     names a trained model the case copies in (the `trained` fixture).
     """
-    marks = [pytest.mark.xfail(strict=True, reason=f"owner: {owner}")] if owner else []
-    return pytest.param(argv, code, expected, misleading, setup, needs, id=case_id, marks=marks)
+    return pytest.param(argv, code, expected, misleading, setup, needs, id=case_id)
 
 
 CASES = [
@@ -236,9 +231,7 @@ CASES = [
     case("train-multiclass-no-label-column", "train --task multiclass --output-dir out", 1, "label.txt"),
     case("train-img-directory-missing", "train --img-directory nowhere --output-dir out", 1, "nowhere"),
     case("train-images-all-corrupt", "train --output-dir out --backbone small_cnn --weights none --image-size 32",
-         1, "no readable image", corrupt_images("images"),
-         owner="training: a run that reads no image leaves out/skipped_images.txt and out/ behind (and "
-               "tests/test_train_errors.py::test_no_readable_image_fails asserts it, against report_skipped's docstring)"),
+         1, "no readable image", corrupt_images("images")),
     case("train-img-directory-is-file", "train --img-directory afile --output-dir out", 1, "afile"),
     case("train-data-csv-is-folder", "train --data-csv images --output-dir out", 1, "images"),
     case("train-val-csv-missing", "train --train-csv label.txt --val-csv nowhere.csv --output-dir out", 1, "nowhere.csv"),
@@ -275,8 +268,7 @@ CASES = [
          data("cut.keras", b"PK\x03\x04" + BINARY[:200])),
     case("predict-model-is-folder", "predict images --model images", 1, "images"),
     case("predict-image-missing", "predict nowhere.png --model best_model.h5", 1, "nowhere.png", needs="classifier"),
-    case("predict-folder-empty", "predict empty --model best_model.h5", 1, "empty", folder("empty"), needs="classifier",
-         owner="training: 'predict: no readable image' names neither the folder nor the file given"),
+    case("predict-folder-empty", "predict empty --model best_model.h5", 1, "empty", folder("empty"), needs="classifier"),
     case("predict-images-all-corrupt", "predict images --model best_model.h5", 1, "images",
          corrupt_images("images"), needs="classifier"),
     case("predict-model-is-an-image", "predict images --model images/0000.png", 1, "0000.png"),
@@ -325,8 +317,7 @@ CASES = [
          text("bad.csv", "image,class,split\na.png,x,train\nb.png,y,train\nc.png,x,test\nd.png,y,test\n")),
     case("siamese-single-class", "train-siamese bad.csv --output-dir out --backbone small_cnn --image-size 32 --epochs 1",
          1, "bad.csv", text("bad.csv", "image,class,split,root\n" + "".join(
-             f"five/{n},five,{s},digits\n" for n, s in (("0004.png", "train"), ("0016.png", "train"), ("0017.png", "test")))),
-         owner="training: train-siamese on a single class trains and reports recall@1 = 1.0 (item 9)"),
+             f"five/{n},five,{s},digits\n" for n, s in (("0004.png", "train"), ("0016.png", "train"), ("0017.png", "test"))))),
     case("siamese-output-onto-file", "train-siamese metadata.csv --output-dir afile", 2, "afile"),
     case("siamese-output-under-file", "train-siamese metadata.csv --output-dir afile/sub", 2, "afile"),
     case("siamese-output-read-only", "train-siamese metadata.csv --output-dir {ro}/out --backbone small_cnn --image-size 32",
@@ -356,10 +347,9 @@ CASES = [
     # --- assess ---
     case("assess-model-missing", "assess nowhere.keras metadata.csv", 2, "nowhere.keras"),
     case("assess-model-text", "assess fake.keras metadata.csv --output-dir out", 1, "fake.keras", text("fake.keras", "no"),
-         misleading="File not found", owner=KERAS_NOT_FOUND),
+         misleading="File not found"),
     case("assess-model-truncated", "assess cut.keras metadata.csv --output-dir out", 1, "cut.keras",
-         truncated("embedding_model.keras", "cut.keras"), needs="embedding", misleading="File not found",
-         owner=KERAS_NOT_FOUND),
+         truncated("embedding_model.keras", "cut.keras"), needs="embedding", misleading="File not found"),
     case("assess-model-binary", "assess fake.h5 metadata.csv --output-dir out", 1, "fake.h5", data("fake.h5", BINARY)),
     case("assess-csv-missing", "assess fake.keras nowhere.csv", 2, "nowhere.csv", text("fake.keras", "no")),
     case("assess-csv-no-class-column", "assess embedding_model.keras bad.csv --output-dir out", 1, "bad.csv",
@@ -390,8 +380,7 @@ for name in ("get-inception-output", "get-transfer-layer"):
         case(f"{short}-unknown-model", f"{name} images out.npz --model vgg99", 1, "vgg99"),
         case(f"{short}-model-text", f"{name} images out.npz --model fake.h5", 1, "fake.h5", text("fake.h5", "no")),
         case(f"{short}-model-truncated-keras", f"{name} images out.npz --model cut.keras", 1, "cut.keras",
-             truncated("embedding_model.keras", "cut.keras"), needs="embedding", misleading="File not found",
-             owner=KERAS_NOT_FOUND),
+             truncated("embedding_model.keras", "cut.keras"), needs="embedding", misleading="File not found"),
         case(f"{short}-image-size-tiny", f"{name} images out.npz --image-size 4", 2, "--image-size"),
         case(f"{short}-batch-size-zero", f"{name} images out.npz --batch-size 0", 2, "--batch-size"),
         case(f"{short}-unknown-precision", f"{name} images out.npz --precision fp8", 2, "--precision"),
