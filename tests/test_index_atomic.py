@@ -121,3 +121,20 @@ def test_a_failed_save_into_a_new_folder_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(index_module.DataError, match="cannot write the index .* No space left on device"):
         ImageIndex(kind="flat").fit(rows(OLD)).save(tmp_path / "new" / "index")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_save_into_a_folder_of_the_users_own_files_removes_none_of_them(tmp_path):
+    """Only what the index wrote is cleaned up: a user's `set-1/` of photos and own `metadata.json` stay."""
+    folder = tmp_path / "photos"
+    (folder / "set-1").mkdir(parents=True)
+    (folder / "set-1" / "beach.png").write_bytes(b"png")
+    (folder / "set-2").mkdir()
+    (folder / "set-2" / "paths.json").write_text("[]")  # An index file's name, beside a user's file: still the user's.
+    (folder / "set-2" / "notes.txt").write_text("mine")
+    (folder / "metadata.json").write_text("{}")
+    ImageIndex(kind="flat").fit(rows(OLD)).save(folder)
+    ImageIndex.load(folder).add(rows(NEW - OLD, start=OLD)).save(folder)
+    assert (folder / "set-1" / "beach.png").exists() and (folder / "set-2" / "notes.txt").exists()
+    assert (folder / "metadata.json").read_text() == "{}"
+    assert ImageIndex.load(folder).size == NEW
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith("set-")) == ["set-1", "set-2", "set-4"]

@@ -579,9 +579,16 @@ class ImageIndex:
         self._check_fitted()
         directory = Path(directory)
         created = make_folder(directory)
+        # An index.faiss at the top is an old-layout index (or its remains after a crash past the manifest):
+        # its four files go once the new set is in place. Without it, no top-level file is the index's.
+        old_layout = (directory / INDEX_FILE).exists()
         folder = directory / f"{SET_PREFIX}{_next_set_number(directory)}"
-        try:
+        try:  # Outside the clean-up below: a set of that name made meanwhile by another writer is not ours to remove.
             folder.mkdir()
+        except OSError as error:
+            remove_empty(created)
+            raise DataError(f"{directory}: cannot write the index ({error.strerror or error}). Choose a writable folder.") from None
+        try:
             files = self._write_set(folder, anchored_model(self.features_metadata_, directory))
             write_text(directory / MANIFEST_FILE, json.dumps({"format": FORMAT, "current": folder.name}))
         except (OSError, DataError) as error:
@@ -590,7 +597,7 @@ class ImageIndex:
             if isinstance(error, DataError):
                 raise
             raise DataError(f"{directory}: cannot write the index ({error.strerror or error}). Choose a writable folder.") from None
-        _remove_stale(directory, current=folder.name)
+        _remove_stale(directory, current=folder.name, old_layout=old_layout)
         return files
 
     def _write_set(self, folder: Path, features_metadata: dict) -> list[Path]:
@@ -716,15 +723,30 @@ def _fsync(path: Path) -> None:
         os.close(handle)
 
 
-def _remove_stale(directory: Path, *, current: str) -> None:
-    """Remove what the current set replaced: older or half-written sets, the files of the old layout, manifest leftovers."""
+def _is_index_set(folder: Path) -> bool:
+    """Whether `folder` holds nothing but an index set's files (complete or half-written): safe to remove.
+
+    A user's own folder that happens to be called `set-2` holds other files
+    and is never touched; an empty one is what a crash right after making a
+    set's folder leaves.
+    """
+    own = {INDEX_FILE, PATHS_FILE, METADATA_FILE, NORMS_FILE}
+    return folder.is_dir() and all(
+        path.name in own or (path.name.startswith(".") and ".partial" in path.name) for path in folder.iterdir()
+    )
+
+
+def _remove_stale(directory: Path, *, current: str, old_layout: bool) -> None:
+    """Remove what the current set replaced: older or half-written sets, manifest leftovers, and the
+    top-level files of an old-layout index (only when the folder held one before this save)."""
     for path in directory.iterdir():
-        if SET_NAME.fullmatch(path.name) and path.name != current:
+        if SET_NAME.fullmatch(path.name) and path.name != current and _is_index_set(path):
             shutil.rmtree(path, ignore_errors=True)
         elif path.name.startswith(f".{MANIFEST_FILE}.") and ".partial" in path.name:
             path.unlink(missing_ok=True)
-    for name in (INDEX_FILE, PATHS_FILE, METADATA_FILE, NORMS_FILE):
-        (directory / name).unlink(missing_ok=True)
+    if old_layout:  # index.faiss last: while it is there, a crash here leaves files the next save knows as its own.
+        for name in (PATHS_FILE, METADATA_FILE, NORMS_FILE, INDEX_FILE):
+            (directory / name).unlink(missing_ok=True)
 
 
 def _read_json(path: Path, expected: type):
