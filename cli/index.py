@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from image_toolkit.cli.common import echo_json, group, json_option, quiet_option, start
+from image_toolkit.cli.common import OutputFolder, echo_json, group, json_option, quiet_option, start
 
 # The same as image_toolkit.data_tools.search.index.KINDS and METRICS (a test checks): repeated so that --help loads no faiss.
 KINDS = ("hnsw", "ivf", "ivfpq", "flat")
@@ -51,7 +51,7 @@ def index() -> None:
 
 @index.command("build", context_settings=SETTINGS, aliases={"--M": "--m"})
 @click.argument("features", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("index_dir", type=OutputFolder(path_type=Path))
 @click.option("--kind", type=click.Choice(KINDS), default="ivf", show_default=True,
               help="ivf: k-means lists, fastest to build and search on the benchmarks; hnsw: graph; "
                    "ivfpq: lists of 4-bit codes re-ranked exactly, small codes for large D; flat: exact.")

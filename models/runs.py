@@ -101,7 +101,7 @@ def check_resumable(options: dict, output_dir: Path) -> dict | None:
     state_path, run_path = output_dir / STATE_FILE, output_dir / "run.json"
     if not run_path.is_file() and not state_path.is_file():
         raise DataError(f"{output_dir}: nothing to resume (no {STATE_FILE} or run.json); run without --resume.")
-    previous = json.loads(run_path.read_text())["options"] if run_path.is_file() else {}
+    previous = _read_json(run_path).get("options", {}) if run_path.is_file() else {}
     for name, value in options.items():
         if name not in RESUMABLE_CHANGES and name in previous and previous[name] != value:
             raise OptionError(
@@ -123,15 +123,29 @@ def check_resumable(options: dict, output_dir: Path) -> dict | None:
     return state
 
 
+def _read_json(path: Path) -> dict:
+    """A run's JSON file; a damaged one (a copy cut short, an edit gone wrong) is one line, not a traceback."""
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{path}: damaged ({error}); run without --resume to start again.") from None
+    if not isinstance(content, dict):
+        raise DataError(f"{path}: damaged (not a JSON object); run without --resume to start again.")
+    return content
+
+
 def _read_state(state_path: Path) -> dict:
     """`train_state.json`, with what a state written before epochs were committed whole lacks.
 
     Such a state named no checkpoint (it was `last_checkpoint.keras`) and
     held no history: its rows are those of `history.csv` up to its epoch.
     """
-    state = json.loads(state_path.read_text())
+    state = _read_json(state_path)
     state.setdefault("checkpoint", LAST_CHECKPOINT)
     if "history" not in state:
-        history = pd.read_csv(state_path.parent / HISTORY_FILE)
+        history_path = state_path.parent / HISTORY_FILE
+        if not history_path.is_file():
+            raise DataError(f"{state_path}: an older run's state without its {HISTORY_FILE}; run without --resume to start again.")
+        history = pd.read_csv(history_path)
         state["history"] = history[history["epoch"] < state["epoch"]].to_dict(orient="records")
     return state
