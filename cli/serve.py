@@ -82,7 +82,8 @@ def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_
         echo_json({"url": url, "images": len(app.state.collection.names), "db": str(db)})
     elif not quiet:
         click.echo(f"Serving {len(app.state.collection.names):,} images at {url} (feedback in {db}); Ctrl-C stops.", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info")
+    # With a token, the access log would print it (`GET /?token=...`): no access log then.
+    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info", access_log=token is None)
 
 
 def check_port(host: str, port: int) -> None:

@@ -113,9 +113,7 @@ def writable_folder(path: str | os.PathLike) -> Path:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as error:
-        raise DataError(
-            f"{path}: cannot write there ({error.strerror or error}); choose another output folder."
-        ) from None
+        raise _cannot_write(path, error) from None
     finally:
         remove_empty(created)
     return path

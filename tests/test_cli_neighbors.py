@@ -167,7 +167,7 @@ def test_read_only_output_folder(runner, tmp_path, features_file):
     (tmp_path / "locked").mkdir(mode=0o500)
     result = runner.invoke(compute_distances, [str(features_file), str(tmp_path / "locked"), "cosine", "3"])
     assert result.exit_code == 1
-    assert "cannot write there (Permission denied)" in one_line_error(result)
+    assert "cannot write here (Permission denied)" in one_line_error(result)
 
 
 def test_merge_features_joins_shards(runner, tmp_path, features_file):

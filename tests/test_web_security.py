@@ -245,6 +245,8 @@ def test_a_network_host_warns_in_one_line_and_takes_a_token(runner, served, tmp_
     client = TestClient(no_server[-1][0], base_url="http://localhost")
     assert client.get("/api/info").status_code == 401
     assert client.get("/api/info", headers={"authorization": "Bearer s3cret"}).status_code == 200
+    assert no_server[-1][1]["access_log"] is False  # The access log would print `GET /?token=s3cret`.
+    assert no_server[0][1]["access_log"] is True
     result = runner.invoke(toolkit, serve_args(served, "--db", str(tmp_path / "f.sqlite"), "--port", "0"))
     assert result.exit_code == 0 and "Warning" not in result.stderr  # This machine only: no warning.
 
