@@ -160,6 +160,7 @@ def info(index_dir: Path, quiet: bool, as_json: bool) -> None:
 
 def _report(image_index, index_dir: Path, as_json: bool, quiet: bool, headline: str | None, **extra) -> None:
     """The index's description, as JSON or as a few lines for people (none with --quiet; info shows them anyway)."""
+    from image_toolkit.data_tools.formats.features import shown_model
     from image_toolkit.data_tools.search.index import index_set
 
     description = image_index.info()
@@ -184,6 +185,7 @@ def _report(image_index, index_dir: Path, as_json: bool, quiet: bool, headline: 
                      f"(target {tuning['target_recall']})")
     elif tuning:
         lines.append(f"recall: not measured (too few images); {tuning['parameter']}={tuning['value']}")
+    features = shown_model(features)
     shown = [f"{key} {features[key]}" for key in ("model", "output", "layer", "image_size", "weights") if features.get(key) is not None]
     lines.append(f"features: {', '.join(shown) if shown else 'no metadata (search --image unavailable)'}")
     click.echo("\n".join(lines))

@@ -28,6 +28,7 @@ from image_toolkit.data_tools.formats.features import (
     MODEL_FILE_WEIGHTS,
     FeatureSet,
     read_features,
+    shown_model,
     write_features,
 )
 from image_toolkit.data_tools.formats.images import IMAGE_SUFFIXES, check_images, find_images, report_skipped, require_readable
@@ -280,7 +281,7 @@ def extract(
         "skipped": len(skipped),
         "dim": int(features.shape[1]),
         "images_per_second": round(computed / seconds, 2),
-        **metadata,
+        **shown_model(metadata),
     }
 
 

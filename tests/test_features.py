@@ -223,3 +223,13 @@ def test_a_relative_model_path_recorded_by_an_older_version_is_found_from_anothe
     read = read_features(tmp_path / "project" / "features.npz")
     assert read.metadata["model"] == str((tmp_path / "project" / "models" / "best_model.h5").resolve())
 
+
+
+def test_a_model_under_the_working_folder_is_shown_relative_and_recorded_absolute(tmp_path, monkeypatch):
+    from image_toolkit.data_tools.formats.features import MODEL_FILE_WEIGHTS, shown_model
+
+    monkeypatch.chdir(tmp_path)
+    inside = {"model": str(tmp_path / "runs" / "best_model.h5"), "weights": MODEL_FILE_WEIGHTS}
+    outside = {"model": "/elsewhere/best_model.h5", "weights": MODEL_FILE_WEIGHTS}
+    assert shown_model(inside)["model"] == "runs/best_model.h5"
+    assert shown_model(outside) == outside and shown_model({"model": "pixels", "weights": "none"})["model"] == "pixels"

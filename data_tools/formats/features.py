@@ -105,6 +105,21 @@ def _checked(paths: object, features: object, metadata: object, where: str) -> F
     return FeatureSet(list(paths), array, dict(metadata))
 
 
+def shown_model(metadata: dict) -> dict:
+    """Metadata to print: a model file under the working folder shown relative to it, as the user would type it.
+
+    The file keeps the absolute path (found from anywhere); a summary or
+    `index info` line stays short and the same on every machine.
+    """
+    model = metadata.get("model")
+    if metadata.get("weights") != MODEL_FILE_WEIGHTS or not isinstance(model, str) or not Path(model).is_absolute():
+        return metadata
+    try:
+        return {**metadata, "model": Path(model).relative_to(Path.cwd().resolve()).as_posix()}
+    except ValueError:  # Outside the working folder: the absolute path says where.
+        return metadata
+
+
 def anchored_model(metadata: dict, folder: str | os.PathLike) -> dict:
     """Metadata to write into `folder`: a model file's path also relative to it (`model_relative`), to be found when moved.
 
