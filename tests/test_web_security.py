@@ -23,6 +23,7 @@ pytest.importorskip("httpx", reason="httpx (FastAPI's test client) is not instal
 from fastapi.testclient import TestClient  # noqa: E402
 
 from image_toolkit.cli.main import toolkit  # noqa: E402
+from image_toolkit.data_tools.feedback import store as feedback_store  # noqa: E402
 from image_toolkit.data_tools.formats.features import FeatureSet  # noqa: E402
 from image_toolkit.data_tools.make_demo_data import write_digits_dataset  # noqa: E402
 from image_toolkit.data_tools.search.index import ImageIndex  # noqa: E402
@@ -204,6 +205,23 @@ def test_a_locked_store_answers_503_with_retry_after_and_a_retry_stores_the_even
     assert busy.status_code == 503 and busy.headers["retry-after"] == str(web.RETRY_AFTER_S)
     assert client.post("/api/feedback", json=body).json() == {"id": "page-1", "added": True}
     assert client.post("/api/feedback", json=body).json() == {"id": "page-1", "added": False}
+
+
+@pytest.mark.parametrize("failure", [
+    sqlite3.OperationalError("attempt to write a readonly database"),
+    feedback_store.DataError("f.sqlite: cannot write here (Read-only file system); choose a writable folder for --db."),
+])
+def test_a_store_that_cannot_be_written_is_507_not_a_retry_or_a_500(served, tmp_path, monkeypatch, failure):
+    """Only a lock is worth a retry: a read-only or vanished store answers 507 with the reason, once."""
+    client = TestClient(make_app(served, tmp_path / "f.sqlite"))
+
+    def fail(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(feedback_store, "check_event", fail)
+    answer = client.post("/api/feedback", json=event(["0000.png"], id="page-1"))
+    assert answer.status_code == 507 and "retry-after" not in answer.headers
+    assert "read" in answer.json()["detail"].lower()
 
 
 # The command.

@@ -208,6 +208,8 @@ ERROR_RESPONSES = {
     415: {"description": "The upload is not an image."},
     503: {"description": "The feedback store is locked by another writer (e.g. an import); send again after Retry-After.",
           "headers": RETRY_AFTER},
+    507: {"description": "The feedback store cannot be written (its file or folder is read-only, gone, or the disk full); "
+                         "sending again does not help until the server's operator fixes it."},
 }
 
 
@@ -723,7 +725,7 @@ def create_app(
             {"id": i, "x": round(float(x), 5), "y": round(float(y), 5)}
             for i, (x, y) in enumerate(coords.tolist()) if x == x]}
 
-    @app.post("/api/feedback", responses=answers(409, 413, 503))
+    @app.post("/api/feedback", responses=answers(409, 413, 503, 507))
     def add_feedback(event: Event = Body(...)):
         try:
             stored, added = store.add(event.model_dump(exclude_none=True))
@@ -732,7 +734,14 @@ def create_app(
         except ValueError as error:
             raise invalid(str(error), "body") from None
         except sqlite3.OperationalError as error:
-            raise busy(f"the feedback store is busy ({error}); send the event again.") from None
+            if feedback.is_locked(error):  # Only a lock passes: a retry of anything else would fail again.
+                raise busy(f"the feedback store is busy ({error}); send the event again.") from None
+            problem = feedback.database_error(store.db, error, store.wait)
+            if problem is None:
+                raise
+            raise HTTPException(507, str(problem)) from None
+        except DataError as error:  # The store's file went away or became unreadable since start-up.
+            raise HTTPException(507, str(error)) from None
         return {"id": stored["id"], "added": added}
 
     @app.get("/api/feedback/export", response_class=Response, responses={
