@@ -111,8 +111,10 @@ def machine_names(host: str) -> list[str]:
 
 def exposure(host: str, port: int, token: str | None) -> str:
     """The warning for a --host reachable from other machines: what is open, and what to do about it."""
+    # Teammates who open the page by another name (an IP address, a DNS alias) get "Invalid host header" otherwise.
+    names = "; add the names others use for this machine with --allow-host NAME"
     if token:
         return (f"--host {host} serves port {port} to the network over plain HTTP; every /api request needs the token "
-                "(open /?token=TOKEN once in the browser).")
+                f"(open /?token=TOKEN once in the browser){names}.")
     return (f"--host {host} opens port {port} to the network with no authentication: anyone who reaches it can read "
-            "and add feedback; pass --token (or set IMAGE_TOOLKIT_TOKEN).")
+            f"and add feedback; pass --token (or set IMAGE_TOOLKIT_TOKEN){names}.")

@@ -257,7 +257,7 @@ def test_a_network_host_warns_in_one_line_and_takes_a_token(runner, served, tmp_
     result = runner.invoke(toolkit, args)
     assert result.exit_code == 0, result.output
     warning = [line for line in result.stderr.splitlines() if line.startswith("Warning:")]
-    assert len(warning) == 1 and "no authentication" in warning[0] and "--token" in warning[0]
+    assert len(warning) == 1 and "no authentication" in warning[0] and "--token" in warning[0] and "--allow-host" in warning[0]
     result = runner.invoke(toolkit, args, env={"IMAGE_TOOLKIT_TOKEN": "s3cret"})
     assert result.exit_code == 0 and "needs the token" in result.stderr and "s3cret" not in result.output
     client = TestClient(no_server[-1][0], base_url="http://localhost")
