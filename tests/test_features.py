@@ -168,20 +168,32 @@ class OverlappingDtype:
         return np.dtype, ("V8", False, True), (3, "|", None, ("pointer", "number"), fields, 8, 1, 1)
 
 
+class FlaggedFloat:
+    """A plain float64 whose state sets numpy's 'holds objects' flags: its values would be read as pointers."""
+
+    def __reduce__(self):
+        return np.dtype, ("f8", False, True), (3, "<", None, None, None, -1, -1, 0x3F)
+
+
 class RawArray:
-    """An array of OverlappingDtype from raw bytes, pickled as numpy pickles arrays (_reconstruct, then its state)."""
+    """An array of a crafted dtype from raw bytes, pickled as numpy pickles arrays (_reconstruct, then its state)."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
 
     def __reduce__(self):
         reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy.(_)core.multiarray._reconstruct
-        return reconstruct, (np.ndarray, (0,), b"b"), (1, (2,), OverlappingDtype(), False, b"\x41" * 16)
+        return reconstruct, (np.ndarray, (0,), b"b"), (1, (2,), self.dtype, False, b"\x41" * 16)
 
 
-@pytest.mark.parametrize("what", ["array", "dtype"])
+@pytest.mark.parametrize("what", ["array", "dtype", "flagged array", "flagged dtype"])
 def test_pickle_of_a_structured_or_object_dtype_is_refused_before_an_array_is_built(tmp_path, what):
-    """A crafted dtype whose object field overlaps raw bytes: one line, no segfault (run apart, so a crash fails the test)."""
+    """A crafted dtype whose object field overlaps raw bytes, or a float flagged as objects: one line, no segfault
+    (run apart, so a crash fails the test)."""
     target = tmp_path / "features.pkl"
-    features = RawArray() if what == "array" else np.ones((2, 3), dtype=np.float32)
-    content = {"paths": ["a.png", "b.png"], "features": features, "metadata": {"dtype": OverlappingDtype()}}
+    crafted = FlaggedFloat() if what.startswith("flagged") else OverlappingDtype()
+    features = RawArray(crafted) if what.endswith("array") else np.ones((2, 3), dtype=np.float32)
+    content = {"paths": ["a.png", "b.png"], "features": features, "metadata": {"dtype": crafted}}
     target.write_bytes(pickle.dumps(content, protocol=2))
     assert b"_codecs\nencode" in target.read_bytes()  # The pieces of the report: numpy.dtype, _reconstruct, _codecs.encode.
     code = ("from image_toolkit.data_tools.formats.features import read_features\n"

@@ -170,9 +170,17 @@ PLAIN_KINDS = "biufU"
 
 
 def _check_plain(dtype: np.dtype) -> np.dtype:
-    """`dtype` if it is a plain number or text type (no fields, no sub-array), else _RefusedDtype."""
+    """`dtype` if it is a plain number or text type (no fields, no sub-array), else _RefusedDtype.
+
+    Its item size, alignment and flags must also be those numpy gives the
+    same type string: a pickle sets them as it likes (BUILD), and a plain
+    `f8` flagged as holding objects would be read as pointers all the same.
+    """
     if not isinstance(dtype, np.dtype) or dtype.kind not in PLAIN_KINDS or dtype.fields is not None or dtype.subdtype is not None:
         raise _RefusedDtype(str(dtype))
+    canonical = np.dtype(dtype.str)
+    if (dtype.itemsize, dtype.alignment, dtype.flags) != (canonical.itemsize, canonical.alignment, canonical.flags):
+        raise _RefusedDtype(f"{dtype} with a forged item size, alignment or flags")
     return dtype
 
 
