@@ -119,6 +119,15 @@ def writable_folder(path: str | os.PathLike) -> Path:
     return path
 
 
+def flush_to_disk(path: str | os.PathLike) -> None:
+    """Flush a file or folder to disk (fsync): what is moved into place, or named by a manifest, survives a power cut."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path (same folder, same suffix) that replaces `target` on success."""
@@ -138,6 +147,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         yield temporary
         # mkstemp makes the file private (0600); an output gets the mode the user's umask gives a new file.
         temporary.chmod(0o666 & ~user_umask())
+        flush_to_disk(temporary)
         os.replace(temporary, target)
         written = True
     finally:

@@ -43,7 +43,7 @@ def crash_at(monkeypatch, step: int) -> list[str]:
             return function(*args, **kwargs)
         return wrapper
 
-    monkeypatch.setattr(index_module, "_fsync", counted("flush", getattr(index_module, "_fsync", None)), raising=False)
+    monkeypatch.setattr(index_module, "flush_to_disk", counted("flush", index_module.flush_to_disk))
     monkeypatch.setattr(os, "replace", counted("replace", os.replace))
     monkeypatch.setattr(shutil, "rmtree", counted("remove set", shutil.rmtree))
     monkeypatch.setattr(Path, "unlink", counted("remove file", Path.unlink))

@@ -65,7 +65,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from image_toolkit.data_tools.atomic import atomic_path, make_folder, remove_empty, write_text
+from image_toolkit.data_tools.atomic import atomic_path, flush_to_disk, make_folder, remove_empty, write_text
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.features import COMPARABLE_KEYS, FeatureSet, anchored_model, check_features, located_model
@@ -597,6 +597,7 @@ class ImageIndex:
             if isinstance(error, DataError):
                 raise
             raise DataError(f"{directory}: cannot write the index ({error.strerror or error}). Choose a writable folder.") from None
+        flush_to_disk(directory)  # The manifest's new name on disk before the set it replaced goes.
         _remove_stale(directory, current=folder.name, old_layout=old_layout)
         return files
 
@@ -618,7 +619,7 @@ class ImageIndex:
             files.append(folder / NORMS_FILE)
             np.save(files[3], self.norms_)
         for path in [*files, folder]:
-            _fsync(path)
+            flush_to_disk(path)
         return files
 
     @classmethod
@@ -712,15 +713,6 @@ def _next_set_number(directory: Path) -> int:
     """One more than any set in the folder, current or left by a crash: a new set never reuses a name."""
     numbers = [int(match[1]) for path in directory.iterdir() if (match := SET_NAME.fullmatch(path.name))]
     return max(numbers, default=0) + 1
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file or folder to disk, so that the manifest never names files a power cut could lose."""
-    handle = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
 
 
 def _is_index_set(folder: Path) -> bool:
