@@ -188,7 +188,7 @@ class OutputFolder(click.Path):
     def __init__(self, **kwargs):
         super().__init__(file_okay=False, **kwargs)
 
-    def convert(self, value, param, ctx):
+    def convert(self, value: str | os.PathLike, param: click.Parameter | None, ctx: click.Context | None):
         converted = super().convert(value, param, ctx)
         for part in Path(os.fsdecode(value)).parents:
             if part.is_dir():

@@ -210,8 +210,8 @@ def draw_map(
         absent = len(chosen - set(feature_set.paths))
         if absent:
             logger.warning("%d highlighted images of %s are not in %s", absent, highlight, features_path)
-    # Both outputs are written aside and moved in together at the end: an unwritable folder for either fails
-    # before the map is computed, and a failed run leaves neither.
+    # Both outputs are written aside and moved into place at the end, one right after the other: an unwritable
+    # folder for either fails before the map is computed, and a failed run leaves neither.
     with atomic_path(coords_path) as coords_file, atomic_path(output) as plot_file:
         started = time.monotonic()
         coords = embed_2d(feature_set.features, method=method, perplexity=perplexity, seed=seed, n_jobs=n_jobs,

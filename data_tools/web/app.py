@@ -73,6 +73,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
@@ -82,6 +83,12 @@ from image_toolkit.data_tools.feedback import store as feedback
 from image_toolkit.data_tools.formats.labels import read_labels
 from image_toolkit.data_tools.search import rocchio
 from image_toolkit.data_tools.search.ranking import top_k
+
+if TYPE_CHECKING:  # The serve extra is imported where it is used, so this module loads without it.
+    from fastapi import HTTPException, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +161,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def trusted_hosts(host: str, allowed_hosts=()) -> list[str]:
+def trusted_hosts(host: str, allowed_hosts: Sequence[str] = ()) -> list[str]:
     """The Host header values the app answers: the bound host, the loopback names and `allowed_hosts`.
 
     An IPv6 address is listed as a Host header writes it, in brackets.
@@ -174,7 +181,7 @@ class TooManyPixels(DataError):
     """An image larger than the app decodes (`MAX_PIXELS`)."""
 
 
-def open_image(source, *, max_pixels: int = MAX_PIXELS, what: str = "the image"):
+def open_image(source: str | os.PathLike | BinaryIO, *, max_pixels: int = MAX_PIXELS, what: str = "the image") -> "Image.Image":
     """Open an image for its header only; TooManyPixels when it is over `max_pixels`, before any pixel is decoded.
 
     Pillow's own bomb check, at twice its process-wide limit, is turned into
@@ -213,14 +220,14 @@ ERROR_RESPONSES = {
 }
 
 
-def busy(detail: str):
+def busy(detail: str) -> "HTTPException":
     """The 503 of a locked feedback store, with Retry-After so a client (the page) knows when to send again."""
     from fastapi import HTTPException
 
     return HTTPException(503, detail, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
-def finite(value):
+def finite(value: object) -> object:
     """`value` with every NaN or infinite float written as a string: JSON has no such numbers."""
     if isinstance(value, float) and not np.isfinite(value):
         return str(value)
@@ -231,7 +238,7 @@ def finite(value):
     return value
 
 
-async def validation_error(request, error):
+async def validation_error(request: "Request", error: "RequestValidationError") -> "JSONResponse":
     """FastAPI's 422 answer, safe for a refused NaN or infinity echoed in `input` (its own handler answers 500)."""
     from fastapi.encoders import jsonable_encoder
     from fastapi.responses import JSONResponse
@@ -250,6 +257,7 @@ def thumbnail_png(path: Path, what: str) -> bytes:
     except (OSError, ValueError) as error:  # Pillow's UnidentifiedImageError is an OSError.
         raise DataError(f"{what} cannot be decoded: {error}.") from None
     return buffer.getvalue()
+
 
 def add_offline_docs(app, assets: Path) -> None:
     """`/docs` and `/redoc` over the JS and CSS in `assets`, mounted at `DOCS_ASSETS_URL`: no CDN, no fonts.
@@ -764,7 +772,7 @@ class BodyTooLarge(Exception):
     """Raised into the app when a request body passes its limit, so nothing more of it is read."""
 
 
-async def refuse(scope, receive, send, status: int, detail: str, headers: dict | None = None) -> None:
+async def refuse(scope: dict, receive: Callable, send: Callable, status: int, detail: str, headers: dict | None = None) -> None:
     """Answer a request from a middleware with the app's `{"detail": ...}` body."""
     from fastapi.responses import JSONResponse
 
@@ -781,7 +789,7 @@ class BodyLimit:
     `max_upload_bytes` (plus the multipart headers); other bodies `MAX_BODY_BYTES`.
     """
 
-    def __init__(self, app, *, upload_path: str, max_upload_bytes: int):
+    def __init__(self, app: Callable, *, upload_path: str, max_upload_bytes: int):
         self.app, self.upload_path, self.max_upload_bytes = app, upload_path, max_upload_bytes
 
     def limit(self, path: str) -> tuple[int, str]:
@@ -832,7 +840,7 @@ class TokenGate:
     the token without a script seeing it, and the URL bar no longer shows it.
     """
 
-    def __init__(self, app, *, token: str):
+    def __init__(self, app: Callable, *, token: str):
         self.app, self.token = app, token.encode("utf-8")
 
     def matches(self, given: str | None) -> bool:
@@ -857,6 +865,6 @@ class TokenGate:
             return
         await self.app(scope, receive, send)
 
-    def carried(self, request) -> bool:
+    def carried(self, request: "Request") -> bool:
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
         return (scheme.lower() == "bearer" and self.matches(credentials.strip())) or self.matches(request.cookies.get(TOKEN_COOKIE))
