@@ -65,9 +65,14 @@ def user_umask() -> int:
     return mask
 
 
-def _cannot_write(folder: Path, error: OSError) -> DataError:
-    """The one message for a folder the run may not write into (read-only, full, /sys...)."""
-    return DataError(f"{folder}: cannot write here ({error.strerror or error}); choose a writable folder.")
+def cannot_write(where: str | os.PathLike, error: OSError, *, option: str | None = None) -> DataError:
+    """The one message for an output the run may not write (a read-only folder, a full disk, /sys...).
+
+    `option` names the option that chose the place (`--db`), when the user
+    should change that option rather than the folder's permissions.
+    """
+    choose = f"choose a writable folder for {option}" if option else "choose a writable folder"
+    return DataError(f"{where}: cannot write here ({error.strerror or error}); {choose}.")
 
 
 def staging_folder(parent: str | os.PathLike, name: str) -> Path:
@@ -80,7 +85,7 @@ def staging_folder(parent: str | os.PathLike, name: str) -> Path:
     try:
         staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".partial"))
     except OSError as error:
-        raise _cannot_write(Path(parent), error) from None
+        raise cannot_write(Path(parent), error) from None
     staging.chmod(0o777 & ~user_umask())
     return staging
 
@@ -113,7 +118,7 @@ def writable_folder(path: str | os.PathLike) -> Path:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as error:
-        raise _cannot_write(path, error) from None
+        raise cannot_write(path, error) from None
     finally:
         remove_empty(created)
     return path
@@ -139,7 +144,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=f".partial{target.suffix}")
     except OSError as error:
         remove_empty(created)
-        raise _cannot_write(target.parent, error) from None
+        raise cannot_write(target.parent, error) from None
     os.close(handle)
     temporary = Path(temporary)
     written = False

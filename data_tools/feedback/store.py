@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from image_toolkit.data_tools.atomic import atomic_path, make_folder, refuse_inputs, remove_empty, user_umask
+from image_toolkit.data_tools.atomic import atomic_path, cannot_write, make_folder, refuse_inputs, remove_empty, user_umask
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.csv_files import read_csv_header
@@ -374,7 +374,7 @@ def connect(path: str | Path, *, create: bool = False, wait: float = DEFAULT_WAI
             _write_schema(connection)  # An empty file someone made: the store is made in it.
     except OSError as error:  # The temporary file of a new store, in a folder it may not write.
         _discard(connection, made, created)
-        raise DataError(f"{path.parent}: cannot write here ({error.strerror or error}); choose a writable folder for --db.") from None
+        raise cannot_write(path.parent, error, option="--db") from None
     except sqlite3.OperationalError as error:
         _discard(connection, made, created)
         raise database_error(path, error, wait) or DataError(f"{path}: cannot open the feedback database ({error}).") from None

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from image_toolkit.data_tools.atomic import atomic_path
+from image_toolkit.data_tools.atomic import atomic_path, cannot_write
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.provenance import toolkit_version
 
@@ -362,7 +362,7 @@ def write_features(path: str | os.PathLike, feature_set: FeatureSet) -> None:
         with atomic_path(path) as temporary:
             writer(temporary, checked)
     except OSError as error:
-        raise DataError(f"{path}: cannot write ({error.strerror or error}). Choose a writable location.") from None
+        raise cannot_write(path, error) from None
 
 
 def merge_features(inputs: list[str | os.PathLike]) -> FeatureSet:

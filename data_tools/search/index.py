@@ -65,7 +65,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from image_toolkit.data_tools.atomic import atomic_path, flush_to_disk, make_folder, remove_empty, write_text
+from image_toolkit.data_tools.atomic import atomic_path, cannot_write, flush_to_disk, make_folder, remove_empty, write_text
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.features import COMPARABLE_KEYS, FeatureSet, anchored_model, check_features, located_model
@@ -587,7 +587,7 @@ class ImageIndex:
             folder.mkdir()
         except OSError as error:
             remove_empty(created)
-            raise DataError(f"{directory}: cannot write the index ({error.strerror or error}). Choose a writable folder.") from None
+            raise cannot_write(directory, error) from None
         try:
             files = self._write_set(folder, anchored_model(self.features_metadata_, directory))
             write_text(directory / MANIFEST_FILE, json.dumps({"format": FORMAT, "current": folder.name}))
@@ -596,7 +596,7 @@ class ImageIndex:
             remove_empty(created)
             if isinstance(error, DataError):
                 raise
-            raise DataError(f"{directory}: cannot write the index ({error.strerror or error}). Choose a writable folder.") from None
+            raise cannot_write(directory, error) from None
         flush_to_disk(directory)  # The manifest's new name on disk before the set it replaced goes.
         _remove_stale(directory, current=folder.name, old_layout=old_layout)
         return files
@@ -789,4 +789,4 @@ def write_results(path: str | os.PathLike, rows: list[tuple]) -> None:
         with atomic_path(path) as temporary, temporary.open("w", newline="", encoding="utf-8") as handle:
             csv.writer(handle).writerows(rows)
     except OSError as error:
-        raise DataError(f"{path}: cannot write ({error.strerror or error}). Choose a writable location.") from None
+        raise cannot_write(path, error) from None

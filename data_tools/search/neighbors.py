@@ -34,7 +34,7 @@ import faiss
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from image_toolkit.data_tools.atomic import atomic_path, writable_folder
+from image_toolkit.data_tools.atomic import atomic_path, cannot_write, writable_folder
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.features import check_features
@@ -520,5 +520,5 @@ def write_neighbors(
                     )
                 )
     except OSError as error:
-        raise DataError(f"{output_dir}: cannot write the neighbours ({error.strerror or error}).") from None
+        raise cannot_write(output_dir, error) from None
     return targets
