@@ -26,6 +26,7 @@ import pandas as pd
 
 from image_toolkit.data_tools.atomic import write_text
 from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.formats.json_files import read_json
 from image_toolkit.data_tools.formats.model_file import model_file_format
 from image_toolkit.data_tools.provenance import library_versions
 
@@ -38,6 +39,7 @@ SPELLED = {"siamese_type": "--type", "method": "the method", "data": "the data a
 LAST_CHECKPOINT = "last_checkpoint.keras"
 STATE_FILE = "train_state.json"
 HISTORY_FILE = "history.csv"
+RESUME_FIX = "Run without --resume to start again."
 # An epoch's file before a later epoch replaces it: last_checkpoint.epoch0003.keras, best_model.epoch0003.h5.
 EPOCH_FILE = re.compile(r".+\.epoch\d{4,}\.(keras|h5)")
 
@@ -101,7 +103,7 @@ def check_resumable(options: dict, output_dir: Path) -> dict | None:
     state_path, run_path = output_dir / STATE_FILE, output_dir / "run.json"
     if not run_path.is_file() and not state_path.is_file():
         raise DataError(f"{output_dir}: nothing to resume (no {STATE_FILE} or run.json); run without --resume.")
-    previous = _read_json(run_path).get("options", {}) if run_path.is_file() else {}
+    previous = read_json(run_path, dict, fix=RESUME_FIX).get("options", {}) if run_path.is_file() else {}
     for name, value in options.items():
         if name not in RESUMABLE_CHANGES and name in previous and previous[name] != value:
             raise OptionError(
@@ -123,24 +125,13 @@ def check_resumable(options: dict, output_dir: Path) -> dict | None:
     return state
 
 
-def _read_json(path: Path) -> dict:
-    """A run's JSON file; a damaged one (a copy cut short, an edit gone wrong) is one line, not a traceback."""
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"{path}: damaged ({error}); run without --resume to start again.") from None
-    if not isinstance(content, dict):
-        raise DataError(f"{path}: damaged (not a JSON object); run without --resume to start again.")
-    return content
-
-
 def _read_state(state_path: Path) -> dict:
     """`train_state.json`, with what a state written before epochs were committed whole lacks.
 
     Such a state named no checkpoint (it was `last_checkpoint.keras`) and
     held no history: its rows are those of `history.csv` up to its epoch.
     """
-    state = _read_json(state_path)
+    state = read_json(state_path, dict, fix=RESUME_FIX)
     state.setdefault("checkpoint", LAST_CHECKPOINT)
     if "history" not in state:
         history_path = state_path.parent / HISTORY_FILE

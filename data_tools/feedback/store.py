@@ -45,7 +45,7 @@ import pandas as pd
 from image_toolkit.data_tools.atomic import atomic_path, cannot_write, make_folder, refuse_inputs, remove_empty, user_umask
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
-from image_toolkit.data_tools.formats.csv_files import read_csv_header
+from image_toolkit.data_tools.formats.csv_files import first_binary_line, read_csv_header
 from image_toolkit.data_tools.formats.labels import SEPARATOR, LabelTable, image_classes, read_labels
 
 logger = logging.getLogger(__name__)
@@ -194,14 +194,9 @@ def read_event_lines(path: str | Path) -> Iterator[tuple[int, object]]:
 
 def _check_text(path: Path) -> None:
     """Refuse a file holding bytes that are not UTF-8 text, or NUL bytes (a binary file), naming the first such line."""
-    with path.open("rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError:
-                raise DataError(f"{path}: line {number} is not UTF-8 text; events are UTF-8 JSON lines or CSV.") from None
-            if b"\x00" in line:
-                raise DataError(f"{path}: line {number} holds a NUL byte (a binary file?); events are UTF-8 JSON lines or CSV.")
+    found = first_binary_line(path)
+    if found is not None:
+        raise DataError(f"{path}: line {found[0]} {found[1]}; events are UTF-8 JSON lines or CSV.")
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, object]]:

@@ -44,7 +44,7 @@ def read_checked_csv(
             f"{path}: the file is empty; expected a header row such as '{example}' and one row per image."
         ) from None
     except UnicodeDecodeError:
-        raise DataError(f"{path}: {_first_undecodable(path)} is not UTF-8 text; save the file as CSV UTF-8.") from None
+        raise _not_utf8(path) from None
     except pd.errors.ParserError as error:
         raise DataError(
             f"{path}: not a readable CSV ({str(error).splitlines()[0]}); expected a header row such as '{example}'."
@@ -73,7 +73,7 @@ def read_csv_header(path: str | os.PathLike, *, kind: str = "CSV", missing_fix: 
         with path.open(newline="", encoding="utf-8") as handle:
             return [cell.strip() for cell in next(csv.reader(handle), [])]
     except UnicodeDecodeError:
-        raise DataError(f"{path}: {_first_undecodable(path)} is not UTF-8 text; save the file as CSV UTF-8.") from None
+        raise _not_utf8(path) from None
 
 
 def _check_header_names(header: list[str], path: Path, kind: str) -> None:
@@ -92,12 +92,24 @@ def _check_header_names(header: list[str], path: Path, kind: str) -> None:
                         f"a {kind} names each column once.")
 
 
-def _first_undecodable(path: Path) -> str:
-    """'line N' of the first line that is not UTF-8 (pandas' own position counts from its read buffer)."""
-    with path.open("rb") as handle:
+def first_binary_line(path: str | os.PathLike) -> tuple[int, str] | None:
+    """(line number, what is wrong) for the first line that is not UTF-8 text or holds a NUL byte; None if every line is text.
+
+    Read by lines from the start, since pandas' own position of a bad byte
+    counts from its read buffer, not the file.
+    """
+    with Path(path).open("rb") as handle:
         for number, line in enumerate(handle, start=1):
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError:
-                return f"line {number}"
-    return "a line"
+                return number, "is not UTF-8 text"
+            if b"\x00" in line:
+                return number, "holds a NUL byte (a binary file?)"
+    return None
+
+
+def _not_utf8(path: Path) -> DataError:
+    found = first_binary_line(path)
+    where = f"line {found[0]} {found[1]}" if found else "a line is not UTF-8 text"
+    return DataError(f"{path}: {where}; save the file as CSV UTF-8.")

@@ -69,6 +69,7 @@ from image_toolkit.data_tools.atomic import atomic_path, cannot_write, flush_to_
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.features import COMPARABLE_KEYS, FeatureSet, anchored_model, check_features, located_model
+from image_toolkit.data_tools.formats.json_files import read_json
 from image_toolkit.data_tools.progress import progress_bar, track
 from image_toolkit.data_tools.search.neighbors import ALL_CORES, available_cores, exact_neighbors
 
@@ -633,7 +634,7 @@ class ImageIndex:
         missing = [name for name in (INDEX_FILE, PATHS_FILE, METADATA_FILE) if not (directory / name).is_file()]
         if missing:
             raise DataError(f"{directory}: not an index folder (no {', '.join(missing)}). {BUILD}")
-        metadata = _read_json(directory / METADATA_FILE, dict)
+        metadata = read_json(directory / METADATA_FILE, dict, fix=BUILD)
         if metadata.get("format") != FORMAT or not isinstance(metadata.get("config"), dict):
             raise DataError(f"{directory / METADATA_FILE}: not the metadata of a toolkit index. {BUILD}")
         version = metadata.get("format_version", 0)
@@ -641,7 +642,7 @@ class ImageIndex:
             raise DataError(f"{directory / METADATA_FILE}: format_version is {version!r}, not a number. {BUILD}")
         if version > FORMAT_VERSION:
             raise DataError(f"{directory}: written by a newer toolkit (format {version}); upgrade image-toolkit.")
-        paths = _read_json(directory / PATHS_FILE, list)
+        paths = read_json(directory / PATHS_FILE, list, fix=BUILD)
         try:
             index = faiss.read_index(str(directory / INDEX_FILE))
         except RuntimeError as error:
@@ -700,7 +701,7 @@ def index_set(directory: str | os.PathLike) -> Path:
     manifest = directory / MANIFEST_FILE
     if not manifest.exists():
         return directory
-    content = _read_json(manifest, dict)
+    content = read_json(manifest, dict, fix=BUILD)
     current = content.get("current")
     if content.get("format") != FORMAT or not isinstance(current, str) or not SET_NAME.fullmatch(current):
         raise DataError(f"{manifest}: not the manifest of a toolkit index. {BUILD}")
@@ -739,16 +740,6 @@ def _remove_stale(directory: Path, *, current: str, old_layout: bool) -> None:
     if old_layout:  # index.faiss last: while it is there, a crash here leaves files the next save knows as its own.
         for name in (PATHS_FILE, METADATA_FILE, NORMS_FILE, INDEX_FILE):
             (directory / name).unlink(missing_ok=True)
-
-
-def _read_json(path: Path, expected: type):
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"{path}: not readable JSON ({error}). {BUILD}") from None
-    if not isinstance(content, expected):
-        raise DataError(f"{path}: expected a JSON {expected.__name__}, found a {type(content).__name__}. {BUILD}")
-    return content
 
 
 def _unique_rows(paths: list[str], rows: np.ndarray, known: set[str]) -> tuple[list[str], np.ndarray]:
