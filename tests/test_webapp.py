@@ -427,6 +427,15 @@ def browser_test():
     return pytest.importorskip("playwright.sync_api", reason="needs Python Playwright: pip install playwright")
 
 
+def search_even(page, url: str) -> None:
+    """Open the page, wait for the store's classes, search 'even' and wait for the grid's 40 thumbnails."""
+    page.goto(url)
+    page.wait_for_function("document.querySelectorAll('#query-class option').length === 5")
+    page.fill("#q", "even")
+    page.press("#q", "Enter")
+    page.wait_for_function("document.querySelectorAll('#grid .thumb').length === 40")
+
+
 def test_browser_api_docs_render_with_no_network(digits, tmp_path):
     """/docs and /redoc draw the API from this app alone, every request elsewhere refused; /docs makes none."""
     sync_api = browser_test()
@@ -471,11 +480,7 @@ def test_browser_lasso_deselect_submit_refines(digits, tmp_path):
             viewport={"width": 1000, "height": 900})
         try:
             page = browser.new_page() if not browser.pages else browser.pages[0]
-            page.goto(url)
-            page.wait_for_function("document.querySelectorAll('#query-class option').length === 5")
-            page.fill("#q", "even")
-            page.press("#q", "Enter")
-            page.wait_for_function("document.querySelectorAll('#grid .thumb').length === 40")
+            search_even(page, url)
             thumbs = page.query_selector_all("#grid .thumb")
             boxes = [t.bounding_box() for t in thumbs]
             ids = [int(t.get_attribute("data-id")) for t in thumbs]
@@ -579,11 +584,7 @@ def test_browser_submit_retries_while_an_import_holds_the_store(digits, tmp_path
             str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page() if not browser.pages else browser.pages[0]
-            page.goto(url)
-            page.wait_for_function("document.querySelectorAll('#query-class option').length === 5")
-            page.fill("#q", "even")
-            page.press("#q", "Enter")
-            page.wait_for_function("document.querySelectorAll('#grid .thumb').length === 40")
+            search_even(page, url)
             chosen = int(page.get_attribute("#grid .thumb", "data-id"))
             page.click("#grid .thumb")
             importer.execute("BEGIN IMMEDIATE")
