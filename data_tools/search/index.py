@@ -43,7 +43,10 @@ manifest naming the current set (`os.replace`, atomic). Loading reads the set
 one, never a mix. Older sets, and a half-written set a crash left, are
 removed after the swap (or by the next save). A folder without `index.json`
 holds the four files at its top level (toolkit versions before the manifest)
-and loads as before; saving into it moves it to the new layout.
+and loads as before; saving into it moves it to the new layout. Only sets
+holding nothing but index files are removed, so a user's own `set-2/` stays.
+One writer at a time: two concurrent `index add` runs on one folder both
+finish whole, and the later manifest wins (the other's rows are not in it).
 
 Memory: the index holds the features (N x D float32) plus, for hnsw, about
 2 * M ids per row, for ivfpq m / 2 bytes of codes per row. Tuning reads the rows back once (another N x D float32).
