@@ -10,11 +10,10 @@ import logging
 import os
 import sys
 import warnings
-from pathlib import Path
 
 import click
 
-from image_toolkit.data_tools.errors import ToolkitError
+from image_toolkit.data_tools.errors import DataError, ToolkitError
 
 
 def configure_logging(quiet: bool = False) -> None:
@@ -189,12 +188,13 @@ class OutputFolder(click.Path):
         super().__init__(file_okay=False, **kwargs)
 
     def convert(self, value: str | os.PathLike, param: click.Parameter | None, ctx: click.Context | None):
+        from image_toolkit.data_tools.atomic import missing_folders
+
         converted = super().convert(value, param, ctx)
-        for part in Path(os.fsdecode(value)).parents:
-            if part.is_dir():
-                break
-            if part.exists() or part.is_symlink():
-                self.fail(f"{part}: is a file, not a folder; choose another output folder.", param, ctx)
+        try:
+            missing_folders(os.fsdecode(value))
+        except DataError as error:
+            self.fail(str(error), param, ctx)
         return converted
 
 

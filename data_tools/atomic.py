@@ -17,11 +17,16 @@ from pathlib import Path
 from image_toolkit.data_tools.errors import DataError, OptionError
 
 
-def make_folder(folder: str | os.PathLike) -> list[Path]:
-    """Create `folder` and its missing parents; return the folders created, deepest first.
+def not_a_folder(part: str | os.PathLike) -> str:
+    """The message for a file standing where an output folder, or a folder on the way to it, should be."""
+    return f"{part}: is a file, not a folder; choose another output folder."
 
-    A path part that is a file, or a folder that cannot be created, is a
-    DataError naming it, not a traceback.
+
+def missing_folders(folder: str | os.PathLike) -> list[Path]:
+    """The folders `make_folder` would create, deepest first; a file on the way is a DataError naming it.
+
+    Checked without creating anything, so the CLI can refuse `FILE/sub` as
+    a usage error before any work (`cli.common.OutputFolder`).
     """
     folder = Path(folder)
     missing = []
@@ -29,14 +34,24 @@ def make_folder(folder: str | os.PathLike) -> list[Path]:
         if part.is_dir():
             break
         if part.exists() or part.is_symlink():
-            raise DataError(f"{part}: is a file, not a folder; choose another output folder.")
+            raise DataError(not_a_folder(part))
         missing.append(part)
+    return missing
+
+
+def make_folder(folder: str | os.PathLike) -> list[Path]:
+    """Create `folder` and its missing parents; return the folders created, deepest first.
+
+    A path part that is a file, or a folder that cannot be created, is a
+    DataError naming it, not a traceback.
+    """
+    missing = missing_folders(folder)
     for part in reversed(missing):
         try:
             part.mkdir()
         except FileExistsError:
             if not part.is_dir():
-                raise DataError(f"{part}: is a file, not a folder; choose another output folder.") from None
+                raise DataError(not_a_folder(part)) from None
         except OSError as error:
             remove_empty(missing[missing.index(part) + 1:])
             raise DataError(f"{part}: cannot create this folder ({error.strerror or error}); choose a writable one.") from None

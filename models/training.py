@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from image_toolkit.data_tools.atomic import missing_folders
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.images import check_images, report_skipped, require_readable
@@ -211,9 +212,7 @@ def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
     options.check()
     started = time.time()
     output_dir = Path(options.output_dir)
-    existing = next((part for part in (output_dir, *output_dir.parents) if part.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise DataError(f"{existing}: is a file, not a folder; choose another --output-dir.")
+    missing_folders(output_dir)  # A file where the folder should be: one line now, not after the lists are read.
     # The folder itself is made with the first output written into it (data_tools.atomic), so a run
     # that fails before (no ImageNet weights offline, say) leaves no empty folder behind.
     state = check_resumable(dataclasses.asdict(options), output_dir) if options.resume else None
