@@ -31,6 +31,7 @@ import os
 import pickle
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -318,6 +319,31 @@ def read_features(path: str | os.PathLike) -> FeatureSet:
         raise DataError(f"{path.name}: not a {path.suffix} feature file ({reason}). {REEXTRACT}") from None
     checked = _checked(paths, features, metadata, path.name)
     return replace(checked, metadata=located_model(checked.metadata, path.parent))
+
+
+# Rows read at once by `feature_blocks`: 16,384 x 2,048 float32 is 128 MiB.
+BLOCK_ROWS = 16_384
+
+
+def open_features(path: str | os.PathLike) -> FeatureSet:
+    """A feature file whose `features` may stay on disk, for commands that stream them (see `feature_blocks`).
+
+    `features` is an array-like with `shape`, `dtype`, `len` and row slicing
+    (`features[start:stop]`): a numpy array, a read-only memmap, or an h5py
+    dataset. Its shape and paths are checked here; its values block by
+    block in `feature_blocks`, so a file bigger than memory is never read whole.
+    """
+    return read_features(path)
+
+
+def feature_blocks(features, *, rows: int = BLOCK_ROWS, where: str = "features") -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, float32 block) over the rows of `features` in order, each block checked finite.
+
+    The one way every streaming command reads features: one block in memory
+    at a time, whatever holds the rows (array, memmap, h5 dataset).
+    """
+    for start in range(0, len(features), rows):
+        yield start, check_features(np.asarray(features[start : start + rows]), f"{where} rows {start}-")
 
 
 def _write_npz(target: Path, feature_set: FeatureSet) -> None:
