@@ -136,4 +136,4 @@ def test_the_hint_appears_only_above_the_size_where_exact_stays_fast():
     assert exact_hint(1_000, 2048, 4, n_queries=1_000) is None
     hint = exact_hint(1_000_000, 2048, 4)
     assert hint.startswith("Hint: exact search of 1,000,000 images of 2048 features takes about ")
-    assert " h here; --method ivf or hnsw" in hint and "\n" not in hint
+    assert " h on 4 threads; --method ivf or hnsw" in hint and "\n" not in hint

@@ -1,7 +1,7 @@
 """Approximate k nearest neighbours of every feature row, through a self-tuned faiss index, at a measured recall.
 
-Exact all-against-all search costs N^2 x D: about half a minute for 50,000
-rows of 2,048 features on 4 cores, two hours for a million. An `ImageIndex`
+Exact all-against-all search costs N^2 (x D): about 15 s for 50,000 rows of
+2,048 features on 4 cores, 2 hours for a million (see `exact_seconds`). An `ImageIndex`
 (ivf or hnsw) answers every row in about N x sqrt(N) work instead, at a
 recall its search parameter (nprobe, efSearch) sets. The index tunes that
 parameter for recall@10 on held-out rows as it is built; here the goal is
@@ -55,9 +55,10 @@ RECALL_SAMPLE = 2000
 MIN_APPROXIMATE_ROWS = 2 * MIN_ROWS_PER_LIST
 # Above this many rows, the exact default prints a hint naming the approximate methods.
 EXACT_HINT_ROWS = 50_000
-# The exact search's speed in N^2 x D multiply-adds a second per thread (numpy's BLAS, float32), for the hint.
-# Measured 30 to 80 GFLOP/s a thread for D = 512 to 2,048: the low end, so the estimate is not optimistic.
-EXACT_RATE = 40e9
+# Seconds of one thread per pair of rows in the exact search, for the hint: the heaps' share, and the product's per feature.
+# Measured (k = 10 to 50): 17 ns a pair at D = 512, 25 ns at 2,048, one thread; 6.8 ns with 2 at D = 128 (a shared machine).
+EXACT_PAIR_SECONDS = 14e-9
+EXACT_FEATURE_SECONDS = 5.5e-12
 
 
 class Neighbors(NamedTuple):
@@ -85,20 +86,18 @@ def check_method(method: str, metric: str, target_recall: float) -> None:
 def exact_seconds(n_rows: int, dim: int, n_threads: int, n_queries: int | None = None) -> float:
     """About how long `exact_neighbors` takes: all against all (half the products) or n_queries against n_rows."""
     threads = available_cores() if n_threads == -1 else n_threads
-    return _exact_work(n_rows, dim, n_queries) / (EXACT_RATE * threads)
-
-
-def _exact_work(n_rows: int, dim: int, n_queries: int | None) -> float:
-    return float(n_rows) * n_rows * dim if n_queries is None else 2.0 * n_queries * n_rows * dim
+    pairs = float(n_rows) * (n_rows if n_queries is None else n_queries)
+    return pairs * (EXACT_PAIR_SECONDS + dim * EXACT_FEATURE_SECONDS) / threads
 
 
 def exact_hint(n_rows: int, dim: int, n_threads: int, n_queries: int | None = None) -> str | None:
-    """A one-line hint naming the approximate methods, when exact search is more work than EXACT_HINT_ROWS all against all; else None."""
-    if _exact_work(n_rows, dim, n_queries) <= _exact_work(EXACT_HINT_ROWS, dim, None):
+    """A one-line hint naming the approximate methods, when exact search has more pairs than EXACT_HINT_ROWS all against all; else None."""
+    if n_rows * (n_rows if n_queries is None else n_queries) <= EXACT_HINT_ROWS**2:
         return None
     seconds = exact_seconds(n_rows, dim, n_threads, n_queries)
     shown = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
-    return (f"Hint: exact search of {n_rows:,} images of {dim} features takes about {shown} here; "
+    threads = available_cores() if n_threads == -1 else n_threads
+    return (f"Hint: exact search of {n_rows:,} images of {dim} features takes about {shown} on {threads} threads; "
             "--method ivf or hnsw is approximate and faster, at the recall --target-recall sets (default 0.95).")
 
 
@@ -160,7 +159,7 @@ def find_neighbors(
     own_rows = sample if queries is None else None
     radius = search.exact_radius(features, sample_rows, own_rows, max_memory, n_threads)
     tried = _calibrate(index, search, sample_rows, own_rows, radius, target_recall, k)
-    logger.info("Built and calibrated the %s index of %d rows in %.1f s", method, n_rows, time.monotonic() - started)
+    logger.debug("Built and calibrated the %s index of %d rows in %.1f s", method, n_rows, time.monotonic() - started)
 
     distances = np.empty((len(targets), k), dtype=np.float32)
     indices = np.empty((len(targets), k), dtype=np.int64)
@@ -171,7 +170,7 @@ def find_neighbors(
             advance(len(block))
     parameter = _parameter(index)
     value = _recall(search.keys(distances[sample]), indices[sample], radius, k)
-    logger.info("Recall@%d %.3f on %d sampled images (target %g), %s=%d",
+    logger.debug("Recall@%d %.3f on %d sampled images (target %g), %s=%d",
                 k, value, len(sample), target_recall, parameter, index.params_[parameter])
     recall = {"k": k, "sample": len(sample), "value": round(value, 4), "target": target_recall,
               "parameter": parameter, "tried": tried}
