@@ -203,3 +203,99 @@ def test_a_refused_run_leaves_no_output_folder(runner, tmp_path):
     write_features(tmp_path / "f.npz", FeatureSet([f"{i}.png" for i in range(5)], np.eye(5, dtype=np.float32), {}))
     result = runner.invoke(compute_distances, [str(tmp_path / "f.npz"), str(tmp_path / "out" / "sub"), "cosine", "9"])
     assert result.exit_code == 2 and not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def clustered_file(tmp_path):
+    """400 rows of 8 features in 10 clusters: enough to build an ivf or hnsw index."""
+    rng = np.random.default_rng(5)
+    centers = rng.standard_normal((10, 8)).astype(np.float32) * 3
+    rows = centers[rng.integers(0, 10, 400)] + rng.standard_normal((400, 8)).astype(np.float32)
+    write_features(tmp_path / "clustered.npz", FeatureSet([f"{i:03d}.png" for i in range(400)], rows, {}))
+    return tmp_path / "clustered.npz"
+
+
+@pytest.mark.parametrize("method", ["ivf", "hnsw"])
+def test_an_approximate_method_writes_what_exact_writes_and_reports_its_recall(runner, tmp_path, clustered_file, method):
+    exact = runner.invoke(compute_distances, [str(clustered_file), str(tmp_path / "exact"), "cosine", "5"])
+    result = runner.invoke(compute_distances, [str(clustered_file), str(tmp_path / "out"), "cosine", "5", "-1",
+                                               "--method", method, "--target_recall", "0.9", "--json"])
+    assert exact.exit_code == 0 and result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["method"] == method and summary["queries"] == 400
+    assert summary["recall"]["k"] == 5 and summary["recall"]["sample"] == 400 and summary["recall"]["value"] >= 0.9
+    for name in ("neighbors.npy", "distances.npy"):
+        approximate, reference = np.load(tmp_path / "out" / name), np.load(tmp_path / "exact" / name)
+        assert approximate.shape == reference.shape and approximate.dtype == reference.dtype
+    found, truth = np.load(tmp_path / "out" / "neighbors.npy"), np.load(tmp_path / "exact" / "neighbors.npy")
+    assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(found, truth, strict=True)]) >= 0.9
+    assert len((tmp_path / "out" / "neighbors.csv").read_text().splitlines()) == 1 + 400 * 5
+
+
+def test_the_summary_line_names_the_measured_recall(runner, tmp_path, clustered_file):
+    result = runner.invoke(compute_distances, [str(clustered_file), str(tmp_path / "out"), "euclidean", "3", "--method", "ivf"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("400 images x 3 neighbours (euclidean, ivf nprobe=")
+    assert "recall@3 " in result.stdout and " on 400 images, " in result.stdout
+
+
+def test_queries_with_an_approximate_method(runner, tmp_path, clustered_file):
+    gallery = read_features(clustered_file)
+    write_features(tmp_path / "queries.npz", FeatureSet(["q0.png", "q1.png"], gallery.features[:2] + 0.01, {}))
+    result = runner.invoke(compute_distances, [str(clustered_file), str(tmp_path / "out"), "cosine", "4", "--method", "hnsw",
+                                               "--queries", str(tmp_path / "queries.npz"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["recall"]["sample"] == 2
+    assert np.load(tmp_path / "out" / "neighbors.npy")[:, 0].tolist() == [0, 1]  # no self to drop
+
+
+def test_too_few_images_for_an_index_are_searched_exactly(runner, tmp_path, features_file):
+    with pytest.warns(UserWarning) as caught:
+        result = runner.invoke(compute_distances, [str(features_file), str(tmp_path / "out"), "cosine", "3", "--method", "ivf",
+                                                   "--json"])
+    assert result.exit_code == 0, result.output
+    assert [str(w.message) for w in caught] == ["12 images are too few for --method ivf (at least 78): searched exactly instead."]
+    assert json.loads(result.stdout)["method"] == "exact" and json.loads(result.stdout)["recall"] is None
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "neighbors.npy"),
+                                  exact_neighbors(read_features(features_file).features, k=3, metric="cosine")[1])
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--method", "ivf", "--target-recall", "0"], "0<x<=1"),
+        (["--method", "ivf", "--target_recall", "1.5"], "1.5 is not in the range 0<x<=1"),
+        (["--method", "kdtree"], "'kdtree' is not one of 'exact', 'ivf', 'hnsw'"),
+    ],
+)
+def test_impossible_methods_and_targets_are_usage_errors(runner, tmp_path, clustered_file, arguments, message):
+    result = runner.invoke(compute_distances, [str(clustered_file), str(tmp_path / "out"), "cosine", "3", *arguments])
+    assert result.exit_code == 2
+    assert message in one_line_error(result)
+
+
+def test_manhattan_has_no_approximate_method(runner, tmp_path, clustered_file):
+    result = runner.invoke(compute_distances, [str(clustered_file), str(tmp_path / "out"), "manhattan", "3", "--method", "hnsw"])
+    assert result.exit_code == 2
+    assert "--method hnsw searches a faiss index, which has no manhattan distance: use --method exact" in one_line_error(result)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_large_exact_search_hints_at_the_approximate_methods(runner, tmp_path, clustered_file, monkeypatch):
+    from image_toolkit.data_tools.search import approximate_neighbors
+
+    monkeypatch.setattr(approximate_neighbors, "EXACT_HINT_ROWS", 100)
+    result = runner.invoke(compute_distances, [str(clustered_file), str(tmp_path / "out"), "cosine", "3"])
+    assert result.exit_code == 0
+    assert [line for line in result.stderr.splitlines() if line.startswith("Hint:")] == [
+        approximate_neighbors.exact_hint(400, 8, 4)
+    ]
+    result = runner.invoke(compute_distances, [str(clustered_file), str(tmp_path / "out2"), "cosine", "3", "--method", "ivf"])
+    assert "Hint:" not in result.stderr
+
+
+def test_the_cli_lists_the_library_methods():
+    from image_toolkit.cli.neighbors import METHODS as CLI_METHODS
+    from image_toolkit.data_tools.search.approximate_neighbors import METHODS as LIBRARY_METHODS
+
+    assert CLI_METHODS == LIBRARY_METHODS

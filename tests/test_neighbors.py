@@ -9,6 +9,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from image_toolkit.data_tools.atomic import writable_folder
 from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.formats.features import feature_blocks
 from image_toolkit.data_tools.search import neighbors
 from image_toolkit.data_tools.search.neighbors import (
     METRICS,
@@ -179,3 +180,55 @@ def test_an_output_folder_that_cannot_be_made_is_a_data_error(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(DataError, match=r"file: is a file, not a folder"):
         writable_folder(tmp_path / "file" / "out")
+
+
+def test_a_float32_memmap_is_searched_in_place(tmp_path, data, monkeypatch):
+    """No copy and no N x D temporary: the memmap itself goes to the blocks, checked a block at a time."""
+    features, queries = data
+    np.save(tmp_path / "features.npy", features)
+    mapped = np.load(tmp_path / "features.npy", mmap_mode="r")
+    assert neighbors.searchable_rows(mapped, "features") is mapped
+    checked = []
+    monkeypatch.setattr(neighbors, "feature_blocks", lambda rows, **kw: checked.append(len(rows)) or iter([]))
+    monkeypatch.setattr(neighbors, "check_features", lambda *a: pytest.fail("the whole memmap was checked at once"))
+    distances, indices = exact_neighbors(mapped, k=4, max_memory=SMALL_MEMORY)
+    monkeypatch.undo()
+    assert checked == [len(features)]
+    expected = exact_neighbors(features, k=4, max_memory=SMALL_MEMORY)
+    np.testing.assert_array_equal(indices, expected[1])
+    np.testing.assert_array_equal(distances, expected[0])
+    np.testing.assert_array_equal(exact_neighbors(features, k=4, queries=mapped[:30])[1],
+                                  exact_neighbors(features, k=4, queries=features[:30])[1])
+
+
+def test_an_h5_dataset_is_read_by_blocks(tmp_path, data):
+    import h5py
+
+    features, _ = data
+    with h5py.File(tmp_path / "f.h5", "w") as content:
+        content.create_dataset("features", data=features.astype(np.float64))
+    with h5py.File(tmp_path / "f.h5", "r") as content:
+        rows = neighbors.searchable_rows(content["features"], "features")
+    assert rows.dtype == np.float32 and rows.flags.c_contiguous
+    np.testing.assert_array_equal(rows, features)
+
+
+def test_a_nan_in_a_later_block_of_a_memmap_is_found(tmp_path, data, monkeypatch):
+    features = data[0].copy()
+    features[120, 3] = np.nan
+    np.save(tmp_path / "features.npy", features)
+    monkeypatch.setattr(neighbors, "feature_blocks", lambda features, where: feature_blocks(features, rows=50, where=where))
+    with pytest.raises(DataError, match="features rows 100-: 'features' holds NaN or infinity"):
+        exact_neighbors(np.load(tmp_path / "features.npy", mmap_mode="r"), k=3)
+
+
+def test_the_csv_is_written_by_blocks_of_queries(tmp_path, data, monkeypatch):
+    features, _ = data
+    paths = [f"img_{i}.png" for i in range(len(features))]
+    distances, indices = exact_neighbors(features, k=3)
+    write_neighbors(tmp_path / "whole", distances, indices, paths, paths)
+    monkeypatch.setattr(neighbors, "CSV_BLOCK_ROWS", 7)  # 150 queries: 22 blocks, the last one short
+    write_neighbors(tmp_path / "blocks", distances, indices, paths, paths)
+    whole = (tmp_path / "whole" / "neighbors.csv").read_text()
+    assert (tmp_path / "blocks" / "neighbors.csv").read_text() == whole
+    assert len(whole.splitlines()) == 1 + 3 * len(features)

@@ -10,7 +10,10 @@ numpy's BLAS (`manhattan` on faiss's `pairwise_extra_distances`); a
 touches a key.
 
 Memory: besides the features and the (n_queries, k) results, the working
-set is a few blocks of keys and rows, sized to fit `max_memory`.
+set is a few blocks of keys and rows, sized to fit `max_memory`. Features
+already C-contiguous float32 (an array, or a memmap from `open_features`) are
+read in place, checked block by block, never copied; any other array-like
+(an h5py dataset) is read once, by blocks, into one array.
 
 Determinism: every heap receives its candidates in increasing index order,
 and a faiss max-heap admits only a strictly smaller key, so among equal
@@ -37,7 +40,7 @@ from threadpoolctl import threadpool_limits
 from image_toolkit.data_tools.atomic import atomic_path, cannot_write, writable_folder
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
-from image_toolkit.data_tools.formats.features import check_features
+from image_toolkit.data_tools.formats.features import check_features, feature_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -299,14 +302,14 @@ def exact_neighbors(
     results; `n_threads` bounds BLAS and faiss threads (-1: all cores).
     """
     check_options(metric=metric, n_threads=n_threads, max_memory=max_memory)
-    gallery = np.ascontiguousarray(check_features(features, "features"))
+    gallery = searchable_rows(features, "features")
     if queries is None:
         if include_self:
             check_range("k", k, low=1, high=len(gallery), why="the number of rows")
         else:
             check_range("k", k, low=1, high=len(gallery) - 1, why="the number of rows less the row itself")
     else:
-        queries = np.ascontiguousarray(check_features(queries, "queries"))
+        queries = searchable_rows(queries, "queries")
         if queries.shape[1] != gallery.shape[1]:
             raise DataError(
                 f"queries have {queries.shape[1]} features per row but the set has {gallery.shape[1]}; "
@@ -326,6 +329,28 @@ def exact_neighbors(
     distances = kernel.report(keys)
     order = np.lexsort((indices, keys), axis=1)  # Ties by index, whatever order the heaps left them in.
     return np.take_along_axis(distances, order, 1), np.take_along_axis(indices, order, 1)
+
+
+def searchable_rows(features, where: str) -> np.ndarray:
+    """Checked features as one C-contiguous float32 array, for the blocks to slice.
+
+    One already in that form (an array, a read-only memmap) is checked
+    block by block and returned as it is: a memmap stays on disk, and no
+    N x D temporary is made. Another array-like with a 2-D `shape` (an
+    h5py dataset) is read block by block into one array. Anything else
+    goes through `check_features`, whose error names what is wrong.
+    """
+    shape = getattr(features, "shape", ())
+    if len(shape) != 2 or 0 in shape or getattr(features, "dtype", np.dtype(object)).kind not in "fiu":
+        return np.ascontiguousarray(check_features(features, where))
+    if isinstance(features, np.ndarray) and features.dtype == np.float32 and features.flags.c_contiguous:
+        for _ in feature_blocks(features, where=where):
+            pass
+        return features
+    rows = np.empty(shape, dtype=np.float32)
+    for start, block in feature_blocks(features, where=where):
+        rows[start : start + len(block)] = block
+    return rows
 
 
 def _search(kernel: Kernel, queries: np.ndarray, gallery: np.ndarray, k: int, size: int, feeder: _Feeder) -> TopK:
@@ -498,10 +523,11 @@ def write_neighbors(
 
     The CSV, for people, has one line per (query, neighbour): the query's
     path, the rank (1 = nearest), the neighbour's path and the distance.
+    It is written CSV_BLOCK_ROWS queries at a time, so its Python strings
+    never number more than a block's (1M x 50 lines at once would be GBs).
     """
     output_dir = writable_folder(output_dir)
     targets = [output_dir / name for name in (NEIGHBORS_FILE, DISTANCES_FILE, CSV_FILE)]
-    k = indices.shape[1]
     try:
         with contextlib.ExitStack() as stack:
             neighbors_file, distances_file, csv_file = (stack.enter_context(atomic_path(t)) for t in targets)
@@ -510,15 +536,33 @@ def write_neighbors(
             with csv_file.open("w", newline="", encoding="utf-8") as handle:
                 writer = csv.writer(handle)
                 writer.writerow(["query", "rank", "neighbor", "distance"])
-                writer.writerows(
-                    zip(
-                        np.repeat(np.asarray(query_paths, dtype=object), k),
-                        np.tile(np.arange(1, k + 1), len(indices)).tolist(),
-                        np.asarray(gallery_paths, dtype=object)[indices.ravel()],
-                        (f"{distance:.6g}" for distance in distances.ravel().tolist()),
-                        strict=True,
-                    )
-                )
+                _write_csv_rows(writer, distances, indices, query_paths, gallery_paths)
     except OSError as error:
         raise cannot_write(output_dir, error) from None
     return targets
+
+
+# Queries per block of neighbors.csv: 8192 x 50 lines are a few tens of MB of Python strings.
+CSV_BLOCK_ROWS = 8192
+
+
+def _write_csv_rows(
+    writer, distances: np.ndarray, indices: np.ndarray, query_paths: Sequence[str], gallery_paths: Sequence[str]
+) -> None:
+    """The (query, rank, neighbor, distance) lines, one block of queries at a time."""
+    if len(query_paths) != len(indices):
+        raise ValueError(f"{len(query_paths)} query paths for {len(indices)} rows of neighbours")
+    k = indices.shape[1]
+    gallery = np.asarray(gallery_paths, dtype=object)  # References to the same strings, for fancy indexing.
+    ranks = np.arange(1, k + 1).tolist()
+    for start in range(0, len(indices), CSV_BLOCK_ROWS):
+        block = indices[start : start + CSV_BLOCK_ROWS]
+        writer.writerows(
+            zip(
+                np.repeat(np.asarray(query_paths[start : start + len(block)], dtype=object), k),
+                ranks * len(block),
+                gallery[block.ravel()],
+                (f"{distance:.6g}" for distance in distances[start : start + len(block)].ravel().tolist()),
+                strict=True,
+            )
+        )
