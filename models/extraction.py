@@ -275,7 +275,7 @@ def extract(
     if previous is not None:  # The old rows streamed from the file, then the new: never both in memory.
         paths = previous.paths + paths
         blocks = itertools.chain((block for _, block in feature_blocks(previous.features, where=output_path.name)), blocks)
-    write_feature_blocks(output_path, paths, blocks, dim=features.shape[1], metadata=metadata)
+    write_feature_blocks(output_path, paths, blocks, dim=features.shape[1], metadata=metadata, show=None if verbose else False)
     return {
         "path": str(output_path),
         "rows": len(paths),

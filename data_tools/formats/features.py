@@ -21,8 +21,8 @@ Four formats hold the same content, picked by the name's suffix:
 leaves the features of a folder or an .h5 file on disk, checking shape and
 paths only, and `feature_blocks` reads them block by block, each checked
 finite: the one way streaming commands read features. `write_feature_blocks`
-writes blocks as they come (a memory-mapped .npy in a staging folder, an .h5
-dataset, an .npz member), so no output needs its features in memory either.
+writes blocks as they come (a .npy in a staging folder, an .h5 dataset, an
+.npz member), so no output needs its features in memory either.
 Every output is written aside and moved into place whole, an existing one
 replaced in one step.
 
@@ -47,9 +47,10 @@ import os
 import pickle
 import shutil
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -371,6 +372,18 @@ def feature_blocks(features, *, rows: int = BLOCK_ROWS, where: str = "features")
 Blocks = Iterator[tuple[int, np.ndarray]]
 
 
+def _write_npy(handle: BinaryIO, blocks: Blocks, shape: tuple[int, int]) -> None:
+    """A float32 .npy of `shape` written as its blocks come, in order: the header, then the rows.
+
+    Plain writes, not a memmap: a full disk is then an OSError (ENOSPC),
+    not a SIGBUS that kills the process.
+    """
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(handle, header)
+    for _, block in blocks:
+        handle.write(memoryview(np.ascontiguousarray(block)).cast("B"))  # The rows' bytes, not a copy.
+
+
 def _write_npz(target: Path, paths: list[str], blocks: Blocks, shape: tuple[int, int], metadata: dict) -> None:
     """An .npz as `np.savez` writes it (stored, not compressed), its `features` member written a block at a time."""
     with zipfile.ZipFile(target, "w", allowZip64=True) as archive:
@@ -378,10 +391,7 @@ def _write_npz(target: Path, paths: list[str], blocks: Blocks, shape: tuple[int,
             with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, array, allow_pickle=False)
         with archive.open("features.npy", "w", force_zip64=True) as member:
-            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": shape}
-            np.lib.format.write_array_header_1_0(member, header)
-            for _, block in blocks:
-                member.write(np.ascontiguousarray(block).tobytes())
+            _write_npy(member, blocks, shape)
 
 
 def _write_h5(target: Path, paths: list[str], blocks: Blocks, shape: tuple[int, int], metadata: dict) -> None:
@@ -464,7 +474,7 @@ def _check_folder_target(target: Path) -> None:
 
 
 def _write_folder(target: Path, paths: list[str], blocks: Blocks, shape: tuple[int, int], metadata: dict) -> None:
-    """features.npy filled through a memmap in a staging folder beside `target`, then moved into place whole."""
+    """The three files written in a staging folder beside `target`, flushed to disk, then moved into place whole."""
     _check_folder_target(target)
     text = _paths_text(paths, target.name)
     created = make_folder(target.parent)
@@ -473,11 +483,8 @@ def _write_folder(target: Path, paths: list[str], blocks: Blocks, shape: tuple[i
         staging = staging_folder(target.parent, target.name)
         (staging / "paths.txt").write_bytes(text)
         (staging / "metadata.json").write_text(json.dumps(metadata), encoding="utf-8")
-        features = np.lib.format.open_memmap(staging / "features.npy", mode="w+", dtype=np.float32, shape=shape)
-        for start, block in blocks:
-            features[start : start + len(block)] = block
-        features.flush()
-        del features
+        with (staging / "features.npy").open("wb") as handle:
+            _write_npy(handle, blocks, shape)
         for name in FOLDER_FILES:
             flush_to_disk(staging / name)
         flush_to_disk(staging)
@@ -490,8 +497,11 @@ def _write_folder(target: Path, paths: list[str], blocks: Blocks, shape: tuple[i
         raise
 
 
-def _checked_blocks(blocks: Iterable[np.ndarray], shape: tuple[int, int], where: str) -> Blocks:
-    """(first row, block) of each non-empty block, checked finite and of width D; the total must be N rows."""
+def _checked_blocks(blocks: Iterable[np.ndarray], shape: tuple[int, int], where: str, advance: Callable[[int], None]) -> Blocks:
+    """(first row, block) of each non-empty block, checked finite and of width D, counted by `advance` once written.
+
+    The blocks must hold N rows in all: fewer or more is a bug of the caller.
+    """
     done = 0
     for block in blocks:
         if len(block) == 0:
@@ -501,6 +511,7 @@ def _checked_blocks(blocks: Iterable[np.ndarray], shape: tuple[int, int], where:
             raise ValueError(f"{where}: a block of {block.shape} after {done} rows does not fit {shape} features")
         yield done, block
         done += len(block)
+        advance(len(block))
     if done != shape[0]:
         raise ValueError(f"{where}: the blocks held {done} rows for {shape[0]} paths")
 
@@ -520,7 +531,8 @@ def write_feature_blocks(
     .pkl is built whole). The toolkit's version is added to the metadata
     unless already there, and a model file's path relative to the output's
     folder (`anchored_model`). Blocks are checked finite as they come; a
-    failure leaves any existing output as it was.
+    failure leaves any existing output as it was. `show` is the progress
+    bar of rows written (`progress.progress_bar`: None draws it on a terminal).
     """
     path = Path(path)
     suffix = feature_format(path)
@@ -533,12 +545,7 @@ def write_feature_blocks(
     write = _write_folder if suffix == FOLDER else _write_file
     try:
         with progress_bar(shape[0], f"Writing {path.name}", show=show) as advance:
-            def counted() -> Blocks:
-                for start, block in _checked_blocks(blocks, shape, path.name):
-                    yield start, block
-                    advance(len(block))
-
-            write(path, paths, counted(), shape, metadata)
+            write(path, paths, _checked_blocks(blocks, shape, path.name, advance), shape, metadata)
     except OSError as error:
         raise cannot_write(path, error) from None
 
