@@ -7,12 +7,13 @@ from pathlib import Path
 import click
 
 from image_toolkit.cli.common import command, echo_json, json_option, option_group, progress_to_stderr, quiet_option, start
+from image_toolkit.cli.features import FeaturePath
 from image_toolkit.data_tools import names
 
 # The options both extraction commands share.
 extraction_options = option_group(
     click.argument("image_path", type=click.Path(exists=True)),
-    click.argument("output_path", type=click.Path(dir_okay=False, writable=True)),
+    click.argument("output_path", type=FeaturePath(writable=True)),
     click.option("--model", default="inceptionv3", show_default=True, help="inceptionv3, resnet50, pixels (the raw pixels at --image-size: the baseline), or the path of a toolkit model (best_model.h5, embedding_model.keras)."),
     click.option("--layer", default=None, help="Layer of a model file to read (default: its penultimate layer, or its output for get-inception-output)."),
     click.option("--weights", default="imagenet", show_default=True, help="imagenet, none, or a local weights file."),
@@ -32,9 +33,11 @@ def run_extraction(output: str, image_path: str, output_path: str, model: str, l
                    shard_index: int, quiet: bool, as_json: bool) -> None:
     start(quiet)
     from image_toolkit.data_tools.atomic import writable_folder
+    from image_toolkit.data_tools.formats.features import feature_format
     from image_toolkit.models.extraction import extract, feature_extractor
     from image_toolkit.models.runtime import progress_verbosity
 
+    feature_format(output_path)  # An unknown suffix is refused before the model is built, not after the work.
     writable_folder(Path(output_path).absolute().parent)
     extractor = feature_extractor(model, output=output, layer=layer, weights=weights, image_size=image_size, precision=precision)
     with progress_to_stderr(as_json):
@@ -53,7 +56,8 @@ def get_inception_output(**options) -> None:
     """InceptionV3's output layer (1000 ImageNet class scores) for every image.
 
     IMAGE_PATH is a folder (searched recursively), one image, or a CSV with
-    an 'image' column; OUTPUT_PATH ends in .npz, .h5 or .pkl.
+    an 'image' column; OUTPUT_PATH ends in .npz, .h5 or .pkl, or .feat for a
+    feature folder (for large collections).
 
     \b
     Example:
@@ -68,7 +72,8 @@ def get_transfer_layer(**options) -> None:
     """The pooled transfer layer (2048-d for InceptionV3 and ResNet50) for every image.
 
     IMAGE_PATH is a folder (searched recursively), one image, or a CSV with
-    an 'image' column; OUTPUT_PATH ends in .npz, .h5 or .pkl.
+    an 'image' column; OUTPUT_PATH ends in .npz, .h5 or .pkl, or .feat for a
+    feature folder (for large collections).
 
     \b
     Example:

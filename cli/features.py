@@ -1,17 +1,43 @@
-"""`toolkit merge-features`: join the shards of a split feature extraction into one file."""
+"""`toolkit merge-features`: join the shards of a split feature extraction into one file or folder.
+
+Also `FeaturePath`, the Click type of every feature file argument: a file
+(.npz, .h5, .pkl) or a feature folder (a name ending in .feat).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
 from image_toolkit.cli.common import command, echo_json, json_option, quiet_option, start
 
+# The suffix of a feature folder (data_tools.formats.features.FOLDER; not imported, to keep `toolkit --help` light).
+FOLDER_SUFFIX = ".feat"
+
+
+class FeaturePath(click.Path):
+    """A feature file, or a feature folder when the name ends in .feat: the wrong kind of path is a usage error.
+
+    A folder given for a feature file (an image folder, an empty `X/`) is
+    refused as Click refuses it for any file, so nothing but a .feat folder
+    is ever read or replaced as features.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(path_type=Path, **kwargs)
+        self.folder = click.Path(file_okay=False, path_type=Path, **kwargs)
+        self.file = click.Path(dir_okay=False, path_type=Path, **kwargs)
+
+    def convert(self, value: str | os.PathLike, param: click.Parameter | None, ctx: click.Context | None):
+        is_folder = Path(os.fsdecode(value)).suffix.lower() == FOLDER_SUFFIX
+        return (self.folder if is_folder else self.file).convert(value, param, ctx)
+
 
 @command("merge-features")
-@click.argument("output_path", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("input_paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("output_path", type=FeaturePath())
+@click.argument("input_paths", nargs=-1, required=True, type=FeaturePath(exists=True))
 @quiet_option
 @json_option
 def merge_features(output_path: Path, input_paths: tuple[Path, ...], quiet: bool, as_json: bool) -> None:
@@ -19,23 +45,24 @@ def merge_features(output_path: Path, input_paths: tuple[Path, ...], quiet: bool
 
     The shards must come from one extraction run (same model, layer, image
     size and weights). A path found in several shards is kept once, from
-    the first. The output format follows OUTPUT_PATH's suffix: .npz, .h5 or .pkl.
+    the first. The output format follows OUTPUT_PATH's suffix: .npz, .h5,
+    .pkl, or .feat for a feature folder (for large collections: shards are
+    streamed block by block, never held in memory whole).
 
     \b
     Example, after a job array ran with --num-shards 4 --shard-index 0..3:
       toolkit merge-features features.npz features_shard*.npz
+      toolkit merge-features features.feat part*.feat
     """
     start(quiet)
     from image_toolkit.data_tools.atomic import refuse_inputs
-    from image_toolkit.data_tools.formats.features import feature_format, write_features
+    from image_toolkit.data_tools.formats.features import feature_format
     from image_toolkit.data_tools.formats.features import merge_features as merge
 
     feature_format(output_path)
     refuse_inputs(output_path, input_paths, option="OUTPUT_PATH")
-    merged = merge(list(input_paths))
-    write_features(output_path, merged)
-    n_images, dim = merged.features.shape
+    summary = merge(list(input_paths), output_path, show=False if quiet or as_json else None)
     if as_json:
-        echo_json({"output": str(output_path), "inputs": len(input_paths), "images": n_images, "features": dim})
+        echo_json({key: summary[key] for key in ("output", "inputs", "images", "features")})
     elif not quiet:
-        click.echo(f"{n_images:,} images x {dim:,} features from {len(input_paths)} files: {output_path}")
+        click.echo(f"{summary['images']:,} images x {summary['features']:,} features from {summary['inputs']} files: {output_path}")

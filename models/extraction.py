@@ -11,6 +11,7 @@ merged afterwards.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import threading
@@ -26,10 +27,10 @@ from image_toolkit.data_tools.formats.csv_files import read_checked_csv
 from image_toolkit.data_tools.formats.features import (
     COMPARABLE_KEYS,
     MODEL_FILE_WEIGHTS,
-    FeatureSet,
-    read_features,
+    feature_blocks,
+    open_features,
     shown_model,
-    write_features,
+    write_feature_blocks,
 )
 from image_toolkit.data_tools.formats.images import IMAGE_SUFFIXES, check_images, find_images, report_skipped, require_readable
 from image_toolkit.data_tools.formats.metadata import ROOT_COLUMN
@@ -250,7 +251,7 @@ def extract(
     metadata = {**extractor.metadata, **({"num_shards": num_shards, "shard_index": shard_index} if num_shards > 1 else {})}
     previous = None
     if append and output_path.exists():
-        previous = read_features(output_path)
+        previous = open_features(output_path)
         for key in COMPARABLE_KEYS:
             if previous.metadata.get(key) != metadata.get(key):
                 raise DataError(
@@ -270,10 +271,11 @@ def extract(
     started = time.perf_counter()
     features = compute_features(extractor, [root / path for path in paths], batch_size=batch_size, verbose=verbose)
     seconds = time.perf_counter() - started
-    if previous is not None:
-        paths, features = previous.paths + paths, np.concatenate([previous.features, features])
-    write_features(output_path, FeatureSet(paths, features, metadata))
-    computed = len(features) - (len(previous.paths) if previous else 0)
+    computed, blocks = len(features), [features]
+    if previous is not None:  # The old rows streamed from the file, then the new: never both in memory.
+        paths = previous.paths + paths
+        blocks = itertools.chain((block for _, block in feature_blocks(previous.features, where=output_path.name)), blocks)
+    write_feature_blocks(output_path, paths, blocks, dim=features.shape[1], metadata=metadata, show=None if verbose else False)
     return {
         "path": str(output_path),
         "rows": len(paths),

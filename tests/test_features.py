@@ -1,4 +1,4 @@
-"""Feature files: the three formats round-trip, bad files fail with their name, shards merge."""
+"""Feature files: the four formats round-trip, bad files fail with their name, shards merge."""
 
 import json
 import logging
@@ -23,7 +23,7 @@ def feature_set(n=6, dim=4, start=0, **metadata):
     return FeatureSet(paths, rng.random((n, dim), dtype=np.float32), {**METADATA, **metadata})
 
 
-@pytest.mark.parametrize("suffix", [".npz", ".h5", ".pkl"])
+@pytest.mark.parametrize("suffix", [".npz", ".h5", ".pkl", ".feat"])
 def test_every_format_round_trips(tmp_path, suffix):
     written = feature_set()
     write_features(tmp_path / f"features{suffix}", written)
@@ -105,7 +105,7 @@ def test_a_file_of_another_kind_is_not_a_feature_file(tmp_path, suffix):
 def test_missing_file_and_unknown_suffix(tmp_path):
     with pytest.raises(DataError, match="feature file not found"):
         read_features(tmp_path / "missing.npz")
-    with pytest.raises(OptionError, match=r"Expected a name ending in .npz, .h5, .pkl. Received: '.csv'"):
+    with pytest.raises(OptionError, match=r"Expected a name ending in .npz, .h5, .pkl or .feat \(a feature folder\). Received: '.csv'"):
         read_features(tmp_path / "features.csv")
     with pytest.raises(OptionError, match="unknown feature file type"):
         write_features(tmp_path / "features.txt", feature_set())
@@ -125,7 +125,9 @@ def test_shards_merge_into_what_one_file_holds(tmp_path):
             whole.paths[rows], whole.features[rows], {**whole.metadata, "num_shards": 3, "shard_index": index}
         )
         write_features(tmp_path / f"shard_{index}.h5", shard)
-    merged = merge_features([tmp_path / f"shard_{index}.h5" for index in range(3)])
+    summary = merge_features([tmp_path / f"shard_{index}.h5" for index in range(3)], tmp_path / "merged.npz")
+    assert summary["images"] == 10 and summary["duplicates"] == 0
+    merged = read_features(tmp_path / "merged.npz")
     assert merged.paths == whole.paths
     np.testing.assert_array_equal(merged.features, whole.features)
     assert "shard_index" not in merged.metadata and merged.metadata["layer"] == "avg_pool"
@@ -136,7 +138,8 @@ def test_merge_keeps_the_first_of_duplicate_paths(tmp_path, caplog):
     write_features(tmp_path / "a.npz", first)
     write_features(tmp_path / "b.npz", second)
     with caplog.at_level(logging.WARNING):
-        merged = merge_features([tmp_path / "a.npz", tmp_path / "b.npz"])
+        merge_features([tmp_path / "a.npz", tmp_path / "b.npz"], tmp_path / "merged.h5")
+    merged = read_features(tmp_path / "merged.h5")
     assert merged.paths == first.paths + second.paths[2:]
     np.testing.assert_array_equal(merged.features[:4], first.features)
     assert "Kept the first of 2 duplicate paths (first: class_0/image_002.png)" in caplog.text
@@ -153,7 +156,8 @@ def test_merge_refuses_shards_of_different_runs(tmp_path, other, message):
     write_features(tmp_path / "a.npz", feature_set())
     write_features(tmp_path / "b.npz", other)
     with pytest.raises(DataError, match=message):
-        merge_features([tmp_path / "a.npz", tmp_path / "b.npz"])
+        merge_features([tmp_path / "a.npz", tmp_path / "b.npz"], tmp_path / "merged.npz")
+    assert not (tmp_path / "merged.npz").exists()
 
 
 class OverlappingDtype:

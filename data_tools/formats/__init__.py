@@ -1,1 +1,1 @@
-"""Label and metadata CSVs, image files, feature files, model-file metadata and missing labels."""
+"""Label and metadata CSVs, image files, feature files and folders, model-file metadata and missing labels."""
