@@ -10,10 +10,12 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import click
 
 from image_toolkit.data_tools.errors import DataError, ToolkitError
+from image_toolkit.data_tools.names import FEATURE_FOLDER_SUFFIX
 
 
 def configure_logging(quiet: bool = False) -> None:
@@ -223,3 +225,21 @@ def progress_to_stderr(as_json: bool):
 def echo_json(record: dict) -> None:
     """One JSON object per line on stdout, for scripts."""
     click.echo(json.dumps(record, default=str))
+
+
+class FeaturePath(click.Path):
+    """A feature file, or a feature folder when the name ends in .feat: the wrong kind of path is a usage error.
+
+    A folder given for a feature file (an image folder, an empty `X/`) is
+    refused as Click refuses it for any file, so nothing but a .feat folder
+    is ever read or replaced as features.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(path_type=Path, **kwargs)
+        self.folder = click.Path(file_okay=False, path_type=Path, **kwargs)
+        self.file = click.Path(dir_okay=False, path_type=Path, **kwargs)
+
+    def convert(self, value: str | os.PathLike, param: click.Parameter | None, ctx: click.Context | None):
+        is_folder = Path(os.fsdecode(value)).suffix.lower() == FEATURE_FOLDER_SUFFIX
+        return (self.folder if is_folder else self.file).convert(value, param, ctx)

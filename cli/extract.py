@@ -6,8 +6,16 @@ from pathlib import Path
 
 import click
 
-from image_toolkit.cli.common import command, echo_json, json_option, option_group, progress_to_stderr, quiet_option, start
-from image_toolkit.cli.features import FeaturePath
+from image_toolkit.cli.common import (
+    FeaturePath,
+    command,
+    echo_json,
+    json_option,
+    option_group,
+    progress_to_stderr,
+    quiet_option,
+    start,
+)
 from image_toolkit.data_tools import names
 
 # The options both extraction commands share.

@@ -1,38 +1,12 @@
-"""`toolkit merge-features`: join the shards of a split feature extraction into one file or folder.
-
-Also `FeaturePath`, the Click type of every feature file argument: a file
-(.npz, .h5, .pkl) or a feature folder (a name ending in .feat).
-"""
+"""`toolkit merge-features`: join the shards of a split feature extraction into one file or folder."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
-from image_toolkit.cli.common import command, echo_json, json_option, quiet_option, start
-
-# The suffix of a feature folder (data_tools.formats.features.FOLDER; not imported, to keep `toolkit --help` light).
-FOLDER_SUFFIX = ".feat"
-
-
-class FeaturePath(click.Path):
-    """A feature file, or a feature folder when the name ends in .feat: the wrong kind of path is a usage error.
-
-    A folder given for a feature file (an image folder, an empty `X/`) is
-    refused as Click refuses it for any file, so nothing but a .feat folder
-    is ever read or replaced as features.
-    """
-
-    def __init__(self, **kwargs):
-        super().__init__(path_type=Path, **kwargs)
-        self.folder = click.Path(file_okay=False, path_type=Path, **kwargs)
-        self.file = click.Path(dir_okay=False, path_type=Path, **kwargs)
-
-    def convert(self, value: str | os.PathLike, param: click.Parameter | None, ctx: click.Context | None):
-        is_folder = Path(os.fsdecode(value)).suffix.lower() == FOLDER_SUFFIX
-        return (self.folder if is_folder else self.file).convert(value, param, ctx)
+from image_toolkit.cli.common import FeaturePath, command, echo_json, json_option, quiet_option, start
 
 
 @command("merge-features")

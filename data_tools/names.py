@@ -1,4 +1,4 @@
-"""The choices the training options accept, importable without TensorFlow (for `--help`)."""
+"""The choices options accept, and names the CLI checks, importable without TensorFlow or numpy (for `--help`)."""
 
 BACKBONES = ("resnet50", "inceptionv3", "mobilenetv2", "efficientnetb0", "resnet18", "small_cnn")
 TASKS = ("multilabel", "multiclass")
@@ -7,3 +7,5 @@ CLASS_WEIGHTS = ("none", "balanced")
 PRECISIONS = ("fp32", "mixed_bfloat16", "mixed_float16")
 EXTRACT_PRECISIONS = ("fp32", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored")
+# The suffix that makes a path a feature folder (features.npy, paths.txt, metadata.json).
+FEATURE_FOLDER_SUFFIX = ".feat"

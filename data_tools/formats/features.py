@@ -64,12 +64,13 @@ from image_toolkit.data_tools.atomic import (
 )
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.feature_pickle import RefusedDtype, RefusedGlobal, load_feature_pickle
+from image_toolkit.data_tools.names import FEATURE_FOLDER_SUFFIX
 from image_toolkit.data_tools.progress import progress_bar
 from image_toolkit.data_tools.provenance import toolkit_version
 
 logger = logging.getLogger(__name__)
 
-FOLDER = ".feat"
+FOLDER = FEATURE_FOLDER_SUFFIX
 FORMATS = (".npz", ".h5", ".pkl", FOLDER)
 # The files of a feature folder, and nothing else: a folder holding more is not replaced.
 FOLDER_FILES = ("features.npy", "paths.txt", "metadata.json")
