@@ -8,14 +8,14 @@ from pathlib import Path
 
 import click
 
-from image_toolkit.cli.common import OutputFolder, command, echo_json, json_option, quiet_option, start
+from image_toolkit.cli.common import FeaturePath, OutputFolder, command, echo_json, json_option, quiet_option, start
 
 # The same as image_toolkit.data_tools.search.approximate_neighbors.METHODS (a test checks): repeated so that --help loads no faiss.
 METHODS = ("exact", "ivf", "hnsw")
 
 
 @command("compute-distances")
-@click.argument("features_path", type=click.Path(exists=True, path_type=Path))
+@click.argument("features_path", type=FeaturePath(exists=True))
 @click.argument("output_dir_path", type=OutputFolder(path_type=Path))
 @click.argument("distance_metric")
 @click.argument("n_neighbors", type=int)
@@ -23,7 +23,7 @@ METHODS = ("exact", "ivf", "hnsw")
 @click.option("--include-self", is_flag=True, help="Let an image be its own nearest neighbour.")
 @click.option(
     "--queries",
-    type=click.Path(exists=True, path_type=Path),
+    type=FeaturePath(exists=True),
     help="Feature file of other images: find their neighbours in FEATURES_PATH instead.",
 )
 @click.option(
