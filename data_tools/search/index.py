@@ -376,7 +376,7 @@ class ImageIndex:
         sample well below the size of the index (a quarter of 1M rows with
         the default 4000 lists), and it is freed before the rows are added.
         On 200k x 256 clustered rows, 1789 lists trained on 114k rows reached
-        recall@10 0.98 at nprobe 4. A set this small is trained on whole, in order, as before.
+        recall@10 0.98 at nprobe 4. A set of at most that many rows trains whole, in order, as before.
         """
         most = TRAIN_ROWS_PER_LIST * self._ivf().nlist
         if len(kept) <= most:
