@@ -50,7 +50,7 @@ def index() -> None:
 
 
 @index.command("build", context_settings=SETTINGS, aliases={"--M": "--m"})
-@click.argument("features", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("features", type=click.Path(exists=True, path_type=Path))
 @click.argument("index_dir", type=OutputFolder(path_type=Path))
 @click.option("--kind", type=click.Choice(KINDS), default="ivf", show_default=True,
               help="ivf: k-means lists, fastest to build and search on the benchmarks; hnsw: graph; "
@@ -73,7 +73,10 @@ def index() -> None:
 @json_option
 def build(features: Path, index_dir: Path, kind: str, metric: str, target_recall: float, m: int, ef_construction: int,
           nlist: int | None, pq_m: int | None, k_factor: int, overwrite: bool, n_threads: int, quiet: bool, as_json: bool) -> None:
-    """Index the features in FEATURES (.npz, .h5 or .pkl) into the folder INDEX_DIR.
+    """Index the features in FEATURES (.npz, .h5, .pkl, or a feature folder) into the folder INDEX_DIR.
+
+    The features are read a block at a time: a feature folder (features.npy
+    memory-mapped) or an .h5 file larger than memory can be indexed.
 
     The index tunes itself: it holds out a sample of the images (a tenth, at
     least 100 or half of a small set, at most 1000), indexes the rest, and raises efSearch / nprobe until the
@@ -89,7 +92,7 @@ def build(features: Path, index_dir: Path, kind: str, metric: str, target_recall
     _start(quiet)
     from image_toolkit.data_tools.atomic import writable_folder
     from image_toolkit.data_tools.errors import DataError
-    from image_toolkit.data_tools.formats.features import read_features
+    from image_toolkit.data_tools.formats.features import open_features
     from image_toolkit.data_tools.search.index import ImageIndex, check_index_options, holds_index
     from image_toolkit.data_tools.search.keywords import with_class_names
 
@@ -97,7 +100,7 @@ def build(features: Path, index_dir: Path, kind: str, metric: str, target_recall
     if holds_index(index_dir) and not overwrite:
         raise DataError(f"{index_dir} already holds an index; grow it with toolkit index add, or give --overwrite to replace it.")
     writable_folder(index_dir)
-    feature_set = read_features(features)
+    feature_set = open_features(features)
     feature_set = type(feature_set)(feature_set.paths, feature_set.features,
                                     with_class_names(feature_set.metadata, feature_set.features.shape[1]))
     started = time.monotonic()
@@ -111,7 +114,7 @@ def build(features: Path, index_dir: Path, kind: str, metric: str, target_recall
 
 @index.command("add", context_settings=SETTINGS)
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("features", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("features", type=click.Path(exists=True, path_type=Path))
 @threads_option
 @quiet_option
 @json_option
@@ -128,12 +131,12 @@ def add(index_dir: Path, features: Path, n_threads: int, quiet: bool, as_json: b
       toolkit index add my_index/ more.npz
     """
     _start(quiet)
-    from image_toolkit.data_tools.formats.features import read_features
+    from image_toolkit.data_tools.formats.features import open_features
     from image_toolkit.data_tools.search.index import ImageIndex
 
-    image_index = ImageIndex.load(index_dir, n_threads=n_threads)
+    image_index = ImageIndex.load(index_dir, n_threads=n_threads, mmap=False)  # A mapped index is read-only.
     before = image_index.size
-    image_index.add(read_features(features), where=features.name, show=False if quiet else None)
+    image_index.add(open_features(features), where=features.name, show=False if quiet else None)
     if image_index.size > before:
         image_index.save(index_dir)
     _report(image_index, index_dir, as_json, quiet, f"Added {image_index.size - before} images to {index_dir}",
@@ -155,7 +158,7 @@ def info(index_dir: Path, quiet: bool, as_json: bool) -> None:
     _start(quiet)
     from image_toolkit.data_tools.search.index import ImageIndex
 
-    _report(ImageIndex.load(index_dir), index_dir, as_json, False, None)
+    _report(ImageIndex.load(index_dir, mmap=True), index_dir, as_json, False, None)  # Mapped: nothing read but the header.
 
 
 def _report(image_index, index_dir: Path, as_json: bool, quiet: bool, headline: str | None, **extra) -> None:

@@ -18,8 +18,8 @@ from image_toolkit.cli.common import command, echo_json, json_option, progress_t
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--image", "images", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Query image (repeatable): embedded with the model the index was built from.")
-@click.option("--features", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Feature file of query images (.npz, .h5, .pkl), from the index's model and layer.")
+@click.option("--features", type=click.Path(exists=True, path_type=Path),
+              help="Feature file (.npz, .h5, .pkl) or folder of query images, from the index's model and layer.")
 @click.option("--text", help="Keyword: rank images by their scores for the classes it names.")
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True,
               help="Results per query; more than the index holds is clamped to its size, with a warning.")
@@ -68,21 +68,23 @@ def search(index_dir: Path, images: tuple[Path, ...], features: Path | None, tex
         queries = [_keyword_query(image_index, index_dir, text, k, scores, word_vectors, min_similarity)]
     else:
         if images:
-            names, rows = [str(image) for image in images], _embed(image_index, index_dir, list(images), as_json)
+            names, blocks = [str(image) for image in images], [(0, _embed(image_index, index_dir, list(images), as_json))]
         else:
-            from image_toolkit.data_tools.formats.features import read_features
+            from image_toolkit.data_tools.formats.features import feature_blocks, open_features
 
-            query_set = read_features(features)
-            names, rows = query_set.paths, query_set.features
-            image_index.check_comparable(rows.shape[1], query_set.metadata, features.name)
-        values, indices = image_index.search(rows, k=k)
-        queries = [
-            {"query": name, "results": [
-                {"rank": rank, "path": image_index.paths_[i], value_name: round(float(v), 6)}
-                for rank, (i, v) in enumerate(((i, v) for i, v in zip(row_ids, row_values) if i >= 0), start=1)
-            ]}
-            for name, row_ids, row_values in zip(names, indices.tolist(), values.tolist())
-        ]
+            query_set = open_features(features)
+            image_index.check_comparable(query_set.features.shape[1], query_set.metadata, features.name)
+            names, blocks = query_set.paths, feature_blocks(query_set.features, where=features.name)
+        queries = []
+        for first, rows in blocks:  # Query features a block at a time: a file of many queries may stay on disk.
+            values, indices = image_index.search(rows, k=k)
+            queries += [
+                {"query": name, "results": [
+                    {"rank": rank, "path": image_index.paths_[i], value_name: round(float(v), 6)}
+                    for rank, (i, v) in enumerate(((i, v) for i, v in zip(row_ids, row_values) if i >= 0), start=1)
+                ]}
+                for name, row_ids, row_values in zip(names[first : first + len(rows)], indices.tolist(), values.tolist())
+            ]
     _show(queries, value_name, output, as_json, quiet)
 
 
