@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from image_toolkit.cli.common import OutputFolder, echo_json, group, json_option, quiet_option, start
+from image_toolkit.cli.common import FeaturePath, OutputFolder, echo_json, group, json_option, quiet_option, start
 
 # The same as image_toolkit.data_tools.search.index.KINDS and METRICS (a test checks): repeated so that --help loads no faiss.
 KINDS = ("hnsw", "ivf", "ivfpq", "flat")
@@ -50,7 +50,7 @@ def index() -> None:
 
 
 @index.command("build", context_settings=SETTINGS, aliases={"--M": "--m"})
-@click.argument("features", type=click.Path(exists=True, path_type=Path))
+@click.argument("features", type=FeaturePath(exists=True))
 @click.argument("index_dir", type=OutputFolder(path_type=Path))
 @click.option("--kind", type=click.Choice(KINDS), default="ivf", show_default=True,
               help="ivf: k-means lists, fastest to build and search on the benchmarks; hnsw: graph; "
@@ -114,7 +114,7 @@ def build(features: Path, index_dir: Path, kind: str, metric: str, target_recall
 
 @index.command("add", context_settings=SETTINGS)
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("features", type=click.Path(exists=True, path_type=Path))
+@click.argument("features", type=FeaturePath(exists=True))
 @threads_option
 @quiet_option
 @json_option

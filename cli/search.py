@@ -11,14 +11,14 @@ from pathlib import Path
 
 import click
 
-from image_toolkit.cli.common import command, echo_json, json_option, progress_to_stderr, quiet_option, start
+from image_toolkit.cli.common import FeaturePath, command, echo_json, json_option, progress_to_stderr, quiet_option, start
 
 
 @command("search")
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--image", "images", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Query image (repeatable): embedded with the model the index was built from.")
-@click.option("--features", type=click.Path(exists=True, path_type=Path),
+@click.option("--features", type=FeaturePath(exists=True),
               help="Feature file (.npz, .h5, .pkl) or folder of query images, from the index's model and layer.")
 @click.option("--text", help="Keyword: rank images by their scores for the classes it names.")
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True,
