@@ -113,8 +113,10 @@ def connect(uri: str):
         from pymilvus.exceptions import MilvusException
     except ImportError:
         raise DataError(f"--backend milvus needs pymilvus and milvus-lite, which are not installed: {INSTALL}") from None
-    # Milvus Lite logs the start and stop of its in-process server: a detail of this backend, not news to the user.
+    # Milvus Lite logs the start and stop of its in-process server, and a failed start with a traceback: the first is
+    # no news to the user, the second is said in one line below.
     logging.getLogger("milvus_lite").setLevel(logging.WARNING)
+    logging.getLogger("milvus_lite.server_manager").setLevel(logging.CRITICAL)
     try:
         return MilvusClient(uri=uri)
     except MilvusException as error:
@@ -122,7 +124,8 @@ def connect(uri: str):
         if "milvus-lite is required" in reason:
             raise DataError(f"{uri}: a Milvus Lite file needs milvus-lite, which is not installed: {INSTALL}") from None
         if is_lite(uri):
-            raise DataError(f"{uri}: cannot open this Milvus Lite database ({reason}); another process "
+            reason = "" if reason == "Open local milvus failed" else f" ({reason})"  # pymilvus's words when Lite did not start.
+            raise DataError(f"{uri}: cannot open this Milvus Lite database{reason}; another process "
                             "(toolkit serve?) may hold it: stop it, or use a Milvus server.") from None
         raise DataError(f"{uri}: cannot reach the Milvus server ({reason}); start it, or give the right --uri.") from None
 
