@@ -157,3 +157,18 @@ def test_without_pymilvus_the_error_says_what_to_install(runner, built, tmp_path
     result = runner.invoke(index, ["build", str(root / "features.npz"), str(tmp_path / "i"), "--backend", "milvus"])
     assert result.exit_code == 1 and "pip install 'image-toolkit[milvus]'" in one_line_error(result)
     assert cli_index.BACKENDS == backends.BACKENDS  # Repeated in the CLI so that --help loads no faiss.
+
+
+def test_rows_an_interrupted_add_left_are_skipped_then_replaced(tmp_path):
+    """An add that inserted rows but died before its paths.json: searches ignore them, the next add reuses their ids."""
+    rows = clustered(330, 8)
+    MilvusIndex(uri=str(tmp_path / "i" / "milvus.db"), kind="flat").fit(feature_set(rows[:300])).save(tmp_path / "i")
+    crashed = load_index(tmp_path / "i")
+    crashed._insert(rows[300:], 300)  # What a killed `index add` leaves: rows in the collection, none in the folder.
+    reloaded = load_index(tmp_path / "i")
+    assert reloaded.size == 300 and reloaded.search(rows[300:], k=5)[1].max() < 300
+    reloaded.add(feature_set(rows[310:], start=310))
+    _, ids = reloaded.search(rows[310:], k=1)
+    assert reloaded.size == 320 and [reloaded.paths_[i] for i in ids[:, 0]] == [f"images/{i:05d}.jpg" for i in range(310, 330)]
+    # The left rows are gone (Milvus Lite replaces a row by id anyway; a server keeps both, hence the delete in add).
+    assert (reloaded.search(rows[300:310], k=1)[0] > 1e-3).all()

@@ -17,11 +17,11 @@ product (larger is nearer). `--kind` maps to Milvus's own index types: hnsw
 to HNSW (M, efConstruction), ivf to IVF_FLAT (nlist), flat to FLAT (exact).
 
 The recall check is the faiss one (`ImageIndex._tune`): building holds out a
-sample of the rows, inserts the others, finds the sample's exact 10 nearest
-stored rows (streamed back from Milvus block by block), raises `ef` (hnsw)
-or `nprobe` (ivf) along the same grid until recall@10 reaches the target,
-then inserts the sample; the value and the recall are saved and shown by
-`toolkit index info`.
+sample of the rows, inserts the others while it finds the sample's exact 10
+nearest among them (and, for `add`, among the rows stored before, read back
+from Milvus block by block), raises `ef` (hnsw) or `nprobe` (ivf) along the
+same grid until recall@10 reaches the target, then inserts the sample; the
+value and the recall are saved and shown by `toolkit index info`.
 
 The index folder is written as `ImageIndex.save` writes it (a new set
 holding `paths.json` and `metadata.json`, then the `index.json` manifest):
@@ -90,6 +90,8 @@ SEARCH_PARAMETERS = {"hnsw": "ef", "ivf": "nprobe"}
 MESSAGE_FLOATS = 1 << 22
 # Milvus's most rows per query call (offset + limit) and queries per search call.
 MAX_CALL_ROWS = 16_384
+# Seconds to wait for a server to index the rows before tuning on them.
+INDEX_WAIT = 600
 
 
 def is_lite(uri: str) -> bool:
@@ -267,16 +269,20 @@ class MilvusIndex:
         if held:
             sample = np.random.default_rng(len(self.paths_) + len(paths)).choice(len(paths), size=held, replace=False)
             order = np.concatenate([np.setdiff1d(order, sample), np.sort(sample)])
-        first = len(order) - held
-        self._insert_rows(features, positions[order[:first]], where=where, show=show)
-        self.paths_ = self.paths_ + [paths[i] for i in order]
-        # Sealed rows are indexed; rows still in Milvus's write buffer are searched exhaustively, and would flatter recall.
-        self._call(self.client_.flush, self.collection_)
-        if held:
+        first, indexed = len(order) - held, self.size
+        truth = None
+        if held:  # The sample's exact neighbours are found on the way: among the rows inserted, and those stored before.
             queries = check_features(np.concatenate([np.asarray(features[p : p + 1]) for p in positions[order[first:]]]), where)
-            self._tune(queries, target, show=show)
+            truth = _ExactKth(queries, min(TUNE_K, indexed + first), self.metric, self.n_threads)
+            for _, block in self._stored_blocks(indexed):
+                truth.update(block)
+        self._insert_rows(features, positions[order[:first]], where=where, show=show, seen=truth.update if truth else None)
+        self.paths_ = self.paths_ + [paths[i] for i in order]
+        self._settle()
+        if held:
+            self._tune(truth, target, show=show)
             self._insert(queries, self.size - held)
-            self._call(self.client_.flush, self.collection_)
+            self._settle()
         elif self.kind == "flat":
             self.tuning_ = {"target_recall": target, "k": TUNE_K, "sample": 0, "recall": 1.0,
                             "parameter": None, "value": None, "tried": [], "exact": True}
@@ -288,8 +294,34 @@ class MilvusIndex:
             logger.info("Kept %s=%s, tuned on %d images: tuning again needs %d new images at once.",
                         self.tuning_["parameter"], self.tuning_["value"], self.tuning_.get("indexed", 0), tune_at_least)
 
-    def _insert_rows(self, features, positions: np.ndarray, *, where: str, show: bool | None) -> None:
-        """Insert the rows of `features` at `positions` (file rows, increasing), streaming the file block by block."""
+    def _settle(self) -> None:
+        """Seal the rows inserted and wait until the index covers them, so that tuning measures the index.
+
+        Rows Milvus has not indexed yet are searched exhaustively and would
+        flatter the recall. A server says how many rows its index holds:
+        wait for all (at most INDEX_WAIT seconds). Milvus Lite builds
+        indexes in a background thread and reports them finished at once;
+        reloading the collection builds the missing ones before it returns.
+        """
+        self._call(self.client_.flush, self.collection_)
+        if is_lite(self.uri):
+            self._call(self.client_.release_collection, self.collection_)
+            self._call(self.client_.load_collection, self.collection_)
+            return
+        deadline = time.monotonic() + INDEX_WAIT
+        while time.monotonic() < deadline:
+            state = self._call(self.client_.describe_index, self.collection_, "vector")
+            if state.get("pending_index_rows", 0) == 0 and state.get("indexed_rows", 0) >= state.get("total_rows", 0):
+                return
+            time.sleep(1)
+        logger.warning("%s: the index of collection %s is still being built after %d s; the recall measured may be high.",
+                       self.uri, self.collection_, INDEX_WAIT)
+
+    def _insert_rows(self, features, positions: np.ndarray, *, where: str, show: bool | None, seen=None) -> None:
+        """Insert the rows of `features` at `positions` (file rows, increasing), streaming the file block by block.
+
+        `seen`, if given, is called with each block of rows inserted.
+        """
         wanted = np.zeros(len(features), dtype=bool)
         wanted[positions] = True
         next_id = self.size
@@ -298,6 +330,8 @@ class MilvusIndex:
                 rows = block[wanted[start : start + len(block)]]
                 if len(rows):
                     self._insert(rows, next_id)
+                    if seen is not None:
+                        seen(rows)
                     next_id += len(rows)
                     advance(len(rows))
 
@@ -375,17 +409,15 @@ class MilvusIndex:
 
     # Tuning.
 
-    def _tune(self, queries: np.ndarray, target_recall: float, *, k: int = TUNE_K, show: bool | None = None) -> dict:
-        """Raise ef / nprobe along ImageIndex's grid until recall@k of `queries`, rows not in the collection, reaches the target.
+    def _tune(self, truth: _ExactKth, target_recall: float, *, show: bool | None = None) -> dict:
+        """Raise ef / nprobe along ImageIndex's grid until recall@k of the held-out rows (`truth`) reaches the target.
 
-        The truth is the exact k-th distance of each query among the stored
-        rows (ties count as found), as in `ImageIndex._tune`.
+        The truth is each query's exact k-th distance among the stored rows
+        (ties count as found), as in `ImageIndex._tune`.
         """
         started = time.monotonic()
-        stored = self.size - len(queries)
-        k = min(k, stored)
-        radius = self._exact_radius(queries, k, stored)
-        key = -1 if self.metric == "inner_product" else 1  # _recall wants smaller-is-nearer keys.
+        queries, k, radius = truth.queries, truth.k, truth.radius()
+        key = -1 if self.metric == "inner_product" else 1  # _recall wants smaller-is-nearer keys, as _ExactKth keeps them.
         parameter = SEARCH_PARAMETERS[self.kind]
         nlist = self.params_.get("nlist")
         grid = EF_SEARCH_GRID if self.kind == "hnsw" else (*(v for v in NPROBE_GRID if v < nlist), nlist)
@@ -393,7 +425,7 @@ class MilvusIndex:
         for value in track(grid, f"Tuning {parameter}", show=show):
             self.params_[parameter] = value
             values, ids = self._search(queries, k)
-            tried.append([value, round(_recall(key * values, ids, key * radius, k), 4)])
+            tried.append([value, round(_recall(key * values, ids, radius, k), 4)])
             if tried[-1][1] >= target_recall:
                 break
         value, recall = tried[-1]
@@ -405,22 +437,12 @@ class MilvusIndex:
                 "Rebuild with a larger --m or --ef-construction (hnsw), --kind flat for exact search, or lower --target-recall.",
                 stacklevel=4,
             )
+        stored = self.size - len(queries)
         self.tuning_ = {"target_recall": target_recall, "k": k, "sample": len(queries), "recall": recall,
                         "parameter": parameter, "value": value, "tried": tried, "indexed": stored}
         logger.info("Tuned %s=%s: recall@%d %.3f on %d held-out images against %d (target %g), %.1f s",
                     parameter, value, k, recall, len(queries), stored, target_recall, time.monotonic() - started)
         return self.tuning_
-
-    def _exact_radius(self, queries: np.ndarray, k: int, stored: int) -> np.ndarray:
-        """Each query's exact k-th value among the first `stored` rows, merged over blocks read back from Milvus."""
-        larger_is_nearer = self.metric == "inner_product"
-        best = np.empty((len(queries), 0), dtype=np.float32)
-        for _, block in self._stored_blocks(stored):
-            values, _ = exact_neighbors(block, k=min(k, len(block)), metric=self.metric, queries=queries,
-                                        n_threads=self.n_threads)
-            merged = np.concatenate([best, -values if larger_is_nearer else values], axis=1)
-            best = np.sort(merged, axis=1)[:, :k]
-        return -best[:, -1] if larger_is_nearer else best[:, -1]
 
     # Describing.
 
@@ -539,6 +561,28 @@ class MilvusIndex:
             self.client_.drop_collection(name)
         except MilvusException as error:  # Cleaning up after another error: that one is the one to report.
             logger.warning("Could not drop collection %s at %s (%s).", name, self.uri, error)
+
+
+class _ExactKth:
+    """The exact k nearest values of some queries among rows seen block by block: the truth of the recall check.
+
+    Values are kept as smaller-is-nearer keys (the inner product negated), k
+    per query, so memory is the queries and one block, whatever the rows.
+    """
+
+    def __init__(self, queries: np.ndarray, k: int, metric: str, n_threads: int):
+        self.queries, self.k, self.metric, self.n_threads = queries, k, metric, n_threads
+        self.best = np.empty((len(queries), 0), dtype=np.float32)
+
+    def update(self, block: np.ndarray) -> None:
+        values, _ = exact_neighbors(block, k=min(self.k, len(block)), metric=self.metric, queries=self.queries,
+                                    n_threads=self.n_threads)
+        keys = -values if self.metric == "inner_product" else values
+        self.best = np.sort(np.concatenate([self.best, keys], axis=1), axis=1)[:, : self.k]
+
+    def radius(self) -> np.ndarray:
+        """Each query's k-th nearest key."""
+        return self.best[:, -1]
 
 
 def _recorded_collection(directory: str | os.PathLike) -> tuple[str, str] | None:
