@@ -196,7 +196,6 @@ class MilvusIndex:
         lite_file = Path(self.uri) if is_lite(self.uri) else None
         created = make_folder(lite_file.parent) if lite_file else []
         new_file = lite_file is not None and not lite_file.exists()
-        self.client_ = connect(self.uri)
         self.collection_ = self.collection or f"images_{secrets.token_hex(6)}"
         self.dim_, self.paths_, self.tuning_, self.stale_ = dim, [], {}, False
         self.features_metadata_ = dict(feature_set.metadata)
@@ -206,11 +205,17 @@ class MilvusIndex:
         elif self.kind == "ivf":
             nlist = self.nlist or max(1, min(round(4 * math.sqrt(len(paths))), len(paths) // MIN_ROWS_PER_LIST))
             self.params_.update(nlist=nlist, nprobe=1)
+        ours = False
         try:
+            self.client_ = connect(self.uri)
+            if self._call(self.client_.has_collection, self.collection_):
+                raise DataError(f"{self.uri}: already holds a collection {self.collection_}; choose another name.")
+            ours = True
             self._create_collection()
             self._grow(features, paths, positions, self.target_recall, tune_at_least=1, where="features", show=show)
         except BaseException:
-            self._drop(self.collection_)
+            if ours:
+                self._drop(self.collection_)
             if new_file:
                 _release_lite(lite_file)
                 shutil.rmtree(lite_file, ignore_errors=True)
@@ -272,7 +277,8 @@ class MilvusIndex:
         first, indexed = len(order) - held, self.size
         truth = None
         if held:  # The sample's exact neighbours are found on the way: among the rows inserted, and those stored before.
-            queries = check_features(np.concatenate([np.asarray(features[p : p + 1]) for p in positions[order[first:]]]), where)
+            queries = np.concatenate([check_features(np.asarray(features[p : p + 1]), f"{where} row {p}")
+                                      for p in positions[order[first:]]])
             truth = _ExactKth(queries, min(TUNE_K, indexed + first), self.metric, self.n_threads)
             for _, block in self._stored_blocks(indexed):
                 truth.update(block)
