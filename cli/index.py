@@ -16,6 +16,7 @@ from image_toolkit.cli.common import FeaturePath, OutputFolder, echo_json, group
 # The same as image_toolkit.data_tools.search.index.KINDS and METRICS (a test checks): repeated so that --help loads no faiss.
 KINDS = ("hnsw", "ivf", "ivfpq", "flat")
 METRICS = ("cosine", "euclidean", "inner_product")
+BACKENDS = ("faiss", "milvus")  # image_toolkit.data_tools.search.backends.BACKENDS, repeated for the same reason.
 SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 threads_option = click.option(
@@ -68,11 +69,18 @@ def index() -> None:
 @click.option("--k-factor", "k_factor", type=click.IntRange(min=1), default=None,
               help="ivfpq: rows proposed by the codes per result, re-ranked on the exact features (default: tuned).")
 @click.option("--overwrite", is_flag=True, help="Replace an index already in INDEX_DIR.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="faiss", show_default=True,
+              help="faiss: the index file in INDEX_DIR; milvus: a Milvus collection (--kind hnsw, ivf or flat), "
+                   "INDEX_DIR keeping its paths and settings. Needs pip install 'image-toolkit[milvus]'.")
+@click.option("--uri", default=None,
+              help="--backend milvus: a Milvus Lite file ending .db, run in-process (default: INDEX_DIR/milvus.db), "
+                   "or a server, http://host:19530.")
 @threads_option
 @quiet_option
 @json_option
 def build(features: Path, index_dir: Path, kind: str, metric: str, target_recall: float, m: int, ef_construction: int,
-          nlist: int | None, pq_m: int | None, k_factor: int, overwrite: bool, n_threads: int, quiet: bool, as_json: bool) -> None:
+          nlist: int | None, pq_m: int | None, k_factor: int, overwrite: bool, backend: str, uri: str | None, n_threads: int,
+          quiet: bool, as_json: bool) -> None:
     """Index the features in FEATURES (.npz, .h5, .pkl, or a feature folder) into the folder INDEX_DIR.
 
     The features are read a block at a time: a feature folder (features.npy
@@ -88,15 +96,20 @@ def build(features: Path, index_dir: Path, kind: str, metric: str, target_recall
     Example:
       toolkit index build features.npz my_index/
       toolkit index build features.npz my_index/ --kind hnsw --target-recall 0.99
+      toolkit index build features.npz my_index/ --backend milvus --kind hnsw
+      toolkit index build features.npz my_index/ --backend milvus --uri http://localhost:19530
     """
     _start(quiet)
     from image_toolkit.data_tools.atomic import writable_folder
     from image_toolkit.data_tools.errors import DataError
     from image_toolkit.data_tools.formats.features import open_features
-    from image_toolkit.data_tools.search.index import ImageIndex, check_index_options, holds_index
+    from image_toolkit.data_tools.search.backends import new_index
+    from image_toolkit.data_tools.search.index import check_index_options, holds_index
     from image_toolkit.data_tools.search.keywords import with_class_names
 
     check_index_options(kind=kind, metric=metric, target_recall=target_recall, n_threads=n_threads)
+    image_index = new_index(backend, index_dir=index_dir, uri=uri, kind=kind, metric=metric, target_recall=target_recall,
+                            m=m, ef_construction=ef_construction, nlist=nlist, pq_m=pq_m, k_factor=k_factor, n_threads=n_threads)
     if holds_index(index_dir) and not overwrite:
         raise DataError(f"{index_dir} already holds an index; grow it with toolkit index add, or give --overwrite to replace it.")
     writable_folder(index_dir)
@@ -104,8 +117,6 @@ def build(features: Path, index_dir: Path, kind: str, metric: str, target_recall
     feature_set = type(feature_set)(feature_set.paths, feature_set.features,
                                     with_class_names(feature_set.metadata, feature_set.features.shape[1]))
     started = time.monotonic()
-    image_index = ImageIndex(kind=kind, metric=metric, target_recall=target_recall, m=m,
-                             ef_construction=ef_construction, nlist=nlist, pq_m=pq_m, k_factor=k_factor, n_threads=n_threads)
     image_index.fit(feature_set, show=False if quiet else None)
     seconds = time.monotonic() - started
     image_index.save(index_dir)
@@ -132,9 +143,9 @@ def add(index_dir: Path, features: Path, n_threads: int, quiet: bool, as_json: b
     """
     _start(quiet)
     from image_toolkit.data_tools.formats.features import open_features
-    from image_toolkit.data_tools.search.index import ImageIndex
+    from image_toolkit.data_tools.search.backends import load_index
 
-    image_index = ImageIndex.load(index_dir, n_threads=n_threads, mmap=False)  # A mapped index is read-only.
+    image_index = load_index(index_dir, n_threads=n_threads, mmap=False)  # A mapped index is read-only.
     before = image_index.size
     image_index.add(open_features(features), where=features.name, show=False if quiet else None)
     if image_index.size > before:
@@ -156,9 +167,9 @@ def info(index_dir: Path, quiet: bool, as_json: bool) -> None:
       toolkit index info my_index/ --json
     """
     _start(quiet)
-    from image_toolkit.data_tools.search.index import ImageIndex
+    from image_toolkit.data_tools.search.backends import load_index
 
-    _report(ImageIndex.load(index_dir, mmap=True), index_dir, as_json, False, None)  # Mapped: nothing read but the header.
+    _report(load_index(index_dir, mmap=True), index_dir, as_json, False, None)  # Mapped: nothing read but the header.
 
 
 def _report(image_index, index_dir: Path, as_json: bool, quiet: bool, headline: str | None, **extra) -> None:
@@ -166,7 +177,7 @@ def _report(image_index, index_dir: Path, as_json: bool, quiet: bool, headline: 
     from image_toolkit.data_tools.formats.features import shown_model
     from image_toolkit.data_tools.search.index import index_set
 
-    description = image_index.info()
+    description = {"backend": "faiss", **image_index.info()}
     size_bytes = sum(path.stat().st_size for path in index_set(index_dir).iterdir() if path.is_file())
     if as_json:
         echo_json({"index_dir": str(index_dir), **extra, **description, "bytes": size_bytes})
@@ -180,6 +191,8 @@ def _report(image_index, index_dir: Path, as_json: bool, quiet: bool, headline: 
     lines.append(f"{index_dir}: {description['size']:,} images x {description['dim']} features, "
                  f"{description['kind']}{f' ({params})' if params else ''}, metric {description['metric']}, "
                  f"{size_bytes / 2**20:.1f} MB")
+    if description.get("uri"):
+        lines.append(f"backend: {description['backend']} at {description['uri']}, collection {description['collection']}")
     if tuning.get("exact"):
         lines.append("recall: 1 (exact search)")
     elif tuning.get("recall") is not None:

@@ -59,9 +59,9 @@ def search(index_dir: Path, images: tuple[Path, ...], features: Path | None, tex
         raise click.UsageError("--word-vectors and --scores apply to --text only.")
     start(quiet)
     logging.getLogger("faiss").setLevel(logging.WARNING)  # Its loader logs every CPU feature it tries.
-    from image_toolkit.data_tools.search.index import ImageIndex
+    from image_toolkit.data_tools.search.backends import load_index
 
-    image_index = ImageIndex.load(index_dir, n_threads=n_threads)
+    image_index = load_index(index_dir, n_threads=n_threads)
     value_name = "score" if image_index.metric == "inner_product" else "distance"
     if text is not None:
         value_name = "score"

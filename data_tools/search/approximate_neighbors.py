@@ -41,7 +41,7 @@ from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.features import BLOCK_ROWS, FeatureSet, check_features, feature_blocks
 from image_toolkit.data_tools.progress import progress_bar
-from image_toolkit.data_tools.search.index import EF_SEARCH_GRID, MIN_ROWS_PER_LIST, NPROBE_GRID, ImageIndex, _recall
+from image_toolkit.data_tools.search.index import EF_SEARCH_GRID, MIN_ROWS_PER_LIST, NPROBE_GRID, ImageIndex, recall_within_radius
 from image_toolkit.data_tools.search.neighbors import available_cores, check_options, exact_neighbors
 
 logger = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def find_neighbors(
             distances[start:stop], indices[start:stop] = search(block, np.arange(start, stop) if queries is None else None)
             advance(len(block))
     parameter = _parameter(index)
-    value = _recall(search.keys(distances[sample]), indices[sample], radius, k)
+    value = recall_within_radius(search.keys(distances[sample]), indices[sample], radius, k)
     logger.debug("Recall@%d %.3f on %d sampled images (target %g), %s=%d",
                 k, value, len(sample), target_recall, parameter, index.params_[parameter])
     recall = {"k": k, "sample": len(sample), "value": round(value, 4), "target": target_recall,
@@ -244,7 +244,7 @@ def _calibrate(index: ImageIndex, search: _Search, sample_rows: np.ndarray, samp
     for value in _grid(index, k):
         _set_parameter(index, parameter, value)
         values, ids = search(sample_rows, sample)
-        tried.append([value, round(_recall(search.keys(values), ids, radius, k), 4)])
+        tried.append([value, round(recall_within_radius(search.keys(values), ids, radius, k), 4)])
         if tried[-1][1] >= target_recall:
             return tried
     value, recall = max(tried, key=lambda item: (item[1], -item[0]))

@@ -256,7 +256,7 @@ class ImageIndex:
         if self.k_factor is not None:
             check_range("--k-factor", self.k_factor, low=1)
         dim = _checked_shape(feature_set, "features")
-        keep = _unique_mask(feature_set.paths, set())
+        keep = unique_mask(feature_set.paths, set())
         count = int(keep.sum())
         if self.nlist is not None and self.kind in ("ivf", "ivfpq"):
             check_range("nlist", self.nlist, high=count, why="the number of rows")
@@ -304,7 +304,7 @@ class ImageIndex:
             raise OptionError("This index was loaded memory-mapped (read-only); load it with "
                               "ImageIndex.load(folder, mmap=False) to add images.")
         self.check_comparable(_checked_shape(feature_set, where), feature_set.metadata, where)
-        keep = _unique_mask(feature_set.paths, set(self.paths_))
+        keep = unique_mask(feature_set.paths, set(self.paths_))
         if not keep.any():
             logger.info("All %d images are already in the index; nothing to add.", len(feature_set.paths))
             return self
@@ -328,7 +328,7 @@ class ImageIndex:
         block, the held-out rows and, while training, the training sample.
         """
         kept = np.flatnonzero(keep)
-        held = _held_out_size(len(kept)) if target is not None and self.kind != "flat" and len(kept) >= tune_at_least else 0
+        held = held_out_size(len(kept)) if target is not None and self.kind != "flat" and len(kept) >= tune_at_least else 0
         held_rows = np.empty(0, dtype=np.int64)
         if held:
             sample = np.random.default_rng(len(self.paths_) + len(kept)).choice(len(kept), size=held, replace=False)
@@ -558,7 +558,7 @@ class ImageIndex:
         def measured() -> float:
             with faiss_threads(self.n_threads):
                 raw, ids = self.index_.search(queries, k)
-            return _recall(-raw if larger_is_nearer else raw, ids, radius, k)
+            return recall_within_radius(-raw if larger_is_nearer else raw, ids, radius, k)
 
         if self.kind == "hnsw":
             grid = EF_SEARCH_GRID
@@ -850,7 +850,7 @@ def _remove_stale(directory: Path, *, current: str, old_layout: bool) -> None:
             (directory / name).unlink(missing_ok=True)
 
 
-def _unique_mask(paths: list[str], known: set[str]) -> np.ndarray:
+def unique_mask(paths: list[str], known: set[str]) -> np.ndarray:
     """Which rows to index: those whose path is neither in `known` nor earlier in `paths`; duplicates are logged."""
     keep, seen = np.zeros(len(paths), dtype=bool), set(known)
     for row, path in enumerate(paths):
@@ -883,12 +883,12 @@ def _gather(features, row_sets: list[np.ndarray], where: str) -> list[np.ndarray
     return gathered
 
 
-def _held_out_size(n: int) -> int:
+def held_out_size(n: int) -> int:
     """Rows held out to tune: a tenth, at least 100 (or half of a small set), at most 1000."""
     return min(TUNE_SAMPLE, max(n // 10, min(100, n // 2)))
 
 
-def _recall(keys: np.ndarray, ids: np.ndarray, radius: np.ndarray, k: int) -> float:
+def recall_within_radius(keys: np.ndarray, ids: np.ndarray, radius: np.ndarray, k: int) -> float:
     """Share of the k results found within each query's exact k-th distance: ties with it count as found."""
     tolerance = 1e-5 * np.maximum(1, np.abs(radius))
     found = (ids >= 0) & (keys <= (radius + tolerance)[:, None])

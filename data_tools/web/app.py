@@ -302,12 +302,12 @@ class Collection:
     """The indexed images, their features, classes and map: what every request reads, loaded once."""
 
     def __init__(self, index_dir, images_dir, *, scores=None, map_csv=None):
-        from image_toolkit.data_tools.search.index import ImageIndex
+        from image_toolkit.data_tools.search.backends import load_index
 
         self.root = Path(images_dir).resolve()
         if not self.root.is_dir():
             raise DataError(f"{images_dir}: no such image folder; pass the folder the index's image paths are relative to.")
-        index = ImageIndex.load(index_dir, n_threads=1)
+        index = load_index(index_dir, n_threads=1)
         self.index_dir = Path(index_dir)
         self.metadata = dict(index.features_metadata_)
         self.metric = "euclidean" if index.metric == "euclidean" else "cosine"
