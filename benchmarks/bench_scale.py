@@ -186,7 +186,7 @@ def main() -> None:
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_scale_"))
     workdir.mkdir(parents=True, exist_ok=True)
-    features, data = workdir / "features", (args.n, args.dim, args.clusters, args.spread, args.seed)
+    features, data = workdir / "features.feat", (args.n, args.dim, args.clusters, args.spread, args.seed)
     feature_bytes = args.n * args.dim * 4
     memory_goal_mb = (feature_bytes + SPARE_BYTES) / 2**20
     gflops = sgemm_gflops(args.dim)
