@@ -111,9 +111,10 @@ def distribution_strategy(name: str):
         ring = tf.distribute.experimental.CommunicationImplementation.RING
         auto = tf.distribute.experimental.CommunicationImplementation.AUTO
         implementation = auto if tf.config.list_physical_devices("GPU") else ring
-        return tf.distribute.MultiWorkerMirroredStrategy(
-            communication_options=tf.distribute.experimental.CommunicationOptions(implementation=implementation)
-        )
+        with _stderr_silenced():  # It probes the devices again (CUDA errors on a machine without a GPU).
+            return tf.distribute.MultiWorkerMirroredStrategy(
+                communication_options=tf.distribute.experimental.CommunicationOptions(implementation=implementation)
+            )
     return tf.distribute.get_strategy()
 
 
@@ -203,3 +204,52 @@ def distributed_input(strategy, make: Callable[[np.ndarray, int], tf.data.Datase
         return make(rows, context.get_per_replica_batch_size(batch_size))
 
     return strategy.distribute_datasets_from_function(per_worker)
+
+
+@contextlib.contextmanager
+def fitting(model: keras.Model, strategy) -> Iterator[keras.Model]:
+    """`model`, ready for `fit` and `evaluate` under `strategy`: Keras 3 needs two fixes for a multi-worker one.
+
+    Both are keras-team/keras#20585 (Keras 3 `fit` fails under
+    MultiWorkerMirroredStrategy), and both are scoped to this block:
+
+    - Keras builds a model's compiled state (metrics, loss, optimizer) from
+      the first batch, which it first reduces across replicas with one
+      `strategy.reduce` of the whole (x, y) structure; the strategy takes one
+      tensor only. The build needs the batch's shapes and dtypes alone: it
+      is given this replica's part of the batch, unreduced.
+    - Keras averages each step's logs over the replicas with `axis=0`, which
+      fails on a scalar; they are averaged with `axis=None` instead (the same
+      mean over replicas, on every worker).
+
+    The epoch's logs, which callbacks and checkpoints see, are read from the
+    metrics' states, summed over all workers, so every worker sees the same.
+    Other strategies are left to Keras.
+    """
+    if not is_multiworker(strategy):
+        yield model
+        return
+    from keras.src.backend.tensorflow import trainer
+
+    def symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = keras.tree.map_structure(lambda value: strategy.experimental_local_results(value)[0], next(batches))
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    keras_reduce = trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and is_multiworker(strategy):
+            return keras.tree.map_structure(lambda value: strategy.reduce("MEAN", value, axis=None), values)
+        return keras_reduce(values, strategy, reduction)
+
+    model._maybe_symbolic_build = symbolic_build
+    trainer.reduce_per_replica = reduce_per_replica
+    try:
+        yield model
+    finally:
+        trainer.reduce_per_replica = keras_reduce
+        del model._maybe_symbolic_build

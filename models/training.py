@@ -35,6 +35,7 @@ from image_toolkit.models.runs import HISTORY_FILE, begin_run, check_resumable, 
 from image_toolkit.models.runtime import (
     distributed_input,
     distribution_strategy,
+    fitting,
     is_chief,
     keras,
     precision_policy,
@@ -88,6 +89,10 @@ class TrainOptions:
         for option in ("epochs", "batch_size", "head_units", "image_size"):
             check_range(_spelled(option), getattr(self, option), low=1)
         check_range("--learning-rate", self.learning_rate, low=0, low_open=True)
+        if self.strategy == "multiworker" and self.task == "multiclass" and self.class_weight == "balanced":
+            # Keras weighs classes by mapping over a tf.data.Dataset; a cluster's input is one per worker.
+            raise OptionError("--class-weight balanced with --task multiclass does not work with --strategy multiworker yet; "
+                              "use --class-weight none, or resample the training list with 'toolkit resample'.")
         if (self.train_csv is None) != (self.val_csv is None):
             raise OptionError("--train-csv and --val-csv go together: give both lists, or neither to split --data-csv.")
 
@@ -299,16 +304,17 @@ def _train(options: TrainOptions, strategy, output_dir: Path, started: float, *,
         begin_run(output_dir, dataclasses.asdict(options), state, n_train=len(train), n_val=len(val))
         initial_epoch = state["epoch"] if state else 0
         if initial_epoch < options.epochs:
-            model.fit(
-                dataset(train, train_labels, training=True),
-                validation_data=dataset(val, val.labels, training=False),
-                epochs=options.epochs,
-                shuffle=False,  # the dataset shuffles itself, with the run's seed
-                initial_epoch=initial_epoch,
-                class_weight=balanced_class_weights(train_labels) if options.task == "multiclass" and options.class_weight == "balanced" else None,
-                callbacks=[checkpoints],
-                verbose=verbose,
-            )
+            with fitting(model, strategy):
+                model.fit(
+                    dataset(train, train_labels, training=True),
+                    validation_data=dataset(val, val.labels, training=False),
+                    epochs=options.epochs,
+                    shuffle=False,  # the dataset shuffles itself, with the run's seed
+                    initial_epoch=initial_epoch,
+                    class_weight=balanced_class_weights(train_labels) if options.task == "multiclass" and options.class_weight == "balanced" else None,
+                    callbacks=[checkpoints],
+                    verbose=verbose,
+                )
         else:
             logger.info("Already trained for %d epochs; nothing to do.", initial_epoch)
 
