@@ -34,7 +34,7 @@ from image_toolkit.models.losses import ContrastiveLoss
 from image_toolkit.models.pairs import balanced_batches, require_pairs, sample_pairs
 from image_toolkit.models.pipeline import image_dataset, pair_dataset, views_dataset
 from image_toolkit.models.runs import HISTORY_FILE, begin_run, check_resumable, write_run_record
-from image_toolkit.models.runtime import distributed_input, distribution_strategy, is_chief, keras, worker_output_dir
+from image_toolkit.models.runtime import distributed_input, distribution_strategy, fitting, is_chief, keras, worker_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -282,8 +282,9 @@ def _train(options: SimilarityOptions, strategy, output_dir: Path, started: floa
     callbacks.append(checkpoints)
     begin_run(output_dir, recorded, state, n_train=len(train))
     if initial_epoch < options.epochs:
-        model.fit(dataset, epochs=options.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps, shuffle=False,
-                  callbacks=callbacks, verbose=verbose)
+        with fitting(model, strategy):
+            model.fit(dataset, epochs=options.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps, shuffle=False,
+                      callbacks=callbacks, verbose=verbose)
     history = pd.read_csv(output_dir / HISTORY_FILE)
     plot_training_curves(history, output_dir / "curves.png", score=monitor if gallery else None)
     summary = {
