@@ -118,6 +118,17 @@ def distribution_strategy(name: str):
     return tf.distribute.get_strategy()
 
 
+def check_strategy_options(strategy: str, *, resume: bool) -> None:
+    """Refuse what a multi-worker run cannot do yet, before a worker waits on the others.
+
+    `--resume` would need every worker to load the chief's checkpoint,
+    which the other workers do not write (`worker_output_dir`).
+    """
+    if strategy == "multiworker" and resume:
+        raise OptionError("--resume does not work with --strategy multiworker yet; continue the run with "
+                          "--strategy default or mirrored on one machine, or start again in a new --output-dir.")
+
+
 def check_tf_config(raw: str | None) -> dict:
     """The parsed `TF_CONFIG` of a multi-worker run, refused in one line when TensorFlow could not use it.
 

@@ -34,7 +34,15 @@ from image_toolkit.models.losses import ContrastiveLoss
 from image_toolkit.models.pairs import balanced_batches, require_pairs, sample_pairs
 from image_toolkit.models.pipeline import image_dataset, pair_dataset, views_dataset
 from image_toolkit.models.runs import HISTORY_FILE, begin_run, check_resumable, write_run_record
-from image_toolkit.models.runtime import distributed_input, distribution_strategy, fitting, is_chief, keras, worker_output_dir
+from image_toolkit.models.runtime import (
+    check_strategy_options,
+    distributed_input,
+    distribution_strategy,
+    fitting,
+    is_chief,
+    keras,
+    worker_output_dir,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +83,7 @@ class SimilarityOptions:
         get_backbone(self.backbone)
         if self.strategy not in STRATEGIES:
             raise OptionError(f"--strategy: expected one of {', '.join(STRATEGIES)}. Received: {self.strategy!r}.")
+        check_strategy_options(self.strategy, resume=self.resume)
         if self.siamese_type not in SIAMESE_TYPES:
             raise OptionError(f"--type: expected one of {', '.join(SIAMESE_TYPES)}. Received: {self.siamese_type!r}.")
         check_range("--temperature", self.temperature, low=0, low_open=True)

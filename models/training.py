@@ -33,6 +33,7 @@ from image_toolkit.models.metrics import MaskedF1Score
 from image_toolkit.models.pipeline import image_dataset, random_augmentation
 from image_toolkit.models.runs import HISTORY_FILE, begin_run, check_resumable, write_run_record
 from image_toolkit.models.runtime import (
+    check_strategy_options,
     distributed_input,
     distribution_strategy,
     fitting,
@@ -89,6 +90,7 @@ class TrainOptions:
         for option in ("epochs", "batch_size", "head_units", "image_size"):
             check_range(_spelled(option), getattr(self, option), low=1)
         check_range("--learning-rate", self.learning_rate, low=0, low_open=True)
+        check_strategy_options(self.strategy, resume=self.resume)
         if self.strategy == "multiworker" and self.task == "multiclass" and self.class_weight == "balanced":
             # Keras weighs classes by mapping over a tf.data.Dataset; a cluster's input is one per worker.
             raise OptionError("--class-weight balanced with --task multiclass does not work with --strategy multiworker yet; "

@@ -43,19 +43,20 @@ def assert_same_features(merged, single):
     np.testing.assert_allclose(merged.features, single.features[[order[path] for path in merged.paths]], rtol=1e-6)
 
 
-@pytest.mark.parametrize("scheduler, script, task_env", [
-    ("slurm", "extract_array.sbatch", lambda i, n: {"SLURM_ARRAY_TASK_ID": str(i), "SLURM_ARRAY_TASK_COUNT": str(n)}),
-    ("sge", "extract_array.sge",
-     lambda i, n: {"SGE_TASK_ID": str(i + 1), "SGE_TASK_FIRST": "1", "SGE_TASK_LAST": str(n), "SGE_TASK_STEPSIZE": "1"}),
+@pytest.mark.parametrize("script, task_env", [
+    ("extract_array.sbatch", lambda i: {"SLURM_ARRAY_TASK_ID": str(i), "SLURM_ARRAY_TASK_COUNT": "2"}),
+    # qsub -t 1-3:2 runs tasks 1 and 3: shards 0 and 1 of 2.
+    ("extract_array.sge",
+     lambda i: {"SGE_TASK_ID": str(2 * i + 1), "SGE_TASK_FIRST": "1", "SGE_TASK_LAST": "3", "SGE_TASK_STEPSIZE": "2"}),
 ])
-def test_array_tasks_then_merge_equal_one_extraction(images, tmp_path, runner, scheduler, script, task_env):
+def test_array_tasks_then_merge_equal_one_extraction(images, tmp_path, runner, script, task_env):
     out = tmp_path / "out"
-    for index in range(3):
-        done = run_script(script, tmp_path, IMAGES=str(images), OUT=str(out), **task_env(index, 3))
+    for index in range(2):
+        done = run_script(script, tmp_path, IMAGES=str(images), OUT=str(out), **task_env(index))
         assert done.returncode == 0, done.stderr
-    assert sorted(path.name for path in out.iterdir()) == ["shard-0.npz", "shard-1.npz", "shard-2.npz"]
-    assert [len(read_features(out / f"shard-{i}.npz").paths) for i in range(3)] == [4, 3, 3]
-    done = run_script("merge_shards.sh", tmp_path, SHARDS="3", OUT=str(out))
+    assert sorted(path.name for path in out.iterdir()) == ["shard-0.npz", "shard-1.npz"]
+    assert [len(read_features(out / f"shard-{i}.npz").paths) for i in range(2)] == [5, 5]
+    done = run_script("merge_shards.sh", tmp_path, SHARDS="2", OUT=str(out))
     assert done.returncode == 0, done.stderr
     assert_same_features(read_features(out / "features.npz"), single_process(images, tmp_path, runner))
 
@@ -78,22 +79,30 @@ def test_a_task_outside_the_shards_is_one_line_and_writes_nothing(images, tmp_pa
     assert not out.exists()
 
 
-def test_sge_step_size_maps_tasks_to_consecutive_shards(images, tmp_path):
+def test_merge_with_a_missing_shard_is_one_line_and_writes_nothing(tmp_path):
     out = tmp_path / "out"
-    env = {"SGE_TASK_FIRST": "1", "SGE_TASK_LAST": "3", "SGE_TASK_STEPSIZE": "2", "IMAGES": str(images), "OUT": str(out)}
-    for task in (1, 3):
-        done = run_script("extract_array.sge", tmp_path, SGE_TASK_ID=str(task), **env)
-        assert done.returncode == 0, done.stderr
-    assert sorted(path.name for path in out.iterdir()) == ["shard-0.npz", "shard-1.npz"]
-
-
-def test_merge_with_a_missing_shard_is_one_line_and_writes_nothing(images, tmp_path):
-    out = tmp_path / "out"
-    done = run_script("extract_array.sbatch", tmp_path, IMAGES=str(images), OUT=str(out),
-                      SLURM_ARRAY_TASK_ID="0", SLURM_ARRAY_TASK_COUNT="2")
-    assert done.returncode == 0, done.stderr
+    out.mkdir()
+    (out / "shard-0.npz").write_bytes(b"")  # task 0 finished; task 1 failed
     done = run_script("merge_shards.sh", tmp_path, SHARDS="2", OUT=str(out))
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "shard-1.npz" in lines[0], done.stderr
     assert not (out / "features.npz").exists()
+
+
+@pytest.mark.parametrize("scheduler, tool, job_id, array, hold", [
+    ("slurm", "sbatch", "4242", "--array=0-3", "--dependency=afterok:4242"),
+    ("sge", "qsub", "4242.1-4:1", "-t 1-4", "-hold_jid 4242"),
+])
+def test_submit_chains_the_merge_after_the_array(tmp_path, scheduler, tool, job_id, array, hold):
+    """A stand-in scheduler records each submission and answers with a job id."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / tool).write_text(f'#!/bin/bash\necho "$*" >> "{tmp_path}/submitted"\necho "{job_id}"\n')
+    (bin_dir / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SHARDS": "4"}
+    done = subprocess.run(["bash", str(SCRIPTS / "submit_extract.sh"), scheduler], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    first, second = (tmp_path / "submitted").read_text().splitlines()
+    assert array in first and first.endswith(f"extract_array.{'sbatch' if scheduler == 'slurm' else 'sge'}")
+    assert hold in second and second.endswith("merge_shards.sh")

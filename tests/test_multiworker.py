@@ -128,3 +128,16 @@ def test_worker_rows_cover_every_row_with_equal_shares():
     assert [len(share) for share in shares] == [3, 3, 3]
     assert sorted(set(np.concatenate(shares))) == list(range(7))
     assert list(shares[0]) == [0, 3, 6] and list(shares[2]) == [2, 5, 1]
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--resume"], "--resume does not work with --strategy multiworker"),
+    (["--task", "multiclass", "--class-weight", "balanced"], "--class-weight balanced with --task multiclass"),
+])
+def test_what_a_cluster_cannot_do_yet_is_refused_before_it_starts(tiny_set, tmp_path, runner, extra, says):
+    root = tiny_set[0]
+    args = ["--data-csv", str(root / "label.txt"), "--img-directory", str(root / "images"), *SMALL,
+            "--strategy", "multiworker", "--output-dir", str(tmp_path / "run"), *extra]
+    result = runner.invoke(train, args)
+    assert result.exit_code == 2 and says in one_line_error(result)
+    assert not (tmp_path / "run").exists()
