@@ -1,5 +1,9 @@
 """Import TensorFlow once, quietly, and hold the process-wide settings of a run.
 
+The settings include the distribution strategy (`--strategy`) and, for a
+run over several machines, who writes the outputs (the chief), which rows
+each worker reads, and the fixes Keras 3 needs to `fit` there.
+
 TensorFlow's C++ runtime writes start-up notices (oneDNN, CUDA stubs, CPU
 features) straight to file descriptor 2 before its own log level applies, so
 the import runs with that descriptor pointed at /dev/null. Set
@@ -118,15 +122,22 @@ def distribution_strategy(name: str):
     return tf.distribute.get_strategy()
 
 
-def check_strategy_options(strategy: str, *, resume: bool) -> None:
+def check_strategy_options(strategy: str, *, resume: bool, weighs_classes: bool = False) -> None:
     """Refuse what a multi-worker run cannot do yet, before a worker waits on the others.
 
     `--resume` would need every worker to load the chief's checkpoint,
-    which the other workers do not write (`worker_output_dir`).
+    which the other workers do not write (`worker_output_dir`). Keras
+    weighs classes by mapping over one tf.data.Dataset, and a cluster's
+    input is one dataset per worker.
     """
-    if strategy == "multiworker" and resume:
-        raise OptionError("--resume does not work with --strategy multiworker yet; continue the run with "
-                          "--strategy default or mirrored on one machine, or start again in a new --output-dir.")
+    if strategy != "multiworker":
+        return
+    if resume:
+        raise OptionError("--resume does not work with --strategy multiworker yet; continue the run on one machine "
+                          "(--strategy default or mirrored), or start again in a new --output-dir.")
+    if weighs_classes:
+        raise OptionError("--class-weight balanced with --task multiclass does not work with --strategy multiworker yet; "
+                          "use --class-weight none, or balance the training list with 'toolkit resample'.")
 
 
 def check_tf_config(raw: str | None) -> dict:

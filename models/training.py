@@ -90,11 +90,8 @@ class TrainOptions:
         for option in ("epochs", "batch_size", "head_units", "image_size"):
             check_range(_spelled(option), getattr(self, option), low=1)
         check_range("--learning-rate", self.learning_rate, low=0, low_open=True)
-        check_strategy_options(self.strategy, resume=self.resume)
-        if self.strategy == "multiworker" and self.task == "multiclass" and self.class_weight == "balanced":
-            # Keras weighs classes by mapping over a tf.data.Dataset; a cluster's input is one per worker.
-            raise OptionError("--class-weight balanced with --task multiclass does not work with --strategy multiworker yet; "
-                              "use --class-weight none, or resample the training list with 'toolkit resample'.")
+        check_strategy_options(self.strategy, resume=self.resume,
+                               weighs_classes=self.task == "multiclass" and self.class_weight == "balanced")
         if (self.train_csv is None) != (self.val_csv is None):
             raise OptionError("--train-csv and --val-csv go together: give both lists, or neither to split --data-csv.")
 

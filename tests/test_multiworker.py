@@ -78,6 +78,11 @@ def test_two_workers_train_one_model_that_the_chief_alone_writes(small_set, tmp_
     assert chief["best_val_macro_f1"] == pytest.approx(worker["best_val_macro_f1"], abs=1e-6)
     assert json.loads((chief_dir / "run.json").read_text())["options"]["strategy"] == "multiworker"
 
+    # The cluster's checkpoint continues on one machine.
+    resumed = runner.invoke(train, [*command[1:], "--epochs", "3", "--output-dir", str(chief_dir), "--resume", "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    assert len((chief_dir / "history.csv").read_text().splitlines()) == 1 + 3
+
     images = [str(small_set / "images" / f"{i:04d}.png") for i in range(3)]
     result = runner.invoke(predict, [*images, "--model", str(chief_dir / "best_model.h5"), "--json"])
     assert result.exit_code == 0, result.output
