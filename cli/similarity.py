@@ -14,6 +14,7 @@ from image_toolkit.cli.common import (
     quiet_option,
     start,
 )
+from image_toolkit.cli.train import strategy_option
 from image_toolkit.data_tools import names
 
 
@@ -93,6 +94,7 @@ training_options = option_group(
     click.option("--output-dir", default=".", show_default=True, type=OUTPUT_DIR),
     click.option("--resume", is_flag=True, help="Continue the run in --output-dir; refused if other options differ."),
     click.option("--seed", type=int, default=42, show_default=True),
+    strategy_option,
     quiet_option,
     json_option,
 )

@@ -16,6 +16,13 @@ from image_toolkit.cli.common import (
 )
 from image_toolkit.data_tools import names
 
+# One option for every training command: mirrored over this machine's GPUs, multiworker over the machines in TF_CONFIG.
+strategy_option = click.option(
+    "--strategy", type=click.Choice(names.STRATEGIES), default="default", show_default=True,
+    help="mirrored: data-parallel over all GPUs; multiworker: over the machines listed in TF_CONFIG "
+         "(run the same command on each; the chief writes --output-dir).",
+)
+
 
 def classifier_options(*, task: str = "multilabel"):
     """The model and training options `train` and `experiment` share."""
@@ -43,7 +50,7 @@ def classifier_options(*, task: str = "multilabel"):
 @click.option("--output-dir", default=".", show_default=True, type=OUTPUT_DIR, help="Where best_model.h5, loss_curve.png, history.csv and run.json go.")
 @classifier_options()
 @click.option("--seed", type=int, default=42, show_default=True)
-@click.option("--strategy", type=click.Choice(names.STRATEGIES), default="default", show_default=True, help="mirrored: data-parallel over all GPUs.")
+@strategy_option
 @click.option("--resume", is_flag=True, help="Continue the run in --output-dir from its last epoch.")
 @click.option("--train-csv", default=None, help="A ready training list (rows may repeat, e.g. from 'toolkit resample'); needs --val-csv.")
 @click.option("--val-csv", default=None, help="A ready validation list; needs --train-csv.")

@@ -6,6 +6,6 @@ MISSING_LABELS = ("mask", "mean", "mf")
 CLASS_WEIGHTS = ("none", "balanced")
 PRECISIONS = ("fp32", "mixed_bfloat16", "mixed_float16")
 EXTRACT_PRECISIONS = ("fp32", "mixed_bfloat16")
-STRATEGIES = ("default", "mirrored")
+STRATEGIES = ("default", "mirrored", "multiworker")
 # The suffix that makes a path a feature folder (features.npy, paths.txt, metadata.json).
 FEATURE_FOLDER_SUFFIX = ".feat"

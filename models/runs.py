@@ -32,8 +32,9 @@ from image_toolkit.data_tools.provenance import library_versions
 
 logger = logging.getLogger(__name__)
 
-# Options that may change between a run and its `--resume`.
-RESUMABLE_CHANGES = frozenset({"epochs", "resume"})
+# Options that may change between a run and its `--resume`. The strategy changes where the steps run, not the
+# model: a run started on a cluster can be continued on one machine.
+RESUMABLE_CHANGES = frozenset({"epochs", "resume", "strategy"})
 # How a user names the recorded options that are not spelled as their flag.
 SPELLED = {"siamese_type": "--type", "method": "the method", "data": "the data argument"}
 LAST_CHECKPOINT = "last_checkpoint.keras"

@@ -24,6 +24,7 @@ from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.images import check_images, find_images, report_skipped, require_readable
 from image_toolkit.data_tools.formats.metadata import read_metadata
 from image_toolkit.data_tools.maps.plots import plot_training_curves
+from image_toolkit.data_tools.names import STRATEGIES
 from image_toolkit.models.augment import simclr_view
 from image_toolkit.models.backbones import get_backbone
 from image_toolkit.models.callbacks import RetrievalEvaluation, TrainingCheckpoints
@@ -33,7 +34,15 @@ from image_toolkit.models.losses import ContrastiveLoss
 from image_toolkit.models.pairs import balanced_batches, require_pairs, sample_pairs
 from image_toolkit.models.pipeline import image_dataset, pair_dataset, views_dataset
 from image_toolkit.models.runs import HISTORY_FILE, begin_run, check_resumable, write_run_record
-from image_toolkit.models.runtime import keras
+from image_toolkit.models.runtime import (
+    check_strategy_options,
+    distributed_input,
+    distribution_strategy,
+    fitting,
+    is_chief,
+    keras,
+    worker_output_dir,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +76,14 @@ class SimilarityOptions:
     learning_rate: float = 1e-3
     image_size: int = 224
     seed: int = 42
+    strategy: str = "default"
     resume: bool = False
 
     def check(self) -> None:
         get_backbone(self.backbone)
+        if self.strategy not in STRATEGIES:
+            raise OptionError(f"--strategy: expected one of {', '.join(STRATEGIES)}. Received: {self.strategy!r}.")
+        check_strategy_options(self.strategy, resume=self.resume)
         if self.siamese_type not in SIAMESE_TYPES:
             raise OptionError(f"--type: expected one of {', '.join(SIAMESE_TYPES)}. Received: {self.siamese_type!r}.")
         check_range("--temperature", self.temperature, low=0, low_open=True)
@@ -153,7 +166,7 @@ def _gallery(frame: pd.DataFrame, options: SimilarityOptions):
     return dataset, held_out["class"].to_numpy()
 
 
-def _siamese_data(train: pd.DataFrame, options: SimilarityOptions, epochs: int, rng):
+def _siamese_data(train: pd.DataFrame, options: SimilarityOptions, epochs: int, rng, strategy):
     classes = train["class"].to_numpy()
     require_two_classes(classes, options.data, images="training image", purpose="Siamese training (a negative pair is two classes)")
     require_pairs(classes, options.data)
@@ -172,13 +185,18 @@ def _siamese_data(train: pd.DataFrame, options: SimilarityOptions, epochs: int, 
     targets = {"distance": same}
     if options.siamese_type in ("c", "d"):
         targets.update(class_a=class_ids[first], class_b=class_ids[second])
-    dataset = pair_dataset(list(train["path"]), first, second, targets,
-                           image_size=options.image_size, preprocess=get_backbone(options.backbone).preprocess,
-                           batch_size=options.batch)
+    paths = list(train["path"])
+
+    def rows_dataset(rows: np.ndarray, batch_size: int):
+        return pair_dataset(paths, first[rows], second[rows], {name: target[rows] for name, target in targets.items()},
+                            image_size=options.image_size, preprocess=get_backbone(options.backbone).preprocess,
+                            batch_size=batch_size)
+
+    dataset = distributed_input(strategy, rows_dataset, len(first), batch_size=options.batch)
     return dataset, max(1, len(first) // (epochs * options.batch)), len(names)
 
 
-def _simclr_data(train: pd.DataFrame, options: SimilarityOptions, epochs: int, rng):
+def _simclr_data(train: pd.DataFrame, options: SimilarityOptions, epochs: int, rng, strategy):
     classes = train["class"].to_numpy()
     order = []
     for _ in range(epochs):
@@ -191,10 +209,13 @@ def _simclr_data(train: pd.DataFrame, options: SimilarityOptions, epochs: int, r
     steps = len(order[0]) // options.batch
     if steps < 1:
         raise DataError(f"{options.data}: {len(order[0])} training images, fewer than one batch of {options.batch}.")
-    dataset = views_dataset(list(train["path"]), np.concatenate(order),
-                            image_size=options.image_size, preprocess=get_backbone(options.backbone).preprocess,
-                            batch_size=options.batch, view=simclr_view)
-    return dataset, steps, 0
+    paths, order = list(train["path"]), np.concatenate(order)
+
+    def rows_dataset(rows: np.ndarray, batch_size: int):
+        return views_dataset(paths, order[rows], image_size=options.image_size,
+                             preprocess=get_backbone(options.backbone).preprocess, batch_size=batch_size, view=simclr_view)
+
+    return distributed_input(strategy, rows_dataset, len(order), batch_size=options.batch), steps, 0
 
 
 def _build(options: SimilarityOptions, n_classes: int) -> tuple[keras.Model, keras.Model]:
@@ -221,10 +242,21 @@ def tower_of(model: keras.Model) -> keras.Model:
 
 
 def train_embedding(options: SimilarityOptions, *, verbose: int = 1) -> dict:
-    """Run a whole Siamese or SimCLR training; return the summary also written to `run.json`."""
+    """Run a whole Siamese or SimCLR training; return the summary also written to `run.json`.
+
+    As for the classifier (`training.train_classifier`), the strategy comes
+    first, and on a cluster only the chief writes into --output-dir.
+    """
     options.check()
     started = time.time()
-    output_dir = Path(options.output_dir)  # Made with its first output (run.json before fit), not before.
+    strategy = distribution_strategy(options.strategy)
+    # --output-dir is made with its first output (run.json before fit), not before.
+    with worker_output_dir(Path(options.output_dir), strategy) as output_dir:
+        summary = _train(options, strategy, output_dir, started, verbose=verbose if is_chief(strategy) else 0)
+    return {**summary, "model": str(Path(options.output_dir) / EMBEDDING_FILE)}
+
+
+def _train(options: SimilarityOptions, strategy, output_dir: Path, started: float, *, verbose: int) -> dict:
     recorded = dataclasses.asdict(options)
     state = check_resumable(recorded, output_dir) if options.resume else None
     frame = _load_images(options, output_dir)
@@ -236,16 +268,17 @@ def train_embedding(options: SimilarityOptions, *, verbose: int = 1) -> dict:
     rng = np.random.default_rng(options.seed + initial_epoch)
     keras.utils.set_random_seed(options.seed + initial_epoch)
     make_data = _siamese_data if options.method == "siamese" else _simclr_data
-    dataset, steps, n_classes = make_data(train, options, remaining, rng)
+    dataset, steps, n_classes = make_data(train, options, remaining, rng, strategy)
     gallery = _gallery(frame, options)
     logger.info("Training on %d images%s", len(train), f", evaluating retrieval on {len(gallery[1])}" if gallery else " (no labelled held-out split: no retrieval evaluation)")
 
-    if state is not None:
-        model = keras.models.load_model(output_dir / state["checkpoint"])
-        tower = tower_of(model)
-        logger.info("Resuming after epoch %d", state["epoch"])
-    else:
-        model, tower = _build(options, n_classes)
+    with strategy.scope():
+        if state is not None:
+            model = keras.models.load_model(output_dir / state["checkpoint"])
+            tower = tower_of(model)
+            logger.info("Resuming after epoch %d", state["epoch"])
+        else:
+            model, tower = _build(options, n_classes)
     monitor, mode = ("val_recall@1", "max") if gallery else ("loss", "min")
 
     def save_tower(_model, _epoch, _score, path):
@@ -258,8 +291,9 @@ def train_embedding(options: SimilarityOptions, *, verbose: int = 1) -> dict:
     callbacks.append(checkpoints)
     begin_run(output_dir, recorded, state, n_train=len(train))
     if initial_epoch < options.epochs:
-        model.fit(dataset, epochs=options.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps, shuffle=False,
-                  callbacks=callbacks, verbose=verbose)
+        with fitting(model, strategy):
+            model.fit(dataset, epochs=options.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps, shuffle=False,
+                      callbacks=callbacks, verbose=verbose)
     history = pd.read_csv(output_dir / HISTORY_FILE)
     plot_training_curves(history, output_dir / "curves.png", score=monitor if gallery else None)
     summary = {

@@ -32,7 +32,16 @@ from image_toolkit.models.losses import MaskedBinaryCrossentropy
 from image_toolkit.models.metrics import MaskedF1Score
 from image_toolkit.models.pipeline import image_dataset, random_augmentation
 from image_toolkit.models.runs import HISTORY_FILE, begin_run, check_resumable, write_run_record
-from image_toolkit.models.runtime import distribution_strategy, keras, precision_policy
+from image_toolkit.models.runtime import (
+    check_strategy_options,
+    distributed_input,
+    distribution_strategy,
+    fitting,
+    is_chief,
+    keras,
+    precision_policy,
+    worker_output_dir,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +90,8 @@ class TrainOptions:
         for option in ("epochs", "batch_size", "head_units", "image_size"):
             check_range(_spelled(option), getattr(self, option), low=1)
         check_range("--learning-rate", self.learning_rate, low=0, low_open=True)
+        check_strategy_options(self.strategy, resume=self.resume,
+                               weighs_classes=self.task == "multiclass" and self.class_weight == "balanced")
         if (self.train_csv is None) != (self.val_csv is None):
             raise OptionError("--train-csv and --val-csv go together: give both lists, or neither to split --data-csv.")
 
@@ -208,11 +219,22 @@ def _compile(model: keras.Model, options: TrainOptions, train_labels: np.ndarray
 
 
 def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
-    """Run a whole training; return the summary also written to `run.json`."""
+    """Run a whole training; return the summary also written to `run.json`.
+
+    The distribution strategy comes first: a multi-worker one must exist
+    before TensorFlow runs any op. On a cluster every worker runs this same
+    function; only the chief writes into --output-dir (`worker_output_dir`).
+    """
     options.check()
     started = time.time()
-    output_dir = Path(options.output_dir)
-    missing_folders(output_dir)  # A file where the folder should be: one line now, not after the lists are read.
+    missing_folders(Path(options.output_dir))  # A file where the folder should be: one line now, not after the lists are read.
+    strategy = distribution_strategy(options.strategy)
+    with worker_output_dir(Path(options.output_dir), strategy) as output_dir:
+        summary = _train(options, strategy, output_dir, started, verbose=verbose if is_chief(strategy) else 0)
+    return {**summary, "model": str(Path(options.output_dir) / "best_model.h5")}
+
+
+def _train(options: TrainOptions, strategy, output_dir: Path, started: float, *, verbose: int) -> dict:
     # The folder itself is made with the first output written into it (data_tools.atomic), so a run
     # that fails before (no ImageNet weights offline, say) leaves no empty folder behind.
     state = check_resumable(dataclasses.asdict(options), output_dir) if options.resume else None
@@ -226,17 +248,20 @@ def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
     per_image_bytes = options.image_size**2 * 3 * 4
 
     def dataset(table: LabelTable, labels: np.ndarray, training: bool):
-        return image_dataset(
-            [image_dir / name for name in table.images],
-            labels,
-            image_size=options.image_size,
-            preprocess=backbone.preprocess,
-            batch_size=options.batch_size,
-            shuffle=training,
-            seed=options.seed,
-            augment=random_augmentation(options.seed) if training and options.augment else None,
-            cache=len(table) * per_image_bytes < CACHE_BYTES,
-        )
+        def rows_dataset(rows: np.ndarray, batch_size: int):
+            return image_dataset(
+                [image_dir / table.images[row] for row in rows],
+                labels[rows],
+                image_size=options.image_size,
+                preprocess=backbone.preprocess,
+                batch_size=batch_size,
+                shuffle=training,
+                seed=options.seed,
+                augment=random_augmentation(options.seed) if training and options.augment else None,
+                cache=len(rows) * per_image_bytes < CACHE_BYTES,
+            )
+
+        return distributed_input(strategy, rows_dataset, len(table), batch_size=options.batch_size)
 
     metadata = {
         "format_version": 1,
@@ -249,7 +274,7 @@ def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
         "toolkit_version": toolkit_version(),
     }
     keras.utils.set_random_seed(options.seed)
-    with precision_policy(options.precision), distribution_strategy(options.strategy).scope():
+    with precision_policy(options.precision), strategy.scope():
         if state is not None:
             model = keras.models.load_model(output_dir / state["checkpoint"])
             logger.info("Resuming after epoch %d (best %.4f at epoch %s)", state["epoch"], state["best_score"], state["best_epoch"])
@@ -278,16 +303,17 @@ def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
         begin_run(output_dir, dataclasses.asdict(options), state, n_train=len(train), n_val=len(val))
         initial_epoch = state["epoch"] if state else 0
         if initial_epoch < options.epochs:
-            model.fit(
-                dataset(train, train_labels, training=True),
-                validation_data=dataset(val, val.labels, training=False),
-                epochs=options.epochs,
-                shuffle=False,  # the dataset shuffles itself, with the run's seed
-                initial_epoch=initial_epoch,
-                class_weight=balanced_class_weights(train_labels) if options.task == "multiclass" and options.class_weight == "balanced" else None,
-                callbacks=[checkpoints],
-                verbose=verbose,
-            )
+            with fitting(model, strategy):
+                model.fit(
+                    dataset(train, train_labels, training=True),
+                    validation_data=dataset(val, val.labels, training=False),
+                    epochs=options.epochs,
+                    shuffle=False,  # the dataset shuffles itself, with the run's seed
+                    initial_epoch=initial_epoch,
+                    class_weight=balanced_class_weights(train_labels) if options.task == "multiclass" and options.class_weight == "balanced" else None,
+                    callbacks=[checkpoints],
+                    verbose=verbose,
+                )
         else:
             logger.info("Already trained for %d epochs; nothing to do.", initial_epoch)
 
