@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from image_toolkit.data_tools.maps.embedding import embed_2d, reduce_pca
+from image_toolkit.data_tools.maps.embedding import embed_2d, fit_pca
 
 
 def digits_points(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -96,7 +96,7 @@ def main() -> None:
     ours = embed_2d(features, method="tsne", perplexity=args.perplexity, seed=0, n_jobs=args.n_jobs)
     open_seconds = time.perf_counter() - started
 
-    reduced = reduce_pca(features, 50, seed=0)
+    reduced = fit_pca(features, 50, seed=0)[1]
     started = time.perf_counter()
     theirs = TSNE(perplexity=args.perplexity, max_iter=750, init="pca", learning_rate="auto", method="barnes_hut",
                   n_jobs=args.n_jobs, random_state=0).fit_transform(reduced)
