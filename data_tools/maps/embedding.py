@@ -85,6 +85,11 @@ def sample_rows(n_rows: int, max_points: int, *, seed: int = 0) -> np.ndarray | 
     return np.sort(np.random.default_rng(seed).choice(n_rows, size=max_points, replace=False))
 
 
+def rows_in_block(rows: np.ndarray, start: int, length: int) -> np.ndarray:
+    """Where the sorted row numbers `rows` that fall in the block of `length` rows from `start` lie in that block."""
+    return rows[np.searchsorted(rows, start) : np.searchsorted(rows, start + length)] - start
+
+
 def read_rows(features, rows: np.ndarray | None, *, where: str = "features") -> np.ndarray:
     """The float32 rows `rows` (sorted; None: all) of `features`, read block by block into one array."""
     shape = (len(features) if rows is None else len(rows), features.shape[1])
@@ -92,7 +97,7 @@ def read_rows(features, rows: np.ndarray | None, *, where: str = "features") -> 
     filled = 0
     for start, block in feature_blocks(features, where=where):
         if rows is not None:
-            block = block[rows[np.searchsorted(rows, start) : np.searchsorted(rows, start + len(block))] - start]
+            block = block[rows_in_block(rows, start, len(block))]
         sample[filled : filled + len(block)] = block
         filled += len(block)
     return sample
@@ -102,7 +107,7 @@ def other_rows(features, rows: np.ndarray, *, where: str = "features") -> Iterat
     """(row numbers, float32 rows) of the rows of `features` not in `rows` (sorted), one block at a time."""
     for start, block in feature_blocks(features, where=where):
         keep = np.ones(len(block), dtype=bool)
-        keep[rows[np.searchsorted(rows, start) : np.searchsorted(rows, start + len(block))] - start] = False
+        keep[rows_in_block(rows, start, len(block))] = False
         if keep.any():
             yield start + np.flatnonzero(keep), block[keep]
 
@@ -217,7 +222,7 @@ def place_rows(features, rows: np.ndarray, sample_coords, pca, *, method: str, s
             projected = pca.transform(block)
             coords[numbers] = projected if method == "pca" else sample_coords.transform(projected)
             advance(len(numbers))
-    # After the sample's transform centred its embedding in place, so the placed points share its frame.
+    # Read last: openTSNE's transform centres the sample's embedding in place, the frame the placed points are in.
     coords[rows] = sample_coords
     return coords
 
