@@ -43,8 +43,9 @@ def tsne(features: Path, labels: Path | None, highlight: Path | None, output: Pa
     defines the map, the rest are placed: with more images than --max-points,
     a random sample of --max-points (the same for the same --seed) is mapped,
     then every other image is placed on that map without moving it
-    (openTSNE's transform; PCA: projected), about 20 s per 100,000 images on
-    2 cores. The CSV and the plot hold every image.
+    (openTSNE's transform; PCA: projected): about 1-2 min per 100,000 images on
+    2 cores, after some 3.5 min for a sample of 50,000. The CSV and the plot
+    hold every image.
 
     \b
     Example:

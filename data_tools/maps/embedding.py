@@ -18,10 +18,15 @@ other row is projected with that PCA and placed on the finished map by
 openTSNE's `TSNEEmbedding.transform`: each new point starts at the median of
 its 25 nearest sampled points and is optimised against the sampled points
 only, which do not move. Placing streams, one block of `BLOCK_ROWS` rows at a
-time, behind a "Placing" bar: about 20 s per 100,000 points on 2 cores
-(measured by `benchmarks/bench_tsne.py --sample`). `--method pca` fits its
-2 components on the same sample and projects the rest block by block, so it
-stays a matter of seconds.
+time, behind a "Placing" bar. Measured with `benchmarks/bench_tsne.py
+--sample` (256-d clustered points, memory-mapped) on 2 cores shared with
+other jobs (load average about 5): 100,000 points from a sample of 50,000
+took 278 s, 210 s for the sample and 68 s to place the other 50,000 (135 s
+per 100,000 placed); with a sample of 20,000, 74 s per 100,000 placed; with
+5,000, 20-35 s. So a million images with the default sample: about 3.5 min
+of t-SNE, then 10-20 min of placing. `--method pca` fits its 2 components on
+the same sample and projects the rest block by block: a million images took
+8 s end to end, CSV and plot included.
 
 Memory: the sample's features (max_points x D, e.g. 400 MB at 50,000 x
 2,048), their 50-d projection, openTSNE's sparse neighbour graph of the sample
