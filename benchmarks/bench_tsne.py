@@ -21,6 +21,15 @@ taking turns, best of 3 each: the measurement behind `embed_2d`'s default
 thread count.
 
     python benchmarks/bench_tsne.py --threads [--sizes 300 2000 20000] [--repeats 3]
+
+With `--sample`, it times the map of more points than `--max-points`
+(`embed_2d` with sampling): N synthetic points in `--dims` dimensions around
+20 random cluster centres, memory-mapped from a .npy file as a feature
+folder would be; the sample is embedded, the rest placed. It prints the
+total, the placing alone, seconds per 100,000 placed points, and the 10-NN
+accuracy of the placed points' clusters from the sampled points on the map.
+
+    python benchmarks/bench_tsne.py --sample [--n 100000] [--dims 256] [--max_points 50000]
 """
 
 from __future__ import annotations
@@ -28,11 +37,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
-from image_toolkit.data_tools.maps.embedding import embed_2d, reduce_pca
+from image_toolkit.data_tools.maps import embedding
+from image_toolkit.data_tools.maps.embedding import embed_2d, fit_pca, sample_rows
 
 
 def digits_points(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -71,19 +83,70 @@ def compare_threads(sizes: list[int], repeats: int) -> None:
         print(f"{n:>8,}{best[1]:>12.2f}{best[-1]:>12.2f}", flush=True)
 
 
+def clustered_points(n: int, dims: int, folder: Path, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """N points around 20 cluster centres, written to folder/features.npy and memory-mapped; and their clusters."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0.0, 1.0, size=(20, dims)).astype(np.float32)
+    clusters = rng.integers(0, len(centres), size=n)
+    writer = np.lib.format.open_memmap(folder / "features.npy", mode="w+", dtype=np.float32, shape=(n, dims))
+    for start in range(0, n, 50_000):
+        part = clusters[start : start + 50_000]
+        writer[start : start + len(part)] = centres[part] + rng.normal(0.0, 0.6, size=(len(part), dims))
+    writer.flush()
+    del writer
+    return np.load(folder / "features.npy", mmap_mode="r"), clusters
+
+
+def time_sampling(n: int, dims: int, max_points: int, n_jobs: int | None) -> None:
+    """Seconds of a sampled map, of its placing alone, and the placed points' 10-NN accuracy."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    placing = []
+    place_rows = embedding.place_rows
+
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        result = place_rows(*args, **kwargs)
+        placing.append(time.perf_counter() - started)
+        return result
+
+    embedding.place_rows = timed
+    with tempfile.TemporaryDirectory() as folder:
+        features, clusters = clustered_points(n, dims, Path(folder))
+        print(f"{n:,} points x {dims} (20 clusters, memory-mapped), --max-points {max_points:,}, n_jobs {n_jobs} "
+              f"on {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
+        started = time.perf_counter()
+        coords = embed_2d(features, seed=0, n_jobs=n_jobs, max_points=max_points)
+        total = time.perf_counter() - started
+    rows = sample_rows(n, max_points, seed=0)
+    placed = np.setdiff1d(np.arange(n), rows)
+    accuracy = KNeighborsClassifier(10).fit(coords[rows], clusters[rows]).score(coords[placed], clusters[placed])
+    print(f"total {total:.1f} s: sample of {max_points:,} (PCA + t-SNE) {total - placing[0]:.1f} s, "
+          f"placing {len(placed):,} {placing[0]:.1f} s ({placing[0] / len(placed) * 1e5:.1f} s per 100,000); "
+          f"10-NN accuracy of the placed points {accuracy:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20_000, help="number of points")
-    parser.add_argument("--n_jobs", type=int, default=-1, help="threads for both (-1: all cores)")
+    parser.add_argument("--n_jobs", type=int, default=None,
+                        help="threads for both (-1, the default: all cores); with --sample, embed_2d's choice by default")
     parser.add_argument("--perplexity", type=float, default=30.0)
     parser.add_argument("--threads", action="store_true", help="compare n_jobs 1 and -1 at several sizes instead")
     parser.add_argument("--sizes", type=int, nargs="+", default=[300, 2_000, 20_000])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sample", action="store_true", help="time a map of --n points made from --max_points of them")
+    parser.add_argument("--dims", type=int, default=256, help="dimensions of the --sample points")
+    parser.add_argument("--max_points", "--max-points", type=int, default=50_000)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.sample:
+        time_sampling(args.n, args.dims, args.max_points, args.n_jobs)
+        return
     if args.threads:
         compare_threads(args.sizes, args.repeats)
         return
+    args.n_jobs = -1 if args.n_jobs is None else args.n_jobs
     from openTSNE import __version__ as opentsne_version
     from sklearn import __version__ as sklearn_version
     from sklearn.manifold import TSNE
@@ -93,10 +156,10 @@ def main() -> None:
           f"750 iterations, n_jobs {args.n_jobs} on {os.cpu_count()} CPUs")
 
     started = time.perf_counter()
-    ours = embed_2d(features, method="tsne", perplexity=args.perplexity, seed=0, n_jobs=args.n_jobs)
+    ours = embed_2d(features, method="tsne", perplexity=args.perplexity, seed=0, n_jobs=args.n_jobs, max_points=args.n)
     open_seconds = time.perf_counter() - started
 
-    reduced = reduce_pca(features, 50, seed=0)
+    reduced = fit_pca(features, 50, seed=0)[1]
     started = time.perf_counter()
     theirs = TSNE(perplexity=args.perplexity, max_iter=750, init="pca", learning_rate="auto", method="barnes_hut",
                   n_jobs=args.n_jobs, random_state=0).fit_transform(reduced)

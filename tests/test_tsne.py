@@ -41,6 +41,7 @@ def test_tsne_writes_the_plot_and_the_coordinates(mapped, runner):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["highlighted"] == 5 and summary["images"] == 150
+    assert (summary["sampled"], summary["placed"]) == (150, 0)
     with Image.open(output) as image:
         assert image.format == "PNG" and image.size[0] > 300
     coords = pd.read_csv(mapped["work"] / "map.csv")
@@ -125,3 +126,97 @@ def test_tsne_loads_no_tensorflow(mapped, tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert done.stdout.split() == ["0", "False", "False"], done.stdout + done.stderr
+
+
+def small_blocks(monkeypatch) -> None:
+    """Blocks of 97 rows, so the sample and the placed rows straddle block ends."""
+    import functools
+
+    from image_toolkit.data_tools.formats.features import feature_blocks
+    from image_toolkit.data_tools.maps import embedding
+
+    monkeypatch.setattr(embedding, "feature_blocks", functools.partial(feature_blocks, rows=97))
+
+
+@pytest.fixture(scope="module")
+def sampled(tmp_path_factory):
+    """600 of scikit-learn's digit scans on disk (a memmap and a feature file), mapped in small blocks from a sample of 200."""
+    from sklearn.datasets import load_digits
+
+    from image_toolkit.data_tools.formats.features import FeatureSet, write_features
+    from image_toolkit.data_tools.maps.embedding import sample_rows
+
+    digits = load_digits()
+    work = tmp_path_factory.mktemp("sampled")
+    np.save(work / "features.npy", digits.data[:600].astype(np.float32))
+    features = np.load(work / "features.npy", mmap_mode="r")
+    paths = [f"digit_{i}.png" for i in range(600)]
+    write_features(work / "features.npz", FeatureSet(paths, np.asarray(features), {"model": "pixels"}))
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        small_blocks(monkeypatch)
+        coords = embed_2d(features, max_points=200, seed=0, n_jobs=1)
+    return {"work": work, "features": features, "paths": paths, "labels": digits.target[:600], "coords": coords,
+            "rows": sample_rows(600, 200, seed=0)}
+
+
+def test_a_sample_makes_the_map_and_every_other_point_is_placed_near_its_class(sampled):
+    """The 400 placed digits are classified by their 5 nearest sampled digits on the map, far above chance (0.1)."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    coords, rows, labels = sampled["coords"], sampled["rows"], sampled["labels"]
+    assert coords.shape == (600, 2) and coords.dtype == np.float32 and np.isfinite(coords).all()
+    assert len(rows) == 200 and len(np.unique(rows)) == 200
+    placed = np.setdiff1d(np.arange(600), rows)
+    accuracy = KNeighborsClassifier(5).fit(coords[rows], labels[rows]).score(coords[placed], labels[placed])
+    assert accuracy > 0.8, accuracy
+
+
+def test_placing_does_not_move_the_sample(sampled):
+    """The sampled points keep the map of the sample alone (openTSNE only centres it)."""
+    alone = embed_2d(np.asarray(sampled["features"])[sampled["rows"]], seed=0, n_jobs=1)
+    on_map = sampled["coords"][sampled["rows"]]
+    np.testing.assert_allclose(on_map - on_map.mean(axis=0), alone - alone.mean(axis=0), atol=1e-3)
+
+
+def test_a_sampled_map_is_deterministic_and_shows_a_placing_bar(sampled, capsys, monkeypatch):
+    small_blocks(monkeypatch)
+    coords = embed_2d(sampled["features"], max_points=200, seed=0, n_jobs=1, show=True)
+    assert "Placing" in capsys.readouterr().err
+    np.testing.assert_array_equal(coords, sampled["coords"])
+
+
+def test_without_sampling_the_map_is_unchanged(sampled):
+    """Up to max_points rows, all are mapped as before: on disk or in memory, the same map."""
+    features = sampled["features"][:150]
+    for method in ("tsne", "pca"):
+        in_memory = embed_2d(np.array(features), method=method, seed=1, n_jobs=1)
+        np.testing.assert_array_equal(embed_2d(features, method=method, seed=1, n_jobs=1, max_points=150), in_memory)
+
+
+def test_tsne_samples_and_places_on_the_command_line(sampled, runner):
+    work = sampled["work"]
+    for method in ("tsne", "pca"):
+        output = work / f"{method}.png"
+        args = ["tsne", str(work / "features.npz"), "--method", method, "--max_points", "200", "--n-jobs", "1",
+                "-o", str(output), "--json"]
+        result = runner.invoke(toolkit, args)
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout)
+        assert (summary["images"], summary["sampled"], summary["placed"]) == (600, 200, 400)
+        coords = pd.read_csv(output.with_suffix(".csv"))
+        assert coords["image"].tolist() == sampled["paths"]
+        assert np.isfinite(coords[["x", "y"]].to_numpy()).all() and coords[["x", "y"]].std().min() > 0.1
+    text = runner.invoke(toolkit, ["tsne", str(work / "features.npz"), "--method", "pca", "--max-points", "200",
+                                   "-o", str(work / "text.png")])
+    assert text.exit_code == 0 and "200 sampled, 400 placed" in text.stdout, text.output
+
+
+@pytest.mark.parametrize("args, rule", [
+    (["--max-points", "90"], "--max-points must be at least 91"),
+    (["--max-points", "20", "--perplexity", "10"], "--max-points must be at least 31"),
+    (["--max-points", "0", "--method", "pca"], "--max-points must be at least 4"),
+])
+def test_too_few_max_points_is_a_usage_error(sampled, runner, tmp_path, args, rule):
+    result = runner.invoke(toolkit, ["tsne", str(sampled["work"] / "features.npz"), *args, "-o", str(tmp_path / "m.png")])
+    assert result.exit_code == 2 and rule in one_line_error(result)
+    assert not list(tmp_path.iterdir())
