@@ -7,13 +7,13 @@ from pathlib import Path
 
 import click
 
-from image_toolkit.cli.common import command, echo_json, json_option, quiet_option, start
+from image_toolkit.cli.common import FeaturePath, command, echo_json, json_option, quiet_option, start
 from image_toolkit.data_tools.maps import MAX_POINTS
 from image_toolkit.data_tools.names import TASKS
 
 
 @command("tsne", aliases={"--labels": "--data-csv"})
-@click.argument("features", type=click.Path(exists=True, path_type=Path))
+@click.argument("features", type=FeaturePath(exists=True))
 @click.option("--data-csv", "labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Label CSV (as for train), or a metadata CSV (image,class,split, as for train-siamese): colour the points by class.")
 @click.option("--highlight", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="CSV with an 'image' column to draw on top; an image feedback CSV highlights its deselected images.")

@@ -58,7 +58,7 @@ def test_array_tasks_then_merge_equal_one_extraction(images, tmp_path, runner, s
     assert [len(read_features(out / f"shard-{i}.npz").paths) for i in range(2)] == [5, 5]
     done = run_script("merge_shards.sh", tmp_path, SHARDS="2", OUT=str(out))
     assert done.returncode == 0, done.stderr
-    assert_same_features(read_features(out / "features.npz"), single_process(images, tmp_path, runner))
+    assert_same_features(read_features(out / "features.feat"), single_process(images, tmp_path, runner))
 
 
 @pytest.mark.parametrize("script, task_env, says", [
@@ -87,7 +87,7 @@ def test_merge_with_a_missing_shard_is_one_line_and_writes_nothing(tmp_path):
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "shard-1.npz" in lines[0], done.stderr
-    assert not (out / "features.npz").exists()
+    assert not (out / "features.feat").exists()
 
 
 @pytest.mark.parametrize("scheduler, tool, job_id, array, hold", [

@@ -5,7 +5,7 @@
 #   qsub -hold_jid <array job id> -v SHARDS=8,OUT=/scratch/features merge_shards.sh                         (SGE)
 #
 # Environment: SHARDS (required: the number of shards), OUT [features], FEATURES (the merged file)
-# [$OUT/features.npz], TOOLKIT [toolkit]. A missing shard is one error line naming it, and no output.
+# [$OUT/features.feat], TOOLKIT [toolkit]. A missing shard is one error line naming it, and no output.
 #SBATCH --job-name=toolkit-merge
 #SBATCH --output=toolkit-merge-%j.out
 #$ -N toolkit-merge
@@ -25,4 +25,4 @@ for (( i = 0; i < count; i++ )); do
     shards+=("$out/shard-$i.npz")
 done
 read -r -a toolkit <<< "${TOOLKIT:-toolkit}"
-exec "${toolkit[@]}" merge-features "${FEATURES:-$out/features.npz}" "${shards[@]}"
+exec "${toolkit[@]}" merge-features "${FEATURES:-$out/features.feat}" "${shards[@]}"
