@@ -178,7 +178,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000, help="images (rows)")
     parser.add_argument("--dim", type=int, default=256, help="features per row")
     parser.add_argument("--clusters", type=int, default=1_000)
-    parser.add_argument("--spread", type=float, default=1.0, help="noise around each centre")
+    parser.add_argument("--spread", type=float, default=1.5, help="noise around each centre (centres have scale 1), as in bench_ann.py")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--workdir", type=Path, default=None, help="keep the files here (default: a temporary folder)")

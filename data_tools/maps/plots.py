@@ -66,16 +66,18 @@ def plot_embedding(
     plt = _pyplot()
     coords = np.asarray(coords)
     figure, axis = plt.subplots(figsize=(8, 7), dpi=100)
-    size = max(2.0, min(20.0, 20000.0 / max(len(coords), 1)))
+    size = max(0.2, min(20.0, 20000.0 / max(len(coords), 1)))
+    # Points fade as they crowd, so that a million of them still show where the classes are dense.
+    alpha = max(0.1, min(0.7, 70_000 / max(len(coords), 1)))
     if classes is None:
-        axis.scatter(coords[:, 0], coords[:, 1], s=size, color="tab:blue", alpha=0.7, linewidths=0)
+        axis.scatter(coords[:, 0], coords[:, 1], s=size, color="tab:blue", alpha=alpha, linewidths=0)
     else:
         names = sorted(set(classes), key=lambda name: (name == "", name))
         colours = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
         classes = np.asarray(classes, dtype=object)
         for index, name in enumerate(names):
             rows = classes == name
-            axis.scatter(coords[rows, 0], coords[rows, 1], s=size, alpha=0.7, linewidths=0,
+            axis.scatter(coords[rows, 0], coords[rows, 1], s=size, alpha=alpha, linewidths=0,
                          color="lightgrey" if name == "" else colours(index % colours.N), label=name or "unknown")
     if highlight is not None and np.any(highlight):
         rows = np.asarray(highlight, dtype=bool)
