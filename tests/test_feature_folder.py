@@ -3,6 +3,7 @@
 import json
 import shutil
 import tracemalloc
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -245,3 +246,21 @@ def test_extraction_writes_and_appends_to_a_feature_folder(runner, tiny_set, tmp
     assert sorted(extended.paths) == whole.paths and len(extended.paths) == 24
     order = [extended.paths.index(path) for path in whole.paths]
     np.testing.assert_allclose(extended.features[order], whole.features, rtol=1e-6)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the process's file-backed memory from /proc")
+def test_streaming_a_feature_folder_leaves_its_pages_out_of_the_process_memory(tmp_path):
+    """A pass over a memory-mapped folder holds one block, not the whole file, in the process's resident memory."""
+    def mapped_file_mb() -> float:
+        line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("RssFile"))
+        return int(line.split()[1]) / 1024
+
+    rows = np.random.default_rng(0).standard_normal((60_000, 256)).astype(np.float32)  # 59 MiB
+    write_features(tmp_path / "big.feat", FeatureSet([str(i) for i in range(len(rows))], rows, {}))
+    del rows
+    features = open_features(tmp_path / "big.feat").features
+    before, total = mapped_file_mb(), 0.0
+    for _, block in feature_blocks(features, rows=4_096):
+        total += float(block[:, 0].sum())
+    assert np.isfinite(total)
+    assert mapped_file_mb() - before < 20

@@ -39,10 +39,12 @@ tried from the current folder, then from the file's.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
 import logging
+import mmap
 import os
 import pickle
 import shutil
@@ -368,6 +370,27 @@ def feature_blocks(features, *, rows: int = BLOCK_ROWS, where: str = "features")
     for start in range(0, len(features), rows):
         block = np.asarray(features[start : start + rows])
         yield start, check_features(block, f"{where} rows {start}-{start + len(block) - 1}", first_row=start)
+        release_pages(features, start, start + len(block))
+
+
+def release_pages(features, start: int, stop: int) -> None:
+    """Unmap the pages of rows start..stop of a memory-mapped feature file from this process; they stay in the page cache.
+
+    A memmap's pages, once read, count in the process's resident memory
+    until it ends: a pass over 8 GB of features would look like 8 GB held.
+    The file is mapped read-only, so a page read again later is simply
+    faulted back in from the cache. Anything but a read-only, C-ordered
+    memmap (an array, an h5py dataset) is left alone.
+    """
+    mapping = getattr(features, "_mmap", None)
+    if mapping is None or features.flags.writeable or not features.flags.c_contiguous or stop <= start:
+        return
+    rows = features[start:stop]
+    base = np.frombuffer(mapping, dtype=np.uint8).__array_interface__["data"][0]
+    first = rows.__array_interface__["data"][0] - base
+    begin = first - first % mmap.PAGESIZE
+    with contextlib.suppress(OSError, ValueError):  # Not every system has madvise; the pages then stay until exit.
+        mapping.madvise(mmap.MADV_DONTNEED, begin, first + rows.nbytes - begin)
 
 
 Blocks = Iterator[tuple[int, np.ndarray]]
