@@ -94,14 +94,7 @@ def export_events(db: Path, output: Path, wait: float, quiet: bool, as_json: boo
     start(quiet)
     from image_toolkit.data_tools.feedback.store import export_image_feedback
 
-    frame = export_image_feedback(db, output, wait=wait)
-    counts = {
-        "output": str(output),
-        "images": len(frame),
-        "deselected_images": int((frame["deselect_count"] > 0).sum()),
-        "lassoed_images": int((frame["lasso_count"] > 0).sum()),
-        "selected_images": int((frame["select_count"] > 0).sum()),
-    }
+    counts = {"output": str(output), **export_image_feedback(db, output, wait=wait)}
     if as_json:
         echo_json(counts)
     elif not quiet:

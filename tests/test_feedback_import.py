@@ -51,11 +51,11 @@ def stored(db: Path, source: str) -> tuple[list, list]:
     """The events a file added, and their images: everything but when they were imported."""
     with sqlite3.connect(db) as connection:
         events = connection.execute(
-            "SELECT id, content_hash, user, session, timestamp, query_class, action FROM events WHERE source = ? ORDER BY id",
+            "SELECT key, content_hash, user, session, timestamp, query_class, action FROM events WHERE source = ? ORDER BY key",
             (source,)).fetchall()
         images = connection.execute(
-            "SELECT event_id, position, image FROM event_images JOIN events ON events.id = event_id "
-            "WHERE source = ? ORDER BY event_id, position", (source,)).fetchall()
+            "SELECT events.key, position, images.name FROM event_images JOIN events ON events.id = event "
+            "JOIN images ON images.id = event_images.image WHERE source = ? ORDER BY events.key, position", (source,)).fetchall()
     return events, images
 
 
@@ -139,10 +139,10 @@ def test_the_queried_columns_are_indexed_in_new_and_older_databases(tmp_path):
     events = many_events(tmp_path / "events.jsonl", 20)
     db = tmp_path / "f.sqlite"
     store.import_events(events, db, data_csv=labels)
-    assert {"event_images_by_image", "events_by_query_class"} <= indexes(db)
+    assert "events_by_query_class" in indexes(db)
     with sqlite3.connect(db) as connection:  # a file written before the index
         connection.execute("DROP INDEX events_by_query_class")
-        plan = connection.execute("EXPLAIN QUERY PLAN SELECT id FROM events WHERE query_class = 'three'").fetchall()
+        plan = connection.execute("EXPLAIN QUERY PLAN SELECT key FROM events WHERE query_class = 'three'").fetchall()
     assert "USING INDEX" not in str(plan)
     store.import_events(events, db)
     assert "events_by_query_class" in indexes(db)
