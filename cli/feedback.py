@@ -46,7 +46,7 @@ def import_events(events: Path, db: Path, data_csv: Path | None, task: str | Non
     data set, a malformed timestamp) is left out and reported with its line
     number; the good ones are kept. Importing the same file again adds
     nothing: an event's id is its 'id' field or a hash of its content.
-    Events are committed 5,000 at a time, so the web app records feedback
+    Events are committed 20,000 at a time, so the web app records feedback
     while a long import runs; an import cut short keeps what it committed,
     and the same command again adds exactly the rest.
     A CSV has the columns user,session,timestamp,query_class,action,images
