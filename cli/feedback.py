@@ -46,7 +46,7 @@ def import_events(events: Path, db: Path, data_csv: Path | None, task: str | Non
     data set, a malformed timestamp) is left out and reported with its line
     number; the good ones are kept. Importing the same file again adds
     nothing: an event's id is its 'id' field or a hash of its content.
-    Events are committed 5,000 at a time, so the web app records feedback
+    Events are committed 20,000 at a time, so the web app records feedback
     while a long import runs; an import cut short keeps what it committed,
     and the same command again adds exactly the rest.
     A CSV has the columns user,session,timestamp,query_class,action,images
@@ -94,14 +94,7 @@ def export_events(db: Path, output: Path, wait: float, quiet: bool, as_json: boo
     start(quiet)
     from image_toolkit.data_tools.feedback.store import export_image_feedback
 
-    frame = export_image_feedback(db, output, wait=wait)
-    counts = {
-        "output": str(output),
-        "images": len(frame),
-        "deselected_images": int((frame["deselect_count"] > 0).sum()),
-        "lassoed_images": int((frame["lasso_count"] > 0).sum()),
-        "selected_images": int((frame["select_count"] > 0).sum()),
-    }
+    counts = {"output": str(output), **export_image_feedback(db, output, wait=wait)}
     if as_json:
         echo_json(counts)
     elif not quiet:

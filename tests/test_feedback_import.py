@@ -51,11 +51,11 @@ def stored(db: Path, source: str) -> tuple[list, list]:
     """The events a file added, and their images: everything but when they were imported."""
     with sqlite3.connect(db) as connection:
         events = connection.execute(
-            "SELECT id, content_hash, user, session, timestamp, query_class, action FROM events WHERE source = ? ORDER BY id",
+            "SELECT key, content_hash, user, session, timestamp, query_class, action FROM events WHERE source = ? ORDER BY key",
             (source,)).fetchall()
         images = connection.execute(
-            "SELECT event_id, position, image FROM event_images JOIN events ON events.id = event_id "
-            "WHERE source = ? ORDER BY event_id, position", (source,)).fetchall()
+            "SELECT events.key, position, images.name FROM event_images JOIN events ON events.id = event "
+            "JOIN images ON images.id = event_images.image WHERE source = ? ORDER BY events.key, position", (source,)).fetchall()
     return events, images
 
 
@@ -139,10 +139,10 @@ def test_the_queried_columns_are_indexed_in_new_and_older_databases(tmp_path):
     events = many_events(tmp_path / "events.jsonl", 20)
     db = tmp_path / "f.sqlite"
     store.import_events(events, db, data_csv=labels)
-    assert {"event_images_by_image", "events_by_query_class"} <= indexes(db)
+    assert "events_by_query_class" in indexes(db)
     with sqlite3.connect(db) as connection:  # a file written before the index
         connection.execute("DROP INDEX events_by_query_class")
-        plan = connection.execute("EXPLAIN QUERY PLAN SELECT id FROM events WHERE query_class = 'three'").fetchall()
+        plan = connection.execute("EXPLAIN QUERY PLAN SELECT key FROM events WHERE query_class = 'three'").fetchall()
     assert "USING INDEX" not in str(plan)
     store.import_events(events, db)
     assert "events_by_query_class" in indexes(db)
@@ -255,3 +255,111 @@ def test_an_output_in_a_read_only_folder_is_one_line(read_only_setup, args):
     message = one_line_error(result)
     assert "locked" in message and ("writable" in message or "cannot write" in message)
     assert sorted(path.name for path in (read_only_setup / "locked").iterdir()) == before
+
+
+# --- Schema 2, and stores of schema 1 -----------------------------------------------------------------
+
+# The tables and indexes of a schema-1 store, as toolkit versions before schema 2 wrote them.
+SCHEMA_1 = """
+CREATE TABLE dataset (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE images (image TEXT PRIMARY KEY, class TEXT NOT NULL);
+CREATE TABLE events (id TEXT PRIMARY KEY, content_hash TEXT NOT NULL, user TEXT NOT NULL, session TEXT NOT NULL,
+    timestamp TEXT NOT NULL, query_class TEXT NOT NULL,
+    action TEXT NOT NULL CHECK (action IN ('lasso', 'select', 'deselect')), source TEXT NOT NULL, imported_at TEXT NOT NULL);
+CREATE TABLE event_images (event_id TEXT NOT NULL REFERENCES events (id), position INTEGER NOT NULL, image TEXT NOT NULL,
+    PRIMARY KEY (event_id, position));
+CREATE INDEX event_images_by_image ON event_images (image);
+CREATE INDEX events_by_query_class ON events (query_class);
+PRAGMA user_version = 1;
+"""
+
+
+def schema_1_store(db: Path, labels: Path, events: Path) -> int:
+    """A store as schema-1 toolkits wrote it, of the good events of `events`; the number of events stored."""
+    known = {f"{i:04d}.png" for i in range(300)}
+    checked = {}
+    for _, raw in store.read_event_lines(events):
+        with contextlib.suppress(ValueError):
+            event = store.check_event(raw, known, set(CLASSES))
+            checked.setdefault(event["id"], event)
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.executescript(SCHEMA_1)
+        connection.executemany("INSERT INTO images VALUES (?, ?)",
+                               [line.split(",") for line in labels.read_text().splitlines()[1:]])
+        connection.executemany("INSERT INTO dataset VALUES (?, ?)",
+                               [("task", "multiclass"), ("label_names", json.dumps(sorted(CLASSES))), ("data_csv", str(labels))])
+        connection.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, 'events.jsonl', '2024-06-01T00:00:00+00:00')",
+                               [(e["id"], e["content_hash"], e["user"], e["session"], e["timestamp"], e["query_class"],
+                                 e["action"]) for e in checked.values()])
+        connection.executemany("INSERT INTO event_images VALUES (?, ?, ?)",
+                               [(e["id"], p, image) for e in checked.values() for p, image in enumerate(e["images"])])
+        connection.commit()
+    return len(checked)
+
+
+def test_a_schema_1_store_is_migrated_once_on_open_with_the_same_export(tmp_path):
+    labels = label_csv(tmp_path / "labels.csv")
+    events = many_events(tmp_path / "events.jsonl", 500)
+    old = tmp_path / "old.sqlite"
+    n_events = schema_1_store(old, labels, events)
+    store.import_events(events, tmp_path / "new.sqlite", data_csv=labels)
+    expected = store.image_feedback(tmp_path / "new.sqlite")
+    assert store.image_feedback(old).equals(expected)  # the first open migrates it
+    with contextlib.closing(sqlite3.connect(old)) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 2
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(event_images)")]
+        assert connection.execute("PRAGMA foreign_key_check").fetchall() == []
+    assert tables == {"dataset", "images", "events", "event_images"} and columns == ["event", "position", "image"]
+    assert stored(old, "events.jsonl") == stored(tmp_path / "new.sqlite", "events.jsonl")  # same ids and hashes
+    again = store.import_events(events, old)  # so the events it held are known by their ids
+    assert again["added"] == 0 and again["already_stored"] == n_events + 1  # the file repeats one event
+    assert store.image_feedback(old).equals(expected)
+
+
+def test_a_migration_that_fails_half_way_leaves_the_schema_1_store_as_it_was(tmp_path, monkeypatch):
+    labels = label_csv(tmp_path / "labels.csv")
+    old = tmp_path / "old.sqlite"
+    schema_1_store(old, labels, many_events(tmp_path / "events.jsonl", 100))
+    with contextlib.closing(sqlite3.connect(old)) as connection:
+        before = list(connection.iterdump())
+    broken = (*store._MIGRATION_1_TO_2[:-2], "SELECT no_such_function()")  # as if killed after copying the rows
+    monkeypatch.setattr(store, "_MIGRATION_1_TO_2", broken)
+    with pytest.raises(store.DataError, match="cannot open the feedback database"):
+        store.connect(old)
+    with contextlib.closing(sqlite3.connect(old)) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert list(connection.iterdump()) == before
+
+
+@pytest.mark.parametrize("text", ["ann", 'say "hi"\\', "café ☕ 日本", "tab\tnew\nline\x01", "</script>"])
+def test_the_content_hash_is_of_the_same_text_as_before(text):
+    """Ids of events stored by earlier versions (a hash of json.dumps with sorted keys) must not change."""
+    event = {"user": text, "session": text, "timestamp": "2024-05-01T12:30:00+00:00", "query_class": text,
+             "action": "lasso", "images": [text, "b.png"]}
+    assert store.canonical_json(event) == json.dumps(event, sort_keys=True, separators=(",", ":"))
+
+
+def test_the_export_streams_one_row_per_image_with_classes_by_frequency(tmp_path, runner):
+    labels = label_csv(tmp_path / "labels.csv")
+    lines = [{"user": user, "session": "s", "timestamp": f"2024-05-01T12:0{n}:00Z", "query_class": query_class,
+              "action": action, "images": images}
+             for n, (user, query_class, action, images) in enumerate([
+                 ("ann", "nine", "lasso", ["0002.png", "0001.png"]), ("bob", "eight", "deselect", ["0001.png"]),
+                 ("bob", "eight", "select", ["0001.png"]), ("ann", "three", "lasso", ["0002.png"]),
+             ])]
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    db = tmp_path / "f.sqlite"
+    store.import_events(events, db, data_csv=labels)
+    result = runner.invoke(toolkit, ["feedback", "export", "--db", str(db), "-o", str(tmp_path / "fb.csv"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"output": str(tmp_path / "fb.csv"), "images": 2, "deselected_images": 1,
+                                         "lassoed_images": 2, "selected_images": 1}
+    assert (tmp_path / "fb.csv").read_text() == (
+        "image,class,query_class,lasso_count,deselect_count,select_count,users\n"
+        "0001.png,eight,eight;nine,1,1,1,2\n"  # eight twice, nine once; ann and bob
+        "0002.png,nine,nine;three,2,0,0,1\n"  # a tie: by name
+    )
+    assert store.image_feedback(db).to_csv(index=False) == (tmp_path / "fb.csv").read_text()

@@ -10,7 +10,7 @@ from image_toolkit.data_tools.feedback import store
 from tests.kill9 import kill_at, kill_trials, toolkit_command
 from tests.test_feedback_import import label_csv, many_events, one_shot, stored
 
-N_EVENTS = 20_000
+N_EVENTS = 5 * store.BATCH_EVENTS // 2  # three batches: a kill can fall between commits
 
 
 def remove_database(db: Path) -> None:
