@@ -523,8 +523,8 @@ def test_browser_lasso_deselect_submit_refines(digits, tmp_path):
     selected = [i for i in lassoed if i != deselected]  # The lasso event still lists the one deselected after it.
     with contextlib.closing(sqlite3.connect(db)) as connection:
         rows = connection.execute(
-            "SELECT events.action, events.query_class, event_images.image FROM events "
-            "JOIN event_images ON events.id = event_images.event_id ORDER BY events.action, event_images.position").fetchall()
+            "SELECT events.action, events.query_class, images.name FROM events JOIN event_images ON events.id = event_images.event "
+            "JOIN images ON images.id = event_images.image ORDER BY events.action, event_images.position").fetchall()
     assert sorted(r[2] for r in rows if r[0] == "lasso") == sorted(names[i] for i in lassoed)
     assert [r[2] for r in rows if r[0] == "select"] == [names[keyed]]
     assert {r[1] for r in rows} == {"even"}
@@ -595,7 +595,8 @@ def test_browser_submit_retries_while_an_import_holds_the_store(digits, tmp_path
         finally:
             browser.close()
     with contextlib.closing(sqlite3.connect(db)) as connection:
-        rows = connection.execute("SELECT events.id, events.action, event_images.image FROM events "
-                                  "JOIN event_images ON events.id = event_images.event_id").fetchall()
+        rows = connection.execute("SELECT events.key, events.action, images.name FROM events "
+                                  "JOIN event_images ON events.id = event_images.event "
+                                  "JOIN images ON images.id = event_images.image").fetchall()
     assert [(action, image) for _, action, image in rows] == [("select", digits["names"][chosen])]
     assert rows[0][0].startswith("s-")  # The page's own event id, the same on every try.
