@@ -181,6 +181,8 @@ def main() -> None:
     parser.add_argument("--spread", type=float, default=1.5, help="noise around each centre (centres have scale 1), as in bench_ann.py")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--knn-methods", nargs="+", choices=("ivf", "hnsw"), default=["ivf", "hnsw"],
+                        help="the approximate methods of the knn stage")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the files here (default: a temporary folder)")
     args = parser.parse_args()
 
@@ -215,7 +217,7 @@ def main() -> None:
             report(f"index build --kind {kind}", seconds, peak,
                    f"recall@10 {tuning.get('recall')} at {tuning.get('parameter')}={tuning.get('value')}", GOALS_S["build"])
     if "knn" in args.stages:
-        for method in ("ivf", "hnsw"):
+        for method in args.knn_methods:
             out_dir = workdir / f"knn-{method}"
             shutil.rmtree(out_dir, ignore_errors=True)
             seconds, peak, out = run(toolkit("compute-distances", str(features), str(out_dir), "cosine", str(K),
