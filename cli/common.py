@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from image_toolkit.data_tools.errors import DataError, ToolkitError
-from image_toolkit.data_tools.names import FEATURE_FOLDER_SUFFIX
+from image_toolkit.data_tools.names import FEATURE_FOLDER_SUFFIX, STRATEGIES
 
 
 def configure_logging(quiet: bool = False) -> None:
@@ -243,3 +243,16 @@ class FeaturePath(click.Path):
     def convert(self, value: str | os.PathLike, param: click.Parameter | None, ctx: click.Context | None):
         is_folder = Path(os.fsdecode(value)).suffix.lower() == FEATURE_FOLDER_SUFFIX
         return (self.folder if is_folder else self.file).convert(value, param, ctx)
+
+
+# One option for every training command (train, train-siamese, train-simclr).
+strategy_option = click.option(
+    "--strategy", type=click.Choice(STRATEGIES), default="default", show_default=True,
+    help="mirrored: data-parallel over all GPUs; multiworker: over the machines listed in TF_CONFIG "
+         "(run the same command on each; the chief writes --output-dir).",
+)
+
+
+def saved(summary: dict, what: str) -> str:
+    """Where a training saved its model, as the worker that ran it may say it: only the chief of a cluster wrote it."""
+    return f"{what} saved to {summary['model']}" if summary.get("chief", True) else f"the chief saves the {what} to {summary['model']}"

@@ -12,9 +12,10 @@ from image_toolkit.cli.common import (
     option_group,
     progress_to_stderr,
     quiet_option,
+    saved,
     start,
+    strategy_option,
 )
-from image_toolkit.cli.train import strategy_option
 from image_toolkit.data_tools import names
 
 
@@ -111,7 +112,7 @@ def run_training(method: str, data: str, quiet: bool, as_json: bool, **options) 
         echo_json(summary)
     elif not quiet:
         scores = ", ".join(f"{name[4:]} {value:.4f}" for name, value in summary.items() if name.startswith("val_"))
-        click.echo(f"Best epoch {summary['best_epoch']}{': ' + scores if scores else ''}; tower saved to {summary['model']}")
+        click.echo(f"Best epoch {summary['best_epoch']}{': ' + scores if scores else ''}; {saved(summary, 'tower')}")
 
 
 @command("train-siamese")

@@ -12,18 +12,14 @@ from image_toolkit.cli.common import (
     option_group,
     progress_to_stderr,
     quiet_option,
+    saved,
     start,
+    strategy_option,
 )
 from image_toolkit.data_tools import names
 
+
 # One option for every training command: mirrored over this machine's GPUs, multiworker over the machines in TF_CONFIG.
-strategy_option = click.option(
-    "--strategy", type=click.Choice(names.STRATEGIES), default="default", show_default=True,
-    help="mirrored: data-parallel over all GPUs; multiworker: over the machines listed in TF_CONFIG "
-         "(run the same command on each; the chief writes --output-dir).",
-)
-
-
 def classifier_options(*, task: str = "multilabel"):
     """The model and training options `train` and `experiment` share."""
     return option_group(
@@ -78,5 +74,5 @@ def train(quiet: bool, as_json: bool, **options) -> None:
     elif not quiet:
         click.echo(
             f"Best epoch {summary['best_epoch']}: validation macro-F1 {summary['best_val_macro_f1']:.4f}, "
-            f"micro-F1 {summary['best_val_micro_f1']:.4f}; model saved to {summary['model']}"
+            f"micro-F1 {summary['best_val_micro_f1']:.4f}; {saved(summary, 'model')}"
         )

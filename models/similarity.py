@@ -253,7 +253,8 @@ def train_embedding(options: SimilarityOptions, *, verbose: int = 1) -> dict:
     # --output-dir is made with its first output (run.json before fit), not before.
     with worker_output_dir(Path(options.output_dir), strategy) as output_dir:
         summary = _train(options, strategy, output_dir, started, verbose=verbose if is_chief(strategy) else 0)
-    return {**summary, "model": str(Path(options.output_dir) / EMBEDDING_FILE)}
+    # "chief": whether this process wrote the model (on a cluster, the other workers' outputs were temporary).
+    return {**summary, "model": str(Path(options.output_dir) / EMBEDDING_FILE), "chief": is_chief(strategy)}
 
 
 def _train(options: SimilarityOptions, strategy, output_dir: Path, started: float, *, verbose: int) -> dict:

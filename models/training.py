@@ -231,7 +231,8 @@ def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
     strategy = distribution_strategy(options.strategy)
     with worker_output_dir(Path(options.output_dir), strategy) as output_dir:
         summary = _train(options, strategy, output_dir, started, verbose=verbose if is_chief(strategy) else 0)
-    return {**summary, "model": str(Path(options.output_dir) / "best_model.h5")}
+    # "chief": whether this process wrote the model (on a cluster, the other workers' outputs were temporary).
+    return {**summary, "model": str(Path(options.output_dir) / "best_model.h5"), "chief": is_chief(strategy)}
 
 
 def _train(options: TrainOptions, strategy, output_dir: Path, started: float, *, verbose: int) -> dict:

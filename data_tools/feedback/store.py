@@ -22,7 +22,7 @@ ids, so `event_images` is three integers a row (schema 1 repeated the event's
 32-character id and the image's name in every row and in its indexes), and
 an import writes each batch with two `executemany` of rows it numbered
 itself. A 1,000,000-event import of 1,000,000 images took 297 s with schema 1;
-it takes 44 s (36 s CPU) on a shared 2-core machine, after the 16 s that
+it takes 39 s (36 s CPU) on a shared 2-core machine, after the 5 s that
 registering the label CSV takes, and its export 6 s
 (`benchmarks/bench_feedback_import.py`).
 
