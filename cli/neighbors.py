@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from image_toolkit.cli.common import FeaturePath, OutputFolder, command, echo_json, json_option, quiet_option, start
 
@@ -92,6 +93,8 @@ def compute_distances(
     if n_cores is not None and n_jobs is not None:
         raise click.UsageError(f"the thread count was given twice, as N_CORES {n_cores} and --n-jobs {n_jobs}; give it once.")
     n_cores = next((n for n in (n_cores, n_jobs) if n is not None), 4)
+    if method == "exact" and click.get_current_context().get_parameter_source("target_recall") == ParameterSource.COMMANDLINE:
+        raise click.UsageError("--target-recall is for --method ivf or hnsw; exact search finds every neighbour (recall 1).")
     start(quiet)
     logging.getLogger("faiss").setLevel(logging.WARNING)  # Its loader logs every CPU feature it tries.
     from image_toolkit.data_tools.atomic import writable_folder

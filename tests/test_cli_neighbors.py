@@ -266,6 +266,7 @@ def test_too_few_images_for_an_index_are_searched_exactly(runner, tmp_path, feat
         (["--method", "ivf", "--target-recall", "0"], "0<x<=1"),
         (["--method", "ivf", "--target_recall", "1.5"], "1.5 is not in the range 0<x<=1"),
         (["--method", "kdtree"], "'kdtree' is not one of 'exact', 'ivf', 'hnsw'"),
+        (["--target-recall", "0.9"], "--target-recall is for --method ivf or hnsw"),
     ],
 )
 def test_impossible_methods_and_targets_are_usage_errors(runner, tmp_path, clustered_file, arguments, message):
