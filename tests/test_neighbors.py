@@ -218,7 +218,7 @@ def test_a_nan_in_a_later_block_of_a_memmap_is_found(tmp_path, data, monkeypatch
     features[120, 3] = np.nan
     np.save(tmp_path / "features.npy", features)
     monkeypatch.setattr(neighbors, "feature_blocks", lambda features, where: feature_blocks(features, rows=50, where=where))
-    with pytest.raises(DataError, match="features rows 100-: 'features' holds NaN or infinity"):
+    with pytest.raises(DataError, match="features rows 100-149: 'features' holds NaN or infinity"):
         exact_neighbors(np.load(tmp_path / "features.npy", mmap_mode="r"), k=3)
 
 
