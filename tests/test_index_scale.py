@@ -12,7 +12,9 @@ from image_toolkit.cli.index import index
 from image_toolkit.cli.search import search
 from image_toolkit.data_tools.errors import OptionError
 from image_toolkit.data_tools.formats.features import FeatureSet, write_features
+from image_toolkit.data_tools.search import approximate_neighbors
 from image_toolkit.data_tools.search import index as index_module
+from image_toolkit.data_tools.search.approximate_neighbors import find_neighbors
 from image_toolkit.data_tools.search.index import ImageIndex
 from tests.test_index import clustered, feature_set
 
@@ -88,6 +90,20 @@ def test_fit_from_a_memmap_holds_no_copy_of_the_features(tmp_path):
             tracemalloc.stop()
     more_rows = features[10_000:].nbytes
     assert peaks[1] - peaks[0] < more_rows / 4, f"{(peaks[1] - peaks[0]) / 2**20:.2f} MB more for {more_rows / 2**20:.2f} MB more rows"
+
+
+@pytest.mark.parametrize("method", ["ivf", "hnsw"])
+def test_approximate_neighbors_read_the_features_a_block_at_a_time(rows, monkeypatch, method):
+    """The index, the sample, its exact neighbours (the truth of the recall) and the search all read by blocks:
+    no second N x D copy of an h5 dataset beside the index (the sample's exact search used to read it whole)."""
+    monkeypatch.setattr(approximate_neighbors, "BLOCK_ROWS", BLOCK)
+    streamed = BlockOnly(rows)
+    found = find_neighbors(streamed, k=5, method=method, n_threads=1)
+    expected = find_neighbors(rows, k=5, method=method, n_threads=1)
+    assert streamed.reads
+    assert found.recall == expected.recall and found.params == expected.params
+    np.testing.assert_array_equal(found.indices, expected.indices)
+    np.testing.assert_array_equal(found.distances, expected.distances)
 
 
 def test_a_damaged_row_in_a_later_block_leaves_the_index_unchanged(rows):

@@ -15,6 +15,7 @@ from image_toolkit.data_tools.search.neighbors import (
     METRICS,
     block_rows,
     exact_neighbors,
+    exact_radius,
     working_set,
     write_neighbors,
 )
@@ -218,8 +219,23 @@ def test_a_nan_in_a_later_block_of_a_memmap_is_found(tmp_path, data, monkeypatch
     features[120, 3] = np.nan
     np.save(tmp_path / "features.npy", features)
     monkeypatch.setattr(neighbors, "feature_blocks", lambda features, where: feature_blocks(features, rows=50, where=where))
-    with pytest.raises(DataError, match="features rows 100-: 'features' holds NaN or infinity"):
+    with pytest.raises(DataError, match="features rows 100-149: 'features' holds NaN or infinity"):
         exact_neighbors(np.load(tmp_path / "features.npy", mmap_mode="r"), k=3)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_the_exact_radius_streamed_by_blocks_is_the_kth_value_of_exact_neighbors(data, metric):
+    """Blocks of 7 rows, and blocks of keys of 40, merged in one heap: the k-th value all against all (own rows left out)
+    and of new queries, as `exact_neighbors` reports it, as a smaller-is-nearer key."""
+    features, queries = data
+    sign = -1 if metric == "inner_product" else 1
+    sample = np.array([0, 6, 7, 40, 41, 149])  # At both ends of the blocks of rows and of keys.
+    radius = exact_radius(features, features[sample], k=5, metric=metric, own_rows=sample, rows=7, max_memory=SMALL_MEMORY)
+    all_against_all, _ = exact_neighbors(features, k=5, metric=metric)
+    np.testing.assert_allclose(radius, sign * all_against_all[sample, -1], rtol=1e-6, atol=1e-6)
+    radius = exact_radius(features, queries, k=5, metric=metric, rows=7, max_memory=SMALL_MEMORY)
+    np.testing.assert_allclose(radius, sign * exact_neighbors(features, k=5, metric=metric, queries=queries)[0][:, -1],
+                               rtol=1e-6, atol=1e-6)
 
 
 def test_the_csv_is_written_by_blocks_of_queries(tmp_path, data, monkeypatch):

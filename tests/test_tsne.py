@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ import pytest
 from PIL import Image
 
 from image_toolkit.cli.main import toolkit
-from image_toolkit.data_tools.maps.embedding import classes_by_image, embed_2d
+from image_toolkit.data_tools.errors import DataError
+from image_toolkit.data_tools.maps.embedding import classes_by_image, embed_2d, read_rows
 from tests.conftest import one_line_error
 from tests.test_feedback import class_csv, pixel_features
 
@@ -220,3 +222,23 @@ def test_too_few_max_points_is_a_usage_error(sampled, runner, tmp_path, args, ru
     result = runner.invoke(toolkit, ["tsne", str(sampled["work"] / "features.npz"), *args, "-o", str(tmp_path / "m.png")])
     assert result.exit_code == 2 and rule in one_line_error(result)
     assert not list(tmp_path.iterdir())
+
+
+def test_all_rows_of_an_array_in_memory_are_used_as_they_are_and_a_memmap_is_read(tmp_path):
+    """No second copy of in-memory features when every row makes the map; the rows are still checked."""
+    features = np.random.default_rng(0).standard_normal((20_000, 64)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        rows = read_rows(features, None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rows is features and peak < features.nbytes / 4, f"{peak / 2**20:.1f} MB for {features.nbytes / 2**20:.1f} MB of rows"
+    np.save(tmp_path / "features.npy", features)
+    mapped = np.load(tmp_path / "features.npy", mmap_mode="r")
+    read = read_rows(mapped, None)
+    assert type(read) is np.ndarray and not np.shares_memory(read, mapped)
+    np.testing.assert_array_equal(read, features)
+    features[15_000, 3] = np.nan
+    with pytest.raises(DataError, match="NaN or infinity"):
+        read_rows(features, None)

@@ -96,7 +96,16 @@ def rows_in_block(rows: np.ndarray, start: int, length: int) -> np.ndarray:
 
 
 def read_rows(features, rows: np.ndarray | None, *, where: str = "features") -> np.ndarray:
-    """The float32 rows `rows` (sorted; None: all) of `features`, read block by block into one array."""
+    """The float32 rows `rows` (sorted; None: all) of `features`, read block by block into one array.
+
+    All rows of a float32 array already in memory (an .npz or .pkl input)
+    are only checked, block by block, and given back as they are: a copy
+    would double the features. A memmap or an h5 dataset is read into memory.
+    """
+    if rows is None and type(features) is np.ndarray and features.dtype == np.float32:  # Not a memmap, a subclass.
+        for _ in feature_blocks(features, where=where):
+            pass
+        return features
     shape = (len(features) if rows is None else len(rows), features.shape[1])
     sample = np.empty(shape, dtype=np.float32)
     filled = 0

@@ -24,8 +24,9 @@ when it was not found). `manhattan` has no faiss index. A place the index
 could not fill holds index -1 and distance NaN, as `ImageIndex.search` says.
 
 Memory: the index holds the features (N x D float32, hnsw about 2 x 24 ids
-a row more) beside the (n_queries, k) results; queries are read a block of
-BLOCK_ROWS at a time.
+a row more) beside the (n_queries, k) results; the features are read a block
+of BLOCK_ROWS at a time, by the index, the sample's exact search
+(`exact_radius`) and the search itself, and never copied whole.
 """
 
 from __future__ import annotations
@@ -39,10 +40,17 @@ import numpy as np
 
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
-from image_toolkit.data_tools.formats.features import BLOCK_ROWS, FeatureSet, check_features, feature_blocks
+from image_toolkit.data_tools.formats.features import BLOCK_ROWS, FeatureSet, feature_blocks
 from image_toolkit.data_tools.progress import progress_bar
-from image_toolkit.data_tools.search.index import EF_SEARCH_GRID, MIN_ROWS_PER_LIST, NPROBE_GRID, ImageIndex, recall_within_radius
-from image_toolkit.data_tools.search.neighbors import available_cores, check_options, exact_neighbors
+from image_toolkit.data_tools.search.index import (
+    EF_SEARCH_GRID,
+    MIN_ROWS_PER_LIST,
+    NPROBE_GRID,
+    ImageIndex,
+    gather_rows,
+    recall_within_radius,
+)
+from image_toolkit.data_tools.search.neighbors import available_cores, check_options, exact_neighbors, exact_radius
 
 logger = logging.getLogger(__name__)
 
@@ -155,9 +163,10 @@ def find_neighbors(
     search = _Search(index, metric, drop_self=queries is None and not include_self, k=k)
     targets, where = (features, "features") if queries is None else (queries, "queries")
     sample = np.sort(np.random.default_rng(seed).choice(len(targets), size=min(sample_size, len(targets)), replace=False))
-    sample_rows = check_features(np.asarray(targets[sample]), where)  # Sorted: h5py reads only increasing rows.
+    sample_rows = gather_rows(targets, [sample], where)[0]
     own_rows = sample if queries is None else None
-    radius = search.exact_radius(features, sample_rows, own_rows, max_memory, n_threads)
+    radius = exact_radius(features, sample_rows, k=k, metric=metric, own_rows=own_rows if search.drop_self else None,
+                          rows=BLOCK_ROWS, max_memory=max_memory, n_threads=n_threads)
     tried = _calibrate(index, search, sample_rows, own_rows, radius, target_recall, k)
     logger.debug("Built and calibrated the %s index of %d rows in %.1f s", method, n_rows, time.monotonic() - started)
 
@@ -213,15 +222,6 @@ class _Search:
             values, ids = _without(values, ids, rows, self.k)
         order = np.lexsort((ids, self.keys(values)), axis=1)  # NaN (a place not filled) sorts last.
         return np.take_along_axis(values, order, 1), np.take_along_axis(ids, order, 1)
-
-    def exact_radius(self, features, sample_rows: np.ndarray, sample: np.ndarray | None, max_memory: int,
-                     n_threads: int) -> np.ndarray:
-        """The exact k-th key of every sampled query: a result within it is a true neighbour."""
-        values, ids = exact_neighbors(features, k=self.k + self.drop_self, metric=self.metric, queries=sample_rows,
-                                      max_memory=max_memory, n_threads=n_threads)
-        if self.drop_self:
-            values, ids = _without(values, ids, sample, self.k)
-        return self.keys(values[:, -1])
 
 
 def _without(values: np.ndarray, ids: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -90,14 +90,14 @@ from image_toolkit.data_tools.formats.features import (
 )
 from image_toolkit.data_tools.formats.json_files import read_json
 from image_toolkit.data_tools.progress import progress_bar, track
-from image_toolkit.data_tools.search.neighbors import ALL_CORES, available_cores, exact_neighbors
+from image_toolkit.data_tools.search.neighbors import ALL_CORES, NearestRows, available_cores
 
 logger = logging.getLogger(__name__)
 
 KINDS = ("hnsw", "ivf", "ivfpq", "flat")
 METRICS = ("cosine", "euclidean", "inner_product")
 FAISS_METRICS = {"cosine": faiss.METRIC_INNER_PRODUCT, "euclidean": faiss.METRIC_L2, "inner_product": faiss.METRIC_INNER_PRODUCT}
-# The metric `exact_neighbors` computes on the stored rows, giving faiss's own values.
+# The metric the exact search (`NearestRows`) computes on the stored rows, giving faiss's own values.
 EXACT_METRICS = {"cosine": "inner_product", "euclidean": "sqeuclidean", "inner_product": "inner_product"}
 
 INDEX_FILE, PATHS_FILE, METADATA_FILE, NORMS_FILE = "index.faiss", "paths.json", "metadata.json", "norms.npy"
@@ -154,6 +154,11 @@ class faiss_threads:  # Lower case: it replaces a contextlib function of this na
     def __exit__(self, *exc_info) -> None:
         if self.previous != self.wanted:
             faiss.omp_set_num_threads(self.previous)
+
+
+def default_nlist(n: int) -> int:
+    """ivf lists for n rows when none are given: about 4 sqrt(n), as faiss advises, but at most one per MIN_ROWS_PER_LIST rows."""
+    return max(1, min(round(4 * math.sqrt(n)), n // MIN_ROWS_PER_LIST))
 
 
 def pq_divisors(dim: int) -> list[int]:
@@ -268,12 +273,12 @@ class ImageIndex:
             index.hnsw.efConstruction = self.ef_construction
             params = {"M": self.m, "efConstruction": self.ef_construction, "efSearch": index.hnsw.efSearch}
         elif self.kind == "ivf":
-            nlist = self.nlist or max(1, min(round(4 * math.sqrt(count)), count // MIN_ROWS_PER_LIST))
+            nlist = self.nlist or default_nlist(count)
             quantizer = faiss.IndexFlat(dim, FAISS_METRICS[self.metric])
             index = faiss.IndexIVFFlat(quantizer, dim, nlist, FAISS_METRICS[self.metric])
             params = {"nlist": nlist, "nprobe": index.nprobe}
         elif self.kind == "ivfpq":
-            nlist = self.nlist or max(1, min(round(4 * math.sqrt(count)), count // MIN_ROWS_PER_LIST))
+            nlist = self.nlist or default_nlist(count)
             pq_m = self.pq_m or default_pq_m(dim)
             index = faiss.index_factory(dim, f"IVF{nlist},PQ{pq_m}x4fs,RFlat", FAISS_METRICS[self.metric])
             index.k_factor = self.k_factor or UNTUNED_K_FACTOR
@@ -334,7 +339,7 @@ class ImageIndex:
             sample = np.random.default_rng(len(self.paths_) + len(kept)).choice(len(kept), size=held, replace=False)
             held_rows = kept[np.sort(sample)]
         train_rows = self._training_rows(kept) if not self.index_.is_trained else np.empty(0, dtype=np.int64)
-        queries, training = _gather(feature_set.features, [held_rows, train_rows], where)
+        queries, training = gather_rows(feature_set.features, [held_rows, train_rows], where)
         if not self.index_.is_trained:
             self._train(self._prepared(training, in_place=True)[0])
             del training  # Gone before the adding: the sample and the index are never held together.
@@ -518,18 +523,12 @@ class ImageIndex:
     def _exact_radius(self, queries: np.ndarray, k: int) -> np.ndarray:
         """Each query's exact k-th nearest faiss value among the indexed rows, as a key (smaller is nearer).
 
-        The rows are read back from the index a block at a time and the
-        blocks' k best merged in a faiss heap: never all N rows at once.
+        The rows are read back from the index a block at a time: never all N rows at once.
         """
-        larger_is_nearer = self.index_.metric_type == faiss.METRIC_INNER_PRODUCT
-        heap = faiss.ResultHeap(len(queries), k, keep_max=larger_is_nearer)
+        nearest = NearestRows(queries, k=k, metric=EXACT_METRICS[self.metric], n_threads=self.n_threads)
         for start in range(0, self.size, ADD_BLOCK):
-            rows = self.index_.reconstruct_n(start, min(ADD_BLOCK, self.size - start))
-            values, ids = exact_neighbors(rows, k=min(k, len(rows)), metric=EXACT_METRICS[self.metric],
-                                          queries=queries, n_threads=self.n_threads)
-            heap.add_result(values, ids + start)
-        heap.finalize()
-        return -heap.D[:, -1] if larger_is_nearer else heap.D[:, -1]
+            nearest.add(self.index_.reconstruct_n(start, min(ADD_BLOCK, self.size - start)))
+        return nearest.radius()
 
     # Tuning.
 
@@ -872,8 +871,12 @@ def _checked_shape(feature_set: FeatureSet, where: str) -> int:
     return first.shape[1]
 
 
-def _gather(features, row_sets: list[np.ndarray], where: str) -> list[np.ndarray]:
-    """The rows of each sorted array of row numbers, float32, in one pass over the blocks (checking every row)."""
+def gather_rows(features, row_sets: list[np.ndarray], where: str) -> list[np.ndarray]:
+    """The rows of each sorted array of row numbers, float32, in one pass over the blocks (checking every row).
+
+    Read by slices through `feature_blocks`, as every array-like of
+    features is read: no list of rows is asked of an h5 dataset or a memmap.
+    """
     dim = np.asarray(features[:1]).shape[1]
     gathered = [np.empty((len(rows), dim), dtype=np.float32) for rows in row_sets]
     for start, block in feature_blocks(features, rows=ADD_BLOCK, where=where):

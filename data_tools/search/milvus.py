@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import secrets
 import shutil
@@ -65,17 +64,17 @@ from image_toolkit.data_tools.search.index import (
     METADATA_FILE,
     METRICS,
     MIN_ADDED_TO_TUNE,
-    MIN_ROWS_PER_LIST,
     NPROBE_GRID,
     PATHS_FILE,
     TUNE_K,
     ImageIndex,
+    default_nlist,
     held_out_size,
     index_set,
     recall_within_radius,
     unique_mask,
 )
-from image_toolkit.data_tools.search.neighbors import ALL_CORES, exact_neighbors
+from image_toolkit.data_tools.search.neighbors import ALL_CORES, NearestRows
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +203,7 @@ class MilvusIndex:
         if self.kind == "hnsw":
             self.params_.update(M=self.m, efConstruction=self.ef_construction, ef=EF_SEARCH_GRID[0])
         elif self.kind == "ivf":
-            nlist = self.nlist or max(1, min(round(4 * math.sqrt(len(paths))), len(paths) // MIN_ROWS_PER_LIST))
+            nlist = self.nlist or default_nlist(len(paths))
             self.params_.update(nlist=nlist, nprobe=1)
         ours = False
         try:
@@ -281,10 +280,10 @@ class MilvusIndex:
         if held:  # The sample's exact neighbours are found on the way: among the rows inserted, and those stored before.
             queries = np.concatenate([check_features(np.asarray(features[p : p + 1]), f"{where} row {p}")
                                       for p in positions[order[first:]]])
-            truth = _ExactKth(queries, min(TUNE_K, indexed + first), self.metric, self.n_threads)
+            truth = NearestRows(queries, k=min(TUNE_K, indexed + first), metric=self.metric, n_threads=self.n_threads)
             for _, block in self._stored_blocks(indexed):
-                truth.update(block)
-        self._insert_rows(features, positions[order[:first]], where=where, show=show, seen=truth.update if truth else None)
+                truth.add(block)
+        self._insert_rows(features, positions[order[:first]], where=where, show=show, seen=truth.add if truth else None)
         self.paths_ = self.paths_ + [paths[i] for i in order]
         self._settle()
         if held:
@@ -417,7 +416,7 @@ class MilvusIndex:
 
     # Tuning.
 
-    def _tune(self, truth: _ExactKth, target_recall: float, *, show: bool | None = None) -> dict:
+    def _tune(self, truth: NearestRows, target_recall: float, *, show: bool | None = None) -> dict:
         """Raise ef / nprobe along ImageIndex's grid until recall@k of the held-out rows (`truth`) reaches the target.
 
         The truth is each query's exact k-th distance among the stored rows
@@ -425,7 +424,7 @@ class MilvusIndex:
         """
         started = time.monotonic()
         queries, k, radius = truth.queries, truth.k, truth.radius()
-        key = -1 if self.metric == "inner_product" else 1  # recall_within_radius wants smaller-is-nearer keys, as _ExactKth keeps them.
+        key = -1 if self.metric == "inner_product" else 1  # recall_within_radius wants smaller-is-nearer keys, as the radius is.
         parameter = SEARCH_PARAMETERS[self.kind]
         nlist = self.params_.get("nlist")
         grid = EF_SEARCH_GRID if self.kind == "hnsw" else (*(v for v in NPROBE_GRID if v < nlist), nlist)
@@ -569,28 +568,6 @@ class MilvusIndex:
             self.client_.drop_collection(name)
         except MilvusException as error:  # Cleaning up after another error: that one is the one to report.
             logger.warning("Could not drop collection %s at %s (%s).", name, self.uri, error)
-
-
-class _ExactKth:
-    """The exact k nearest values of some queries among rows seen block by block: the truth of the recall check.
-
-    Values are kept as smaller-is-nearer keys (the inner product negated), k
-    per query, so memory is the queries and one block, whatever the rows.
-    """
-
-    def __init__(self, queries: np.ndarray, k: int, metric: str, n_threads: int):
-        self.queries, self.k, self.metric, self.n_threads = queries, k, metric, n_threads
-        self.best = np.empty((len(queries), 0), dtype=np.float32)
-
-    def update(self, block: np.ndarray) -> None:
-        values, _ = exact_neighbors(block, k=min(self.k, len(block)), metric=self.metric, queries=self.queries,
-                                    n_threads=self.n_threads)
-        keys = -values if self.metric == "inner_product" else values
-        self.best = np.sort(np.concatenate([self.best, keys], axis=1), axis=1)[:, : self.k]
-
-    def radius(self) -> np.ndarray:
-        """Each query's k-th nearest key."""
-        return self.best[:, -1]
 
 
 def _recorded_collection(directory: str | os.PathLike) -> tuple[str, str] | None:

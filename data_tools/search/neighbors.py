@@ -40,7 +40,7 @@ from threadpoolctl import threadpool_limits
 from image_toolkit.data_tools.atomic import atomic_path, cannot_write, writable_folder
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
-from image_toolkit.data_tools.formats.features import check_features, feature_blocks
+from image_toolkit.data_tools.formats.features import BLOCK_ROWS, check_features, feature_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -356,17 +356,91 @@ def searchable_rows(features, where: str) -> np.ndarray:
 def _search(kernel: Kernel, queries: np.ndarray, gallery: np.ndarray, k: int, size: int, feeder: _Feeder) -> TopK:
     """Every block of queries against every block of the gallery."""
     top = TopK(len(queries), k)
-    query_blocks, gallery_blocks = _Blocks(kernel, queries), _Blocks(kernel, gallery)
-    row_spans, column_spans = _spans(len(queries), size), _spans(len(gallery), size)
+    _offer(top, kernel, _Blocks(kernel, queries), gallery, size, feeder)
+    return top
+
+
+def _offer(top: TopK, kernel: Kernel, query_blocks: _Blocks, gallery: np.ndarray, size: int, feeder: _Feeder, *,
+           first_column: int = 0, own_rows: np.ndarray | None = None) -> None:
+    """Offer every block of queries against every block of `gallery`, whose rows are numbered from first_column.
+
+    A query's own row (`own_rows[query]`, a row number) gets key +inf, which never enters a heap.
+    """
+    row_spans, column_spans = _spans(query_blocks.size, size), _spans(len(gallery), size)
+    gallery_blocks = _Blocks(kernel, gallery)
     progress = _Progress(len(row_spans) * len(column_spans))
     for r0, r1 in row_spans:
         left = query_blocks(r0, r1)
         for c0, c1 in column_spans:
             keys = feeder.buffer(r1 - r0, c1 - c0)
             kernel.fill(left, gallery_blocks(c0, c1), keys)
-            feeder.submit(top.add, keys, r0, c0)
+            if own_rows is not None:
+                columns = own_rows[r0:r1] - (first_column + c0)
+                inside = np.flatnonzero((columns >= 0) & (columns < c1 - c0))
+                keys[inside, columns[inside]] = np.inf
+            feeder.submit(top.add, keys, r0, first_column + c0)
             progress.step()
-    return top
+
+
+class NearestRows:
+    """The exact k nearest of rows that come a block at a time, to a few queries: the truth that recall is measured by.
+
+    The rows may be a feature file read by `feature_blocks` (see
+    `exact_radius`), an index's stored rows read back, or rows on their way
+    into a database: whatever the source, memory holds the queries, one
+    block and the (n_queries, k) heaps, never all the rows. Rows are numbered
+    in the order they are added; `own_rows` gives each query's own row
+    number, which is never its neighbour (all against all). Ties go to the
+    row added first, as in `exact_neighbors`.
+    """
+
+    def __init__(self, queries: np.ndarray, *, k: int, metric: str = "cosine", own_rows: np.ndarray | None = None,
+                 max_memory: int = 512 * 2**20, n_threads: int = -1):
+        check_options(metric=metric, n_threads=n_threads, max_memory=max_memory)
+        check_range("k", k, low=1)
+        self.queries = searchable_rows(queries, "queries")
+        self.k, self.metric, self.n_threads = k, metric, n_threads
+        self.rows_added = 0
+        self._kernel = KERNELS[metric]
+        self._query_blocks = _Blocks(self._kernel, self.queries)
+        self._own = None if own_rows is None else np.asarray(own_rows, dtype=np.int64)
+        self._size = block_rows(self.queries.shape[1], max_memory)
+        self._top = TopK(len(self.queries), k)
+
+    def add(self, rows: np.ndarray) -> None:
+        """Offer the next block of rows (checked float32, as `feature_blocks` gives them)."""
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        with thread_limit(self.n_threads) as threads, _Feeder(self._size, threads) as feeder:
+            _offer(self._top, self._kernel, self._query_blocks, rows, self._size, feeder,
+                   first_column=self.rows_added, own_rows=self._own)
+            feeder.drain()
+        self.rows_added += len(rows)
+
+    def radius(self) -> np.ndarray:
+        """Each query's exact k-th nearest value (as `exact_neighbors` reports it), as a key: smaller is nearer.
+
+        The inner product, where larger is nearer, is negated. Call it once,
+        after the last `add`: it sorts the heaps into results, which ends them.
+        """
+        keys, _ = self._top.results()
+        values = self._kernel.report(keys[:, -1])
+        return -values if self.metric == "inner_product" else values
+
+
+def exact_radius(features, queries: np.ndarray, *, k: int, metric: str = "cosine", own_rows: np.ndarray | None = None,
+                 rows: int = BLOCK_ROWS, max_memory: int = 512 * 2**20, n_threads: int = -1,
+                 where: str = "features") -> np.ndarray:
+    """Each query's exact k-th nearest value among the rows of `features`, as a smaller-is-nearer key (see `NearestRows`).
+
+    `features` is any array-like `feature_blocks` reads (array, memmap, h5py
+    dataset), read `rows` at a time and never whole: the cost of knowing the
+    truth for a sample of queries is their products with every row, not a
+    second copy of the features. `own_rows`: each query's own row, left out.
+    """
+    nearest = NearestRows(queries, k=k, metric=metric, own_rows=own_rows, max_memory=max_memory, n_threads=n_threads)
+    for _, block in feature_blocks(features, rows=rows, where=where):
+        nearest.add(block)
+    return nearest.radius()
 
 
 def _search_symmetric(
@@ -420,6 +494,7 @@ class _Blocks:
 
     def __init__(self, kernel: Kernel, rows: np.ndarray):
         self._kernel, self._rows, self._terms = kernel, rows, kernel.row_terms(rows)
+        self.size = len(rows)
 
     def __call__(self, start: int, stop: int) -> Block:
         terms = None if self._terms is None else self._terms[start:stop]
