@@ -3,7 +3,8 @@
 The original scripts loaded and predicted one image at a time. Here images
 stream through the training pipeline (parallel decode, batch, prefetch) into
 one compiled forward pass per batch; the last batch is padded to full size so
-the pass is traced once. Extending an image set (`append`) computes only the
+the pass is traced once. Each batch's features go straight to the writer,
+so no run holds all its features in memory. Extending an image set (`append`) computes only the
 new images, and a large set can be split into shards for a job array and
 merged afterwards.
 """
@@ -16,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -206,22 +207,32 @@ def traced_forward(model: keras.Model, jit_compile: bool):
     return tf.function(forward, jit_compile=jit_compile, reduce_retracing=True)
 
 
-def compute_features(
+def feature_batches(
     extractor: FeatureExtractor, paths: list[Path], *, batch_size: int = 32, verbose: int = 1
-) -> np.ndarray:
-    """Features of every path (all readable), in order, float32 (N x D)."""
+) -> Iterator[np.ndarray]:
+    """Features of every path (all readable), in order: one float32 block (rows x D) per batch, as it is computed.
+
+    Extraction hands these straight to the writer, so a million images never
+    have their features in memory at once.
+    """
     dataset = image_dataset(paths, image_size=extractor.image_size, preprocess=extractor.preprocess, batch_size=batch_size)
     bar = keras.utils.Progbar(len(paths), verbose=verbose, unit_name="image", stateful_metrics=["images/s"]) if verbose else None
-    started, done, blocks = time.perf_counter(), 0, []
+    started, done = time.perf_counter(), 0
     for images in dataset:
         n = int(images.shape[0])
         if n < batch_size:  # pad the last batch, so the compiled pass keeps one shape
             images = tf.concat([images, tf.zeros([batch_size - n, *images.shape[1:]], images.dtype)], axis=0)
-        blocks.append(extractor.forward(images).numpy()[:n])
+        yield extractor.forward(images).numpy()[:n].reshape(n, -1)
         done += n
         if bar is not None:
             bar.update(done, values=[("images/s", done / (time.perf_counter() - started))])
-    return np.concatenate(blocks).reshape(len(paths), -1)
+
+
+def compute_features(
+    extractor: FeatureExtractor, paths: list[Path], *, batch_size: int = 32, verbose: int = 1
+) -> np.ndarray:
+    """Features of a few paths (all readable), in order, as one float32 array (N x D): a query's images."""
+    return np.concatenate(list(feature_batches(extractor, paths, batch_size=batch_size, verbose=verbose)))
 
 
 def extract(
@@ -269,19 +280,21 @@ def extract(
     report_skipped(skipped, output_path.parent, len(paths))
     paths = readable
     started = time.perf_counter()
-    features = compute_features(extractor, [root / path for path in paths], batch_size=batch_size, verbose=verbose)
-    seconds = time.perf_counter() - started
-    computed, blocks = len(features), [features]
-    if previous is not None:  # The old rows streamed from the file, then the new: never both in memory.
+    batches = feature_batches(extractor, [root / path for path in paths], batch_size=batch_size, verbose=verbose)
+    first = next(batches)  # Its width is the features'.
+    dim, computed, blocks = first.shape[1], len(paths), itertools.chain([first], batches)
+    if previous is not None:  # The old rows streamed from the file, then the new ones as they are computed.
         paths = previous.paths + paths
         blocks = itertools.chain((block for _, block in feature_blocks(previous.features, where=output_path.name)), blocks)
-    write_feature_blocks(output_path, paths, blocks, dim=features.shape[1], metadata=metadata, show=None if verbose else False)
+    # The rows are written as they are computed, moved into place once all are; Progbar shows their progress.
+    write_feature_blocks(output_path, paths, blocks, dim=dim, metadata=metadata, show=False)
+    seconds = time.perf_counter() - started
     return {
         "path": str(output_path),
         "rows": len(paths),
         "computed": computed,
         "skipped": len(skipped),
-        "dim": int(features.shape[1]),
+        "dim": int(dim),
         "images_per_second": round(computed / seconds, 2),
         **shown_model(metadata),
     }

@@ -54,8 +54,8 @@ def test_array_tasks_then_merge_equal_one_extraction(images, tmp_path, runner, s
     for index in range(2):
         done = run_script(script, tmp_path, IMAGES=str(images), OUT=str(out), **task_env(index))
         assert done.returncode == 0, done.stderr
-    assert sorted(path.name for path in out.iterdir()) == ["shard-0.npz", "shard-1.npz"]
-    assert [len(read_features(out / f"shard-{i}.npz").paths) for i in range(2)] == [5, 5]
+    assert sorted(path.name for path in out.iterdir()) == ["shard-0.feat", "shard-1.feat"]
+    assert [len(read_features(out / f"shard-{i}.feat").paths) for i in range(2)] == [5, 5]
     done = run_script("merge_shards.sh", tmp_path, SHARDS="2", OUT=str(out))
     assert done.returncode == 0, done.stderr
     assert_same_features(read_features(out / "features.feat"), single_process(images, tmp_path, runner))
@@ -79,14 +79,28 @@ def test_a_task_outside_the_shards_is_one_line_and_writes_nothing(images, tmp_pa
     assert not out.exists()
 
 
-def test_merge_with_a_missing_shard_is_one_line_and_writes_nothing(tmp_path):
+def test_merge_with_a_missing_shard_is_one_line_and_writes_nothing(images, tmp_path):
+    """SGE's -hold_jid starts the merge even after a failed task: the merge itself refuses."""
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "shard-0.npz").write_bytes(b"")  # task 0 finished; task 1 failed
+    task = {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2"}
+    assert run_script("extract_array.sbatch", tmp_path, IMAGES=str(images), OUT=str(out), **task).returncode == 0  # task 1 failed
     done = run_script("merge_shards.sh", tmp_path, SHARDS="2", OUT=str(out))
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "shard-1.npz" in lines[0], done.stderr
+    assert len(lines) == 1 and "shard-1.feat" in lines[0], done.stderr
+    assert not (out / "features.feat").exists()
+
+
+def test_merge_of_shards_from_a_run_with_more_tasks_is_one_line_and_writes_nothing(images, tmp_path):
+    """SHARDS=2 given to the merge of a 3-task run: the shards say they are 2 of 3."""
+    out = tmp_path / "out"
+    for index in range(2):
+        task = {"SLURM_ARRAY_TASK_ID": str(index), "SLURM_ARRAY_TASK_COUNT": "3"}
+        assert run_script("extract_array.sbatch", tmp_path, IMAGES=str(images), OUT=str(out), **task).returncode == 0
+    done = run_script("merge_shards.sh", tmp_path, SHARDS="2", OUT=str(out))
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "shard-0.feat: 2 of 3 shards given (missing shard_index 2)" in lines[0], done.stderr
     assert not (out / "features.feat").exists()
 
 

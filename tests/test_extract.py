@@ -216,3 +216,38 @@ def test_an_unwritable_output_folder_is_refused_before_any_work(runner, images, 
     result = runner.invoke(command, args)
     assert result.exit_code == 1, result.output
     assert str(out.parent) in one_line_error(result) and not out.exists()
+
+
+def test_extraction_streams_its_features_to_a_folder(tmp_path):
+    """2,000 images of 64 x 64 x 3 pixel features (94 MiB): each batch is written as it comes, so far less is ever held.
+
+    (Listing and checking the images take about 2 KiB per image, whatever the features' width.)
+    """
+    import tracemalloc
+
+    from PIL import Image
+
+    from image_toolkit.models.extraction import compute_features, feature_extractor
+    from image_toolkit.models.extraction import extract as run
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(2000):
+        Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).save(images / f"{index:04d}.png")
+    (images / "0007.png").write_text("not an image")  # skipped, so not a row
+    extractor = feature_extractor("pixels", output="pooled", image_size=64)
+    whole = 1999 * 64 * 64 * 3 * 4
+    tracemalloc.start()
+    try:
+        summary = run(images, tmp_path / "f.feat", extractor, batch_size=32, verbose=0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < whole / 4, f"peak {peak / 2**20:.1f} MiB for {whole / 2**20:.1f} MiB of features"
+    written = read_features(tmp_path / "f.feat")
+    assert summary["rows"] == summary["computed"] == 1999 and summary["skipped"] == 1 and summary["dim"] == 12288
+    assert written.features.shape == (1999, 12288) and "0007.png" not in written.paths
+    rows = [written.paths.index(name) for name in ("0006.png", "0008.png", "1999.png")]
+    again = compute_features(extractor, [images / written.paths[row] for row in rows], verbose=0)
+    np.testing.assert_array_equal(written.features[rows], again)

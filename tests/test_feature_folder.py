@@ -3,6 +3,7 @@
 import json
 import shutil
 import tracemalloc
+import weakref
 from pathlib import Path
 
 import h5py
@@ -206,6 +207,29 @@ def test_merge_streams_memory_mapped_shards_without_holding_their_features(tmp_p
         tracemalloc.stop()
     assert peak < total / 4, f"peak {peak / 2**20:.1f} MiB for {total / 2**20:.0f} MiB of features"
     assert open_features(tmp_path / "all.feat").features.shape == (len(names) * rows, dim)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".pkl"])
+def test_merge_holds_one_in_memory_shard_at_a_time(tmp_path, monkeypatch, suffix):
+    """.npz and .pkl shards load whole: each is opened when its rows are written and let go before the next."""
+    names = ["a", "b", "c", "d"]
+    for index, name in enumerate(names):
+        write_features(tmp_path / f"{name}{suffix}", feature_set(n=50, dim=8, start=index * 50))
+    live, most = [0], [0]
+    opened = formats.open_features
+
+    def counted(path):
+        shard = opened(path)
+        live[0] += 1
+        most[0] = max(most[0], live[0])
+        weakref.finalize(shard.features, lambda: live.__setitem__(0, live[0] - 1))
+        return shard
+
+    monkeypatch.setattr(formats, "open_features", counted)
+    merge_features([tmp_path / f"{name}{suffix}" for name in names], tmp_path / "all.feat")
+    assert most[0] == 1, f"{most[0]} shards' features in memory at once"
+    merged = read_features(tmp_path / "all.feat")
+    assert merged.paths == [path for name in names for path in read_features(tmp_path / f"{name}{suffix}").paths]
 
 
 def test_merge_features_command_writes_a_folder_and_refuses_a_folder_that_is_not_one(runner, tmp_path, monkeypatch):

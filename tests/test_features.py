@@ -133,6 +133,40 @@ def test_shards_merge_into_what_one_file_holds(tmp_path):
     assert "shard_index" not in merged.metadata and merged.metadata["layer"] == "avg_pool"
 
 
+@pytest.mark.parametrize(
+    ("shards", "message"),
+    [
+        ([(4, 0), (4, 2), (4, 3)], r"^shard_0.npz: 3 of 4 shards given \(missing shard_index 1\); merge every shard"),
+        ([(4, 0), (4, 2)], r"^shard_0.npz: 2 of 4 shards given \(missing shard_index 1, 3\)"),
+        ([(2, 0), (2, 1), (2, 1)], r"^shard_2.npz: shard_index 1 again \(also in shard_1.npz\); give each shard once"),
+        ([(2, 0), (3, 1)], r"^shard_1.npz: num_shards 3, but shard_0.npz has num_shards 2; merge only the shards of one"),
+        ([(2, 0), (2, 2)], r"^shard_1.npz: shard_index 2 is not one of num_shards 2"),
+    ],
+)
+def test_merge_refuses_shards_that_are_not_one_complete_run(tmp_path, shards, message):
+    for index, (count, shard_index) in enumerate(shards):
+        write_features(tmp_path / f"shard_{index}.npz", feature_set(n=3, start=3 * index, num_shards=count, shard_index=shard_index))
+    with pytest.raises(DataError, match=message):
+        merge_features([tmp_path / f"shard_{index}.npz" for index in range(len(shards))], tmp_path / "merged.feat")
+    assert not (tmp_path / "merged.feat").exists()
+
+
+def test_merge_takes_files_without_shard_metadata_beside_one_complete_run(tmp_path):
+    """A merged file (no shard metadata) plus every shard of a new run: the completeness check counts the shards only."""
+    write_features(tmp_path / "old.npz", feature_set(n=3))
+    for index in range(2):
+        write_features(tmp_path / f"shard_{index}.npz", feature_set(n=3, start=3 + 3 * index, num_shards=2, shard_index=index))
+    summary = merge_features([tmp_path / name for name in ("old.npz", "shard_1.npz", "shard_0.npz")], tmp_path / "all.npz")
+    assert summary["images"] == 9
+
+
+def test_merge_with_a_missing_input_names_it_and_writes_nothing(tmp_path):
+    write_features(tmp_path / "shard-0.feat", feature_set())
+    with pytest.raises(DataError, match=r"shard-1.feat: not found \(and 1 more of the 3 inputs\); merge needs every shard"):
+        merge_features([tmp_path / name for name in ("shard-0.feat", "shard-1.feat", "shard-2.feat")], tmp_path / "all.feat")
+    assert not (tmp_path / "all.feat").exists()
+
+
 def test_merge_keeps_the_first_of_duplicate_paths(tmp_path, caplog):
     first, second = feature_set(n=4), feature_set(n=4, start=2)
     write_features(tmp_path / "a.npz", first)

@@ -581,13 +581,79 @@ def write_features(path: str | os.PathLike, feature_set: FeatureSet) -> None:
     write_feature_blocks(path, checked.paths, [checked.features], dim=checked.features.shape[1], metadata=checked.metadata)
 
 
-def _first_rows(shards: list[FeatureSet]) -> list[np.ndarray]:
-    """For each shard, the mask of its rows whose path no earlier row (of it or an earlier shard) has."""
+def _npz_summary(path: Path) -> tuple[object, object, tuple, np.dtype]:
+    """An .npz's paths, metadata and the shape and dtype of its `features`, read from the member's header alone."""
+    with zipfile.ZipFile(path) as archive:
+        names = {name.removesuffix(".npy") for name in archive.namelist()}
+        if not {"paths", "features"} <= names:
+            raise DataError(f"{path.name}: expected arrays 'paths' and 'features', found {sorted(names)}. {REEXTRACT}")
+        with archive.open("paths.npy") as member:
+            paths = np.lib.format.read_array(member, allow_pickle=False)
+        metadata = {}
+        if "metadata" in names:
+            with archive.open("metadata.npy") as member:
+                metadata = json.loads(str(np.lib.format.read_array(member, allow_pickle=False)))
+        with archive.open("features.npy") as member:
+            major, minor = np.lib.format.read_magic(member)
+            shape, _, dtype = getattr(np.lib.format, f"read_array_header_{major}_{minor}")(member)
+    return paths, metadata, shape, dtype
+
+
+def _shard_summary(path: str | os.PathLike) -> tuple[list[str], dict, int]:
+    """A shard's paths, metadata and row width, without keeping its features in memory.
+
+    An .npz's features are not read at all (its header gives their shape); a
+    folder or .h5 stays on disk; a .pkl is loaded and let go. A file that does
+    not read as a shard fails as `open_features` says it.
+    """
+    path = Path(path)
+    if feature_format(path) == ".npz" and path.is_file():
+        try:
+            paths, metadata, shape, dtype = _npz_summary(path)
+            _check_layout(shape, dtype, path.name)
+            checked = _check_paths(paths, path.name)
+            if len(checked) == shape[0] and isinstance(metadata, dict):
+                return checked, located_model(metadata, path.parent), shape[1]
+        except DataError:
+            raise
+        except Exception:  # A foreign or damaged file: open_features words the error.
+            pass
+    shard = open_features(path)
+    return shard.paths, shard.metadata, shard.features.shape[1]
+
+
+def _check_complete(names: list[str], metadatas: list[dict]) -> None:
+    """Inputs that say they are shards (`num_shards`, `shard_index`) must be one run's every shard, each once."""
+    shards = [(name, metadata) for name, metadata in zip(names, metadatas) if "num_shards" in metadata]
+    if not shards:
+        return
+    first_name, first = shards[0]
+    count = first["num_shards"]
+    seen: dict[object, str] = {}
+    for name, metadata in shards:
+        if metadata["num_shards"] != count:
+            raise DataError(f"{name}: num_shards {metadata['num_shards']!r}, but {first_name} has num_shards {count!r}; "
+                            "merge only the shards of one extraction run.")
+        index = metadata.get("shard_index")
+        if not isinstance(index, int) or not isinstance(count, int) or not 0 <= index < count:
+            raise DataError(f"{name}: shard_index {index!r} is not one of num_shards {count!r} (0 to num_shards - 1); "
+                            "the file is damaged or not a shard of this run.")
+        if index in seen:
+            raise DataError(f"{name}: shard_index {index} again (also in {seen[index]}); give each shard once.")
+        seen[index] = name
+    if len(shards) != count:
+        missing = ", ".join(str(index) for index in range(count) if index not in seen)
+        raise DataError(f"{first_name}: {len(shards)} of {count} shards given (missing shard_index {missing}); "
+                        "merge every shard of the run, rerunning the tasks that failed.")
+
+
+def _first_rows(shard_paths: list[list[str]]) -> list[np.ndarray]:
+    """For each shard's paths, the mask of its rows whose path no earlier row (of it or an earlier shard) has."""
     seen: set[str] = set()
     masks = []
-    for shard in shards:
-        mask = np.zeros(len(shard.paths), dtype=bool)
-        for row, path in enumerate(shard.paths):
+    for paths in shard_paths:
+        mask = np.zeros(len(paths), dtype=bool)
+        for row, path in enumerate(paths):
             if path not in seen:
                 seen.add(path)
                 mask[row] = True
@@ -601,42 +667,58 @@ def merge_features(
     """Join the shards of one extraction run into `output`, in the order given; return a summary.
 
     Shards must have the same number of features per row and agree on the
-    metadata that makes rows comparable (model, layer, image size, weights).
-    A path found again (in a later shard or the same one) is dropped there,
-    and counted in the log. Shards are read block by block (`open_features`)
-    and the kept rows written as they come, so a feature folder or .h5 shard
-    is never in memory whole, nor is the result.
+    metadata that makes rows comparable (model, layer, image size, weights);
+    shards that record `num_shards` / `shard_index` must be all of their run,
+    each once. A path found again (in a later shard or the same one) is
+    dropped there, and counted in the log. Only the paths of every shard are
+    read first; then each shard is opened in turn when its rows are written,
+    and let go before the next, so at most one .npz or .pkl shard is in
+    memory (a feature folder or .h5 shard never is, nor is the result).
     """
     if not inputs:
         raise OptionError("merge needs at least one feature file. Received: none")
-    shards = [(Path(path).name, open_features(path)) for path in inputs]
-    first_name, first = shards[0]
-    for name, shard in shards[1:]:
-        if shard.features.shape[1] != first.features.shape[1]:
-            raise DataError(
-                f"{name}: {shard.features.shape[1]} features per row, but {first_name} has "
-                f"{first.features.shape[1]}; merge only shards of one extraction run."
-            )
+    absent = [Path(path) for path in inputs if not Path(path).exists()]
+    if absent:
+        more = f" (and {len(absent) - 1} more of the {len(inputs)} inputs)" if len(absent) > 1 else ""
+        raise DataError(f"{absent[0]}: not found{more}; merge needs every shard: rerun the tasks that failed.")
+    names = [Path(path).name for path in inputs]
+    summaries = [_shard_summary(path) for path in inputs]
+    (_, first_metadata, dim), first_name = summaries[0], names[0]
+    for name, (_, metadata, width) in zip(names[1:], summaries[1:]):
+        if width != dim:
+            raise DataError(f"{name}: {width} features per row, but {first_name} has {dim}; "
+                            "merge only shards of one extraction run.")
         for key in COMPARABLE_KEYS:
-            if shard.metadata.get(key) != first.metadata.get(key):
+            if metadata.get(key) != first_metadata.get(key):
                 raise DataError(
-                    f"{name}: {key}={shard.metadata.get(key)!r}, but {first_name} has "
-                    f"{key}={first.metadata.get(key)!r}; merge only shards of one extraction run."
+                    f"{name}: {key}={metadata.get(key)!r}, but {first_name} has "
+                    f"{key}={first_metadata.get(key)!r}; merge only shards of one extraction run."
                 )
-    masks = _first_rows([shard for _, shard in shards])
-    paths = [path for (_, shard), mask in zip(shards, masks) for path, kept in zip(shard.paths, mask) if kept]
-    duplicates = sum(len(shard.paths) for _, shard in shards) - len(paths)
+    _check_complete(names, [metadata for _, metadata, _ in summaries])
+    shard_paths = [paths for paths, _, _ in summaries]
+    del summaries
+    masks = _first_rows(shard_paths)
+    paths = [path for rows, mask in zip(shard_paths, masks) for path, kept in zip(rows, mask) if kept]
+    duplicates = sum(len(rows) for rows in shard_paths) - len(paths)
     if duplicates:
-        repeated = next(path for (_, shard), mask in zip(shards, masks) for path, kept in zip(shard.paths, mask) if not kept)
+        repeated = next(path for rows, mask in zip(shard_paths, masks) for path, kept in zip(rows, mask) if not kept)
         logger.warning("Kept the first of %d duplicate paths (first: %s)", duplicates, repeated)
+    del shard_paths
 
     def kept_blocks() -> Iterator[np.ndarray]:
-        for (name, shard), mask in zip(shards, masks):
-            for start, block in feature_blocks(shard.features, where=name):
+        for path, name, mask in zip(inputs, names, masks):
+            features = open_features(path).features
+            in_memory = isinstance(features, np.ndarray) and not isinstance(features, np.memmap)
+            if len(features) != len(mask):
+                raise DataError(f"{name}: changed while being merged ({len(features)} rows, {len(mask)} before); merge again.")
+            for start, block in feature_blocks(features, where=name):
                 keep = mask[start : start + len(block)]
-                yield block if keep.all() else block[keep]
+                if keep.all():  # A view of an in-memory shard, still held by the writer, would keep it all alive.
+                    yield np.array(block) if in_memory else block
+                else:
+                    yield block[keep]
+            del features, block  # Let go of this shard before the next is opened.
 
-    dim = first.features.shape[1]
-    metadata = {key: value for key, value in first.metadata.items() if key not in SHARD_KEYS}
+    metadata = {key: value for key, value in first_metadata.items() if key not in SHARD_KEYS}
     write_feature_blocks(output, paths, kept_blocks(), dim=dim, metadata=metadata, show=show)
     return {"output": str(output), "inputs": len(inputs), "images": len(paths), "features": dim, "duplicates": duplicates}
