@@ -9,10 +9,11 @@ with the defaults of Rocchio's SMART experiments as Manning, Raghavan and
 Schütze give them (Introduction to Information Retrieval, 9.1.1):
 alpha = 1, beta = 0.75, gamma = 0.15. An empty set contributes nothing.
 
-With the cosine metric, the query and every feature row are L2-normalised
+With the cosine metric, the query and every judged row are L2-normalised
 first, so that each judged image weighs the same whatever its length; the
 ranking is then by cosine similarity. With `euclidean` the rows are used as
-they are and the ranking is by distance. A query made from rows (`centroid`)
+they are and the ranking is by distance; with `inner_product` (a faiss
+index's third metric) as they are, by inner product. A query made from rows (`centroid`)
 is built in the same space (`in_metric_space`) as the ranking measures: a
 mean of normalised rows lies near the origin, and by euclidean distance it
 would rank the shortest rows first, whatever images it was made from.
@@ -21,7 +22,11 @@ Evaluation follows the residual-collection method (Salton and Buckley,
 1990): images the user already judged are removed before precision is
 measured, so that feedback earns no credit for moving them to the top.
 
-Memory: ranking scores every row at once: one N x D float32 copy for cosine.
+Memory: ranking reads the rows as given (float32 rows are not copied) and
+holds N scores: only the query is normalised, the rows' lengths come from a
+dot product of each row with itself, and the top k are taken by
+`np.argpartition` (`ranking.top_k`), so N is never fully sorted. The web app
+searches its faiss index instead and uses this module only to build queries.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from image_toolkit.data_tools.errors import OptionError
 from image_toolkit.data_tools.search.ranking import top_k
 
 ALPHA, BETA, GAMMA = 1.0, 0.75, 0.15
-METRICS = ("cosine", "euclidean")
+METRICS = ("cosine", "euclidean", "inner_product")
 
 
 def normalised(rows: np.ndarray) -> np.ndarray:
@@ -44,7 +49,7 @@ def normalised(rows: np.ndarray) -> np.ndarray:
 
 
 def in_metric_space(rows: np.ndarray, metric: str) -> np.ndarray:
-    """Rows (or one vector) as the metric compares them: L2-normalised for cosine, as they are for euclidean."""
+    """Rows (or one vector) as the metric compares them: L2-normalised for cosine, as they are otherwise."""
     return normalised(rows) if metric == "cosine" else np.asarray(rows, dtype=np.float32)
 
 
@@ -83,22 +88,36 @@ def rocchio(query: np.ndarray, features: np.ndarray, selected=(), deselected=(),
 
 
 def similarities(query: np.ndarray, features: np.ndarray, *, metric: str = "cosine") -> np.ndarray:
-    """Score of every row for the query, larger is nearer: cosine similarity, or minus the euclidean distance."""
+    """Score (N,) of every row for the query, larger is nearer: cosine similarity, minus the euclidean distance, or
+    the inner product.
+
+    No N x D temporary: the rows are multiplied by the query, and their
+    squared lengths taken as each row's dot product with itself.
+    """
     features = np.asarray(features, dtype=np.float32)
     query = np.asarray(query, dtype=np.float32).reshape(-1)
+    if metric == "inner_product":
+        return features @ query
+    squared = np.einsum("ij,ij->i", features, features)
     if metric == "cosine":
-        return normalised(features) @ normalised(query)
-    return -np.linalg.norm(features - query, axis=1)
+        lengths = np.sqrt(squared, out=squared)
+        return np.divide(features @ normalised(query), lengths, out=np.zeros_like(lengths), where=lengths > 0)
+    squared -= 2 * (features @ query)
+    squared += query @ query
+    return -np.sqrt(np.maximum(squared, 0, out=squared), out=squared)
 
 
 def rank(query: np.ndarray, features: np.ndarray, *, metric: str = "cosine", k: int | None = None,
          exclude=()) -> tuple[np.ndarray, np.ndarray]:
     """The k best rows for the query (all when k is None): (ids, scores), best first, ties by id; `exclude` left out."""
     scores = similarities(query, features, metric=metric)
-    kept = np.arange(len(scores))
-    if len(exclude):
-        kept = kept[~np.isin(kept, np.asarray(list(exclude), dtype=np.int64))]
-    order = kept[top_k(scores[kept], k)]
+    exclude = np.unique(np.asarray(list(exclude), dtype=np.int64))
+    if exclude.size:
+        scores[exclude] = -np.inf  # Last, then dropped: k + the excluded candidates hold the k best others.
+    wanted = None if k is None else int(k) + exclude.size
+    order = top_k(scores, wanted)
+    if exclude.size:
+        order = order[~np.isin(order, exclude)][:k]
     return order, scores[order]
 
 

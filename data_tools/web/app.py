@@ -15,7 +15,7 @@ API (JSON unless said; the schema is at /openapi.json):
   "selected": [ids], "deselected": [ids], "k": 40}`: Rocchio (`image_toolkit.data_tools.search.rocchio`)
   over the index features: q' = alpha q + beta mean(selected) - gamma mean(deselected).
   For a text query, q is the mean of its top-k results' rows, in the index
-  metric's space (`rocchio.centroid`: normalised for cosine, as they are for euclidean).
+  metric's space (`rocchio.centroid`: normalised for cosine, as they are for euclidean and inner product).
 - `GET  /api/images/{id}`, `GET /api/thumbnails/{id}`: an indexed image by its
   row number, only from inside the image folder; never by a client's path.
 - `GET  /api/map`: 2-D coordinates of every image: the `--map` CSV of
@@ -55,9 +55,18 @@ mean (`rocchio.centroid`) of the images confirmed for it, plus the same bonus.
 The store must know the data set (image -> class): pass `labels` (the label
 CSV, as `toolkit feedback import --data-csv`) unless it already does.
 
-Memory: the app keeps the index features (N x D float32) and up to
-`THUMBNAIL_CACHE` thumbnails; a cosine ranking makes a normalised copy of
-the features while it runs.
+Ranking: image and refine queries (the Rocchio q' included) are searched
+through the loaded index (`Collection.nearest`), in its metric, and scored
+larger-is-nearer: cosine similarity (1 - the index's distance), minus the
+euclidean distance, or the inner product. A learned keyword without class
+scores searches the index for the centroid, then re-scores only those
+candidates and the voted images. Class scores (N x classes) are the one scan,
+its top k taken by `np.argpartition` (`ranking.top_k`): no request copies
+the N x D features or sorts all N.
+
+Memory: the app keeps the index features (N x D float32, read by row for
+Rocchio's means and the PCA map), the index, and up to `THUMBNAIL_CACHE`
+thumbnails.
 """
 
 import csv
@@ -312,7 +321,7 @@ class Collection:
         index = load_index(index_dir, n_threads=1, mmap=False)
         self.index_dir = Path(index_dir)
         self.metadata = dict(index.features_metadata_)
-        self.metric = "euclidean" if index.metric == "euclidean" else "cosine"
+        self.index, self.metric = index, index.metric
         self.names = [self._relative(path) for path in index.paths_]
         self.ids = {name: i for i, name in enumerate(self.names)}
         self.features = np.ascontiguousarray(index.vectors(), dtype=np.float32)
@@ -321,6 +330,20 @@ class Collection:
         self.map_csv, self._coords = map_csv, None
         if map_csv is not None:  # Read now, so a wrong --map is an error at start, not a 500 on the map view.
             self._coords = (self._read_map(Path(map_csv)), Path(map_csv).name)
+
+    def nearest(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k indexed rows nearest the query (D,) by the index's metric: (ids, scores), best first, ties by id.
+
+        Scores are larger-is-nearer, the app's convention: the index reports
+        cosine and euclidean distances and inner products as they are.
+        """
+        values, ids = self.index.search(np.asarray(query, dtype=np.float32).reshape(1, -1), k=min(int(k), self.index.size))
+        values, ids = values[0], ids[0]
+        found = ids >= 0  # An approximate index may find fewer than k.
+        values, ids = values[found], ids[found]
+        scores = 1 - values if self.metric == "cosine" else -values if self.metric == "euclidean" else values
+        order = np.lexsort((ids, -scores))
+        return ids[order], scores[order].astype(np.float32)
 
     def _relative(self, path: str) -> str:
         """An index path as a name relative to the image folder (absolute paths inside it are shortened)."""
@@ -572,20 +595,25 @@ def create_app(
         return [{"rank": rank, "id": int(i), "image": collection.names[i], "score": round(float(s), 6)}
                 for rank, (i, s) in enumerate(zip(ids, scores_), start=1)]
 
-    def top(scores_: np.ndarray, k: int):
+    def top(candidates: np.ndarray, scores_: np.ndarray, k: int):
         order = top_k(scores_, k)
-        return order, scores_[order]
+        return candidates[order], scores_[order]
 
-    def keyword_scores(q: str) -> tuple[np.ndarray, str | None, list[dict]]:
-        """Every image's score for a keyword, its query class and the classes matched."""
+    def keyword_scores(q: str, k: int) -> tuple[np.ndarray, np.ndarray, str | None, list[dict]]:
+        """Candidate ids (ascending) holding a keyword's top k, their scores, its query class and the classes matched.
+
+        With class scores every image is a candidate. A learned keyword
+        searches the index for the centroid of its confirmed images: the
+        k + (voted images) nearest hold the k best unvoted ones, and every
+        voted image is a candidate too, its score re-computed with the bonus.
+        """
         from image_toolkit.data_tools.search.keywords import match_classes
 
         query_class = query_class_for(q, store.classes)
         votes = store.votes(query_class) if query_class else {}
-        net = np.zeros(len(collection.names), dtype=np.float32)
-        for image, count in votes.items():
-            if image in collection.ids:
-                net[collection.ids[image]] = count
+        voted = {collection.ids[image]: count for image, count in votes.items() if image in collection.ids}
+        voted_ids = np.array(sorted(voted), dtype=np.int64)
+        net = np.array([voted[i] for i in voted_ids.tolist()], dtype=np.float32)
         matched, matches = [], None
         if collection.vocabulary is not None:
             try:
@@ -596,18 +624,28 @@ def create_app(
         if matches:
             columns = np.array([m.index for m in matches])
             weights = np.array([m.weight for m in matches], dtype=np.float32)
+            candidates = np.arange(len(collection.names))
             base = collection.class_scores[:, columns] @ weights
             matched = [{"name": m.name, "weight": m.weight} for m in matches]
+            base[voted_ids] += learned_weight * np.clip(net, -1, 1)
+            return candidates, base, query_class, matched
         elif query_class is None:
             raise HTTPException(404, f"no class matches '{q}' (classes: {', '.join(store.classes)}).")
         elif (net > 0).any():
-            centroid = rocchio.centroid(collection.features, np.flatnonzero(net > 0), metric=collection.metric)
-            base = rocchio.similarities(centroid, collection.features, metric=collection.metric)
+            centroid = rocchio.centroid(collection.features, voted_ids[net > 0], metric=collection.metric)
+            near, near_scores = collection.nearest(centroid, k + len(voted_ids))
+            # The voted rows' scores as the index would give them: the same metric, on those rows only.
+            voted_scores = rocchio.similarities(centroid, collection.features[voted_ids], metric=collection.metric)
+            voted_scores += learned_weight * np.clip(net, -1, 1)
+            unvoted = ~np.isin(near, voted_ids)
+            candidates = np.concatenate([near[unvoted], voted_ids])
+            base = np.concatenate([near_scores[unvoted], voted_scores])
+            order = np.argsort(candidates, kind="stable")
+            return candidates[order], base[order], query_class, matched
         else:
             raise HTTPException(
                 404, f"no class scores match '{q}' and no image is confirmed for '{query_class}' yet; "
                      "search by image, lasso the right ones and submit: the keyword learns from that.")
-        return base + learned_weight * np.clip(net, -1, 1), query_class, matched
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page():
@@ -631,8 +669,8 @@ def create_app(
 
     @app.get("/api/search", responses=answers(404))
     def search(q: str = Query(..., min_length=1, max_length=200), k: int = Query(DEFAULT_K, ge=1, le=MAX_K)):
-        scores_, query_class, matched = keyword_scores(q)
-        ids, values = top(scores_, k)
+        candidates, scores_, query_class, matched = keyword_scores(q, k)
+        ids, values = top(candidates, scores_, k)
         return {"query": {"text": q}, "query_class": query_class, "classes": matched, "results": results(ids, values)}
 
     @app.post("/api/search/image", responses=answers(413, 415))
@@ -661,7 +699,7 @@ def create_app(
                 raise HTTPException(400, str(error)) from None
         if vector.shape[0] != collection.features.shape[1]:
             raise HTTPException(400, f"the query has {vector.shape[0]} features but the index {collection.features.shape[1]}.")
-        ids, values = rocchio.rank(vector, collection.features, metric=collection.metric, k=k)
+        ids, values = collection.nearest(vector, k)
         return {"query": {"image": file.filename}, "query_vector": [round(float(v), 7) for v in vector],
                 "query_class": None, "results": results(ids, values)}
 
@@ -677,8 +715,8 @@ def create_app(
                 raise HTTPException(404, f"{name}: unknown image id {bad[0]}.")
         query_class = None
         if query.text is not None:
-            scores_, query_class, _ = keyword_scores(query.text)
-            ids, _ = top(scores_, body.k)
+            candidates, scores_, query_class, _ = keyword_scores(query.text, body.k)
+            ids, _ = top(candidates, scores_, body.k)
             vector = rocchio.centroid(collection.features, ids, metric=collection.metric)
         elif query.id is not None:
             if not 0 <= query.id < len(collection.names):
@@ -693,7 +731,7 @@ def create_app(
                 raise invalid("query.vector holds NaN or infinite values; send finite numbers.", "body", "query", "vector")
         refined = rocchio.rocchio(vector, collection.features, body.selected, body.deselected,
                                   alpha=alpha, beta=beta, gamma=gamma, metric=collection.metric)
-        ids, values = rocchio.rank(refined, collection.features, metric=collection.metric, k=body.k)
+        ids, values = collection.nearest(refined, body.k)
         return {"query": query.model_dump(exclude_none=True) if query.vector is None else {"vector": "given"},
                 "query_class": query_class, "rocchio": {"alpha": alpha, "beta": beta, "gamma": gamma},
                 "selected": len(body.selected), "deselected": len(body.deselected), "results": results(ids, values)}
