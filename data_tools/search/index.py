@@ -260,7 +260,7 @@ class ImageIndex:
             check_range("nlist", self.nlist, low=1)
         if self.k_factor is not None:
             check_range("--k-factor", self.k_factor, low=1)
-        dim = _checked_shape(feature_set, "features")
+        dim = checked_shape(feature_set, "features")
         keep = unique_mask(feature_set.paths, set())
         count = int(keep.sum())
         if self.nlist is not None and self.kind in ("ivf", "ivfpq"):
@@ -308,7 +308,7 @@ class ImageIndex:
         if self.mapped_:
             raise OptionError("This index was loaded memory-mapped (read-only); load it with "
                               "ImageIndex.load(folder, mmap=False) to add images.")
-        self.check_comparable(_checked_shape(feature_set, where), feature_set.metadata, where)
+        self.check_comparable(checked_shape(feature_set, where), feature_set.metadata, where)
         keep = unique_mask(feature_set.paths, set(self.paths_))
         if not keep.any():
             logger.info("All %d images are already in the index; nothing to add.", len(feature_set.paths))
@@ -862,7 +862,7 @@ def unique_mask(paths: list[str], known: set[str]) -> np.ndarray:
     return keep
 
 
-def _checked_shape(feature_set: FeatureSet, where: str) -> int:
+def checked_shape(feature_set: FeatureSet, where: str) -> int:
     """The number of features per row, once the features are 2-D, non-empty and one row per path; no row is read but the first."""
     features = feature_set.features
     first = check_features(np.asarray(features[:1]), where)  # Its shape errors, for the whole array: N = 0 is "empty".

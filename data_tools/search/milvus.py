@@ -68,6 +68,7 @@ from image_toolkit.data_tools.search.index import (
     PATHS_FILE,
     TUNE_K,
     ImageIndex,
+    checked_shape,
     default_nlist,
     held_out_size,
     index_set,
@@ -190,9 +191,8 @@ class MilvusIndex:
         """
         self.check_options()
         features = feature_set.features
-        dim = check_features(np.asarray(features[:1]), "features").shape[1]
-        positions = np.flatnonzero(unique_mask(feature_set.paths, set()))
-        paths = [feature_set.paths[i] for i in positions]
+        dim = checked_shape(feature_set, "features")
+        paths, positions = _new_rows(feature_set.paths, set())
         lite_file = Path(self.uri) if is_lite(self.uri) else None
         created = make_folder(lite_file.parent) if lite_file else []
         new_file = lite_file is not None and not lite_file.exists()
@@ -249,10 +249,8 @@ class MilvusIndex:
         """
         self._check_fitted()
         features = feature_set.features
-        dim = check_features(np.asarray(features[:1]), where).shape[1]
-        self.check_comparable(dim, feature_set.metadata, where)
-        positions = np.flatnonzero(unique_mask(feature_set.paths, set(self.paths_)))
-        paths = [feature_set.paths[i] for i in positions]
+        self.check_comparable(checked_shape(feature_set, where), feature_set.metadata, where)
+        paths, positions = _new_rows(feature_set.paths, set(self.paths_))
         if not paths:
             logger.info("All %d images are already in the index; nothing to add.", len(feature_set.paths))
             return self
@@ -595,3 +593,9 @@ def _release_lite(lite_file: Path) -> None:
     except ImportError:
         return
     server_manager_instance.release_server(str(lite_file))
+
+
+def _new_rows(paths: list[str], known: set[str]) -> tuple[list[str], np.ndarray]:
+    """The paths not in `known` (first of each repeat) and their row numbers in the feature file."""
+    positions = np.flatnonzero(unique_mask(paths, known))
+    return [paths[i] for i in positions], positions
