@@ -333,11 +333,9 @@ class ImageIndex:
         block, the held-out rows and, while training, the training sample.
         """
         kept = np.flatnonzero(keep)
-        held = held_out_size(len(kept)) if target is not None and self.kind != "flat" and len(kept) >= tune_at_least else 0
-        held_rows = np.empty(0, dtype=np.int64)
-        if held:
-            sample = np.random.default_rng(len(self.paths_) + len(kept)).choice(len(kept), size=held, replace=False)
-            held_rows = kept[np.sort(sample)]
+        tune = target is not None and self.kind != "flat" and len(kept) >= tune_at_least
+        held_rows = kept[held_out_sample(len(kept), len(self.paths_), tune=tune)]
+        held = len(held_rows)
         train_rows = self._training_rows(kept) if not self.index_.is_trained else np.empty(0, dtype=np.int64)
         queries, training = gather_rows(feature_set.features, [held_rows, train_rows], where)
         if not self.index_.is_trained:
@@ -884,6 +882,15 @@ def gather_rows(features, row_sets: list[np.ndarray], where: str) -> list[np.nda
             first, last = np.searchsorted(rows, [start, start + len(block)])
             out[first:last] = block[rows[first:last] - start]
     return gathered
+
+
+def held_out_sample(n_rows: int, n_indexed: int, *, tune: bool) -> np.ndarray:
+    """Sorted positions, among `n_rows` rows being added to `n_indexed`, of those held out to tune (none if not `tune`).
+
+    Seeded by the sizes, so a build or add of the same rows holds out the same ones.
+    """
+    held = held_out_size(n_rows) if tune else 0
+    return np.sort(np.random.default_rng(n_indexed + n_rows).choice(n_rows, size=held, replace=False))
 
 
 def held_out_size(n: int) -> int:

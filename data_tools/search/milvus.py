@@ -70,7 +70,7 @@ from image_toolkit.data_tools.search.index import (
     ImageIndex,
     checked_shape,
     default_nlist,
-    held_out_size,
+    held_out_sample,
     index_set,
     recall_within_radius,
     unique_mask,
@@ -268,11 +268,9 @@ class MilvusIndex:
         The held-out rows go last (in `paths_` and as ids), as in `ImageIndex._grow`.
         """
         tune = target is not None and self.kind != "flat" and len(paths) >= tune_at_least
-        held = held_out_size(len(paths)) if tune else 0
-        order = np.arange(len(paths))
-        if held:
-            sample = np.random.default_rng(len(self.paths_) + len(paths)).choice(len(paths), size=held, replace=False)
-            order = np.concatenate([np.setdiff1d(order, sample), np.sort(sample)])
+        sample = held_out_sample(len(paths), len(self.paths_), tune=tune)
+        held = len(sample)
+        order = np.concatenate([np.setdiff1d(np.arange(len(paths)), sample), sample])
         first, indexed = len(order) - held, self.size
         truth = None
         if held:  # The sample's exact neighbours are found on the way: among the rows inserted, and those stored before.
