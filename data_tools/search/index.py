@@ -362,15 +362,9 @@ class ImageIndex:
             self._tune(queries, target, show=show)
             with faiss_threads(self.n_threads):
                 self.index_.add(queries)
-        elif self.kind == "flat":
-            self.tuning_ = {"target_recall": target, "k": TUNE_K, "sample": 0, "recall": 1.0,
-                            "parameter": None, "value": None, "tried": [], "exact": True}
-        elif target is not None and not self.tuning_:
-            self.tuning_ = {"target_recall": target, "k": TUNE_K, "sample": 0, "recall": None,
-                            "parameter": self._parameter_name(), "value": self._parameter_value(), "tried": []}
-        elif self.tuning_:
-            logger.info("Kept %s=%s, tuned on %d images: tuning again needs %d new images at once.",
-                        self.tuning_["parameter"], self.tuning_["value"], self.tuning_.get("indexed", 0), tune_at_least)
+        else:
+            self.tuning_ = untuned_record(self.tuning_, kind=self.kind, target=target, parameter=self._parameter_name(),
+                                          value=self._parameter_value(), tune_at_least=tune_at_least)
 
     def _training_rows(self, kept: np.ndarray) -> np.ndarray:
         """The rows ivf or ivfpq trains on: all of `kept`, or a random sample of TRAIN_ROWS_PER_LIST per list.
@@ -882,6 +876,26 @@ def gather_rows(features, row_sets: list[np.ndarray], where: str) -> list[np.nda
             first, last = np.searchsorted(rows, [start, start + len(block)])
             out[first:last] = block[rows[first:last] - start]
     return gathered
+
+
+def untuned_record(tuning: dict, *, kind: str, target: float | None, parameter: str | None, value: int | None,
+                   tune_at_least: int) -> dict:
+    """The tuning record of an index after rows were added without tuning (faiss or Milvus alike).
+
+    A flat index is exact; the first rows of an index too small to tune
+    record the untuned setting; an index tuned before keeps its record, and
+    the log says why it was not tuned again.
+    """
+    if kind == "flat":
+        return {"target_recall": target, "k": TUNE_K, "sample": 0, "recall": 1.0,
+                "parameter": None, "value": None, "tried": [], "exact": True}
+    if target is not None and not tuning:
+        return {"target_recall": target, "k": TUNE_K, "sample": 0, "recall": None,
+                "parameter": parameter, "value": value, "tried": []}
+    if tuning:
+        logger.info("Kept %s=%s, tuned on %d images: tuning again needs %d new images at once.",
+                    tuning["parameter"], tuning["value"], tuning.get("indexed", 0), tune_at_least)
+    return tuning
 
 
 def held_out_sample(n_rows: int, n_indexed: int, *, tune: bool) -> np.ndarray:

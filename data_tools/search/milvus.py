@@ -74,6 +74,7 @@ from image_toolkit.data_tools.search.index import (
     index_set,
     recall_within_radius,
     unique_mask,
+    untuned_record,
 )
 from image_toolkit.data_tools.search.neighbors import ALL_CORES, NearestRows
 
@@ -286,16 +287,10 @@ class MilvusIndex:
             self._tune(truth, target, show=show)
             self._insert(queries, self.size - held)
             self._settle()
-        elif self.kind == "flat":
-            self.tuning_ = {"target_recall": target, "k": TUNE_K, "sample": 0, "recall": 1.0,
-                            "parameter": None, "value": None, "tried": [], "exact": True}
-        elif target is not None and not self.tuning_:
-            name = SEARCH_PARAMETERS[self.kind]
-            self.tuning_ = {"target_recall": target, "k": TUNE_K, "sample": 0, "recall": None,
-                            "parameter": name, "value": self.params_[name], "tried": []}
-        elif self.tuning_:
-            logger.info("Kept %s=%s, tuned on %d images: tuning again needs %d new images at once.",
-                        self.tuning_["parameter"], self.tuning_["value"], self.tuning_.get("indexed", 0), tune_at_least)
+        else:
+            name = SEARCH_PARAMETERS.get(self.kind)
+            self.tuning_ = untuned_record(self.tuning_, kind=self.kind, target=target, parameter=name,
+                                          value=self.params_[name] if name else None, tune_at_least=tune_at_least)
 
     def _settle(self) -> None:
         """Seal the rows inserted and wait until the index covers them, so that tuning measures the index.
