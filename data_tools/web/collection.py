@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -135,7 +136,7 @@ class Collection:
         self.ids = {name: i for i, name in enumerate(self.names)}
         self.class_scores, self.vocabulary = self._class_scores(index, scores)
         self._check_images(images_dir)
-        self.map_csv, self._coords = map_csv, None
+        self.map_csv, self._coords, self._map_lock = map_csv, None, threading.Lock()
         if map_csv is not None:  # Read now, so a wrong --map is an error at start, not a 500 on the map view.
             self._coords = (self._read_map(Path(map_csv)), Path(map_csv).name)
 
@@ -268,12 +269,14 @@ class Collection:
         """(N x 2 float32 coordinates, NaN where an image has no point; where they come from), or None: no map.
 
         A PCA map (no --map, at most MAX_PCA_POINTS images) is made on the
-        first call, its rows streamed from the index, and kept.
+        first call, its rows streamed from the index, and kept; concurrent
+        first calls wait for that one.
         """
-        if self._coords is None and self.size <= MAX_PCA_POINTS:
-            from image_toolkit.data_tools.maps.embedding import embed_2d
+        with self._map_lock:
+            if self._coords is None and self.size <= MAX_PCA_POINTS:
+                from image_toolkit.data_tools.maps.embedding import embed_2d
 
-            self._coords = (embed_2d(IndexRows(self.index), method="pca", where=str(self.index_dir)), "pca")
+                self._coords = (embed_2d(IndexRows(self.index), method="pca", where=str(self.index_dir)), "pca")
         return self._coords
 
     def _read_map(self, path: Path) -> np.ndarray:
