@@ -134,3 +134,14 @@ def test_rank_leaves_out_the_excluded_and_still_gives_k():
     everything, _ = rocchio.rank(rows[0], rows, k=None)
     ids, _ = rocchio.rank(rows[0], rows, k=5, exclude=[0, int(everything[1])])
     assert ids.tolist() == [i for i in everything.tolist() if i not in (0, int(everything[1]))][:5]
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw", "ivfpq"])
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_rows_by_id_are_the_features_as_given_for_every_kind(kind, metric):
+    """`ImageIndex.rows`, what the app reads per request: any ids, in their order, repeats kept; cosine rows re-scaled."""
+    rows = np.random.default_rng(4).standard_normal((400, 16)).astype(np.float32) * 3
+    index = ImageIndex(kind=kind, metric=metric, target_recall=None).fit(
+        FeatureSet([f"{i}.png" for i in range(400)], rows, {"model": "x"}), show=False)
+    ids = [399, 0, 17, 17]
+    np.testing.assert_allclose(index.rows(ids), rows[ids], rtol=1e-5, atol=1e-5)
