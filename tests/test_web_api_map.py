@@ -128,7 +128,7 @@ def test_a_lasso_selects_exactly_the_points_inside_it(client, digits):
     expected = [i for i, point in enumerate(coords.tolist()) if inside(point, polygon)]
     assert 3 < len(expected) < 40
     answer = client.post("/api/map/select", json={"polygon": polygon}).json()
-    assert answer == {"count": len(expected), "ids": expected, "truncated": False}
+    assert answer == {"count": len(expected), "ids": expected, "images": [digits["names"][i] for i in expected], "truncated": False}
     even = [i for i in expected if digits["table"]["even"][i] == 1]
     assert client.post("/api/map/select", json={"polygon": polygon, "class": "even"}).json()["ids"] == even
 
@@ -138,8 +138,9 @@ def test_a_lasso_of_more_images_than_an_event_takes_is_truncated(client, monkeyp
 
     monkeypatch.setattr(web, "MAX_EVENT_IMAGES", 5)
     everything = [[-1e6, -1e6], [1e6, -1e6], [1e6, 1e6], [-1e6, 1e6]]
-    assert client.post("/api/map/select", json={"polygon": everything}).json() == {"count": 48, "ids": [0, 1, 2, 3, 4],
-                                                                                   "truncated": True}
+    answer = client.post("/api/map/select", json={"polygon": everything}).json()
+    assert {key: answer[key] for key in ("count", "ids", "truncated")} == {"count": 48, "ids": [0, 1, 2, 3, 4], "truncated": True}
+    assert len(answer["images"]) == 5
 
 
 @pytest.mark.parametrize("polygon, reason", [

@@ -41,7 +41,8 @@ API (JSON unless said; the schema is at /openapi.json). Ids are index row number
 - `GET  /api/map/states?query_class=C` (binary): uint8[N]: 0 not judged for C, 1 confirmed (net
   session votes > 0), 2 rejected (< 0).
 - `POST /api/map/select`: `{"polygon": [[x, y], ...], "class": C}`, 3 to `MAX_LASSO_POINTS` finite
-  vertices in the map's coordinates: `{"count", "ids": ascending, at most MAX_EVENT_IMAGES, "truncated"}`,
+  vertices in the map's coordinates: `{"count", "ids": ascending, at most MAX_EVENT_IMAGES, "images": their
+  names (what a feedback event lists), "truncated"}`,
   the images whose points lie inside (`matplotlib.path.Path.contains_points`); 409 without a map.
 - `GET  /api/feedback/counts?query_class=C`: `{"events", "images", "confirmed", "rejected"}`
   (the last two by net session votes for C; 0 without C).
@@ -879,8 +880,9 @@ def create_app(
         inside[placed] = Polygon(np.asarray(body.polygon, dtype=np.float64)).contains_points(coords[placed])
         if within is not None:
             inside &= within
-        ids = np.flatnonzero(inside)
-        return {"count": int(len(ids)), "ids": ids[:MAX_EVENT_IMAGES].tolist(), "truncated": bool(len(ids) > MAX_EVENT_IMAGES)}
+        ids = np.flatnonzero(inside)[:MAX_EVENT_IMAGES].tolist()
+        return {"count": int(inside.sum()), "ids": ids, "images": [collection.names[i] for i in ids],
+                "truncated": bool(inside.sum() > MAX_EVENT_IMAGES)}
 
     @app.get("/api/feedback/counts")
     def feedback_counts(query_class: str | None = Query(None, max_length=feedback.MAX_NAME_LENGTH)):
