@@ -14,7 +14,7 @@ serves beside it:
 - a label CSV (`--data-csv`), each image labelled with its cluster, for the
   feedback store (a fresh store each run: its start-up registers N images);
 - a `--map` CSV: each cluster's point on a circle plus normal noise;
-- the image folder: one tiny PNG hard-linked under every indexed name.
+- the image folder: every indexed name a hard link to one tiny PNG of its folder.
 The cluster of a row is read back from the generator itself (its rows at
 noise 0 are the centres), never guessed from the features.
 
@@ -69,11 +69,12 @@ P95_GOAL_MS, GOAL_N = 100, 1_000_000
 MAP_GOAL_S = 2
 SPARE_BYTES = 2**30
 MAP_RADIUS, MAP_NOISE = 10.0, 1.5
+FOLDER_IMAGES = 1000
 
 
 def image_name(row: int) -> str:
-    """Indexed name of a row: folders of 1,000 images, as a photo collection is laid out."""
-    return f"{row // 1000:04d}/{row:07d}.png"
+    """Indexed name of a row: folders of FOLDER_IMAGES images, as a photo collection is laid out."""
+    return f"{row // FOLDER_IMAGES:04d}/{row:07d}.png"
 
 
 def cluster_of(start: int, rows: int, centres: np.ndarray, data: dict) -> np.ndarray:
@@ -136,13 +137,13 @@ def prepare(folder: Path, data: dict) -> dict:
         coords.write("image,x,y\n")
         write_feature_blocks(folder / "scores.npz", paths, score_rows(labels, coords), dim=clusters, show=False,
                              metadata={"model": "synthetic", "output": "scores", "class_names": list(CLASSES[:clusters])})
-    tiny = folder / "tiny.png"  # Every indexed name is a hard link to this one 8 x 8 PNG.
-    Image.new("L", (8, 8), 128).save(tiny)
     images = folder / "images"
-    for start in range(0, n, 1000):
-        (images / image_name(start)).parent.mkdir(parents=True)
-        for row in range(start, min(start + 1000, n)):
-            os.link(tiny, images / image_name(row))
+    for start in range(0, n, FOLDER_IMAGES):  # A file's links are limited (65,000 on ext4): one 8 x 8 PNG a folder.
+        first = images / image_name(start)
+        first.parent.mkdir(parents=True)
+        Image.new("L", (8, 8), 128).save(first)
+        for row in range(start + 1, min(start + FOLDER_IMAGES, n)):
+            os.link(first, images / image_name(row))
     written = time.perf_counter() - started
     seconds, peak, out = run_stage(toolkit("index", "build", str(folder / "features.feat"), str(folder / "index"),
                                            "--overwrite", "--json", "--quiet"))
