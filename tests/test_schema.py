@@ -31,7 +31,7 @@ from image_toolkit.data_tools.web.app import create_app  # noqa: E402
 CLASSES = ["even", "prime", "five_or_more", "closed_loop"]
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance]
-# Examples per operation: 9 operations, about 20 s in all on two cores (CI).
+# Examples per operation: 13 operations, about 30 s in all on two cores (CI).
 EXAMPLES = 25
 
 
@@ -64,7 +64,7 @@ def test_every_answer_is_the_one_the_schema_declares(app):
 
     api_schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in api_schema.get_all_operations()]
-    assert len(operations) == 9
+    assert len(operations) == 13
 
     for operation in operations:
         @given(case=operation.as_strategy())
@@ -82,6 +82,9 @@ def test_the_schema_documents_content_types_codes_and_the_validation_shape(app):
     assert set(paths["/api/feedback/export"]["get"]["responses"]["200"]["content"]) == {"text/csv"}
     assert {"image/png", "image/jpeg"} <= set(paths["/api/images/{image_id}"]["get"]["responses"]["200"]["content"])
     assert set(paths["/api/thumbnails/{image_id}"]["get"]["responses"]["200"]["content"]) == {"image/png"}
+    for binary in ("/api/map", "/api/map/states"):
+        assert set(paths[binary]["get"]["responses"]["200"]["content"]) == {"application/octet-stream"}
+    assert {"ETag", "X-Map-Source", "X-Map-Points"} <= set(paths["/api/map"]["get"]["responses"]["200"]["headers"])
     assert {"400", "413", "415", "422"} <= set(paths["/api/search/image"]["post"]["responses"])
     assert {"404", "413", "422"} <= set(paths["/api/search/refine"]["post"]["responses"])
     feedback = paths["/api/feedback"]["post"]["responses"]

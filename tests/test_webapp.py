@@ -203,13 +203,30 @@ def test_a_euclidean_index_ranks_by_queries_made_of_its_own_rows(tmp_path, digit
     assert sorted(r["id"] for r in refined["results"]) == [4, 5, 6, 7]
 
 
+def decode_map(content: bytes, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The binary /api/map as documented: float32 x[N], float32 y[N] (little-endian), uint16 group[N]."""
+    assert len(content) == n * 10
+    coords = np.frombuffer(content[: 8 * n], dtype="<f4").reshape(2, n).T
+    return coords, np.frombuffer(content[8 * n :], dtype="<u2")
+
+
 def test_map_gives_pca_coordinates_or_the_tsne_csv(client, digits, tmp_path):
-    points = client.get("/api/map").json()
-    assert points["source"] == "pca" and len(points["points"]) == 48
+    """PCA of the pixels as scikit-learn makes it (up to each axis's sign), or the CSV's numbers, NaN where it has none."""
+    from sklearn.decomposition import PCA
+
+    answer = client.get("/api/map")
+    assert answer.headers["content-type"] == "application/octet-stream" and answer.headers["x-map-source"] == "pca"
+    coords, _ = decode_map(answer.content, 48)
+    expected = PCA(n_components=2).fit_transform(digits["features"].astype(np.float64))
+    signs = np.sign((coords * expected).sum(axis=0))
+    np.testing.assert_allclose(coords * signs, expected, atol=1e-3)
     (tmp_path / "tsne.csv").write_text("image,x,y\n" + "".join(f"{n},{i},{-i}\n" for i, n in enumerate(digits["names"][:10])))
     app = make_app(digits, tmp_path / "m.sqlite", map_csv=tmp_path / "tsne.csv")
-    answer = TestClient(app).get("/api/map").json()
-    assert answer["source"] == "tsne.csv" and answer["points"][3] == {"id": 3, "x": 3.0, "y": -3.0} and len(answer["points"]) == 10
+    answer = TestClient(app).get("/api/map")
+    assert answer.headers["x-map-source"] == "tsne.csv" and answer.headers["x-map-points"] == "10"
+    coords, _ = decode_map(answer.content, 48)
+    np.testing.assert_array_equal(coords[:10], np.stack([np.arange(10), -np.arange(10)], axis=1))
+    assert np.isnan(coords[10:]).all()
 
 
 def test_page_thumbnails_and_openapi(client):

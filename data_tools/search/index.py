@@ -512,6 +512,17 @@ class ImageIndex:
         rows = self.index_.reconstruct_n(0, self.size)
         return rows * self.norms_[:, None] if self.norms_ is not None else rows
 
+    def rows(self, ids) -> np.ndarray:
+        """The indexed features as given of the rows `ids` (M x D float32), read from the index by id.
+
+        What a server reads per request (a query's rows, a centroid's): only
+        those rows, never the N x D copy of `vectors`.
+        """
+        self._check_fitted()
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        rows = self.index_.reconstruct_batch(ids)
+        return rows * self.norms_[ids, None] if self.norms_ is not None else rows
+
     def _exact_radius(self, queries: np.ndarray, k: int) -> np.ndarray:
         """Each query's exact k-th nearest faiss value among the indexed rows, as a key (smaller is nearer).
 

@@ -391,6 +391,23 @@ class MilvusIndex:
             rows[start : start + len(block)] = block
         return rows
 
+    def rows(self, ids) -> np.ndarray:
+        """The indexed features as given of the rows `ids` (M x D float32), asked of Milvus by id, MAX_CALL_ROWS a call."""
+        self._check_fitted()
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        rows = np.empty((len(ids), self.dim), dtype=np.float32)
+        step = max(1, min(MAX_CALL_ROWS, MESSAGE_FLOATS // self.dim))
+        for start in range(0, len(ids), step):
+            wanted = np.unique(ids[start : start + step])
+            found = self._call(self.client_.query, self.collection_, filter=f"id in {wanted.tolist()}",
+                               output_fields=["vector"], limit=len(wanted))
+            vectors = {entity["id"]: entity["vector"] for entity in found}
+            if len(vectors) != len(wanted):
+                raise DataError(f"{self.uri}: collection {self.collection_} holds {len(vectors)} of the {len(wanted)} rows "
+                                f"asked for, which paths.json lists. {BUILD}")
+            rows[start : start + step] = [vectors[i] for i in ids[start : start + step].tolist()]
+        return rows
+
     def _stored_blocks(self, rows: int | None = None):
         """(first id, float32 block) over the first `rows` stored rows (default: all), in id order."""
         rows = self.size if rows is None else rows

@@ -69,7 +69,7 @@ Rocchio's means and the PCA map), the index, and up to `THUMBNAIL_CACHE`
 thumbnails.
 """
 
-import csv
+import hashlib
 import hmac
 import io
 import ipaddress
@@ -92,6 +92,7 @@ from image_toolkit.data_tools.feedback import store as feedback
 from image_toolkit.data_tools.formats.labels import read_labels
 from image_toolkit.data_tools.search import rocchio
 from image_toolkit.data_tools.search.ranking import top_k
+from image_toolkit.data_tools.web.collection import NO_GROUP, Classes, Collection
 
 if TYPE_CHECKING:  # The serve extra is imported where it is used, so this module loads without it.
     from fastapi import HTTPException, Request
@@ -122,7 +123,13 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/tiff", "image/webp")
 LEARNED_WEIGHT = 0.5
 THUMBNAIL_SIZE = 128
+# Thumbnails kept in memory; every one made is also kept on disk (`ThumbnailFolder`), so a restart does not redo them.
 THUMBNAIL_CACHE = 4096
+# Seconds a browser keeps an image or a thumbnail before asking again (then an ETag makes it a 304).
+IMAGE_MAX_AGE_S = 3600
+THUMBNAIL_MAX_AGE_S = 86400
+# Vertices of a lasso: a hand-drawn path sampled at every mouse move; more is a client gone wrong.
+MAX_LASSO_POINTS = 10_000
 # A multipart upload carries a few hundred bytes of headers around the file.
 MULTIPART_OVERHEAD = 64 * 1024
 DOCS_ASSETS_URL = "/docs-assets"
@@ -268,6 +275,39 @@ def thumbnail_png(path: Path, what: str) -> bytes:
     return buffer.getvalue()
 
 
+class ThumbnailFolder:
+    """Thumbnails on disk, one PNG per key (the image's name, size and mtime_ns hashed), so they outlive the server.
+
+    The folder is made on the first thumbnail written. Each file is written
+    under a temporary name and moved into place, so a reader (another
+    server process) never sees half a PNG. A write that fails (a full or
+    read-only disk) is logged and the thumbnail served anyway.
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+
+    def path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.png"
+
+    def read(self, key: str) -> bytes | None:
+        try:
+            return self.path(key).read_bytes()
+        except OSError:
+            return None
+
+    def write(self, key: str, content: bytes) -> None:
+        target = self.path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".", suffix=".tmp", delete=False) as handle:
+                handle.write(content)
+            os.replace(handle.name, target)
+        except OSError as error:
+            logger.warning("%s: cannot keep a thumbnail there (%s); thumbnails are made again after a restart.",
+                           self.folder, error.strerror or error)
+
+
 def add_offline_docs(app, assets: Path) -> None:
     """`/docs` and `/redoc` over the JS and CSS in `assets`, mounted at `DOCS_ASSETS_URL`: no CDN, no fonts.
 
@@ -305,131 +345,6 @@ def add_offline_docs(app, assets: Path) -> None:
             redoc_js_url=url(request, f"{DOCS_ASSETS_URL}/redoc.standalone.js"),
             redoc_favicon_url=url(request, f"{DOCS_ASSETS_URL}/favicon.png"), with_google_fonts=False,
         )
-
-
-class Collection:
-    """The indexed images, their features, classes and map: what every request reads, loaded once."""
-
-    def __init__(self, index_dir, images_dir, *, scores=None, map_csv=None):
-        from image_toolkit.data_tools.search.backends import load_index
-
-        self.root = Path(images_dir).resolve()
-        if not self.root.is_dir():
-            raise DataError(f"{images_dir}: no such image folder; pass the folder the index's image paths are relative to.")
-        # Read whole, not mapped: a server answers many queries, and a mapped index's first ones fault its lists in
-        # (1M x 256 ivf: p95 21 ms cold against 0.18 ms read, benchmarks/bench_scale.py); the rows are read below anyway.
-        index = load_index(index_dir, n_threads=1, mmap=False)
-        self.index_dir = Path(index_dir)
-        self.metadata = dict(index.features_metadata_)
-        self.index, self.metric = index, index.metric
-        self.names = [self._relative(path) for path in index.paths_]
-        self.ids = {name: i for i, name in enumerate(self.names)}
-        self.features = np.ascontiguousarray(index.vectors(), dtype=np.float32)
-        self.class_scores, self.vocabulary = self._class_scores(index, scores)
-        self._check_images(images_dir)
-        self.map_csv, self._coords = map_csv, None
-        if map_csv is not None:  # Read now, so a wrong --map is an error at start, not a 500 on the map view.
-            self._coords = (self._read_map(Path(map_csv)), Path(map_csv).name)
-
-    def nearest(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The k indexed rows nearest the query (D,) by the index's metric: (ids, scores), best first, ties by id.
-
-        Scores are larger-is-nearer, the app's convention: the index reports
-        cosine and euclidean distances and inner products as they are.
-        """
-        values, ids = self.index.search(np.asarray(query, dtype=np.float32).reshape(1, -1), k=min(int(k), self.index.size))
-        values, ids = values[0], ids[0]
-        found = ids >= 0  # An approximate index may find fewer than k.
-        values, ids = values[found], ids[found]
-        scores = 1 - values if self.metric == "cosine" else -values if self.metric == "euclidean" else values
-        order = np.lexsort((ids, -scores))
-        return ids[order], scores[order].astype(np.float32)
-
-    def _relative(self, path: str) -> str:
-        """An index path as a name relative to the image folder (absolute paths inside it are shortened)."""
-        candidate = Path(path)
-        if candidate.is_absolute():
-            try:
-                return candidate.resolve().relative_to(self.root).as_posix()
-            except ValueError:
-                return path
-        return candidate.as_posix()
-
-    def _class_scores(self, index, scores) -> tuple[np.ndarray | None, list[str] | None]:
-        from image_toolkit.data_tools.formats.features import read_features
-        from image_toolkit.data_tools.search.keywords import class_names, scores_for_index
-
-        try:
-            paths, values, metadata, source = scores_for_index(
-                index, read_features(scores) if scores else None, str(self.index_dir), scores_name=str(scores)
-            )
-            names = class_names(metadata, values.shape[1], source)
-        except DataError as error:
-            if scores:
-                raise
-            logger.info("Keyword search by learned queries only: %s", error)
-            return None, None
-        full = np.zeros((len(self.names), values.shape[1]), dtype=np.float32)
-        rows = [self.ids.get(self._relative(path)) for path in paths]
-        keep = [i for i, row in enumerate(rows) if row is not None]
-        full[[rows[i] for i in keep]] = values[keep]
-        return full, names
-
-    def _check_images(self, images_dir) -> None:
-        """Refuse an image folder holding none of the indexed images; warn with the count when some are missing.
-
-        The wrong folder otherwise serves a page of broken images, every one a 404.
-        """
-        missing = sum(self.file(i) is None for i in range(len(self.names)))
-        if self.names and missing == len(self.names):
-            raise DataError(
-                f"{images_dir}: holds none of the {len(self.names):,} indexed images (the index names e.g. "
-                f"'{self.names[0]}'); pass the folder the index's image paths are relative to as --img-directory.")
-        if missing:
-            logger.warning("%s: %d of the %d indexed images are not in this folder; the page shows them as missing.",
-                           images_dir, missing, len(self.names))
-
-    def file(self, image_id: int) -> Path | None:
-        """The image file of an id, or None when the id is unknown or its file is not inside the image folder."""
-        if not 0 <= image_id < len(self.names):
-            return None
-        path = (self.root / self.names[image_id]).resolve()
-        if not path.is_relative_to(self.root) or not path.is_file():
-            return None
-        return path
-
-    def coords(self) -> tuple[np.ndarray, str]:
-        """(N x 2 coordinates, NaN where the map has no point, and where they come from)."""
-        if self._coords is None:
-            from image_toolkit.data_tools.maps.embedding import embed_2d
-
-            self._coords = (embed_2d(self.features, method="pca"), "pca")
-        return self._coords
-
-    def _read_map(self, path: Path) -> np.ndarray:
-        coords = np.full((len(self.names), 2), np.nan, dtype=np.float32)
-        try:
-            with path.open(newline="", encoding="utf-8") as handle:
-                reader = csv.DictReader(handle)
-                missing = [name for name in ("image", "x", "y") if name not in (reader.fieldnames or [])]
-                if missing:
-                    raise DataError(f"{path}: no '{missing[0]}' column; --map takes the image,x,y CSV of toolkit tsne.")
-                for line, row in enumerate(reader, start=2):
-                    image_id = self.ids.get(self._relative(row["image"]))
-                    if image_id is None:
-                        continue
-                    try:
-                        coords[image_id] = float(row["x"]), float(row["y"])
-                    except ValueError:
-                        raise DataError(f"{path} line {line}: x and y must be numbers; got {row['x']!r}, {row['y']!r}.") from None
-        except OSError as error:
-            raise DataError(f"{path}: cannot read ({error.strerror or error}).") from None
-        absent = int(np.isnan(coords[:, 0]).sum())
-        if absent == len(self.names):
-            raise DataError(f"{path}: none of its images is in the index; make the map from the index's features.")
-        if absent:
-            logger.warning("%s: %d indexed images have no coordinates and are left off the map.", path, absent)
-        return coords
 
 
 class Store:
@@ -478,6 +393,13 @@ class Store:
         """Net votes of every image for a class (`feedback.session_votes`: each session's latest judgement)."""
         return feedback.session_votes(self.connection(), query_class)
 
+    def counts(self) -> dict[str, int]:
+        """{"events": events stored, "images": distinct images they name}, from every source (web and imports)."""
+        connection = self.connection()
+        (events,) = connection.execute("SELECT COUNT(*) FROM events").fetchone()
+        (images,) = connection.execute("SELECT COUNT(DISTINCT image) FROM event_images").fetchone()
+        return {"events": int(events), "images": int(images)}
+
 
 def query_class_for(keyword: str, classes: list[str]) -> str | None:
     """The store class a keyword names: the same name (any case), else the best class-name match, else None."""
@@ -510,6 +432,7 @@ def create_app(
     beta: float = rocchio.BETA,
     gamma: float = rocchio.GAMMA,
     learned_weight: float = LEARNED_WEIGHT,
+    thumbnail_dir: str | os.PathLike | None = None,
 ):
     """The FastAPI app of `toolkit serve` (module docstring: API, keyword ranking, learned queries).
 
@@ -522,11 +445,12 @@ def create_app(
     loopback names and `allowed_hosts` (a test client's "testserver", a name
     of this machine). `token`: see "Exposure" in the module docstring.
     `wait`: seconds a feedback post waits for an import's write lock before
-    its 503.
+    its 503. `thumbnail_dir`: the folder thumbnails are kept in (made on the
+    first one written); None keeps them in memory only.
     """
     from typing import Annotated
 
-    from fastapi import Body, FastAPI, File, HTTPException, Query, UploadFile
+    from fastapi import Body, FastAPI, File, HTTPException, Query, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, HTMLResponse, Response
     from pydantic import BaseModel, Field
@@ -537,8 +461,10 @@ def create_app(
         check_range(name, weight, low=0)
     collection = Collection(index_dir, images_dir, scores=scores, map_csv=map_csv)
     store = Store(Path(db_path), labels=labels, wait=wait)
+    classes = Classes(collection.names, store.images, store.classes)
     thumbnails: OrderedDict[int, bytes] = OrderedDict()
     thumbnail_lock = threading.Lock()
+    disk = ThumbnailFolder(thumbnail_dir) if thumbnail_dir is not None else None
 
     assets = docs_assets_dir()
     offline = {"docs_url": None, "redoc_url": None} if assets else {}
@@ -579,33 +505,73 @@ def create_app(
     class TextQuery(BaseModel):
         text: str | None = Field(None, max_length=200)
         id: int | None = None
-        vector: list[float] | None = Field(None, max_length=collection.features.shape[1])
+        vector: list[float] | None = Field(None, max_length=collection.dim)
 
     class Refine(BaseModel):
         query: TextQuery
         selected: ImageIds = Field(default_factory=list)
         deselected: ImageIds = Field(default_factory=list)
         k: int = Field(DEFAULT_K, ge=1, le=MAX_K)
+        class_: str | None = Field(None, alias="class", max_length=feedback.MAX_NAME_LENGTH)
+
+    Coordinate = Annotated[float, Field(allow_inf_nan=False)]
+
+    class Lasso(BaseModel):
+        polygon: list[tuple[Coordinate, Coordinate]] = Field(max_length=MAX_LASSO_POINTS)
+        class_: str | None = Field(None, alias="class", max_length=feedback.MAX_NAME_LENGTH)
 
     def invalid(message: str, *where: str | int) -> RequestValidationError:
         """A 422 of the app's own in FastAPI's validation shape, so the schema's HTTPValidationError holds for all."""
         return RequestValidationError([{"loc": where, "msg": message, "type": "value_error"}])
 
-    def results(ids, scores_) -> list[dict]:
-        return [{"rank": rank, "id": int(i), "image": collection.names[i], "score": round(float(s), 6)}
-                for rank, (i, s) in enumerate(zip(ids, scores_), start=1)]
+    def results(ids, scores_=None, *, first: int = 1) -> list[dict]:
+        """Result rows: rank, id, image, class text and score (None when browsing, which has no scores)."""
+        scores_ = [None] * len(ids) if scores_ is None else [round(float(s), 6) for s in scores_]
+        return [{"rank": rank, "id": int(i), "image": collection.names[i], "class": classes.text(i), "score": s}
+                for rank, (i, s) in enumerate(zip(ids, scores_), start=first)]
+
+    def carrying(label: str | None, where: str = "query") -> np.ndarray | None:
+        """The images carrying `label` (boolean N), None without one; an unknown label is a 422 naming the classes."""
+        if label is None:
+            return None
+        problem = classes.unknown(label)
+        if problem:
+            raise invalid(problem, where, "class")
+        return classes.carrying(label)
+
+    def the_map() -> tuple[np.ndarray, str]:
+        """The map's coordinates and source; 409 with the way to make one when the collection is too large for PCA."""
+        coords = collection.coords()
+        if coords is None:
+            raise HTTPException(409, collection.map_info()["message"])
+        return coords
+
+    def not_modified(request: Request, etag: str) -> bool:
+        """Whether the client's If-None-Match names `etag` (weak or strong, or *): its copy is current."""
+        given = [tag.strip().removeprefix("W/") for tag in request.headers.get("if-none-match", "").split(",")]
+        return etag in given or "*" in given
 
     def top(candidates: np.ndarray, scores_: np.ndarray, k: int):
         order = top_k(scores_, k)
         return candidates[order], scores_[order]
 
-    def keyword_scores(q: str, k: int) -> tuple[np.ndarray, np.ndarray, str | None, list[dict]]:
+    def no_match(q: str) -> str:
+        """A keyword matching nothing, told to a browser user with the words that would match."""
+        from image_toolkit.data_tools.search.keywords import closest_names
+
+        words = list(store.classes)
+        if collection.vocabulary is not None and set(collection.vocabulary) != set(words):
+            words += [name for name in closest_names(q, collection.vocabulary) if name not in words]
+        return f"no class matches '{q}'; try one of: {', '.join(words)}."
+
+    def keyword_scores(q: str, k: int, within: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str | None, list[dict]]:
         """Candidate ids (ascending) holding a keyword's top k, their scores, its query class and the classes matched.
 
-        With class scores every image is a candidate. A learned keyword
-        searches the index for the centroid of its confirmed images: the
-        k + (voted images) nearest hold the k best unvoted ones, and every
-        voted image is a candidate too, its score re-computed with the bonus.
+        With class scores every image is a candidate (of `within`, when
+        given). A learned keyword searches the index for the centroid of its
+        confirmed images: the k + (voted images) nearest hold the k best
+        unvoted ones, and every voted image is a candidate too, its score
+        re-computed with the bonus.
         """
         from image_toolkit.data_tools.search.keywords import match_classes
 
@@ -614,28 +580,32 @@ def create_app(
         voted = {collection.ids[image]: count for image, count in votes.items() if image in collection.ids}
         voted_ids = np.array(sorted(voted), dtype=np.int64)
         net = np.array([voted[i] for i in voted_ids.tolist()], dtype=np.float32)
+        if within is not None:
+            keep = within[voted_ids]
+            voted_ids, net = voted_ids[keep], net[keep]
         matched, matches = [], None
         if collection.vocabulary is not None:
             try:
                 matches = match_classes(q, collection.vocabulary)
-            except (DataError, OptionError) as error:
+            except (DataError, OptionError):
                 if query_class is None:
-                    raise HTTPException(404, str(error)) from None
+                    raise HTTPException(404, no_match(q)) from None
         if matches:
             columns = np.array([m.index for m in matches])
             weights = np.array([m.weight for m in matches], dtype=np.float32)
-            candidates = np.arange(len(collection.names))
-            base = collection.class_scores[:, columns] @ weights
+            candidates = np.arange(collection.size) if within is None else np.flatnonzero(within)
+            base = collection.class_scores[candidates][:, columns] @ weights if within is not None \
+                else collection.class_scores[:, columns] @ weights
             matched = [{"name": m.name, "weight": m.weight} for m in matches]
-            base[voted_ids] += learned_weight * np.clip(net, -1, 1)
+            base[np.searchsorted(candidates, voted_ids)] += learned_weight * np.clip(net, -1, 1)
             return candidates, base, query_class, matched
         elif query_class is None:
-            raise HTTPException(404, f"no class matches '{q}' (classes: {', '.join(store.classes)}).")
+            raise HTTPException(404, no_match(q))
         elif (net > 0).any():
-            centroid = rocchio.centroid(collection.features, voted_ids[net > 0], metric=collection.metric)
-            near, near_scores = collection.nearest(centroid, k + len(voted_ids))
+            centroid = collection.centroid(voted_ids[net > 0])
+            near, near_scores = collection.nearest(centroid, k + len(voted_ids), within=within)
             # The voted rows' scores as the index would give them: the same metric, on those rows only.
-            voted_scores = rocchio.similarities(centroid, collection.features[voted_ids], metric=collection.metric)
+            voted_scores = rocchio.similarities(centroid, collection.rows(voted_ids), metric=collection.metric)
             voted_scores += learned_weight * np.clip(net, -1, 1)
             unvoted = ~np.isin(near, voted_ids)
             candidates = np.concatenate([near[unvoted], voted_ids])
@@ -644,8 +614,8 @@ def create_app(
             return candidates[order], base[order], query_class, matched
         else:
             raise HTTPException(
-                404, f"no class scores match '{q}' and no image is confirmed for '{query_class}' yet; "
-                     "search by image, lasso the right ones and submit: the keyword learns from that.")
+                404, f"nothing is known about '{q}' yet: no image is confirmed for it. Search by an image, "
+                     "lasso the right ones and submit; the keyword learns from that.")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page():
@@ -659,24 +629,31 @@ def create_app(
 
     @app.get("/api/info")
     def info():
-        coords_source = Path(map_csv).name if map_csv else "pca"
         return {
-            "size": len(collection.names), "dim": int(collection.features.shape[1]), "metric": collection.metric,
-            "classes": store.classes, "keywords": collection.vocabulary is not None, "map": coords_source,
-            "max_upload_bytes": max_upload_bytes, "rocchio": {"alpha": alpha, "beta": beta, "gamma": gamma},
-            "learned_weight": learned_weight, "default_k": DEFAULT_K,
+            "size": collection.size, "dim": collection.dim, "metric": collection.metric,
+            "classes": store.classes, "class_counts": classes.label_counts, "groups": classes.groups,
+            "examples": classes.examples(), "keywords": collection.vocabulary is not None, "map": collection.map_info(),
+            "feedback": store.counts(), "max_upload_bytes": max_upload_bytes,
+            "rocchio": {"alpha": alpha, "beta": beta, "gamma": gamma}, "learned_weight": learned_weight,
+            "default_k": DEFAULT_K, "max_k": MAX_K, "max_event_images": MAX_EVENT_IMAGES,
         }
 
+    ClassQuery = Query(None, alias="class", max_length=feedback.MAX_NAME_LENGTH,
+                       description="Rank only the images carrying this label (one of `classes`).")
+
     @app.get("/api/search", responses=answers(404))
-    def search(q: str = Query(..., min_length=1, max_length=200), k: int = Query(DEFAULT_K, ge=1, le=MAX_K)):
-        candidates, scores_, query_class, matched = keyword_scores(q, k)
+    def search(q: str = Query(..., min_length=1, max_length=200), k: int = Query(DEFAULT_K, ge=1, le=MAX_K),
+               class_: str | None = ClassQuery):
+        candidates, scores_, query_class, matched = keyword_scores(q, k, carrying(class_))
         ids, values = top(candidates, scores_, k)
         return {"query": {"text": q}, "query_class": query_class, "classes": matched, "results": results(ids, values)}
 
     @app.post("/api/search/image", responses=answers(413, 415))
-    def search_image(file: UploadFile = File(...), k: int = Query(DEFAULT_K, ge=1, le=MAX_K)):
+    def search_image(file: UploadFile = File(...), k: int = Query(DEFAULT_K, ge=1, le=MAX_K),
+                     class_: str | None = ClassQuery):
         from PIL import UnidentifiedImageError
 
+        within = carrying(class_)
         content = file.file.read(max_upload_bytes + 1)
         if len(content) > max_upload_bytes:
             raise HTTPException(413, f"the upload is over the limit of {max_upload_bytes:,} bytes.")
@@ -697,9 +674,9 @@ def create_app(
                 vector = np.asarray(embed([path]), dtype=np.float32).reshape(-1)
             except DataError as error:
                 raise HTTPException(400, str(error)) from None
-        if vector.shape[0] != collection.features.shape[1]:
-            raise HTTPException(400, f"the query has {vector.shape[0]} features but the index {collection.features.shape[1]}.")
-        ids, values = collection.nearest(vector, k)
+        if vector.shape[0] != collection.dim:
+            raise HTTPException(400, f"the query has {vector.shape[0]} features but the index {collection.dim}.")
+        ids, values = collection.nearest(vector, k, within=within)
         return {"query": {"image": file.filename}, "query_vector": [round(float(v), 7) for v in vector],
                 "query_class": None, "results": results(ids, values)}
 
@@ -709,69 +686,176 @@ def create_app(
         given = [name for name in ("text", "id", "vector") if getattr(query, name) is not None]
         if len(given) != 1:
             raise invalid(f"give exactly one of query.text, query.id or query.vector; received {given or 'none'}.", "body", "query")
+        within = carrying(body.class_, "body")
+        valid = f"the ids are 0 to {collection.size - 1}" if collection.size else "the index is empty"
         for name, ids in (("selected", body.selected), ("deselected", body.deselected)):
-            bad = [i for i in ids if not 0 <= i < len(collection.names)]
+            bad = [i for i in ids if not 0 <= i < collection.size]
             if bad:
-                raise HTTPException(404, f"{name}: unknown image id {bad[0]}.")
+                raise HTTPException(404, f"{name}: image id {bad[0]} is not in the index; {valid}.")
         query_class = None
         if query.text is not None:
-            candidates, scores_, query_class, _ = keyword_scores(query.text, body.k)
+            candidates, scores_, query_class, _ = keyword_scores(query.text, body.k, within)
             ids, _ = top(candidates, scores_, body.k)
-            vector = rocchio.centroid(collection.features, ids, metric=collection.metric)
+            vector = collection.centroid(ids)
         elif query.id is not None:
-            if not 0 <= query.id < len(collection.names):
-                raise HTTPException(404, f"unknown image id {query.id}.")
-            vector = collection.features[query.id]
+            if not 0 <= query.id < collection.size:
+                raise HTTPException(404, f"query: image id {query.id} is not in the index; {valid}.")
+            vector = collection.rows([query.id])[0]
         else:
             vector = np.asarray(query.vector, dtype=np.float32)
-            if vector.shape[0] != collection.features.shape[1]:
-                raise invalid(f"query.vector has {vector.shape[0]} features but the index {collection.features.shape[1]}.",
+            if vector.shape[0] != collection.dim:
+                raise invalid(f"query.vector has {vector.shape[0]} features but the index {collection.dim}.",
                               "body", "query", "vector")
             if not np.isfinite(vector).all():
                 raise invalid("query.vector holds NaN or infinite values; send finite numbers.", "body", "query", "vector")
-        refined = rocchio.rocchio(vector, collection.features, body.selected, body.deselected,
+        # Only the judged rows are read: Rocchio's means over them, their ids renumbered into that small block.
+        judged = np.unique(np.asarray(body.selected + body.deselected, dtype=np.int64))
+        refined = rocchio.rocchio(vector, collection.rows(judged) if judged.size else np.zeros((0, collection.dim), np.float32),
+                                  np.searchsorted(judged, body.selected), np.searchsorted(judged, body.deselected),
                                   alpha=alpha, beta=beta, gamma=gamma, metric=collection.metric)
-        ids, values = collection.nearest(refined, body.k)
+        ids, values = collection.nearest(refined, body.k, within=within)
         return {"query": query.model_dump(exclude_none=True) if query.vector is None else {"vector": "given"},
                 "query_class": query_class, "rocchio": {"alpha": alpha, "beta": beta, "gamma": gamma},
                 "selected": len(body.selected), "deselected": len(body.deselected), "results": results(ids, values)}
 
-    image_content = {kind: {"schema": {"type": "string", "format": "binary"}} for kind in IMAGE_MEDIA_TYPES}
+    @app.get("/api/images")
+    def browse(offset: int = Query(0, ge=0), limit: int = Query(DEFAULT_K, ge=1, le=MAX_K), class_: str | None = ClassQuery):
+        """A page of the collection in index order (the start page), only the images carrying `class` when given."""
+        within = carrying(class_)
+        if within is None:
+            total, ids = collection.size, np.arange(offset, min(offset + limit, collection.size))
+        else:
+            members = np.flatnonzero(within)
+            total, ids = len(members), members[offset : offset + limit]
+        return {"total": int(total), "offset": offset, "results": results(ids, first=offset + 1)}
 
-    @app.get("/api/images/{image_id}", response_class=FileResponse,
-             responses={200: {"description": "The image file as indexed.", "content": image_content}, **answers(404)})
-    def image(image_id: int):
+    image_content = {kind: {"schema": {"type": "string", "format": "binary"}} for kind in IMAGE_MEDIA_TYPES}
+    cache_headers = {name: {"description": text, "schema": {"type": "string"}} for name, text in (
+        ("ETag", "The version of this answer; send it back as If-None-Match to get a 304 while it holds."),
+        ("Cache-Control", "How long a browser may keep the answer without asking again."))}
+    not_modified_answer = {304: {"description": "Not modified: the If-None-Match names the current ETag."}}
+
+    def file_tag(path: Path, name: str) -> str:
+        """An image's version: its name, size and modification time (ns), hashed; a changed file gets a new one."""
+        stat = path.stat()
+        return hashlib.blake2b(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode(), digest_size=16).hexdigest()
+
+    def indexed_file(image_id: int) -> Path:
         path = collection.file(image_id)
         if path is None:
             raise HTTPException(404, f"unknown image id {image_id}.")
-        return FileResponse(path)
+        return path
+
+    @app.get("/api/images/{image_id}", response_class=FileResponse, responses={
+        200: {"description": "The image file as indexed.", "content": image_content, "headers": cache_headers},
+        **not_modified_answer, **answers(404)})
+    def image(image_id: int, request: Request):
+        path = indexed_file(image_id)
+        etag = f'"{file_tag(path, collection.names[image_id])}"'
+        headers = {"ETag": etag, "Cache-Control": f"max-age={IMAGE_MAX_AGE_S}"}
+        if not_modified(request, etag):
+            return Response(status_code=304, headers=headers)
+        return FileResponse(path, headers=headers)
 
     @app.get("/api/thumbnails/{image_id}", response_class=Response, responses={
-        200: {"description": f"A PNG at most {THUMBNAIL_SIZE} px a side.", "content": {"image/png": image_content["image/png"]}},
-        **answers(404)})
-    def thumbnail(image_id: int):
+        200: {"description": f"A PNG at most {THUMBNAIL_SIZE} px a side.", "content": {"image/png": image_content["image/png"]},
+              "headers": cache_headers}, **not_modified_answer, **answers(404)})
+    def thumbnail(image_id: int, request: Request):
+        path = indexed_file(image_id)
+        key = file_tag(path, collection.names[image_id])
+        headers = {"ETag": f'"{key}"', "Cache-Control": f"max-age={THUMBNAIL_MAX_AGE_S}"}
+        if not_modified(request, headers["ETag"]):
+            return Response(status_code=304, headers=headers)
         with thumbnail_lock:
-            cached = thumbnails.get(image_id)
+            cached = thumbnails.get(key)
         if cached is None:
-            path = collection.file(image_id)
-            if path is None:
-                raise HTTPException(404, f"unknown image id {image_id}.")
-            try:
-                cached = thumbnail_png(path, f"image {image_id} ({collection.names[image_id]})")
-            except DataError as error:
-                raise invalid(str(error), "path", "image_id") from None
+            cached = disk.read(key) if disk else None
+            if cached is None:
+                try:
+                    cached = thumbnail_png(path, f"image {image_id} ({collection.names[image_id]})")
+                except DataError as error:
+                    raise invalid(str(error), "path", "image_id") from None
+                if disk:
+                    disk.write(key, cached)
             with thumbnail_lock:
-                thumbnails[image_id] = cached
+                thumbnails[key] = cached
                 while len(thumbnails) > THUMBNAIL_CACHE:
                     thumbnails.popitem(last=False)
-        return Response(cached, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+        return Response(cached, media_type="image/png", headers=headers)
 
-    @app.get("/api/map")
-    def map_points():
-        coords, source = collection.coords()
-        return {"source": source, "points": [
-            {"id": i, "x": round(float(x), 5), "y": round(float(y), 5)}
-            for i, (x, y) in enumerate(coords.tolist()) if x == x]}
+    binary = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    map_layout = ("Little-endian float32 x[N], then float32 y[N], then uint16 group[N] (the position in info.groups; "
+                  f"{NO_GROUP} for an image the feedback store does not know); NaN x and y: no point. N = the index size.")
+    map_headers = {**cache_headers, **{name: {"description": text, "schema": {"type": "string"}} for name, text in (
+        ("X-Map-Source", "Where the coordinates come from: the --map CSV's file name, or pca."),
+        ("X-Map-Points", "How many images have a point."))}}
+    map_lock, map_payload = threading.Lock(), {}
+
+    def map_answer() -> tuple[bytes, dict]:
+        """The map's bytes and headers, made once (a PCA map is computed on the first call) and kept."""
+        with map_lock:
+            if not map_payload:
+                coords, source = the_map()
+                body = b"".join((np.ascontiguousarray(coords[:, 0], dtype="<f4").tobytes(),
+                                 np.ascontiguousarray(coords[:, 1], dtype="<f4").tobytes(), classes.group_codes.tobytes()))
+                map_payload.update(body=body, headers={
+                    "ETag": f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"', "Cache-Control": "no-cache",
+                    "X-Map-Source": source, "X-Map-Points": str(int((~np.isnan(coords[:, 0])).sum()))})
+            return map_payload["body"], map_payload["headers"]
+
+    @app.get("/api/map", response_class=Response, responses={
+        200: {"description": map_layout, "content": binary, "headers": map_headers}, **not_modified_answer, **answers(409)})
+    def map_points(request: Request):
+        body, headers = map_answer()
+        if not_modified(request, headers["ETag"]):
+            return Response(status_code=304, headers=headers)
+        return Response(body, media_type="application/octet-stream", headers=headers)
+
+    def judged(query_class: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, net votes) of the indexed images the sessions judged for a class."""
+        votes = store.votes(query_class)
+        pairs = [(collection.ids[image], net) for image, net in votes.items() if image in collection.ids and net]
+        ids, nets = zip(*pairs) if pairs else ((), ())
+        return np.array(ids, dtype=np.int64), np.array(nets, dtype=np.int64)
+
+    def store_class(query_class: str) -> str:
+        """A query class of the store; else a 422 naming the classes."""
+        problem = classes.unknown(query_class)
+        if problem:
+            raise invalid(problem, "query", "query_class")
+        return query_class
+
+    @app.get("/api/map/states", response_class=Response, responses={
+        200: {"description": "uint8[N]: 0 not judged for query_class, 1 confirmed (net session votes > 0), 2 rejected (< 0).",
+              "content": binary}})
+    def map_states(query_class: str = Query(..., max_length=feedback.MAX_NAME_LENGTH)):
+        ids, nets = judged(store_class(query_class))
+        states = np.zeros(collection.size, dtype=np.uint8)
+        states[ids] = np.where(nets > 0, 1, 2)
+        return Response(states.tobytes(), media_type="application/octet-stream", headers={"Cache-Control": "no-store"})
+
+    @app.post("/api/map/select", responses=answers(409))
+    def select(body: Lasso):
+        """The images whose map points lie inside the lasso (in the map's coordinates), ascending by id."""
+        from matplotlib.path import Path as Polygon
+
+        if len(body.polygon) < 3:
+            raise invalid(f"a lasso needs at least 3 points; received {len(body.polygon)}.", "body", "polygon")
+        within = carrying(body.class_, "body")
+        coords, _ = the_map()
+        placed = ~np.isnan(coords[:, 0])
+        inside = np.zeros(collection.size, dtype=bool)
+        inside[placed] = Polygon(np.asarray(body.polygon, dtype=np.float64)).contains_points(coords[placed])
+        if within is not None:
+            inside &= within
+        ids = np.flatnonzero(inside)
+        return {"count": int(len(ids)), "ids": ids[:MAX_EVENT_IMAGES].tolist(), "truncated": bool(len(ids) > MAX_EVENT_IMAGES)}
+
+    @app.get("/api/feedback/counts")
+    def feedback_counts(query_class: str | None = Query(None, max_length=feedback.MAX_NAME_LENGTH)):
+        """Events and images in the store; with query_class, the images confirmed and rejected for it."""
+        nets = judged(store_class(query_class))[1] if query_class else np.zeros(0)
+        return {**store.counts(), "confirmed": int((nets > 0).sum()), "rejected": int((nets < 0).sum())}
 
     @app.post("/api/feedback", responses=answers(409, 413, 503, 507))
     def add_feedback(event: Event = Body(...)):
