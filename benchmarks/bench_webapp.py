@@ -253,23 +253,18 @@ def measure_map(port: int, n: int, tries: int) -> dict:
     for _ in range(tries):
         started = time.perf_counter()
         _, headers, body = client.send("GET", "/api/map")
-        if headers.get("Content-Type") == "application/json":  # Before issue 15: {"points": [{"id", "x", "y"}]}.
-            shown = json.loads(body)["points"]
-            x, y = (np.array([point[axis] for point in shown], dtype=np.float32) for axis in "xy")
-            group = np.zeros(len(shown), dtype=np.uint16)
-        elif len(body) == 10 * n:
-            x = np.frombuffer(body, "<f4", n, 0)
-            y = np.frombuffer(body, "<f4", n, 4 * n)
-            group = np.frombuffer(body, "<u2", n, 8 * n)
-        else:
+        if headers.get("Content-Type") != "application/octet-stream" or len(body) != 10 * n:
             raise RuntimeError(f"/api/map: {len(body):,} bytes of {headers.get('Content-Type')}; "
                                f"expected the binary map of {n:,} points ({10 * n:,} bytes)")
+        x = np.frombuffer(body, "<f4", n, 0)
+        y = np.frombuffer(body, "<f4", n, 4 * n)
+        group = np.frombuffer(body, "<u2", n, 8 * n)
         points = int(np.count_nonzero(np.isfinite(x) & np.isfinite(y)))
         groups = int(np.unique(group).size)
         times.append(time.perf_counter() - started)
     client.close()
     return {"first_s": round(times[0], 3), "median_s": round(statistics.median(times), 3), "tries": tries,
-            "bytes": len(body), "points": points, "groups": groups, "format": headers.get("Content-Type")}
+            "bytes": len(body), "points": points, "groups": groups}
 
 
 def peak_rss_mb(pid: int) -> float:

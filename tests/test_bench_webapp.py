@@ -29,8 +29,8 @@ def test_bench_webapp_reports_every_measurement(tmp_path):
             measured = result["latency"][phase][kind]
             assert measured["requests"] == 20 and 0 < measured["p50_ms"] <= measured["p95_ms"]
     assert result["latency"]["concurrent"]["clients"] == 4
-    # Every image has a point; the map's groups are the 10 clusters the label CSV names (the JSON map before issue 15: 1).
-    assert result["map"]["points"] == N and result["map"]["tries"] == 2
+    # Every image has a point, in the group of its cluster (the label CSV's 10 classes), decoded from the binary map.
+    assert result["map"]["points"] == N and result["map"]["groups"] == 10 and result["map"]["tries"] == 2
     assert result["startup_s"] > 0 and result["peak_rss_mb"] > 0 and result["rss_goal_mb"] == round((N * 256 * 4 + 2**30) / 2**20)
     assert result["baseline"]["original_ms"] > 0 and result["baseline"]["limit_ms"] > 0
     assert set(result["ratios"]) == {"p95_of_goal", "rss_of_goal", "map_of_goal", "original_over_server_p50",
