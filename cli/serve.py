@@ -34,19 +34,23 @@ from image_toolkit.cli.common import command, echo_json, json_option, quiet_opti
                    "for a --host other than this machine.")
 @click.option("--allow-host", "allowed_hosts", multiple=True, metavar="NAME",
               help="Another Host name the page may be opened as (a DNS name or address of this machine); repeatable.")
+@click.option("--thumbnail-cache", "thumbnail_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder the thumbnails are kept in across restarts; default: DB_STEM.thumbnails/ beside --db, "
+                   "made on the first thumbnail.")
 @click.option("--max-upload-mb", type=click.FloatRange(min=0, min_open=True), default=10, show_default=True,
               help="Largest query image accepted, in MiB.")
 @quiet_option
 @json_option
 def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_csv: Path | None, scores: Path | None,
-          host: str, port: int, token: str | None, allowed_hosts: tuple[str, ...], max_upload_mb: float,
-          quiet: bool, as_json: bool) -> None:
+          host: str, port: int, token: str | None, allowed_hosts: tuple[str, ...], thumbnail_dir: Path | None,
+          max_upload_mb: float, quiet: bool, as_json: bool) -> None:
     """Serve a search page over the index in INDEX_DIR: keyword or image queries, lasso, deselect, refine.
 
-    The page shows the results as a grid or as a map (the --map t-SNE
-    coordinates, else a PCA of the features). Drag a lasso to select images,
-    click one to deselect it, then Submit: the events go to the --db
-    feedback store and the ranking is refined by Rocchio. The API is
+    The page shows the collection as a grid and as a map of every image
+    (the --map t-SNE coordinates, else a PCA of the features up to 100,000
+    images). Drag a lasso to select images, click one to deselect it, then
+    Submit: the events go to the --db feedback store and the ranking is
+    refined by Rocchio. Thumbnails are kept in --thumbnail-cache. The API is
     described at http://HOST:PORT/docs (/openapi.json).
 
     Only requests naming the host served on, localhost or an --allow-host
@@ -76,7 +80,8 @@ def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_
     app = create_app(index_dir, images_dir, db, map_csv, labels=labels, scores=scores,
                      embed=lazy_embedder(lambda: app.state.collection.metadata),
                      max_upload_bytes=int(max_upload_mb * 1024 * 1024), host=host,
-                     allowed_hosts=[*machine_names(host), *allowed_hosts], token=token)
+                     allowed_hosts=[*machine_names(host), *allowed_hosts], token=token,
+                     thumbnail_dir=thumbnail_dir or db.with_name(f"{db.stem}.thumbnails"))
     url = f"http://{host}:{port}/"
     if as_json:
         echo_json({"url": url, "images": len(app.state.collection.names), "db": str(db)})

@@ -125,8 +125,14 @@ def test_the_web_app_serves_a_milvus_index(tmp_path):
         .save(tmp_path / "index")
     app = create_app(tmp_path / "index", tmp_path / "images", tmp_path / "f.sqlite", labels=tmp_path / "label.txt", embed=pixels)
     content = (tmp_path / "images" / names[7]).read_bytes()
-    answer = TestClient(app).post("/api/search/image", files={"file": ("q.png", content, "image/png")}, params={"k": 3}).json()
+    client = TestClient(app)
+    answer = client.post("/api/search/image", files={"file": ("q.png", content, "image/png")}, params={"k": 3}).json()
     assert answer["results"][0]["image"] == names[7]
+    # Rows read from Milvus by id (`MilvusIndex.rows`): a refine's query and judged rows, and the PCA map's blocks.
+    np.testing.assert_allclose(app.state.collection.rows([29, 3, 3]), features[[29, 3, 3]], rtol=1e-6)
+    refined = client.post("/api/search/refine", json={"query": {"id": 7}, "selected": [7], "k": 3}).json()
+    assert refined["results"][0]["id"] == 7
+    assert len(client.get("/api/map").content) == 30 * 10
 
 
 def test_overwrite_drops_the_replaced_collection(runner, tmp_path):

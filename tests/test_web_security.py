@@ -269,6 +269,15 @@ def test_a_network_host_warns_in_one_line_and_takes_a_token(runner, served, tmp_
     assert result.exit_code == 0 and "Warning" not in result.stderr  # This machine only: no warning.
 
 
+def test_thumbnails_are_kept_beside_the_db_or_in_the_thumbnail_cache(runner, served, tmp_path, no_server):
+    for extra, folder in (([], tmp_path / "f.thumbnails"), (["--thumbnail-cache", str(tmp_path / "t")], tmp_path / "t")):
+        result = runner.invoke(toolkit, serve_args(served, "--db", str(tmp_path / "f.sqlite"), "--port", "0", *extra))
+        assert result.exit_code == 0, result.output
+        assert not folder.exists()  # Made on the first thumbnail written.
+        assert TestClient(no_server[-1][0], base_url="http://localhost").get("/api/thumbnails/0").status_code == 200
+        assert len(list(folder.rglob("*.png"))) == 1
+
+
 def test_an_image_folder_with_none_of_the_indexed_images_is_one_line(runner, served, tmp_path, no_server):
     (tmp_path / "other").mkdir()
     root = served["root"]

@@ -4,22 +4,49 @@
 user already has: an index folder (`toolkit index build`), the folder of the
 images it names, and the SQLite feedback store (`image_toolkit.data_tools.feedback.store`).
 
-API (JSON unless said; the schema is at /openapi.json):
+API (JSON unless said; the schema is at /openapi.json). Ids are index row numbers.
 
-- `GET  /api/info`: size, metric, the classes of the store, the defaults below.
-- `GET  /api/search?q=sofa&k=40`: keyword query (see "Keyword ranking").
-- `POST /api/search/image`: multipart upload `file`, at most `max_upload_bytes`
+- `GET  /api/info`: size, dim, metric, the store's `classes`, the defaults below, and for the page:
+  `class_counts` ({label: indexed images carrying it}); `groups` ([{name, count}]: the
+  distinct class texts of the indexed images as the store registers them, '' unknown, most
+  frequent first, then by name; a group's position is its code in `/api/map`; at most
+  `MAX_GROUPS`, the rest sharing the last, "other"); `examples` (up to 3 labels, the most
+  frequent); `map` ({source: the --map file name | "pca" | null, points, message: why there is
+  no map and the commands that make one}); `feedback` ({events, images} stored).
+- `GET  /api/search?q=sofa&k=40&class=C`: keyword query (see "Keyword ranking").
+- `POST /api/search/image?class=C`: multipart upload `file`, at most `max_upload_bytes`
   and `MAX_PIXELS` pixels; the image is embedded with the index's model. The answer carries the
   query's feature row (`query_vector`) for `refine`.
 - `POST /api/search/refine`: `{"query": {"text": ..} | {"id": ..} | {"vector": [..]},
-  "selected": [ids], "deselected": [ids], "k": 40}`: Rocchio (`image_toolkit.data_tools.search.rocchio`)
+  "selected": [ids], "deselected": [ids], "k": 40, "class": C}`: Rocchio (`image_toolkit.data_tools.search.rocchio`)
   over the index features: q' = alpha q + beta mean(selected) - gamma mean(deselected).
   For a text query, q is the mean of its top-k results' rows, in the index
   metric's space (`rocchio.centroid`: normalised for cosine, as they are for euclidean and inner product).
+  An id not in the index is a 404 naming it and the valid range.
+- `class=C` on the three searches: only images carrying label C are ranked, by the same scores
+  (the index is asked for more neighbours until k of C are found; a rare class has its own rows
+  scored). Every result carries rank, id, image, `class` (its class text, '' unknown) and score.
+- `GET  /api/images?offset=0&limit=40&class=C`: the collection in index order (the start page),
+  `{"total", "offset", "results"}`, score null.
 - `GET  /api/images/{id}`, `GET /api/thumbnails/{id}`: an indexed image by its
-  row number, only from inside the image folder; never by a client's path.
-- `GET  /api/map`: 2-D coordinates of every image: the `--map` CSV of
-  `toolkit tsne` (image,x,y), else a PCA of the index features.
+  row number, only from inside the image folder; never by a client's path. Both carry an ETag
+  (the file's name, size and mtime_ns) and answer 304 to a matching If-None-Match;
+  Cache-Control max-age `IMAGE_MAX_AGE_S` / `THUMBNAIL_MAX_AGE_S`. Thumbnails are kept in
+  memory and, with `thumbnail_dir`, on disk (`ThumbnailFolder`), so a restart does not redo them.
+- `GET  /api/map` (application/octet-stream): little-endian float32 x[N], then float32 y[N],
+  then uint16 group[N] (`NO_GROUP`, 65535: an image the store does not know); NaN x and y: no
+  point. The `--map` CSV of `toolkit tsne` (image,x,y), else a PCA of the index rows, streamed
+  from the index and kept, when N is at most `MAX_PCA_POINTS`; above, a 409 saying how to make
+  a map. Headers X-Map-Source, X-Map-Points, an ETag (304 on If-None-Match), Cache-Control no-cache.
+- `GET  /api/map/states?query_class=C` (binary): uint8[N]: 0 not judged for C, 1 confirmed (net
+  session votes > 0), 2 rejected (< 0).
+- `POST /api/map/select`: `{"polygon": [[x, y], ...], "class": C}`, 3 to `MAX_LASSO_POINTS` finite
+  vertices in the map's coordinates: `{"count", "ids": ascending, at most MAX_EVENT_IMAGES, "truncated"}`,
+  the images whose points lie inside (`matplotlib.path.Path.contains_points`); 409 without a map.
+- `GET  /api/feedback/counts?query_class=C`: `{"events", "images", "confirmed", "rejected"}`
+  (the last two by net session votes for C; 0 without C).
+- An unknown class anywhere is a 422 naming the classes; messages are written for the person
+  reading the page, never naming a command-line flag.
 - `POST /api/feedback`: one event of the feedback store's schema; stored.
 - `GET  /api/feedback/export`: the per-image CSV of `toolkit feedback export`.
 - `GET  /docs` (Swagger UI) and `GET /redoc`: the API pages, served offline:
@@ -64,9 +91,12 @@ candidates and the voted images. Class scores (N x classes) are the one scan,
 its top k taken by `np.argpartition` (`ranking.top_k`): no request copies
 the N x D features or sorts all N.
 
-Memory: the app keeps the index features (N x D float32, read by row for
-Rocchio's means and the PCA map), the index, and up to `THUMBNAIL_CACHE`
-thumbnails.
+Memory: the app keeps the index, which holds the rows (read by id for
+Rocchio's means, a centroid's candidates and the PCA map: never an N x D
+copy), the names, a class code and map group per image, the map, the class
+scores when given, and up to `THUMBNAIL_CACHE` thumbnails. Start-up opens no
+image file: the image-folder check looks for `IMAGE_CHECK_SAMPLE` names spread
+over the index (`collection.py`).
 """
 
 import hashlib
@@ -476,7 +506,7 @@ def create_app(
         return {code: {"model": Message, **ERROR_RESPONSES[code]} for code in codes}
 
     always = answers(400, 401) if token else answers(400)
-    app = FastAPI(title="image-toolkit", version="1", description="Search, lasso, deselect and refine an image index.",
+    app = FastAPI(title="image-toolkit", version="1", description=__doc__,
                   responses=always, **offline)
     if assets:
         add_offline_docs(app, assets)
@@ -560,8 +590,9 @@ def create_app(
         from image_toolkit.data_tools.search.keywords import closest_names
 
         words = list(store.classes)
-        if collection.vocabulary is not None and set(collection.vocabulary) != set(words):
-            words += [name for name in closest_names(q, collection.vocabulary) if name not in words]
+        spelled = {word.replace("_", " ") for word in words}  # Class scores' names are written with spaces.
+        if collection.vocabulary is not None and not set(collection.vocabulary) <= spelled:
+            words += [name for name in closest_names(q, collection.vocabulary) if name not in spelled]
         return f"no class matches '{q}'; try one of: {', '.join(words)}."
 
     def keyword_scores(q: str, k: int, within: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str | None, list[dict]]:
