@@ -71,7 +71,7 @@ def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_
     import uvicorn
 
     from image_toolkit.data_tools.web.app import create_app, is_loopback
-    from image_toolkit.models.extraction import lazy_embedder
+    from image_toolkit.models.upload_embedder import lazy_embedder
 
     check_port(host, port)
     if not is_loopback(host):

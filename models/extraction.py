@@ -15,9 +15,8 @@ import dataclasses
 import itertools
 import logging
 import os
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -298,24 +297,3 @@ def extract(
         "images_per_second": round(computed / seconds, 2),
         **shown_model(metadata),
     }
-
-
-def lazy_embedder(index_metadata: Callable[[], dict]) -> Callable[[list[Path]], np.ndarray]:
-    """A function embedding image files with the model an index records, built on its first call.
-
-    `toolkit serve` hands it to the web app, so the server starts without
-    TensorFlow's model build and pays it on the first uploaded query only.
-    """
-    lock = threading.Lock()
-    extractor: list[FeatureExtractor] = []
-
-    def embed(paths: list[Path]) -> np.ndarray:
-        with lock:
-            if not extractor:
-                metadata = index_metadata()
-                if not metadata.get("model"):
-                    raise DataError("the index records no feature model, so an uploaded image cannot be embedded.")
-                extractor.append(extractor_from_metadata(metadata))
-            return compute_features(extractor[0], paths, batch_size=len(paths), verbose=0)
-
-    return embed

@@ -46,6 +46,7 @@ import json
 import logging
 import os
 import sqlite3
+import sys
 import tempfile
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from datetime import datetime, timezone
@@ -481,7 +482,9 @@ def register_dataset(connection: sqlite3.Connection, table: LabelTable, data_csv
 
 def registered(connection: sqlite3.Connection) -> tuple[dict[str, str], list[str], str | None]:
     """The registered images with their classes, the label names, and the label file they came from."""
-    images = dict(connection.execute("SELECT name, class FROM images"))
+    # One string per distinct class, not per image: a million rows of 10 classes held 143 MB of copies (bench_webapp.py).
+    images = {name: sys.intern(text) if isinstance(text, str) else text
+              for name, text in connection.execute("SELECT name, class FROM images")}
     meta = dict(connection.execute("SELECT key, value FROM dataset"))
     classes = list(json.loads(meta.get("label_names", "[]")))
     return images, classes, meta.get("data_csv")

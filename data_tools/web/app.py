@@ -398,7 +398,7 @@ class Store:
         self.classes = classes
         if not self.images:
             raise OptionError(f"{self.db}: no data set registered; {NO_DATA_SET}")
-        self.known = set(self.images)
+        self.known = self.images.keys()  # A view, not a set: a million names are not held twice.
 
     def connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)

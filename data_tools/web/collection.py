@@ -44,7 +44,7 @@ MAX_SEARCH_K = 16_384
 def map_message(n: int) -> str:
     """What a browser user is told when the collection is too large for a PCA map made on the fly."""
     return (f"no map yet: {n:,} images are more than the {MAX_PCA_POINTS:,} this server maps on the fly. "
-            "Ask whoever runs it to make one with 'toolkit tsne FEATURES -o map.csv' and restart it with "
+            "Ask whoever runs it to make one with 'toolkit tsne FEATURES -o map.png' (which writes map.csv) and restart it with "
             "'toolkit serve ... --map map.csv'.")
 
 
@@ -201,6 +201,8 @@ class Collection:
 
     def _relative(self, path: str) -> str:
         """An index path as a name relative to the image folder (absolute paths inside it are shortened)."""
+        if not path.startswith(("/", "./")) and "//" not in path and "/./" not in path and not path.endswith(("/", "/.")):
+            return path  # Already as Path writes it: no Path, and no new string, for each of a million names.
         candidate = Path(path)
         if candidate.is_absolute():
             try:
