@@ -41,7 +41,7 @@ def shot(page, name: str, selector: str | None = None) -> None:
 
 
 @pytest.fixture(scope="module")
-def spread(digits, tmp_path_factory):
+def spread(digits, tmp_path_factory):  # noqa: F811 (the digits fixture, imported)
     """The --map CSV: image -> (x, y) on a jittered lattice, 10 apart in x, 7 in y; the last two images left off."""
     rng = np.random.default_rng(3)
     coords = {name: (10.0 * (i % 8) + rng.uniform(-2, 2), 7.0 * (i // 8) + rng.uniform(-1.5, 1.5))
@@ -55,7 +55,7 @@ def spread(digits, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def served(digits, spread, tmp_path_factory):
+def served(digits, spread, tmp_path_factory):  # noqa: F811
     db = tmp_path_factory.mktemp("store") / "browser.sqlite"
     with uvicorn_thread(make_app(digits, db, map_csv=spread[0])) as url:
         yield url, db
