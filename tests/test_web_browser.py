@@ -25,7 +25,7 @@ pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, python
 
 from matplotlib.path import Path as Polygon  # noqa: E402
 
-from tests.test_webapp import CHROMIUM, CHROMIUM_ARGS, browser_test, digits, make_app, uvicorn_thread  # noqa: E402, F401
+from tests.test_webapp import CHROMIUM, CHROMIUM_ARGS, browser_test, digits, make_app, offline_route, uvicorn_thread  # noqa: E402, F401
 
 MAP_MARGIN = 24  # app.js's MAP_MARGIN: the Reset rule's margin on each side
 VIEWPORT = {"width": 1280, "height": 860}
@@ -65,16 +65,7 @@ def served(digits, spread, tmp_path_factory):  # noqa: F811
 def browser(served, tmp_path_factory):
     """One Chromium for the module, every request that leaves the server refused and recorded."""
     sync_api = browser_test()
-    url = served[0]
-    elsewhere = []
-
-    def offline(route):
-        if route.request.url.startswith(url + "/"):
-            route.continue_()
-        else:
-            elsewhere.append(route.request.url)
-            route.abort("internetdisconnected")
-
+    offline, elsewhere = offline_route(served[0])
     with sync_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path_factory.mktemp("profile")), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,

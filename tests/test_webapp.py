@@ -444,6 +444,20 @@ def browser_test():
     return pytest.importorskip("playwright.sync_api", reason="needs Python Playwright: pip install playwright")
 
 
+def offline_route(url: str):
+    """(a Playwright route handler passing requests to `url` and refusing every other, the list of URLs refused)."""
+    elsewhere = []
+
+    def offline(route):
+        if route.request.url.startswith(url + "/"):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    return offline, elsewhere
+
+
 def search_even(page, url: str) -> None:
     """Open the page, wait for the store's classes, search 'even' and wait for the grid's 40 thumbnails."""
     page.goto(url)
@@ -462,15 +476,7 @@ def test_browser_api_docs_render_with_no_network(digits, tmp_path):
     with uvicorn_thread(app) as url, sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch_persistent_context(
             str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        elsewhere = []
-
-        def offline(route):
-            if route.request.url.startswith(url + "/"):
-                route.continue_()
-            else:
-                elsewhere.append(route.request.url)
-                route.abort("internetdisconnected")
-
+        offline, elsewhere = offline_route(url)
         try:
             browser.route("**/*", offline)
             page = browser.new_page() if not browser.pages else browser.pages[0]
