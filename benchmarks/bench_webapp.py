@@ -1,6 +1,6 @@
 """Benchmark `toolkit serve` at 200,000 and 1,000,000 images: request latency, peak memory and the map, against the goals.
 
-    python benchmarks/bench_webapp.py                      # N = 200,000 and 1,000,000 x D = 256: about 20 min on 2 cores
+    python benchmarks/bench_webapp.py                      # N = 200,000 and 1,000,000 x D = 256: about 10 min on 2 cores
     python benchmarks/bench_webapp.py --sizes 2000 --requests 20   # seconds (tests/test_bench_webapp.py)
     python benchmarks/bench_webapp.py --sizes 1000000 --workdir /tmp/webbench   # keep the files; a rerun reuses them
 
