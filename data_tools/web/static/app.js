@@ -18,6 +18,7 @@ const state = {
   reviewShown: 0,
   session: "s-" + Math.random().toString(36).slice(2, 10),
   sentEvents: 0,        // events posted by this page: with the session, each event's id
+  ticket: 0,            // the latest grid request: an answer to an earlier one (a slow start page) is dropped
 };
 
 function status(text, error = false) {
@@ -109,7 +110,9 @@ function show(answer, what) {
 }
 
 async function browse(offset = 0) {
+  const ticket = offset === 0 ? ++state.ticket : state.ticket;
   const answer = await api(withClass(`/api/images?offset=${offset}&limit=${state.info.default_k}`));
+  if (ticket !== state.ticket) return;
   remember(answer.results);
   if (offset === 0) {
     state.query = null;
@@ -191,7 +194,9 @@ $("review-more").addEventListener("click", () => renderReview(true));
 
 async function search(q) {
   status("Searching…");
+  const ticket = ++state.ticket;
   const answer = await api(withClass(`/api/search?q=${encodeURIComponent(q)}&k=${state.info.default_k}`));
+  if (ticket !== state.ticket) return;
   state.query = { text: q };
   state.judged.clear();
   status(show(answer, `Results for '${q}'`));
