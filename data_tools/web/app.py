@@ -875,9 +875,11 @@ def create_app(
             raise invalid(f"a lasso needs at least 3 points; received {len(body.polygon)}.", "body", "polygon")
         within = carrying(body.class_, "body")
         coords, _ = the_map()
-        placed = ~np.isnan(coords[:, 0])
+        polygon = np.asarray(body.polygon, dtype=np.float64)
+        # Only the points in the lasso's bounding box are tested (NaN compares False: no point, never inside).
+        boxed = np.flatnonzero(((coords >= polygon.min(axis=0)) & (coords <= polygon.max(axis=0))).all(axis=1))
         inside = np.zeros(collection.size, dtype=bool)
-        inside[placed] = Polygon(np.asarray(body.polygon, dtype=np.float64)).contains_points(coords[placed])
+        inside[boxed] = Polygon(polygon).contains_points(coords[boxed])
         if within is not None:
             inside &= within
         ids = np.flatnonzero(inside)[:MAX_EVENT_IMAGES].tolist()
