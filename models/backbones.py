@@ -81,6 +81,20 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 
+def unit_range(images):
+    """Raw pixels (0-255) scaled to [0, 1]: the preprocessing of `--model pixels` features."""
+    return images / 255.0
+
+
+# What `preprocessing` accepts beside the backbone names: models fed raw pixels (a linear probe on pixel features).
+PIXELS = "pixels"
+
+
+def preprocessing(name: str) -> Callable:
+    """The input preprocessing called `name`: a backbone's own, or 'pixels' (scaled to [0, 1])."""
+    return unit_range if name == PIXELS else get_backbone(name).preprocess
+
+
 def get_backbone(name: str) -> Backbone:
     """The registry entry for `name`, or an error listing the known backbones."""
     if name not in BACKBONES:

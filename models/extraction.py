@@ -35,7 +35,7 @@ from image_toolkit.data_tools.formats.features import (
 from image_toolkit.data_tools.formats.images import IMAGE_SUFFIXES, check_images, find_images, report_skipped, require_readable
 from image_toolkit.data_tools.formats.metadata import ROOT_COLUMN
 from image_toolkit.data_tools.names import EXTRACT_PRECISIONS
-from image_toolkit.models.backbones import NO_WEIGHTS, build_backbone, get_backbone
+from image_toolkit.models.backbones import NO_WEIGHTS, PIXELS, build_backbone, get_backbone, unit_range
 from image_toolkit.models.inference import load_classifier, load_embedding_model
 from image_toolkit.models.pipeline import image_dataset
 from image_toolkit.models.runtime import keras, precision_policy, tf
@@ -44,8 +44,6 @@ logger = logging.getLogger(__name__)
 
 OUTPUTS = ("scores", "pooled")
 NAMED_MODELS = ("inceptionv3", "resnet50")
-# `--model pixels`: each image's own pixels as its features, the baseline a CNN must beat.
-PIXELS = "pixels"
 PIXELS_DEFAULT_SIZE = 32
 # XLA-compiled inference, by model, where it measured faster (benchmarks/bench_extract.py).
 # On 2 CPU cores it lost for both: ResNet50 23.8 -> 20.3 images/s, InceptionV3 34.4 -> 28.0.
@@ -78,10 +76,6 @@ def _layer_output(model: keras.Model, name: str):
     if isinstance(layer, keras.Model):
         return layer(model.inputs[0], training=False)
     return layer.output
-
-
-def _unit_range(images):
-    return images / 255.0
 
 
 def pixel_network(image_size: int) -> keras.Model:
@@ -128,7 +122,7 @@ def feature_extractor(
         check_range("--image-size", size, low=1)
         network = pixel_network(size)
         metadata = {"model": PIXELS, "output": output, "layer": PIXELS, "image_size": size, "weights": "none", "precision": "fp32"}
-        return FeatureExtractor(network, traced_forward(network, False), _unit_range, size, metadata)
+        return FeatureExtractor(network, traced_forward(network, False), unit_range, size, metadata)
     with precision_policy(precision):
         if model in NAMED_MODELS:
             if layer is not None:

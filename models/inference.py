@@ -12,7 +12,7 @@ import numpy as np
 from image_toolkit.data_tools.errors import DataError
 from image_toolkit.data_tools.formats.images import check_images, find_images, require_readable
 from image_toolkit.data_tools.formats.model_file import model_file_format, read_h5_metadata
-from image_toolkit.models.backbones import BACKBONES, get_backbone
+from image_toolkit.models.backbones import BACKBONES, preprocessing
 from image_toolkit.models.pipeline import image_dataset
 from image_toolkit.models.runtime import keras
 
@@ -92,6 +92,27 @@ def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
     return paths
 
 
+def classifier_preprocess(metadata: dict):
+    """The input preprocessing of a toolkit classifier: its backbone's, or the one its metadata names.
+
+    A model built on other features (a linear probe on pixel features)
+    records its own under 'preprocess'.
+    """
+    return preprocessing(metadata.get("preprocess", metadata["backbone"]))
+
+
+def classifier_probabilities(paths: list[Path], model: keras.Model, metadata: dict, *, batch_size: int = 32) -> np.ndarray:
+    """The model's probability per label (columns in metadata's label order) for each of `paths`, all readable."""
+    dataset = image_dataset(
+        paths,
+        image_size=metadata["image_size"],
+        preprocess=classifier_preprocess(metadata),
+        batch_size=batch_size,
+    )
+    batches = [model.predict_on_batch(batch) for batch in dataset]
+    return np.concatenate(batches) if batches else np.zeros((0, len(metadata["label_names"])), np.float32)
+
+
 def predict_images(
     inputs: list[str | os.PathLike],
     model_path: str | os.PathLike,
@@ -109,13 +130,7 @@ def predict_images(
     usable, skipped = check_images(paths)
     paths = [path for path, ok in zip(paths, usable) if ok]
     require_readable(len(paths), skipped, ", ".join(map(str, inputs)), fix="pass JPEG, PNG, BMP or GIF files or folders")
-    dataset = image_dataset(
-        paths,
-        image_size=metadata["image_size"],
-        preprocess=get_backbone(metadata["backbone"]).preprocess,
-        batch_size=batch_size,
-    )
-    probabilities = np.concatenate([model.predict_on_batch(batch) for batch in dataset])
+    probabilities = classifier_probabilities(paths, model, metadata, batch_size=batch_size)
     names = metadata["label_names"]
     if metadata["task"] == "multiclass":
         chosen = [[names[int(row.argmax())]] for row in probabilities]
