@@ -203,6 +203,13 @@ class OutputFolder(click.Path):
 OUTPUT_DIR = OutputFolder()
 
 
+# One option for every training command; the logs are Keras' (scalars per epoch, every metric of the progress bar).
+tensorboard_option = click.option(
+    "--tensorboard", default=None, metavar="DIR",
+    help="Write TensorBoard logs here (needs the tensorboard extra); view with: tensorboard --logdir DIR",
+)
+
+
 def start(quiet: bool) -> None:
     """Set up logging for a command run."""
     configure_logging(quiet)

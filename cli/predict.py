@@ -10,11 +10,11 @@ from image_toolkit.cli.common import command, echo_json, json_option, quiet_opti
 @command("predict", aliases={"--model_weights": "--model"})
 @click.argument("images", nargs=-1, required=True)
 @click.option("--model", "model_weights", default="./best_model.h5", show_default=True, help="A best_model.h5 written by 'toolkit train'.")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Probability at or above which a label is given (multi-label).")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Probability at or above which a label is given (multi-label; default: the model's tuned thresholds, or 0.5).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @quiet_option
 @json_option
-def predict(images: tuple[str, ...], model_weights: str, threshold: float, batch_size: int, quiet: bool, as_json: bool) -> None:
+def predict(images: tuple[str, ...], model_weights: str, threshold: float | None, batch_size: int, quiet: bool, as_json: bool) -> None:
     """Print each image's probability per label and the labels above --threshold.
 
     IMAGES are files or folders (searched recursively); any size or colour

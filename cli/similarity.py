@@ -15,6 +15,7 @@ from image_toolkit.cli.common import (
     saved,
     start,
     strategy_option,
+    tensorboard_option,
 )
 from image_toolkit.data_tools import names
 
@@ -96,6 +97,7 @@ training_options = option_group(
     click.option("--resume", is_flag=True, help="Continue the run in --output-dir; refused if other options differ."),
     click.option("--seed", type=int, default=42, show_default=True),
     strategy_option,
+    tensorboard_option,
     quiet_option,
     json_option,
 )

@@ -15,6 +15,7 @@ from image_toolkit.cli.common import (
     saved,
     start,
     strategy_option,
+    tensorboard_option,
 )
 from image_toolkit.data_tools import names
 
@@ -50,6 +51,9 @@ def classifier_options(*, task: str = "multilabel"):
 @click.option("--resume", is_flag=True, help="Continue the run in --output-dir from its last epoch.")
 @click.option("--train-csv", default=None, help="A ready training list (rows may repeat, e.g. from 'toolkit resample'); needs --val-csv.")
 @click.option("--val-csv", default=None, help="A ready validation list; needs --train-csv.")
+@click.option("--thresholds", type=click.Choice(names.THRESHOLDS), default="fixed", show_default=True,
+              help="Multi-label: 0.5 for every label (fixed), or each label's best F1 on the validation list, stored in the model (tuned).")
+@tensorboard_option
 @quiet_option
 @json_option
 def train(quiet: bool, as_json: bool, **options) -> None:
@@ -76,3 +80,6 @@ def train(quiet: bool, as_json: bool, **options) -> None:
             f"Best epoch {summary['best_epoch']}: validation macro-F1 {summary['best_val_macro_f1']:.4f}, "
             f"micro-F1 {summary['best_val_micro_f1']:.4f}; {saved(summary, 'model')}"
         )
+        if "thresholds" in summary:
+            click.echo(f"Tuned thresholds {', '.join(f'{t:.2f}' for t in summary['thresholds'])}: "
+                       f"validation macro-F1 {summary['val_macro_f1_tuned']:.4f}")

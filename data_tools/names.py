@@ -4,6 +4,8 @@ BACKBONES = ("resnet50", "inceptionv3", "mobilenetv2", "efficientnetb0", "resnet
 TASKS = ("multilabel", "multiclass")
 MISSING_LABELS = ("mask", "mean", "mf")
 CLASS_WEIGHTS = ("none", "balanced")
+# `train --thresholds`: 0.5 for every label, or each label's best on the validation list.
+THRESHOLDS = ("fixed", "tuned")
 PRECISIONS = ("fp32", "mixed_bfloat16", "mixed_float16")
 EXTRACT_PRECISIONS = ("fp32", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multiworker")

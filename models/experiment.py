@@ -48,6 +48,7 @@ from image_toolkit.data_tools.formats.images import check_images
 from image_toolkit.data_tools.formats.labels import LabelTable, read_label_csv, split_table, write_label_csv
 from image_toolkit.data_tools.maps.plots import plot_class_f1
 from image_toolkit.data_tools.progress import progress_bar
+from image_toolkit.models.evaluation import MACRO, score_predictions
 from image_toolkit.models.inference import predict_images
 from image_toolkit.models.training import TrainOptions, train_classifier
 
@@ -59,7 +60,6 @@ LOG_COLUMNS = [
     "test_macro_f1", "train_rows", "train_images", "val_images", "test_images", "ratios", "feedback", "options",
 ]
 RESULT_COLUMNS = ["time", "experiment", "variant", "seed", "class", "precision", "recall", "f1", "support"]
-MACRO = "macro"
 # Options of TrainOptions that the experiment sets per run, so not part of "the options" of a run.
 PER_RUN = ("output_dir", "seed", "train_csv", "val_csv", "resume")
 
@@ -138,23 +138,6 @@ def fixed_lists(training: TrainOptions, options: ExperimentOptions) -> tuple[Lab
 
 
 # --- Scores -------------------------------------------------------------------------------------
-
-
-def score_predictions(truth: LabelTable, predicted: np.ndarray) -> pd.DataFrame:
-    """Per-class precision, recall, F1 and support (blank truth cells left out), then the macro row."""
-    from sklearn.metrics import precision_recall_fscore_support
-
-    rows = []
-    for j, name in enumerate(truth.label_names):
-        known = ~np.isnan(truth.labels[:, j])
-        precision, recall, f1, _ = precision_recall_fscore_support(
-            truth.labels[known, j].astype(int), predicted[known, j].astype(int),
-            average="binary", pos_label=1, zero_division=0,
-        )
-        rows.append({"class": name, "precision": precision, "recall": recall, "f1": f1, "support": int((truth.labels[known, j] == 1).sum())})
-    frame = pd.DataFrame(rows)
-    macro = {"class": MACRO, **frame[["precision", "recall", "f1"]].mean().to_dict(), "support": int(frame["support"].sum())}
-    return pd.concat([frame, pd.DataFrame([macro])], ignore_index=True)
 
 
 def evaluate(model_path: str | Path, test: LabelTable, image_dir: Path, *, batch_size: int = 32) -> pd.DataFrame:

@@ -18,6 +18,9 @@ from image_toolkit.models.runtime import keras
 
 logger = logging.getLogger(__name__)
 
+# A multi-label model's threshold for every label unless it stores tuned ones (`train --thresholds tuned`).
+DEFAULT_THRESHOLD = 0.5
+
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
@@ -113,17 +116,33 @@ def classifier_probabilities(paths: list[Path], model: keras.Model, metadata: di
     return np.concatenate(batches) if batches else np.zeros((0, len(metadata["label_names"])), np.float32)
 
 
+def label_thresholds(metadata: dict, threshold: float | None = None) -> np.ndarray:
+    """Each label's threshold: `threshold` for all when given, else the model's stored ones, else 0.5."""
+    n = len(metadata["label_names"])
+    if threshold is not None:
+        return np.full(n, float(threshold))
+    return np.asarray(metadata.get("thresholds") or [DEFAULT_THRESHOLD] * n, dtype=float)
+
+
+def decide(probabilities: np.ndarray, task: str, thresholds: np.ndarray) -> np.ndarray:
+    """0/1 decisions: the top class for multiclass, each label at or above its threshold for multilabel."""
+    if task == "multiclass":
+        return np.eye(probabilities.shape[1])[probabilities.argmax(axis=1)]
+    return (probabilities >= thresholds).astype(float)
+
+
 def predict_images(
     inputs: list[str | os.PathLike],
     model_path: str | os.PathLike,
     *,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     batch_size: int = 32,
 ) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """Predictions for every readable image, and (path, reason) for the unreadable ones.
 
     Images of any size and colour mode are accepted: the pipeline converts
-    them to the model's RGB input size.
+    them to the model's RGB input size. A multi-label model gives the labels
+    at or above `threshold`, by default its own per-label thresholds.
     """
     model, metadata = load_classifier(model_path)
     paths = expand_inputs(inputs)
@@ -132,10 +151,8 @@ def predict_images(
     require_readable(len(paths), skipped, ", ".join(map(str, inputs)), fix="pass JPEG, PNG, BMP or GIF files or folders")
     probabilities = classifier_probabilities(paths, model, metadata, batch_size=batch_size)
     names = metadata["label_names"]
-    if metadata["task"] == "multiclass":
-        chosen = [[names[int(row.argmax())]] for row in probabilities]
-    else:
-        chosen = [[name for name, p in zip(names, row) if p >= threshold] for row in probabilities]
+    decisions = decide(probabilities, metadata["task"], label_thresholds(metadata, threshold))
+    chosen = [[name for name, given in zip(names, row) if given] for row in decisions]
     predictions = [
         Prediction(str(path), {name: round(float(p), 4) for name, p in zip(names, row)}, labels)
         for path, row, labels in zip(paths, probabilities, chosen)

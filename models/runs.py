@@ -33,8 +33,9 @@ from image_toolkit.data_tools.provenance import library_versions
 logger = logging.getLogger(__name__)
 
 # Options that may change between a run and its `--resume`. The strategy changes where the steps run, not the
-# model: a run started on a cluster can be continued on one machine.
-RESUMABLE_CHANGES = frozenset({"epochs", "resume", "strategy"})
+# model: a run started on a cluster can be continued on one machine. TensorBoard logs and the thresholds chosen
+# after the last epoch do not change the epochs either.
+RESUMABLE_CHANGES = frozenset({"epochs", "resume", "strategy", "tensorboard", "thresholds"})
 # How a user names the recorded options that are not spelled as their flag.
 SPELLED = {"siamese_type": "--type", "method": "the method", "data": "the data argument"}
 LAST_CHECKPOINT = "last_checkpoint.keras"

@@ -13,6 +13,7 @@ the import runs with that descriptor pointed at /dev/null. Set
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -275,3 +276,21 @@ def fitting(model: keras.Model, strategy) -> Iterator[keras.Model]:
     finally:
         trainer.reduce_per_replica = keras_reduce
         del model._maybe_symbolic_build
+
+
+def check_tensorboard(log_dir: str | None) -> None:
+    """Refuse `--tensorboard` before any work when the optional `tensorboard` package is not installed."""
+    if log_dir is not None and importlib.util.find_spec("tensorboard") is None:
+        raise DataError('--tensorboard needs the tensorboard package, an optional extra: pip install "image-toolkit[tensorboard]"')
+
+
+def tensorboard_callbacks(log_dir: str | None, strategy, output_dir: Path) -> list:
+    """Keras' TensorBoard callback writing to `log_dir` (the chief's; other workers write into their temporary folder).
+
+    Listed last among a fit's callbacks, it logs every metric the others
+    added to the epoch's logs (a retrieval evaluation's val_recall@1).
+    """
+    if log_dir is None:
+        return []
+    target = Path(log_dir) if is_chief(strategy) else output_dir / "tensorboard"
+    return [keras.callbacks.TensorBoard(log_dir=str(target), write_graph=False)]

@@ -36,11 +36,13 @@ from image_toolkit.models.pipeline import image_dataset, pair_dataset, views_dat
 from image_toolkit.models.runs import HISTORY_FILE, begin_run, check_resumable, write_run_record
 from image_toolkit.models.runtime import (
     check_strategy_options,
+    check_tensorboard,
     distributed_input,
     distribution_strategy,
     fitting,
     is_chief,
     keras,
+    tensorboard_callbacks,
     worker_output_dir,
 )
 
@@ -78,9 +80,11 @@ class SimilarityOptions:
     seed: int = 42
     strategy: str = "default"
     resume: bool = False
+    tensorboard: str | None = None
 
     def check(self) -> None:
         get_backbone(self.backbone)
+        check_tensorboard(self.tensorboard)
         if self.strategy not in STRATEGIES:
             raise OptionError(f"--strategy: expected one of {', '.join(STRATEGIES)}. Received: {self.strategy!r}.")
         check_strategy_options(self.strategy, resume=self.resume)
@@ -289,7 +293,7 @@ def _train(options: SimilarityOptions, strategy, output_dir: Path, started: floa
     callbacks = [RetrievalEvaluation(tower, *gallery, metric=options.metric)] if gallery else []
     checkpoints = TrainingCheckpoints(output_dir, save_best=save_tower, best_name=EMBEDDING_FILE, monitor=monitor,
                                       mode=mode, state=state)
-    callbacks.append(checkpoints)
+    callbacks += [checkpoints, *tensorboard_callbacks(options.tensorboard, strategy, output_dir)]
     begin_run(output_dir, recorded, state, n_train=len(train))
     if initial_epoch < options.epochs:
         with fitting(model, strategy):

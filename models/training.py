@@ -22,24 +22,29 @@ from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.images import check_images, report_skipped, require_readable
 from image_toolkit.data_tools.formats.labels import LabelTable, read_label_csv, split_table, write_label_csv
 from image_toolkit.data_tools.formats.missing_labels import fill_missing
+from image_toolkit.data_tools.formats.model_file import update_h5_metadata
 from image_toolkit.data_tools.maps.plots import plot_training_curves
-from image_toolkit.data_tools.names import CLASS_WEIGHTS, PRECISIONS, STRATEGIES
+from image_toolkit.data_tools.names import CLASS_WEIGHTS, PRECISIONS, STRATEGIES, THRESHOLDS
 from image_toolkit.data_tools.provenance import toolkit_version
 from image_toolkit.models.backbones import check_backbone_options, get_backbone
 from image_toolkit.models.callbacks import TrainingCheckpoints, save_h5_with_metadata
 from image_toolkit.models.classifier import ImageClassifier
+from image_toolkit.models.evaluation import MACRO, scores_table, tune_thresholds
+from image_toolkit.models.inference import classifier_probabilities, load_classifier
 from image_toolkit.models.losses import MaskedBinaryCrossentropy
 from image_toolkit.models.metrics import MaskedF1Score
 from image_toolkit.models.pipeline import image_dataset, random_augmentation
 from image_toolkit.models.runs import HISTORY_FILE, begin_run, check_resumable, write_run_record
 from image_toolkit.models.runtime import (
     check_strategy_options,
+    check_tensorboard,
     distributed_input,
     distribution_strategy,
     fitting,
     is_chief,
     keras,
     precision_policy,
+    tensorboard_callbacks,
     worker_output_dir,
 )
 
@@ -78,6 +83,8 @@ class TrainOptions:
     resume: bool = False
     train_csv: str | None = None
     val_csv: str | None = None
+    thresholds: str = "fixed"
+    tensorboard: str | None = None
 
     def check(self) -> None:
         """Refuse impossible values before any file is read or layer built."""
@@ -92,6 +99,11 @@ class TrainOptions:
         check_range("--learning-rate", self.learning_rate, low=0, low_open=True)
         check_strategy_options(self.strategy, resume=self.resume,
                                weighs_classes=self.task == "multiclass" and self.class_weight == "balanced")
+        if self.thresholds not in THRESHOLDS:
+            raise OptionError(f"--thresholds: expected one of {', '.join(THRESHOLDS)}. Received: {self.thresholds!r}.")
+        if self.thresholds == "tuned" and self.task == "multiclass":
+            raise OptionError("--thresholds tuned: a multi-class model takes the top class, it has no thresholds; use it with --task multilabel.")
+        check_tensorboard(self.tensorboard)
         if (self.train_csv is None) != (self.val_csv is None):
             raise OptionError("--train-csv and --val-csv go together: give both lists, or neither to split --data-csv.")
 
@@ -218,6 +230,20 @@ def _compile(model: keras.Model, options: TrainOptions, train_labels: np.ndarray
     )
 
 
+def _tune_thresholds(model_path: Path, val: LabelTable, image_dir: Path, batch_size: int) -> dict:
+    """Store in the best model each label's threshold with the best validation F1; return them and the F1 they give.
+
+    The model file is rewritten whole under a temporary name and moved into
+    place (`update_h5_metadata`), so it is never without its metadata.
+    """
+    model, metadata = load_classifier(model_path)
+    probabilities = classifier_probabilities([image_dir / name for name in val.images], model, metadata, batch_size=batch_size)
+    thresholds = tune_thresholds(val.labels, probabilities)
+    update_h5_metadata(model_path, {"thresholds": thresholds})
+    macro_f1 = scores_table(val, probabilities, np.array(thresholds)).set_index("class").loc[MACRO, "f1"]
+    return {"thresholds": thresholds, "val_macro_f1_tuned": round(float(macro_f1), 6)}
+
+
 def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
     """Run a whole training; return the summary also written to `run.json`.
 
@@ -312,7 +338,7 @@ def _train(options: TrainOptions, strategy, output_dir: Path, started: float, *,
                     shuffle=False,  # the dataset shuffles itself, with the run's seed
                     initial_epoch=initial_epoch,
                     class_weight=balanced_class_weights(train_labels) if options.task == "multiclass" and options.class_weight == "balanced" else None,
-                    callbacks=[checkpoints],
+                    callbacks=[checkpoints, *tensorboard_callbacks(options.tensorboard, strategy, output_dir)],
                     verbose=verbose,
                 )
         else:
@@ -321,6 +347,7 @@ def _train(options: TrainOptions, strategy, output_dir: Path, started: float, *,
     history = pd.read_csv(output_dir / HISTORY_FILE)
     plot_training_curves(history, output_dir / "loss_curve.png")
     best_row = history.loc[history["val_macro_f1"].idxmax()]
+    tuned = _tune_thresholds(output_dir / "best_model.h5", val, image_dir, options.batch_size) if options.thresholds == "tuned" else {}
     summary = {
         "status": "finished",
         "best_epoch": checkpoints.best_epoch,
@@ -330,6 +357,7 @@ def _train(options: TrainOptions, strategy, output_dir: Path, started: float, *,
         "n_train": len(train),
         "n_val": len(val),
         "label_names": train.label_names,
+        **tuned,
         "wall_time_s": round(time.time() - started, 2),
         "model": str(output_dir / "best_model.h5"),
     }

@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -42,6 +43,38 @@ def tiny_set(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     table = write_digits_dataset(root, n_images=24, image_size=32, blank_fraction=0.0, seed=2)
     return root, table
+
+
+SMALL = ["--backbone", "small_cnn", "--weights", "none", "--image_size", "32", "--quiet"]
+# The rows of `digits_set` that `trained` learns from (split into training and validation); the rest are its test list.
+TRAINED_ROWS = 800
+
+
+def train_args(root, output_dir, *extra, data_csv=None):
+    return ["--data_csv", str(data_csv or root / "label.txt"), "--img_directory", str(root / "images"),
+            "--output_dir", str(output_dir), *SMALL, *extra]
+
+
+@pytest.fixture(scope="session")
+def trained(digits_set, tmp_path_factory):
+    """One small_cnn run on 800 digits with tuned thresholds, shared by the tests that read its outputs.
+
+    The other 200 digits are its held-out test list, `test.csv` beside the
+    run's folder.
+    """
+    import json
+
+    from image_toolkit.cli.train import train
+
+    root, table = digits_set
+    output_dir = tmp_path_factory.mktemp("run")
+    labels = pd.read_csv(root / "label.txt")
+    labels.iloc[:TRAINED_ROWS].to_csv(output_dir.parent / "pool.csv", index=False)
+    labels.iloc[TRAINED_ROWS:].to_csv(output_dir.parent / "test.csv", index=False)
+    result = CliRunner().invoke(train, train_args(root, output_dir, "--epochs", "25", "--thresholds", "tuned", "--json",
+                                                  data_csv=output_dir.parent / "pool.csv"))
+    assert result.exit_code == 0, result.output
+    return output_dir, json.loads(result.stdout.strip().splitlines()[-1]), table
 
 
 @pytest.fixture

@@ -53,7 +53,7 @@ def run(command, *args):
 def siamese_d(digits, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("siamese_d")
     summary = run(train_siamese, digits / "metadata.csv", "--type", "d", "--margin", "0.5", "--epochs", "6",
-                  "--batch_size", "64", "--output_dir", output_dir, *SMALL)
+                  "--batch_size", "64", "--output_dir", output_dir, "--tensorboard", output_dir / "logs", *SMALL)
     return output_dir, summary
 
 
@@ -98,6 +98,13 @@ def test_simclr_learns_without_labels(digits, tmp_path):
     before = untrained_recall(digits)
     assert summary["val_knn_accuracy"] >= 0.85, summary
     assert summary["val_knn_accuracy"] >= before["knn_accuracy"] + 0.15, (summary, before)
+
+
+def test_tensorboard_logs_the_retrieval_scores_of_every_epoch(siamese_d):
+    from tests.test_evaluate import scalar_tags
+
+    output_dir, _ = siamese_d
+    assert {"epoch_loss", "epoch_val_recall@1"} <= scalar_tags(output_dir / "logs" / "train"), scalar_tags(output_dir / "logs" / "train")
 
 
 @pytest.mark.parametrize(("siamese_type", "backbone"), [("b", "small_cnn"), ("c", "small_cnn"), ("b", "resnet18")])

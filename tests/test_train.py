@@ -11,26 +11,9 @@ import pytest
 
 from image_toolkit.cli.predict import predict
 from image_toolkit.cli.train import train
-from tests.conftest import one_line_error
+from tests.conftest import SMALL, one_line_error, train_args
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["--backbone", "small_cnn", "--weights", "none", "--image_size", "32", "--quiet"]
-
-
-def train_args(root, output_dir, *extra):
-    return ["--data_csv", str(root / "label.txt"), "--img_directory", str(root / "images"), "--output_dir", str(output_dir), *SMALL, *extra]
-
-
-@pytest.fixture(scope="module")
-def trained(digits_set, tmp_path_factory):
-    """One small_cnn run on 1000 digits, shared by the tests that read its outputs."""
-    from click.testing import CliRunner
-
-    root, table = digits_set
-    output_dir = tmp_path_factory.mktemp("run")
-    result = CliRunner().invoke(train, train_args(root, output_dir, "--epochs", "25", "--json"))
-    assert result.exit_code == 0, result.output
-    return output_dir, json.loads(result.stdout.strip().splitlines()[-1]), table
 
 
 def test_small_cnn_learns_digit_labels(trained):
@@ -50,12 +33,12 @@ def test_split_lists_are_disjoint_and_cover_the_data(trained, digits_set):
     train_list = pd.read_csv(output_dir / "train.csv")
     val_list = pd.read_csv(output_dir / "val.csv")
     assert not set(train_list["image"]) & set(val_list["image"])
-    assert len(train_list) + len(val_list) == len(table)
-    assert len(val_list) == 200
+    assert len(train_list) + len(val_list) == 800
+    assert len(val_list) == 160
 
 
 def test_predict_round_trip_through_the_cli(trained, digits_set, runner):
-    output_dir, _, table = trained
+    output_dir, summary, table = trained
     root = digits_set[0]
     val_images = pd.read_csv(output_dir / "val.csv")["image"][:40]
     args = [str(root / "images" / name) for name in val_images]
@@ -68,7 +51,8 @@ def test_predict_round_trip_through_the_cli(trained, digits_set, runner):
     known = truth.notna().to_numpy()
     accuracy = (predicted == truth.fillna(0).to_numpy().astype(bool))[known].mean()
     assert accuracy >= 0.85
-    assert all(set(r["labels"]) == {k for k, p in r["probabilities"].items() if p >= 0.5} for r in records)
+    thresholds = dict(zip(summary["label_names"], summary["thresholds"]))  # the run tuned them (--thresholds tuned)
+    assert all(set(r["labels"]) == {k for k, p in r["probabilities"].items() if p >= thresholds[k]} for r in records)
 
 
 def test_inference_script_reloads_the_model_in_a_fresh_process(trained, digits_set):

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import zipfile
 from pathlib import Path
 
 import h5py
 
+from image_toolkit.data_tools.atomic import atomic_path
 from image_toolkit.data_tools.errors import DataError
 
 METADATA_ATTRIBUTE = "image_toolkit"
@@ -64,3 +66,17 @@ def read_h5_metadata(path: str | os.PathLike) -> dict | None:
     with h5py.File(path, "r") as handle:
         raw = handle.attrs.get(METADATA_ATTRIBUTE)
     return None if raw is None else json.loads(raw)
+
+
+def update_h5_metadata(path: str | os.PathLike, fields: dict) -> None:
+    """Add `fields` to an HDF5 model's toolkit metadata: the file is copied, changed and moved into place.
+
+    A run killed meanwhile leaves the old file whole (and a temporary copy).
+    """
+    metadata = read_h5_metadata(path)
+    if metadata is None:
+        raise DataError(f"{path}: not an image-toolkit model (no label metadata).")
+    with atomic_path(path) as temporary:
+        shutil.copyfile(path, temporary)
+        with h5py.File(temporary, "a") as handle:
+            handle.attrs[METADATA_ATTRIBUTE] = json.dumps({**metadata, **fields})

@@ -117,3 +117,35 @@ def plot_class_f1(per_class: pd.DataFrame, path: str | Path, *, title: str = "Te
     axis.set_title(title)
     figure.tight_layout()
     save_figure(figure, path)
+
+
+def plot_pr_curves(labels, probabilities, names: list[str], path: str | Path) -> None:
+    """Each label's precision-recall curve over its known cells, its average precision in the legend."""
+    import numpy as np
+    from sklearn.metrics import PrecisionRecallDisplay
+
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6, 5), dpi=100)
+    for j, name in enumerate(names):
+        known = ~np.isnan(labels[:, j])
+        y = labels[known, j].astype(int)
+        if len(np.unique(y)) == 2:
+            PrecisionRecallDisplay.from_predictions(y, probabilities[known, j], name=name, ax=axis)
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1.05)
+    axis.set_title("Precision-recall per label (test list)")
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def plot_confusion(matrix, names: list[str], path: str | Path) -> None:
+    """The confusion matrix of a multi-class model: true class by row, predicted by column, counts in the cells."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    plt = _pyplot()
+    size = max(4, 0.5 * len(names) + 2)
+    figure, axis = plt.subplots(figsize=(size, size), dpi=100)
+    ConfusionMatrixDisplay(matrix, display_labels=names).plot(ax=axis, colorbar=False, xticks_rotation=45 if len(names) > 6 else "horizontal")
+    axis.set_title("Confusion matrix (test list)")
+    figure.tight_layout()
+    save_figure(figure, path)
