@@ -17,7 +17,7 @@ FORMAT_NAMES = ("savedmodel", "onnx", "litert", "openvino")
 @click.option("--format", "format_name", type=click.Choice(FORMAT_NAMES), required=True,
               help="savedmodel (TensorFlow), onnx (onnxruntime), litert (.tflite) or openvino; onnx and openvino need "
                    'their extra: pip install "image-toolkit[onnx]".')
-@click.option("--output", type=click.Path(path_type=Path), default=None,
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Where to write it. Default: beside MODEL, e.g. best_model.onnx, best_model_savedmodel/.")
 @quiet_option
 @json_option
