@@ -41,7 +41,7 @@ def export(model: Path, format_name: str, output: Path | None, quiet: bool, as_j
     record = export_model(model, format_name, output=output)
     if as_json:
         echo_json(record)
-    else:
+    elif not quiet:
         size = record["input"]["shape"][1]
         click.echo(f"Exported {model} as {format_name} to {record['path']}: input 'rgb' float32 (batch, {size}, {size}, 3) "
                    f"raw RGB 0-255, output (batch, {record['output']['shape'][1]}); labels in {record['labels']}")

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 from image_toolkit.data_tools.atomic import flush_to_disk, make_folder, remove_empty, staging_folder
@@ -164,7 +165,10 @@ def export_model(
         logger.info("Exporting %s as %s to %s", model_path, format_name, output)
         # An explicit signature: ONNX export refuses a model that was never called without one.
         signature = [keras.InputSpec(shape=exported.input_shape, dtype="float32", name="rgb")]
-        exported.export(os.fspath(keras_target), format=spec.keras_format, verbose=False, input_signature=signature)
+        with warnings.catch_warnings():
+            # Keras' tf2onnx patch for NumPy 2 probes `np.object`, which NumPy answers with a FutureWarning: noise to a user.
+            warnings.filterwarnings("ignore", message=".*np.object.*", category=FutureWarning)
+            exported.export(os.fspath(keras_target), format=spec.keras_format, verbose=False, input_signature=signature)
         staged_sidecar = staging / "sidecar.json" if not spec.folder else staged / LABELS_FILE
         staged_sidecar.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         for path in (staged, staged_sidecar):
