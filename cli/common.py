@@ -28,7 +28,7 @@ def configure_logging(quiet: bool = False) -> None:
         stream=sys.stderr,
     )
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"Warning: {message}\n"
-    for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL", "faiss"):
+    for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL", "faiss", "tf2onnx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
