@@ -18,6 +18,7 @@ from image_toolkit.cli.common import OneLineErrors
 COMMANDS = {
     "demo-data": "image_toolkit.cli.demo.demo_data",
     "train": "image_toolkit.cli.train.train",
+    "tune": "image_toolkit.cli.tune.tune",
     "predict": "image_toolkit.cli.predict.predict",
     "make-metadata": "image_toolkit.cli.similarity.make_metadata",
     "filter-images": "image_toolkit.cli.similarity.filter_images",
