@@ -1,6 +1,7 @@
 """`toolkit tune` on real digits, and `train --config` that retrains its best."""
 
 import json
+import sys
 
 import pandas as pd
 import pytest
@@ -125,3 +126,25 @@ def test_dropout_is_a_named_layer_only_when_asked():
     assert with_dropout.get_layer("head_dropout").rate == pytest.approx(0.3)
     without = ImageClassifier("small_cnn", weights=None, image_size=32, classes=4)
     assert "head_dropout" not in [layer.name for layer in without.layers]
+
+
+def test_hyperband_caps_the_trials_and_records_their_epochs(tiny_set, tmp_path):
+    root, _ = tiny_set
+    result = CliRunner().invoke(tune, ["--data_csv", str(root / "label.txt"), "--img_directory", str(root / "images"),
+                                       "--output_dir", str(tmp_path), *SMALL, "--tuner", "hyperband", "--epochs", "2",
+                                       "--max_trials", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    trials = pd.read_csv(tmp_path / "trials.csv")
+    assert len(trials) == 1 == summary["trials"] and trials["epochs"].between(1, 2).all()
+    assert summary["tuner"] == "hyperband" and summary["default_val_macro_f1"] is not None
+
+
+def test_tune_without_keras_tuner_is_one_line_naming_the_extra(tiny_set, tmp_path, monkeypatch, runner):
+    monkeypatch.setitem(sys.modules, "keras_tuner", None)  # `import keras_tuner` now raises ImportError
+    root, _ = tiny_set
+    result = runner.invoke(tune, ["--data_csv", str(root / "label.txt"), "--img_directory", str(root / "images"),
+                                  "--output_dir", str(tmp_path / "out"), *SMALL])
+    assert result.exit_code == 1
+    assert 'pip install "image-toolkit[tune]"' in one_line_error(result)
+    assert not (tmp_path / "out").exists()
