@@ -18,6 +18,7 @@ from image_toolkit.cli.common import OneLineErrors
 COMMANDS = {
     "demo-data": "image_toolkit.cli.demo.demo_data",
     "train": "image_toolkit.cli.train.train",
+    "tune": "image_toolkit.cli.tune.tune",
     "predict": "image_toolkit.cli.predict.predict",
     "evaluate": "image_toolkit.cli.evaluate.evaluate",
     "export": "image_toolkit.cli.export.export",

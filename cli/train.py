@@ -32,6 +32,7 @@ def classifier_options(*, task: str = "multilabel"):
         click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
         click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
         click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True),
+        click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True, help="Dropout rate before the output layer (0: none)."),
         click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True, help="Share of the labelled images held out for validation (the best epoch is chosen on it)."),
         click.option("--missing-labels", type=click.Choice(names.MISSING_LABELS), default="mask", show_default=True, help="Blank label cells: leave out of the loss (mask), fill with the label mean, or by matrix factorisation (mf)."),
         click.option("--class-weight", type=click.Choice(names.CLASS_WEIGHTS), default="none", show_default=True),
@@ -41,7 +42,38 @@ def classifier_options(*, task: str = "multilabel"):
     )
 
 
+# Options of a run.json that `train --config` leaves as typed (or defaulted): where this run writes, and how it runs here.
+NOT_FROM_CONFIG = ("output_dir", "resume", "strategy")
+
+
+def _read_config(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Make the "options" of a run.json the defaults of this command, so options typed on the line win.
+
+    Eager, so it runs before the other options are read (Click's `default_map`).
+    """
+    if value is None or ctx.resilient_parsing:
+        return value
+    from image_toolkit.data_tools.errors import DataError, OptionError
+    from image_toolkit.data_tools.formats.json_files import read_json
+
+    fix = "Pass the run.json that 'toolkit train' or 'toolkit tune' wrote."
+    options = read_json(value, dict, fix=fix).get("options")
+    if not isinstance(options, dict):
+        raise DataError(f"{value}: no \"options\" object; a run.json has one. {fix}")
+    known = {other.name for other in ctx.command.params} - {"config", "quiet", "as_json"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise OptionError(f"--config {value}: '{unknown[0]}' is not an option of 'toolkit train'; remove it from \"options\" or fix its name.")
+    ctx.default_map = {**(ctx.default_map or {}), **{name: setting for name, setting in options.items()
+                                                     if name not in NOT_FROM_CONFIG and setting is not None}}
+    return value
+
+
 @command("train")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), default=None, is_eager=True, expose_value=False,
+              callback=_read_config,
+              help="A run.json (of 'toolkit train', or the best of 'toolkit tune'): its options are the defaults, "
+                   "options typed on the line win. Its output_dir, resume and strategy are not taken.")
 @click.option("--data-csv", default="./label.txt", show_default=True, help="Label CSV: an 'image' column, then one 0/1 column per label (or 'label' for --task multiclass).")
 @click.option("--img-directory", default="./images", show_default=True, help="Folder the 'image' paths are relative to.")
 @click.option("--output-dir", default=".", show_default=True, type=OUTPUT_DIR, help="Where best_model.h5, loss_curve.png, history.csv and run.json go.")
@@ -61,11 +93,13 @@ def train(quiet: bool, as_json: bool, **options) -> None:
 
     The best epoch by validation macro-F1 is saved to best_model.h5 in
     --output-dir, with its label names, for 'toolkit predict'.
+    --config RUN_JSON trains again with the options of an earlier run.
 
     \b
     Example (the demo data, CPU, ten seconds):
       toolkit train --backbone small_cnn --weights none --image-size 32 \\
                     --epochs 30 --output-dir runs/demo
+      toolkit train --config runs/demo/run.json --epochs 40 --output-dir runs/longer
     """
     start(quiet)
     from image_toolkit.models.runtime import progress_verbosity

@@ -68,6 +68,7 @@ class TrainOptions:
     backbone: str = "resnet50"
     weights: str = "imagenet"
     head_units: int = 64
+    dropout: float = 0.0
     image_size: int = 224
     epochs: int = 10
     batch_size: int = 32
@@ -97,6 +98,7 @@ class TrainOptions:
         for option in ("epochs", "batch_size", "head_units", "image_size"):
             check_range(_spelled(option), getattr(self, option), low=1)
         check_range("--learning-rate", self.learning_rate, low=0, low_open=True)
+        check_range("--dropout", self.dropout, low=0, high=1, high_open=True)
         check_strategy_options(self.strategy, resume=self.resume,
                                weighs_classes=self.task == "multiclass" and self.class_weight == "balanced")
         if self.thresholds not in THRESHOLDS:
@@ -244,6 +246,54 @@ def _tune_thresholds(model_path: Path, val: LabelTable, image_dir: Path, batch_s
     return {"thresholds": thresholds, "val_macro_f1_tuned": round(float(macro_f1), 6)}
 
 
+def training_labels(options: TrainOptions, train: LabelTable) -> np.ndarray:
+    """The training targets: blank multilabel cells filled or masked as --missing-labels says."""
+    return fill_missing(train.labels, options.missing_labels, seed=options.seed) if options.task == "multilabel" else train.labels
+
+
+def classifier_dataset(options: TrainOptions, table: LabelTable, labels: np.ndarray, strategy, *, training: bool):
+    """The tf.data pipeline of a list: shuffled (and augmented with --augment) when `training`, cached when it fits."""
+    backbone = get_backbone(options.backbone)
+    image_dir = Path(options.img_directory)
+    per_image_bytes = options.image_size**2 * 3 * 4
+
+    def rows_dataset(rows: np.ndarray, batch_size: int):
+        return image_dataset(
+            [image_dir / table.images[row] for row in rows],
+            labels[rows],
+            image_size=options.image_size,
+            preprocess=backbone.preprocess,
+            batch_size=batch_size,
+            shuffle=training,
+            seed=options.seed,
+            augment=random_augmentation(options.seed) if training and options.augment else None,
+            cache=len(rows) * per_image_bytes < CACHE_BYTES,
+        )
+
+    return distributed_input(strategy, rows_dataset, len(table), batch_size=options.batch_size)
+
+
+def new_classifier(options: TrainOptions, train_labels: np.ndarray) -> keras.Model:
+    """The compiled classifier of `options`, for labels shaped like `train_labels` (train and tune build the same)."""
+    model = ImageClassifier(
+        options.backbone,
+        weights=options.weights,
+        image_size=options.image_size,
+        head_units=options.head_units,
+        classes=train_labels.shape[1],
+        classifier_activation="softmax" if options.task == "multiclass" else "sigmoid",
+        fine_tune=options.fine_tune,
+        dropout=options.dropout,
+    )
+    _compile(model, options, train_labels)
+    return model
+
+
+def fit_class_weight(options: TrainOptions, train_labels: np.ndarray) -> dict[int, float] | None:
+    """Keras `class_weight` of a fit: balanced classes for multiclass with --class-weight balanced, else none."""
+    return balanced_class_weights(train_labels) if options.task == "multiclass" and options.class_weight == "balanced" else None
+
+
 def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
     """Run a whole training; return the summary also written to `run.json`.
 
@@ -268,27 +318,7 @@ def _train(options: TrainOptions, strategy, output_dir: Path, started: float, *,
 
     train, val = load_lists(options, output_dir)
     logger.info("Training on %d images, validating on %d; labels: %s", len(train), len(val), ", ".join(train.label_names))
-    train_labels = fill_missing(train.labels, options.missing_labels, seed=options.seed) if options.task == "multilabel" else train.labels
-
-    backbone = get_backbone(options.backbone)
-    image_dir = Path(options.img_directory)
-    per_image_bytes = options.image_size**2 * 3 * 4
-
-    def dataset(table: LabelTable, labels: np.ndarray, training: bool):
-        def rows_dataset(rows: np.ndarray, batch_size: int):
-            return image_dataset(
-                [image_dir / table.images[row] for row in rows],
-                labels[rows],
-                image_size=options.image_size,
-                preprocess=backbone.preprocess,
-                batch_size=batch_size,
-                shuffle=training,
-                seed=options.seed,
-                augment=random_augmentation(options.seed) if training and options.augment else None,
-                cache=len(rows) * per_image_bytes < CACHE_BYTES,
-            )
-
-        return distributed_input(strategy, rows_dataset, len(table), batch_size=options.batch_size)
+    train_labels = training_labels(options, train)
 
     metadata = {
         "format_version": 1,
@@ -306,16 +336,7 @@ def _train(options: TrainOptions, strategy, output_dir: Path, started: float, *,
             model = keras.models.load_model(output_dir / state["checkpoint"])
             logger.info("Resuming after epoch %d (best %.4f at epoch %s)", state["epoch"], state["best_score"], state["best_epoch"])
         else:
-            model = ImageClassifier(
-                options.backbone,
-                weights=options.weights,
-                image_size=options.image_size,
-                head_units=options.head_units,
-                classes=len(train.label_names),
-                classifier_activation="softmax" if options.task == "multiclass" else "sigmoid",
-                fine_tune=options.fine_tune,
-            )
-            _compile(model, options, train_labels)
+            model = new_classifier(options, train_labels)
         checkpoints = TrainingCheckpoints(
             output_dir,
             save_best=lambda best, epoch, score, path: save_h5_with_metadata(
@@ -332,12 +353,12 @@ def _train(options: TrainOptions, strategy, output_dir: Path, started: float, *,
         if initial_epoch < options.epochs:
             with fitting(model, strategy):
                 model.fit(
-                    dataset(train, train_labels, training=True),
-                    validation_data=dataset(val, val.labels, training=False),
+                    classifier_dataset(options, train, train_labels, strategy, training=True),
+                    validation_data=classifier_dataset(options, val, val.labels, strategy, training=False),
                     epochs=options.epochs,
                     shuffle=False,  # the dataset shuffles itself, with the run's seed
                     initial_epoch=initial_epoch,
-                    class_weight=balanced_class_weights(train_labels) if options.task == "multiclass" and options.class_weight == "balanced" else None,
+                    class_weight=fit_class_weight(options, train_labels),
                     callbacks=[checkpoints, *tensorboard_callbacks(options.tensorboard, strategy, output_dir)],
                     verbose=verbose,
                 )
@@ -347,7 +368,7 @@ def _train(options: TrainOptions, strategy, output_dir: Path, started: float, *,
     history = pd.read_csv(output_dir / HISTORY_FILE)
     plot_training_curves(history, output_dir / "loss_curve.png")
     best_row = history.loc[history["val_macro_f1"].idxmax()]
-    tuned = _tune_thresholds(output_dir / "best_model.h5", val, image_dir, options.batch_size) if options.thresholds == "tuned" else {}
+    tuned = _tune_thresholds(output_dir / "best_model.h5", val, Path(options.img_directory), options.batch_size) if options.thresholds == "tuned" else {}
     summary = {
         "status": "finished",
         "best_epoch": checkpoints.best_epoch,

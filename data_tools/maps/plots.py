@@ -51,6 +51,23 @@ def plot_training_curves(history: pd.DataFrame, path: str | Path, *, score: str 
     save_figure(figure, path)
 
 
+def plot_trials(trials: pd.DataFrame, path: str | Path, *, score: str = "val_macro_f1") -> None:
+    """The score of each trial of a hyper-parameter search (points) and the best so far (a step line)."""
+    plt = _pyplot()
+    numbers = range(1, len(trials) + 1)
+    scores = pd.to_numeric(trials[score], errors="coerce")
+    figure, axis = plt.subplots(figsize=(7, 4), dpi=100)
+    axis.plot(numbers, scores, "o", color="tab:blue", label=score.replace("_", " "))
+    axis.step(numbers, scores.cummax(), where="post", color="tab:green", label="best so far")
+    axis.set_xlabel("trial")
+    axis.set_ylabel(score.replace("_", " "))
+    axis.set_ylim(0, 1)
+    axis.legend(loc="lower right")
+    axis.set_title("Hyper-parameter search")
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
 def plot_embedding(
     coords,
     path: str | Path,
