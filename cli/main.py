@@ -19,6 +19,7 @@ COMMANDS = {
     "demo-data": "image_toolkit.cli.demo.demo_data",
     "train": "image_toolkit.cli.train.train",
     "predict": "image_toolkit.cli.predict.predict",
+    "probe": "image_toolkit.cli.probe.probe",
     "make-metadata": "image_toolkit.cli.similarity.make_metadata",
     "filter-images": "image_toolkit.cli.similarity.filter_images",
     "train-siamese": "image_toolkit.cli.similarity.train_siamese",
