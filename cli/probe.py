@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from image_toolkit.cli.common import FeaturePath, OUTPUT_DIR, command, echo_json, json_option, quiet_option, start
+from image_toolkit.cli.common import OUTPUT_DIR, FeaturePath, command, echo_json, json_option, quiet_option, start
 from image_toolkit.data_tools import names
 
 
