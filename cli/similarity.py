@@ -164,21 +164,23 @@ def train_simclr(image_dir_or_csv: str, **options) -> None:
 @click.option("--metric", type=click.Choice(["cosine", "euclidean"]), default=None,
               help="Distance to rank by. Default: the one the model was trained for (run.json beside it), else cosine.")
 @click.option("--output-dir", default=".", show_default=True, type=OUTPUT_DIR, help="Where similarity_heatmap.png and query_grid.png go.")
+@click.option("--linear-probe", is_flag=True, help="Also the linear evaluation: a logistic regression fitted on half the split's embeddings, scored on the other half.")
 @quiet_option
 @json_option
 def assess(model: str, metadata_csv: str, img_directory: str | None, split: str, metric: str | None, output_dir: str,
-           quiet: bool, as_json: bool) -> None:
+           linear_probe: bool, quiet: bool, as_json: bool) -> None:
     """Score an embedding model on a split: kNN accuracy, recall@1/5/10, mAP@R, plus pictures.
 
     \b
     Example:
-      toolkit assess runs/siamese/embedding_model.keras metadata.csv --split test
+      toolkit assess runs/siamese/embedding_model.keras metadata.csv --split test --linear-probe
     """
     start(quiet)
     from image_toolkit.models.similarity import assess as run
 
     with progress_to_stderr(as_json):
-        scores = run(model, metadata_csv, img_directory=img_directory, split=split, output_dir=output_dir, metric=metric)
+        scores = run(model, metadata_csv, img_directory=img_directory, split=split, output_dir=output_dir, metric=metric,
+                     linear_probe=linear_probe)
     if as_json:
         echo_json(scores)
     else:  # the scores are the answer: printed with --quiet too

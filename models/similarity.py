@@ -49,6 +49,8 @@ from image_toolkit.models.runtime import (
 logger = logging.getLogger(__name__)
 
 EMBEDDING_FILE = "embedding_model.keras"
+# Share of an assessed split the linear probe is scored on (fitted on the rest): half, so both parts hold every class.
+LINEAR_HELD_OUT = 0.5
 READABLE_FIX = (
     "a metadata CSV's image paths are relative to its 'root' column (written by make-metadata) or, without one, "
     "to the CSV's folder; pass --img-directory with the folder they are relative to"
@@ -328,7 +330,7 @@ def trained_metric(model_path: str | Path) -> str:
 
 def assess(model_path: str | Path, metadata_csv: str | Path, *, img_directory: str | Path | None = None,
            split: str = "test", output_dir: str | Path = ".", metric: str | None = None, n_queries: int = 8,
-           seed: int = 0) -> dict:
+           seed: int = 0, linear_probe: bool = False) -> dict:
     """Retrieval scores of an embedding model on one split, plus `similarity_heatmap.png` and `query_grid.png`.
 
     The images are found as for training (`read_metadata`: `img_directory`,
@@ -336,7 +338,8 @@ def assess(model_path: str | Path, metadata_csv: str | Path, *, img_directory: s
     `output_dir` (made if missing): the two pictures, and `skipped_images.txt`
     only when some image could not be read. A split with no readable image
     fails before anything is written. `metric` defaults to the one the model
-    was trained for (`trained_metric`).
+    was trained for (`trained_metric`). `linear_probe` adds the standard
+    linear evaluation beside kNN (`linear_evaluation`).
     """
     from image_toolkit.data_tools.maps.retrieval_plots import plot_query_grid, plot_similarity_heatmap
     from image_toolkit.data_tools.search.neighbors import exact_neighbors
@@ -360,4 +363,24 @@ def assess(model_path: str | Path, metadata_csv: str | Path, *, img_directory: s
     _, neighbors = exact_neighbors(embeddings, k=min(5, len(paths) - 1), metric=metric)
     queries = np.random.default_rng(seed).choice(len(paths), size=min(n_queries, len(paths)), replace=False)
     plot_query_grid(paths, classes, neighbors, queries, output_dir / "query_grid.png")
+    if linear_probe:
+        scores.update(linear_evaluation(embeddings, classes, seed=seed))
     return {"split": split, "images": len(paths), "metric": metric, **{k: round(v, 4) for k, v in scores.items()}}
+
+
+def linear_evaluation(embeddings: np.ndarray, classes: np.ndarray, *, seed: int = 0, held_out: float = LINEAR_HELD_OUT) -> dict[str, float]:
+    """Linear-evaluation scores of embeddings: the probe of `toolkit probe` fitted on part of them, scored on the rest.
+
+    The split's images are divided by the toolkit's stratified split
+    (`held_out` of them scored); kNN scores every image by its neighbours,
+    the probe those it was not fitted on.
+    """
+    from image_toolkit.data_tools.formats.splits import stratified_split
+    from image_toolkit.models.probe import f1_scores, fit_linear_probe
+
+    names, codes = np.unique(classes, return_inverse=True)
+    one_hot = np.eye(len(names))[codes]
+    scored = stratified_split(classes, held_out, seed=seed)
+    probe = fit_linear_probe(embeddings[~scored], one_hot[~scored], "multiclass", seed=seed)
+    scores = f1_scores(one_hot[scored], probe.predict_proba(embeddings[scored]), "multiclass")
+    return {"linear_accuracy": scores["micro_f1"], "linear_macro_f1": scores["macro_f1"]}

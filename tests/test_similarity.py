@@ -143,6 +143,14 @@ def test_assess_scores_and_draws(siamese_d, digits, tmp_path):
     assert (tmp_path / "similarity_heatmap.png").is_file() and (tmp_path / "query_grid.png").is_file()
 
 
+def test_assess_linear_probe_scores_the_embeddings_beside_knn(siamese_d, digits, tmp_path):
+    output_dir, _ = siamese_d
+    scores = run(assess, output_dir / "embedding_model.keras", digits / "metadata.csv", "--output_dir", tmp_path, "--linear_probe")
+    # Trained digit embeddings: a linear model separates the ten classes about as well as kNN (chance: 0.1).
+    assert scores["linear_accuracy"] >= 0.8 and scores["linear_macro_f1"] >= 0.8
+    assert scores["linear_accuracy"] == pytest.approx(scores["knn_accuracy"], abs=0.1)
+
+
 def test_resume_continues_and_refuses_changed_options(digits, tmp_path, runner):
     args = [str(digits / "metadata.csv"), "--type", "b", "--batch_size", "64", "--output_dir", str(tmp_path), *SMALL]
     assert runner.invoke(train_siamese, [*args, "--epochs", "1"]).exit_code == 0
