@@ -8,6 +8,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -32,6 +33,11 @@ def configure_logging(quiet: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
+def _one_line(message: str) -> str:
+    """Click lists a missing choice's values a line each; the user gets them on the error's one line."""
+    return re.sub(r"\s*\n\s*", " ", message.strip())
+
+
 class OneLineErrors:
     """Show every expected error as one line on stderr, never a traceback.
 
@@ -48,10 +54,10 @@ class OneLineErrors:
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as error:
             hint = f" (see '{error.ctx.command_path} --help')" if error.ctx else ""
-            click.echo(f"Error: {error.format_message()}{hint}", err=True)
+            click.echo(f"Error: {_one_line(error.format_message())}{hint}", err=True)
             sys.exit(error.exit_code)
         except click.ClickException as error:
-            click.echo(f"Error: {error.format_message()}", err=True)
+            click.echo(f"Error: {_one_line(error.format_message())}", err=True)
             sys.exit(error.exit_code)
         except ToolkitError as error:
             click.echo(f"Error: {error}", err=True)
