@@ -269,3 +269,42 @@ strategy_option = click.option(
 def saved(summary: dict, what: str) -> str:
     """Where a training saved its model, as the worker that ran it may say it: only the chief of a cluster wrote it."""
     return f"{what} saved to {summary['model']}" if summary.get("chief", True) else f"the chief saves the {what} to {summary['model']}"
+
+
+# Options of a run.json that `--config` leaves as typed (or defaulted): where this run writes, and how it runs here.
+NOT_FROM_CONFIG = ("output_dir", "resume", "strategy", "tensorboard")
+
+
+def config_option(name: str, *, recorded_only: tuple[str, ...] = ()):
+    """`--config RUN_JSON`: the "options" of a run.json become the command's defaults, so options typed on the line win.
+
+    Eager, so it runs before the other options are read (Click's
+    `default_map`). `recorded_only` are the run.json's entries that are no
+    option of the command (train-siamese's method, data, its argument, and SimCLR's options).
+    """
+
+    def read_config(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value is None or ctx.resilient_parsing:
+            return value
+        from image_toolkit.data_tools.errors import DataError, OptionError
+        from image_toolkit.data_tools.formats.json_files import read_json
+
+        fix = f"Pass the run.json that 'toolkit {name}' or 'toolkit tune' wrote."
+        options = read_json(value, dict, fix=fix).get("options")
+        if not isinstance(options, dict):
+            raise DataError(f"{value}: no \"options\" object; a run.json has one. {fix}")
+        known = {other.name for other in ctx.command.params} - {"config", "quiet", "as_json"}
+        unknown = sorted(set(options) - known - set(recorded_only))
+        if unknown:
+            raise OptionError(f"--config {value}: '{unknown[0]}' is not an option of 'toolkit {name}'; "
+                              "remove it from \"options\" or fix its name.")
+        ctx.default_map = {**(ctx.default_map or {}), **{option: setting for option, setting in options.items()
+                                                         if option in known and option not in NOT_FROM_CONFIG
+                                                         and setting is not None}}
+        return value
+
+    return click.option("--config", type=click.Path(exists=True, dir_okay=False), default=None, is_eager=True,
+                        expose_value=False, callback=read_config,
+                        help=f"A run.json (of 'toolkit {name}', or the best of 'toolkit tune'): its options are the "
+                             "defaults, options typed on the line win. Its output_dir, resume, strategy and "
+                             "tensorboard are not taken.")

@@ -7,6 +7,7 @@ import click
 from image_toolkit.cli.common import (
     OUTPUT_DIR,
     command,
+    config_option,
     echo_json,
     json_option,
     option_group,
@@ -118,6 +119,7 @@ def run_training(method: str, data: str, quiet: bool, as_json: bool, **options) 
 
 
 @command("train-siamese")
+@config_option("train-siamese", recorded_only=("method", "data", "projection_dim", "temperature"))
 @click.argument("metadata_csv", type=click.Path(exists=True, dir_okay=False))
 @click.option("--type", "siamese_type", type=click.Choice(["b", "c", "d"]), default="b", show_default=True,
               help="b: contrastive loss; c: b + class softmax per branch; d: c with L2-normalised embeddings, cosine distance.")
@@ -134,6 +136,7 @@ def train_siamese(metadata_csv: str, **options) -> None:
     \b
     Example:
       toolkit train-siamese metadata.csv --type d --backbone resnet18 --image-size 64 --epochs 20
+      toolkit train-siamese metadata.csv --config runs/tune-siamese/run.json   (the best of 'toolkit tune --task siamese')
     """
     run_training("siamese", metadata_csv, **options)
 

@@ -7,6 +7,7 @@ import click
 from image_toolkit.cli.common import (
     OUTPUT_DIR,
     command,
+    config_option,
     echo_json,
     json_option,
     option_group,
@@ -42,38 +43,8 @@ def classifier_options(*, task: str = "multilabel"):
     )
 
 
-# Options of a run.json that `train --config` leaves as typed (or defaulted): where this run writes, and how it runs here.
-NOT_FROM_CONFIG = ("output_dir", "resume", "strategy")
-
-
-def _read_config(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Make the "options" of a run.json the defaults of this command, so options typed on the line win.
-
-    Eager, so it runs before the other options are read (Click's `default_map`).
-    """
-    if value is None or ctx.resilient_parsing:
-        return value
-    from image_toolkit.data_tools.errors import DataError, OptionError
-    from image_toolkit.data_tools.formats.json_files import read_json
-
-    fix = "Pass the run.json that 'toolkit train' or 'toolkit tune' wrote."
-    options = read_json(value, dict, fix=fix).get("options")
-    if not isinstance(options, dict):
-        raise DataError(f"{value}: no \"options\" object; a run.json has one. {fix}")
-    known = {other.name for other in ctx.command.params} - {"config", "quiet", "as_json"}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise OptionError(f"--config {value}: '{unknown[0]}' is not an option of 'toolkit train'; remove it from \"options\" or fix its name.")
-    ctx.default_map = {**(ctx.default_map or {}), **{name: setting for name, setting in options.items()
-                                                     if name not in NOT_FROM_CONFIG and setting is not None}}
-    return value
-
-
 @command("train")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False), default=None, is_eager=True, expose_value=False,
-              callback=_read_config,
-              help="A run.json (of 'toolkit train', or the best of 'toolkit tune'): its options are the defaults, "
-                   "options typed on the line win. Its output_dir, resume and strategy are not taken.")
+@config_option("train")
 @click.option("--data-csv", default="./label.txt", show_default=True, help="Label CSV: an 'image' column, then one 0/1 column per label (or 'label' for --task multiclass).")
 @click.option("--img-directory", default="./images", show_default=True, help="Folder the 'image' paths are relative to.")
 @click.option("--output-dir", default=".", show_default=True, type=OUTPUT_DIR, help="Where best_model.h5, loss_curve.png, history.csv and run.json go.")

@@ -129,6 +129,14 @@ def _load_images(options: SimilarityOptions, output_dir: Path) -> pd.DataFrame:
     return _readable(frame, source, output_dir)
 
 
+def training_images(options: SimilarityOptions, output_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(every readable image, the training split's); Siamese training needs every image's class."""
+    frame = _load_images(options, output_dir)
+    if options.method == "siamese" and (frame["class"] == "").any():
+        raise DataError(f"{options.data}: every image needs a class for Siamese training.")
+    return frame, frame[frame["split"] == "train"].reset_index(drop=True)
+
+
 def _readable(frame: pd.DataFrame, source: Path, output_dir: Path) -> pd.DataFrame:
     """The rows whose image decodes; the others listed in `output_dir`, but only once some image is readable.
 
@@ -154,7 +162,7 @@ def require_two_classes(classes: np.ndarray, source: str | Path, *, images: str,
         )
 
 
-def _gallery(frame: pd.DataFrame, options: SimilarityOptions):
+def retrieval_gallery(frame: pd.DataFrame, options: SimilarityOptions):
     """The labelled held-out images for the per-epoch retrieval evaluation, or None; they must hold two classes."""
     held_out = frame[(frame["split"] != "train") & (frame["class"] != "")]
     if held_out.empty:
@@ -172,7 +180,7 @@ def _gallery(frame: pd.DataFrame, options: SimilarityOptions):
     return dataset, held_out["class"].to_numpy()
 
 
-def _siamese_data(train: pd.DataFrame, options: SimilarityOptions, epochs: int, rng, strategy):
+def siamese_data(train: pd.DataFrame, options: SimilarityOptions, epochs: int, rng, strategy):
     classes = train["class"].to_numpy()
     require_two_classes(classes, options.data, images="training image", purpose="Siamese training (a negative pair is two classes)")
     require_pairs(classes, options.data)
@@ -202,7 +210,7 @@ def _siamese_data(train: pd.DataFrame, options: SimilarityOptions, epochs: int, 
     return dataset, max(1, len(first) // (epochs * options.batch)), len(names)
 
 
-def _simclr_data(train: pd.DataFrame, options: SimilarityOptions, epochs: int, rng, strategy):
+def simclr_data(train: pd.DataFrame, options: SimilarityOptions, epochs: int, rng, strategy):
     classes = train["class"].to_numpy()
     order = []
     for _ in range(epochs):
@@ -224,7 +232,7 @@ def _simclr_data(train: pd.DataFrame, options: SimilarityOptions, epochs: int, r
     return distributed_input(strategy, rows_dataset, len(order), batch_size=options.batch), steps, 0
 
 
-def _build(options: SimilarityOptions, n_classes: int) -> tuple[keras.Model, keras.Model]:
+def build_training_model(options: SimilarityOptions, n_classes: int) -> tuple[keras.Model, keras.Model]:
     """(training model, tower), compiled."""
     normalize = options.method == "siamese" and options.siamese_type == "d"
     tower = EmbeddingTower(options.backbone, weights=options.weights, image_size=options.image_size,
@@ -266,17 +274,14 @@ def train_embedding(options: SimilarityOptions, *, verbose: int = 1) -> dict:
 def _train(options: SimilarityOptions, strategy, output_dir: Path, started: float, *, verbose: int) -> dict:
     recorded = dataclasses.asdict(options)
     state = check_resumable(recorded, output_dir) if options.resume else None
-    frame = _load_images(options, output_dir)
-    if options.method == "siamese" and (frame["class"] == "").any():
-        raise DataError(f"{options.data}: every image needs a class for Siamese training.")
-    train = frame[frame["split"] == "train"].reset_index(drop=True)
+    frame, train = training_images(options, output_dir)
     initial_epoch = state["epoch"] if state else 0
     remaining = max(options.epochs - initial_epoch, 1)
     rng = np.random.default_rng(options.seed + initial_epoch)
     keras.utils.set_random_seed(options.seed + initial_epoch)
-    make_data = _siamese_data if options.method == "siamese" else _simclr_data
+    make_data = siamese_data if options.method == "siamese" else simclr_data
     dataset, steps, n_classes = make_data(train, options, remaining, rng, strategy)
-    gallery = _gallery(frame, options)
+    gallery = retrieval_gallery(frame, options)
     logger.info("Training on %d images%s", len(train), f", evaluating retrieval on {len(gallery[1])}" if gallery else " (no labelled held-out split: no retrieval evaluation)")
 
     with strategy.scope():
@@ -285,7 +290,7 @@ def _train(options: SimilarityOptions, strategy, output_dir: Path, started: floa
             tower = tower_of(model)
             logger.info("Resuming after epoch %d", state["epoch"])
         else:
-            model, tower = _build(options, n_classes)
+            model, tower = build_training_model(options, n_classes)
     monitor, mode = ("val_recall@1", "max") if gallery else ("loss", "min")
 
     def save_tower(_model, _epoch, _score, path):

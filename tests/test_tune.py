@@ -148,3 +148,48 @@ def test_tune_without_keras_tuner_is_one_line_naming_the_extra(tiny_set, tmp_pat
     assert result.exit_code == 1
     assert 'pip install "image-toolkit[tune]"' in one_line_error(result)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def digit_folders(tmp_path_factory):
+    """300 real digits in class folders, 30 % held out: the split a Siamese search scores its trials on."""
+    from image_toolkit.cli.similarity import make_metadata
+    from image_toolkit.data_tools.make_demo_data import write_digit_folders
+
+    root = write_digit_folders(tmp_path_factory.mktemp("folders"), n_images=300, image_size=16, seed=3)
+    result = CliRunner().invoke(make_metadata, [str(root), str(root / "metadata.csv"), "--test-split", "0.3"])
+    assert result.exit_code == 0, result.output
+    return root / "metadata.csv"
+
+
+def test_siamese_search_scores_recall_and_train_siamese_config_retrains_its_best(digit_folders, tmp_path):
+    from image_toolkit.cli.similarity import train_siamese
+
+    small = ["--backbone", "small_cnn", "--image-size", "16", "--batch-size", "32", "--json"]
+    result = CliRunner().invoke(tune, ["--task", "siamese", "--data-csv", str(digit_folders), "--epochs", "3",
+                                       "--max-trials", "2", "--output-dir", str(tmp_path / "tune"), *small])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    print(f"default val_recall@1 {summary['default_val_recall@1']}, best {summary['best_val_recall@1']}")
+    assert summary["objective"] == "val_recall@1" and summary["trials"] == 2
+    assert summary["best_val_recall@1"] >= summary["default_val_recall@1"] > 0.3  # ten classes: chance is 0.1
+    trials = pd.read_csv(tmp_path / "tune" / "trials.csv")
+    assert list(trials.columns) == ["trial", "margin", "embedding_dim", "learning_rate", "val_recall@1", "status"]
+    assert tuple(trials.iloc[0][["margin", "embedding_dim", "learning_rate"]]) == (1.0, 128, 1e-3)  # train-siamese's defaults
+    assert trials["val_recall@1"].nunique() == 2  # the second trial trained another network
+
+    retrained = CliRunner().invoke(train_siamese, [str(digit_folders), "--config", str(tmp_path / "tune" / "run.json"),
+                                                   "--epochs", "1", "--output-dir", str(tmp_path / "best"), "--json"])
+    assert retrained.exit_code == 0, retrained.output
+    options = json.loads((tmp_path / "best" / "run.json").read_text())["options"]
+    assert {name: options[name] for name in summary["best"]} == summary["best"]
+    assert (options["backbone"], options["image_size"], options["epochs"]) == ("small_cnn", 16, 1)
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--task", "siamese", "--val-split", "0.3"], "--val-split"),
+    (["--type", "d"], "--type"),
+])
+def test_options_of_the_other_task_are_one_line(runner, argv, named):
+    result = runner.invoke(tune, argv)
+    assert result.exit_code == 2 and named in one_line_error(result)
