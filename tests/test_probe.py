@@ -120,3 +120,15 @@ def test_a_label_csv_with_no_usable_rows_is_one_line(pixels, tmp_path, runner):
     assert result.exit_code == 1
     assert "blank.csv" in one_line_error(result) and "0 labelled" in one_line_error(result)
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_scores_a_saved_probe_as_the_probe_scored_itself(pixels, probed, tmp_path):
+    """`toolkit evaluate` takes a probe as any classifier; on the validation list it gives the probe's own macro-F1."""
+    from image_toolkit.cli.evaluate import evaluate
+
+    root, _ = pixels
+    output_dir, summary, _ = probed
+    [report] = run(evaluate, output_dir / "best_model.h5", output_dir / "val.csv", "--img_directory", root / "images",
+                   "--output_dir", tmp_path / "evaluation", "--quiet")
+    assert report["macro_f1"] == pytest.approx(summary["val_macro_f1"], abs=0.011)
+    assert (tmp_path / "evaluation" / "confusion.png").is_file()
