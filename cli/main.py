@@ -23,6 +23,7 @@ COMMANDS = {
     "evaluate": "image_toolkit.cli.evaluate.evaluate",
     "export": "image_toolkit.cli.export.export",
     "probe": "image_toolkit.cli.probe.probe",
+    "inspect": "image_toolkit.cli.inspect.inspect",
     "make-metadata": "image_toolkit.cli.similarity.make_metadata",
     "filter-images": "image_toolkit.cli.similarity.filter_images",
     "train-siamese": "image_toolkit.cli.similarity.train_siamese",

@@ -18,6 +18,7 @@ from image_toolkit.cli.common import (
     strategy_option,
     tensorboard_option,
 )
+from image_toolkit.cli.inspect import DUPLICATE_DISTANCE
 from image_toolkit.data_tools import names
 
 
@@ -57,21 +58,36 @@ def make_metadata(image_dir: str, output_csv: str, balanced: bool, test_split: f
 @click.option("--sample", type=click.IntRange(min=1), default=None, help="Keep this many images at random.")
 @click.option("--resize", type=click.IntRange(min=8), default=None, help="Resize kept images to this square size.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--drop-duplicates", is_flag=True, help="Keep only the first image of each group of duplicates (as toolkit inspect finds them).")
+@click.option("--drop-outliers", type=click.FloatRange(0, 1, max_open=True), default=None, metavar="FRACTION",
+              help="Drop this fraction of the images, the most unusual of their class (toolkit inspect's outlier score).")
+@click.option("--features", default=None, type=click.Path(exists=True),
+              help="For the two above: a feature file of IMAGE_DIR (matched by name); default: pixel features.")
+@click.option("--duplicate-distance", type=click.FloatRange(0, 2, max_open=True), default=DUPLICATE_DISTANCE, show_default=True,
+              help="Cosine distance under which two images are duplicates.")
 @quiet_option
 @json_option
 def filter_images(image_dir: str, output_dir: str, min_size: int, min_per_class: int, sample: int | None, resize: int | None,
-                  seed: int, quiet: bool, as_json: bool) -> None:
+                  seed: int, drop_duplicates: bool, drop_outliers: float | None, features: str | None,
+                  duplicate_distance: float, quiet: bool, as_json: bool) -> None:
     """Copy the images large enough, of classes with enough images, plus a metadata CSV.
+
+    The count left after each step is printed.
 
     \b
     Example:
       toolkit filter-images faces/ faces_clean/ --min-size 100 --min-per-class 50 --resize 224
+      toolkit filter-images photos/ photos_clean/ --min-size 32 --min-per-class 5 --drop-duplicates --drop-outliers 0.05
     """
     start(quiet)
     from image_toolkit.data_tools.formats.metadata import filter_images as run
+    from image_toolkit.data_tools.inspect.cleaning import cleaning_filters
 
+    filters = cleaning_filters(image_dir, drop_duplicates=drop_duplicates, drop_outliers=drop_outliers,
+                               features=features, duplicate_distance=duplicate_distance)
     steps = []
-    for step, count in run(image_dir, output_dir, min_size=min_size, min_per_class=min_per_class, sample=sample, resize=resize, seed=seed):
+    for step, count in run(image_dir, output_dir, min_size=min_size, min_per_class=min_per_class, sample=sample,
+                           resize=resize, seed=seed, filters=filters):
         steps.append({"step": step, "images": int(count)})
         if not (quiet or as_json):
             click.echo(f"{count:8d}  {step}")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -158,8 +159,13 @@ def _check_separate(image_dir: Path, output_dir: Path) -> None:
 
 
 def filter_images(image_dir: str | Path, output_dir: str | Path, *, min_size: int = 100, min_per_class: int = 50,
-                  sample: int | None = None, resize: int | None = None, seed: int = 0) -> list[tuple[str, int]]:
+                  sample: int | None = None, resize: int | None = None, seed: int = 0,
+                  filters: Sequence[tuple[str, Callable[[list[Path]], Sequence[bool]]]] = ()) -> list[tuple[str, int]]:
     """Copy (and optionally resize) the images that pass each filter; return (step, images left) counts.
+
+    `filters` are more (step, keep) filters, applied after the size filter:
+    `keep(paths)` flags the paths to keep (`data_tools.inspect.cleaning`:
+    duplicates and outliers).
 
     `output_dir/metadata.csv` lists the copies, with `root` = `.` (they sit
     beside it), so it is read like any make-metadata CSV.
@@ -181,6 +187,10 @@ def filter_images(image_dir: str | Path, output_dir: str | Path, *, min_size: in
 
     paths = [path for path in paths if large_enough(path)]
     counts.append((f"at least {min_size} px on both sides", len(paths)))
+    for step, keep in filters:
+        if paths:
+            paths = [path for path, kept in zip(paths, keep(paths)) if kept]
+        counts.append((step, len(paths)))
     classes = np.array([path.relative_to(image_dir).parts[0] for path in paths])
     labels, sizes = np.unique(classes, return_counts=True)
     kept_classes = set(labels[sizes >= min_per_class])
@@ -192,9 +202,10 @@ def filter_images(image_dir: str | Path, output_dir: str | Path, *, min_size: in
         counts.append(("sampled", len(paths)))
     if not paths:
         left = "; ".join(f"{step}: {count}" for step, count in counts)
+        emptied = next(step for step, count in counts if count == 0)
         raise DataError(
-            f"{image_dir}: no image passes the filters ({left}); lower --min-size or --min-per-class. "
-            f"Nothing was written to {output_dir}."
+            f"{image_dir}: no image passes the filters; the step '{emptied}' left none ({left}); "
+            f"lower --min-size or --min-per-class. Nothing was written to {output_dir}."
         )
     report_skipped(skipped, output_dir, counts[0][1])
     for path in paths:

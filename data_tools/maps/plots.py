@@ -166,3 +166,50 @@ def plot_confusion(matrix, names: list[str], path: str | Path) -> None:
     axis.set_title("Confusion matrix (test list)")
     figure.tight_layout()
     save_figure(figure, path)
+
+
+def plot_class_counts(counts: dict[str, int], path: str | Path) -> None:
+    """Images per class (or per label) as horizontal bars: an imbalance shows at a glance."""
+    plt = _pyplot()
+    names = list(counts)
+    figure, axis = plt.subplots(figsize=(6, max(2.0, 0.3 * len(names) + 1)), dpi=100)
+    axis.barh(names, [counts[name] for name in names], color="tab:blue")
+    axis.invert_yaxis()
+    axis.set_xlabel("images")
+    axis.set_title("Images per class")
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def plot_image_sizes(widths, heights, path: str | Path) -> None:
+    """Histograms of image width, height and aspect ratio (width / height)."""
+    import numpy as np
+
+    plt = _pyplot()
+    widths, heights = np.asarray(widths, dtype=float), np.asarray(heights, dtype=float)
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.2), dpi=100)
+    for axis, values, title in zip(axes, (widths, heights, widths / heights), ("width (px)", "height (px)", "aspect ratio")):
+        axis.hist(values, bins=30, color="tab:blue")
+        axis.set_title(title)
+        axis.set_ylabel("images")
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def plot_image_grid(rows: list[list[tuple[Path, str]]], path: str | Path, *, title: str) -> None:
+    """Images in rows (a duplicate group, or a run of outliers per row), each with its caption."""
+    from PIL import Image
+
+    plt = _pyplot()
+    n_columns = max(len(row) for row in rows)
+    figure, axes = plt.subplots(len(rows), n_columns, figsize=(1.6 * n_columns, 1.8 * len(rows) + 0.4), dpi=100, squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for r, row in enumerate(rows):
+        for c, (image_path, caption) in enumerate(row):
+            with Image.open(image_path) as image:
+                axes[r, c].imshow(image.convert("RGB"))
+            axes[r, c].set_title(caption, fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    save_figure(figure, path)
