@@ -348,6 +348,20 @@ CASES = [
          corrupt_images("digits")),
     case("filter-min-size-zero", "filter-images digits out --min-size 0", 2, "--min-size"),
     case("filter-min-per-class-zero", "filter-images digits out --min-per-class 0", 2, "--min-per-class"),
+    case("filter-drop-outliers-one", "filter-images digits out --drop-outliers 1", 2, "--drop-outliers"),
+    case("filter-drop-duplicates-other-features", "filter-images digits out --min-size 1 --min-per-class 1 --drop-duplicates "
+         "--features features.npz", 1, "features.npz"),
+    # --- inspect ---
+    case("inspect-dir-missing", "inspect nowhere", 2, "nowhere"),
+    case("inspect-dir-empty", "inspect empty", 1, "empty", folder("empty")),
+    case("inspect-all-unreadable", "inspect digits", 1, "digits", corrupt_images("digits")),
+    case("inspect-features-of-other-images", "inspect digits --features features.npz", 1, "features.npz"),
+    case("inspect-csv-of-other-images", "inspect digits --data-csv label.txt", 1, "file not found"),
+    case("inspect-metadata-csv-and-data-csv", "inspect metadata.csv --data-csv label.txt", 2, "--data-csv"),
+    case("inspect-output-onto-file", "inspect images --data-csv label.txt --output-dir afile", 2, "afile"),
+    case("inspect-output-read-only", "inspect images --data-csv label.txt --output-dir {ro}/out", 1, "{ro}"),
+    case("inspect-duplicate-distance-two", "inspect images --duplicate-distance 2", 2, "--duplicate-distance"),
+    case("inspect-k-zero", "inspect images --k 0", 2, "--k"),
     case("filter-sample-zero", "filter-images digits out --sample 0", 2, "--sample"),
     case("filter-resize-tiny", "filter-images digits out --resize 4", 2, "--resize"),
     # --- train-siamese (refused before a model is built, but for the single class) ---
