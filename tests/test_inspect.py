@@ -68,7 +68,7 @@ def test_planted_near_duplicates_are_found_with_recall_one_and_no_false_group(pl
 def test_the_exact_copy_is_found_by_its_hash(inspected):
     found = pd.read_csv(inspected[0] / "duplicates.csv")
     group = found[found["group"] == found.loc[found["image"].str.endswith("exact_copy.png"), "group"].item()]
-    assert list(group["kind"]) == ["exact", "exact"]
+    assert list(group["kind"]) == ["first", "exact"] and list(group["distance"]) == [0, 0]
     assert json.loads((inspected[0] / "inspect.json").read_text())["exact_duplicate_groups"] == 1
 
 

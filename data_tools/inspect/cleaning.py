@@ -54,5 +54,6 @@ def cleaning_filters(image_dir: str | Path, *, drop_duplicates: bool = False, dr
     if drop_duplicates:
         steps.append((f"not a duplicate (cosine distance > {duplicate_distance})", without_duplicates))
     if drop_outliers:
-        steps.append((f"not among the {drop_outliers:g} most unusual of their class (kNN, k={k})", without_outliers))
+        steps.append((f"not among the {100 * drop_outliers:g}% most unusual (kNN distance in the class, k={k})",
+                      without_outliers))
     return steps

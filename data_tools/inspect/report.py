@@ -3,7 +3,8 @@
 One pass over the files (`scan`), then features (a feature file, or pixels)
 for near-duplicates and outliers (`similar`), then the outputs, all written
 atomically into the output folder, which is made with the first of them:
-inspect.json (the report), duplicates.csv (group, image, kind, distance),
+inspect.json (the report), duplicates.csv (group, image, kind: first, exact or
+near, distance to the first),
 outliers.csv (every readable image, ranked), and plots.
 """
 
@@ -112,14 +113,16 @@ def features_for(names: list[str], paths: list[Path], *, features: str | Path | 
 
 
 def duplicate_table(groups: list[np.ndarray], names: list[str], digests: list[str], rows: np.ndarray) -> pd.DataFrame:
-    """One row per image in a group: `kind` exact (same bytes as the group's first) or near, cosine distance to it."""
+    """One row per image in a group: `kind` first (the one `filter-images --drop-duplicates` keeps), exact
+    (the same bytes as the first) or near, and the cosine distance to the first."""
     records = []
     for number, group in enumerate(groups, start=1):
         first = group[0]
         for member in group:
             exact = digests[member] == digests[first]
             distance = 0.0 if exact else float(1 - rows[member] @ rows[first])
-            records.append((number, names[member], "exact" if exact else "near", round(max(distance, 0.0), 6)))
+            kind = "first" if member == first else "exact" if exact else "near"
+            records.append((number, names[member], kind, round(max(distance, 0.0), 6)))
     return pd.DataFrame(records, columns=["group", "image", "kind", "distance"])
 
 
@@ -185,12 +188,12 @@ def inspect_images(source: str | Path, output_dir: str | Path, *, data_csv: str 
         plots.append("class_counts.png")
     if outliers:
         top = ranked.head(outliers)
-        cells = [(path_of[row.image], f"{row.rank}: {row.score:.3f}") for row in top.itertuples()]
+        cells = [(path_of[row.image], f"{row.image}\n{row.rank}: {row.score:.3f}") for row in top.itertuples()]
         plot_image_grid([cells[i:i + 8] for i in range(0, len(cells), 8)], output_dir / "outliers.png",
                         title="Most unusual images (rank: score)")
         plots.append("outliers.png")
     if groups:
-        shown = [[(path_of[row.image], f"{row.kind} {row.distance:.3f}") for row in group.head(6).itertuples()]
+        shown = [[(path_of[row.image], f"{row.image}\n{row.kind} {row.distance:.3f}") for row in group.head(6).itertuples()]
                  for _, group in list(duplicates.groupby("group"))[:8]]
         plot_image_grid(shown, output_dir / "duplicates.png", title="Duplicate groups (a row each)")
         plots.append("duplicates.png")
