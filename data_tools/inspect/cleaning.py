@@ -53,7 +53,7 @@ def cleaning_filters(image_dir: str | Path, *, drop_duplicates: bool = False, dr
     steps = []
     if drop_duplicates:
         steps.append((f"not a duplicate (cosine distance > {duplicate_distance})", without_duplicates))
-    if drop_outliers:
+    if drop_outliers is not None:
         steps.append((f"not among the {100 * drop_outliers:g}% most unusual (kNN distance in the class, k={k})",
                       without_outliers))
     return steps

@@ -155,6 +155,7 @@ def inspect_images(source: str | Path, output_dir: str | Path, *, data_csv: str 
     groups = near_duplicate_groups(rows, max_distance=duplicate_distance, same=digests)
     duplicates = duplicate_table(groups, names, digests, rows)
     ranked = outlier_table(names, classes, outlier_scores(rows, classes, k=k))
+    top = ranked.head(outliers)
     widths = np.array([info.width for info in readable])
     heights = np.array([info.height for info in readable])
     report = {
@@ -173,7 +174,7 @@ def inspect_images(source: str | Path, output_dir: str | Path, *, data_csv: str 
         "exact_duplicate_groups": sum(n > 1 for n in Counter(digests).values()),
         "duplicate_groups": len(groups),
         "images_in_duplicate_groups": len(duplicates),
-        "outliers": ranked.head(outliers).to_dict(orient="records"),
+        "outliers": top.astype(object).where(top.notna(), None).to_dict(orient="records"),  # NaN: null in JSON
     }
     output_dir = Path(output_dir)
     write_text(output_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
@@ -187,7 +188,6 @@ def inspect_images(source: str | Path, output_dir: str | Path, *, data_csv: str 
         plot_class_counts(images.label_counts, output_dir / "class_counts.png")
         plots.append("class_counts.png")
     if outliers:
-        top = ranked.head(outliers)
         cells = [(path_of[row.image], f"{row.image}\n{row.rank}: {row.score:.3f}") for row in top.itertuples()]
         plot_image_grid([cells[i:i + 8] for i in range(0, len(cells), 8)], output_dir / "outliers.png",
                         title="Most unusual images (rank: score)")
