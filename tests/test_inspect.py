@@ -165,3 +165,16 @@ def test_filter_images_drop_outliers_outside_0_1(planted, tmp_path, runner, frac
     result = runner.invoke(filter_images, [str(root), str(tmp_path / "kept"), "--drop-outliers", fraction])
     assert result.exit_code == 2 and "--drop-outliers" in one_line_error(result)
     assert not (tmp_path / "kept").exists()
+
+
+def test_a_metadata_csv_gives_the_same_report_as_its_folder(planted, inspected, tmp_path, runner):
+    from image_toolkit.data_tools.formats.metadata import make_metadata
+
+    root, _ = planted
+    make_metadata(root, tmp_path / "metadata.csv")
+    result = runner.invoke(inspect, [str(tmp_path / "metadata.csv"), "--output-dir", str(tmp_path / "o"), "--json"])
+    assert result.exit_code == 0, result.output
+    report, folder_report = json.loads(result.stdout), json.loads((inspected[0] / "inspect.json").read_text())
+    for key in ("images", "readable", "classes", "duplicate_groups", "outliers"):
+        assert report[key] == folder_report[key], key
+    assert [item["image"] for item in report["unreadable"]] == ["zero/broken.png"]  # the reason names the path read

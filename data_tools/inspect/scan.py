@@ -1,9 +1,10 @@
 """One pass over the image files: header facts (size, mode, format), a content hash and readability.
 
 Pillow's `Image.open` reads the header only, so size, colour mode and format
-cost no decoding; the file's bytes are read once, hashed (BLAKE2b) and then
-checked by `formats.images.image_problem` from memory (a reduced-scale decode
-for JPEG), so a truncated file is found without reading it a second time.
+cost no decoding, read from the bytes already in memory for the hash
+(BLAKE2b). Readability is `formats.images.image_problem` on the path (a
+reduced-scale decode for JPEG; its reasons name the file as every other
+command's do), which finds the file in the OS cache the hash just filled.
 Files are handled in a thread pool: Pillow and hashlib release the GIL.
 """
 
@@ -46,7 +47,7 @@ def read_info(name: str, path: Path) -> ImageInfo:
     except OSError as error:
         return ImageInfo(name, path, None, None, None, None, None, f"cannot read ({error.strerror or error})")
     digest = hashlib.blake2b(data, digest_size=16).hexdigest()
-    problem = image_problem(io.BytesIO(data))
+    problem = image_problem(path)
     if problem is not None:
         return ImageInfo(name, path, None, None, None, None, digest, problem)
     with Image.open(io.BytesIO(data)) as image:
