@@ -195,5 +195,6 @@ def assess(model: str, metadata_csv: str, img_directory: str | None, split: str,
     if as_json:
         echo_json(scores)
     else:  # the scores are the answer: printed with --quiet too
+        width = max(14, *map(len, scores))
         for name, value in scores.items():
-            click.echo(f"{name:>14}: {value}")
+            click.echo(f"{name:>{width}}: {value}")

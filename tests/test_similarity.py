@@ -158,9 +158,9 @@ def test_history_has_clustering_scores_of_every_epoch_above_the_untrained_tower(
     embeddings, classes = untrained_embeddings(digits, normalize=True)
     before = clustering_scores(embeddings, classes)
     last = history.iloc[-1]
-    # Measured: NMI 0.XX, ARI 0.XX after 6 epochs; untrained tower NMI 0.XX, ARI 0.XX.
-    assert last["val_nmi"] >= 0.7 and last["val_nmi"] >= before["nmi"] + 0.1, (last, before)
-    assert last["val_ari"] >= 0.5 and last["val_ari"] >= before["ari"] + 0.1, (last, before)
+    # Measured: NMI 0.72, ARI 0.58 after 6 epochs (0.20, 0.06 after the first); the untrained tower 0.31, 0.14.
+    assert last["val_nmi"] >= 0.6 and last["val_nmi"] >= before["nmi"] + 0.2, (last, before)
+    assert last["val_ari"] >= 0.4 and last["val_ari"] >= before["ari"] + 0.2, (last, before)
 
 
 def test_assess_search_through_a_flat_index_scores_as_the_exhaustive_search(siamese_d, digits, tmp_path):
@@ -174,7 +174,7 @@ def test_assess_search_through_a_flat_index_scores_as_the_exhaustive_search(siam
     run(get_transfer_layer, tmp_path / "test.csv", tmp_path / "test.npz", "--model", model)
     run(index, "build", tmp_path / "test.npz", tmp_path / "flat", "--kind", "flat")
     scores = run(assess, model, digits / "metadata.csv", "--output_dir", tmp_path, "--search", tmp_path / "flat")
-    assert scores["index_queries"] == scores["index_indexed"] == scores["images"] and scores["index_unlabelled"] == 0
+    assert scores["index_queries"] == scores["index_images"] == scores["images"] and scores["index_unlabelled"] == 0
     for name in ("recall@1", "recall@5", "recall@10", "map@r", "knn_accuracy"):
         assert scores[f"index_{name}"] == pytest.approx(scores[name], abs=1e-3), name
         assert scores[f"exact_{name}"] == pytest.approx(scores[name], abs=1e-3), name

@@ -102,7 +102,7 @@ def index_scores(query_images: list[str], query_classes: np.ndarray, neighbors: 
     if not scored.any():
         raise DataError("no query has an image of its class in the index beside itself; nothing to score.")
     scores = ranking_scores(query_codes[scored], indexed[answers[scored]], relevant[scored], knn=knn)
-    counts = {"queries": int(scored.sum()), "indexed": len(index_paths), "unlabelled": int((indexed[:-1] < 0).sum())}
+    counts = {"queries": int(scored.sum()), "images": len(index_paths), "unlabelled": int((indexed[:-1] < 0).sum())}
     return scores, counts
 
 
