@@ -158,7 +158,7 @@ def test_history_has_clustering_scores_of_every_epoch_above_the_untrained_tower(
     embeddings, classes = untrained_embeddings(digits, normalize=True)
     before = clustering_scores(embeddings, classes)
     last = history.iloc[-1]
-    # Measured: NMI 0.72, ARI 0.58 after 6 epochs (0.20, 0.06 after the first); the untrained tower 0.31, 0.14.
+    # Measured: NMI 0.67, ARI 0.50 after 6 epochs (0.22, 0.08 after the first); the untrained tower 0.31, 0.14.
     assert last["val_nmi"] >= 0.6 and last["val_nmi"] >= before["nmi"] + 0.2, (last, before)
     assert last["val_ari"] >= 0.4 and last["val_ari"] >= before["ari"] + 0.2, (last, before)
 
