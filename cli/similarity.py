@@ -184,24 +184,33 @@ def train_simclr(image_dir_or_csv: str, **options) -> None:
               help="Distance to rank by. Default: the one the model was trained for (run.json beside it), else cosine.")
 @click.option("--output-dir", default=".", show_default=True, type=OUTPUT_DIR, help="Where similarity_heatmap.png and query_grid.png go.")
 @click.option("--linear-probe", is_flag=True, help="Also the linear evaluation: a logistic regression fitted on half the split's embeddings, scored on the other half.")
+@click.option("--search", "search_index", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Also score the split's images as queries of this index (toolkit index build of the model's embeddings): "
+                   "index_* from its answers, exact_* from an exhaustive search of the same rows.")
 @quiet_option
 @json_option
 def assess(model: str, metadata_csv: str, img_directory: str | None, split: str, metric: str | None, output_dir: str,
-           linear_probe: bool, quiet: bool, as_json: bool) -> None:
-    """Score an embedding model on a split: kNN accuracy, recall@1/5/10, mAP@R, plus pictures.
+           linear_probe: bool, search_index: str | None, quiet: bool, as_json: bool) -> None:
+    """Score an embedding model on a split: kNN accuracy, recall@1/5/10, mAP@R, k-means NMI and ARI, plus pictures.
+
+    With --search, the split's images also query a built index; the answers'
+    classes are read from the metadata CSV by image name (indexed images it
+    does not list count as wrong answers), a query's own image is skipped.
 
     \b
     Example:
       toolkit assess runs/siamese/embedding_model.keras metadata.csv --split test --linear-probe
+      toolkit assess runs/siamese/embedding_model.keras metadata.csv --search siamese_index/
     """
     start(quiet)
     from image_toolkit.models.similarity import assess as run
 
     with progress_to_stderr(as_json):
         scores = run(model, metadata_csv, img_directory=img_directory, split=split, output_dir=output_dir, metric=metric,
-                     linear_probe=linear_probe)
+                     linear_probe=linear_probe, search_index=search_index)
     if as_json:
         echo_json(scores)
     else:  # the scores are the answer: printed with --quiet too
+        width = max(14, *map(len, scores))
         for name, value in scores.items():
-            click.echo(f"{name:>14}: {value}")
+            click.echo(f"{name:>{width}}: {value}")

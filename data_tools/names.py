@@ -1,6 +1,6 @@
 """The choices options accept, and names the CLI checks, importable without TensorFlow or numpy (for `--help`)."""
 
-BACKBONES = ("resnet50", "inceptionv3", "mobilenetv2", "efficientnetb0", "resnet18", "small_cnn")
+BACKBONES = ("resnet50", "inceptionv3", "mobilenetv2", "efficientnetb0", "vgg16", "resnet18", "small_cnn")
 TASKS = ("multilabel", "multiclass")
 MISSING_LABELS = ("mask", "mean", "mf")
 CLASS_WEIGHTS = ("none", "balanced")

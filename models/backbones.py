@@ -76,6 +76,7 @@ BACKBONES: dict[str, Backbone] = {
     "inceptionv3": Backbone(keras.applications.InceptionV3, keras.applications.inception_v3.preprocess_input, 299, 75),
     "mobilenetv2": Backbone(keras.applications.MobileNetV2, keras.applications.mobilenet_v2.preprocess_input, 224, 32),
     "efficientnetb0": Backbone(keras.applications.EfficientNetB0, keras.applications.efficientnet.preprocess_input, 224, 32),
+    "vgg16": Backbone(keras.applications.VGG16, keras.applications.vgg16.preprocess_input, 224, 32),
     "resnet18": Backbone(ResNet18, _scale_to_unit_range, 224, 32, has_imagenet_weights=False),
     "small_cnn": Backbone(SmallCNN, _scale_to_unit_range, 64, 8, has_imagenet_weights=False),
 }

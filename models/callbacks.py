@@ -84,7 +84,10 @@ class TrainingCheckpoints(keras.callbacks.Callback):
 
 
 class RetrievalEvaluation(keras.callbacks.Callback):
-    """Embed a labelled gallery after every epoch and log recall@1/5/10, mAP@R and kNN accuracy.
+    """Embed a labelled gallery after every epoch and log recall@1/5/10, mAP@R, kNN accuracy, NMI and ARI.
+
+    NMI and the adjusted Rand index score a k-means clustering of the same
+    embeddings (`clustering_scores`): an unsupervised view beside retrieval.
 
     The scores go into the epoch's logs as `val_recall@1` etc., so the
     progress bar, `history.csv` and the best-epoch checkpoint all see them.
@@ -99,9 +102,10 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         self.metric = metric
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        from image_toolkit.data_tools.search.retrieval import retrieval_scores
+        from image_toolkit.data_tools.search.retrieval import clustering_scores, retrieval_scores
 
         embeddings = self.tower.predict(self.gallery, verbose=0)
         scores = retrieval_scores(embeddings, self.classes, metric=self.metric)
+        scores.update(clustering_scores(embeddings, self.classes, metric=self.metric))
         if logs is not None:
             logs.update({f"val_{name}": value for name, value in scores.items()})

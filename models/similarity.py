@@ -335,8 +335,8 @@ def trained_metric(model_path: str | Path) -> str:
 
 def assess(model_path: str | Path, metadata_csv: str | Path, *, img_directory: str | Path | None = None,
            split: str = "test", output_dir: str | Path = ".", metric: str | None = None, n_queries: int = 8,
-           seed: int = 0, linear_probe: bool = False) -> dict:
-    """Retrieval scores of an embedding model on one split, plus `similarity_heatmap.png` and `query_grid.png`.
+           seed: int = 0, linear_probe: bool = False, search_index: str | Path | None = None) -> dict:
+    """Retrieval and clustering scores of an embedding model on one split, plus `similarity_heatmap.png` and `query_grid.png`.
 
     The images are found as for training (`read_metadata`: `img_directory`,
     else the CSV's `root` column, else its folder). Everything is written in
@@ -344,14 +344,16 @@ def assess(model_path: str | Path, metadata_csv: str | Path, *, img_directory: s
     only when some image could not be read. A split with no readable image
     fails before anything is written. `metric` defaults to the one the model
     was trained for (`trained_metric`). `linear_probe` adds the standard
-    linear evaluation beside kNN (`linear_evaluation`).
+    linear evaluation beside kNN (`linear_evaluation`); `search_index` the
+    scores of the split's images as queries of that index (`search_scores`).
     """
     from image_toolkit.data_tools.maps.retrieval_plots import plot_query_grid, plot_similarity_heatmap
     from image_toolkit.data_tools.search.neighbors import exact_neighbors
-    from image_toolkit.data_tools.search.retrieval import retrieval_scores
+    from image_toolkit.data_tools.search.retrieval import clustering_scores, retrieval_scores
     from image_toolkit.models.extraction import FeatureExtractor, compute_features, traced_forward
 
     tower, info = load_embedding_model(model_path)
+    index = _comparable_index(search_index, tower, info, model_path) if search_index is not None else None
     metric = metric or trained_metric(model_path)
     frame = read_metadata(metadata_csv, img_directory=img_directory)
     frame = frame[frame["split"] == split]
@@ -364,6 +366,10 @@ def assess(model_path: str | Path, metadata_csv: str | Path, *, img_directory: s
     extractor = FeatureExtractor(tower, traced_forward(tower, False), get_backbone(info["backbone"]).preprocess, info["image_size"], {})
     embeddings = compute_features(extractor, paths, verbose=0)
     scores = retrieval_scores(embeddings, classes, metric=metric)
+    scores.update(clustering_scores(embeddings, classes, metric=metric, seed=seed))
+    if index is not None:
+        scores.update(search_scores(index, embeddings, list(frame["image"]), classes,
+                                    read_metadata(metadata_csv, img_directory=img_directory)))
     plot_similarity_heatmap(embeddings, classes, output_dir / "similarity_heatmap.png", seed=seed)
     _, neighbors = exact_neighbors(embeddings, k=min(5, len(paths) - 1), metric=metric)
     queries = np.random.default_rng(seed).choice(len(paths), size=min(n_queries, len(paths)), replace=False)
@@ -371,6 +377,47 @@ def assess(model_path: str | Path, metadata_csv: str | Path, *, img_directory: s
     if linear_probe:
         scores.update(linear_evaluation(embeddings, classes, seed=seed))
     return {"split": split, "images": len(paths), "metric": metric, **{k: round(v, 4) for k, v in scores.items()}}
+
+
+def _comparable_index(search_index: str | Path, tower: keras.Model, info: dict, model_path: str | Path):
+    """The index at `search_index`, refused in one line unless it holds features of this model's embedding."""
+    from image_toolkit.data_tools.formats.features import MODEL_FILE_WEIGHTS
+    from image_toolkit.data_tools.search.backends import load_index
+
+    index = load_index(search_index)
+    # What get-transfer-layer --model MODEL records for these features (extraction.feature_extractor).
+    made = {"model": str(Path(model_path).resolve()), "layer": tower.layers[-1].name,
+            "image_size": info["image_size"], "weights": MODEL_FILE_WEIGHTS}
+    index.check_comparable(int(tower.output_shape[-1]), made, f"--search {search_index}: {model_path}'s embeddings")
+    return index
+
+
+def search_scores(index, embeddings: np.ndarray, images: list[str], classes: np.ndarray, labelled: pd.DataFrame) -> dict:
+    """recall@1/5/10, mAP@R and kNN accuracy of the index's answers (`index_...`) and of an exact search of its rows (`exact_...`).
+
+    The split's images query the index; their answers' classes come from
+    the metadata CSV (`labelled`, every split) by image name
+    (`index_scores`). The exact search ranks the same indexed rows by the
+    same metric, so the two sets differ only by what the index approximates;
+    it reads all N x D indexed rows into memory.
+    """
+    from collections import Counter
+
+    from image_toolkit.data_tools.search.neighbors import exact_neighbors
+    from image_toolkit.data_tools.search.retrieval import RECALL_AT, index_scores
+
+    labels = dict(zip(labelled["image"], labelled["class"]))
+    largest_class = max(Counter(labels[path] for path in index.paths_ if path in labels).values(), default=0)
+    # Enough answers for recall@10 and mAP@R's R, plus the query's own image, which may be indexed.
+    k = min(index.size, max(*RECALL_AT, largest_class) + 1)
+    queries = np.asarray(embeddings, dtype=np.float32)
+    _, answers = index.search(queries, k=k)
+    _, exact = exact_neighbors(index.vectors(), queries=queries, k=k, metric=index.metric)
+    scores, counts = index_scores(images, classes, answers, index.paths_, labels)
+    truth, _ = index_scores(images, classes, exact, index.paths_, labels)
+    return {**{f"index_{name}": value for name, value in scores.items()},
+            **{f"exact_{name}": value for name, value in truth.items()},
+            **{f"index_{name}": value for name, value in counts.items()}}
 
 
 def linear_evaluation(embeddings: np.ndarray, classes: np.ndarray, *, seed: int = 0, held_out: float = LINEAR_HELD_OUT) -> dict[str, float]:

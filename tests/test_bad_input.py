@@ -422,6 +422,9 @@ CASES = [
          needs="embedding"),
     case("assess-output-under-file", "assess embedding_model.keras metadata.csv --output-dir afile/out", 2, "afile",
          needs="embedding"),
+    case("assess-search-missing", "assess fake.keras metadata.csv --search nowhere", 2, "nowhere", text("fake.keras", "no")),
+    case("assess-search-other-features", "assess embedding_model.keras metadata.csv --search index --output-dir out", 1,
+         "--search index", needs="embedding"),
 ]
 
 # The two extraction commands take the same options: the same cases for both.

@@ -100,14 +100,15 @@ def test_exported_model_takes_raw_rgb_and_matches_keras(classifier, format_name,
     assert {p.name for p in tmp_path.iterdir()} == {output.name} | beside
 
 
-@pytest.mark.parametrize("backbone", ["resnet50", "pixels"])
+@pytest.mark.parametrize("backbone", ["resnet50", "vgg16", "pixels"])
 def test_wrapper_applies_the_backbones_preprocessing(backbone):
-    """ResNet50's preprocessing (BGR, mean subtracted) and 'pixels' (/255) without building a ResNet50."""
+    """ResNet50's and VGG16's preprocessing (BGR, mean subtracted) and 'pixels' (/255) without building either."""
     identity = keras.Sequential([keras.Input((4, 4, 3))], name="identity")
     metadata = {"backbone": "small_cnn", "image_size": 4}
     metadata = {**metadata, "preprocess": backbone} if backbone == "pixels" else {**metadata, "backbone": backbone}
     raw = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3)).astype("float32")
-    wanted = keras.applications.resnet50.preprocess_input(raw.copy()) if backbone == "resnet50" else raw / 255.0
+    caffe = {"resnet50": keras.applications.resnet50.preprocess_input, "vgg16": keras.applications.vgg16.preprocess_input}
+    wanted = caffe[backbone](raw.copy()) if backbone in caffe else raw / 255.0
     got = with_preprocessing(identity, metadata).predict_on_batch(raw)
     np.testing.assert_allclose(got, wanted, atol=1e-4)
 

@@ -11,6 +11,7 @@ import pytest
 
 from image_toolkit.cli.predict import predict
 from image_toolkit.cli.train import train
+from image_toolkit.models.inference import load_classifier
 from tests.conftest import SMALL, one_line_error, train_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,6 +103,19 @@ def test_resnet50_without_weights_trains_a_step_at_64px(tiny_set, tmp_path, runn
     result = runner.invoke(train, args)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "best_model.h5").is_file()
+
+
+def test_vgg16_without_weights_trains_a_step_at_32px(tiny_set, tmp_path, runner):
+    """VGG16 (15M parameters) at its smallest input, 8 images: the registry entry builds, trains and reloads."""
+    root, _ = tiny_set
+    (tmp_path / "few.csv").write_text("\n".join((root / "label.txt").read_text().splitlines()[:9]) + "\n")
+    args = ["--data_csv", str(tmp_path / "few.csv"), "--img_directory", str(root / "images"), "--output_dir", str(tmp_path / "run"),
+            "--backbone", "vgg16", "--weights", "none", "--image_size", "32", "--epochs", "1", "--batch_size", "4", "--quiet"]
+    result = runner.invoke(train, args)
+    assert result.exit_code == 0, result.output
+    model, metadata = load_classifier(tmp_path / "run" / "best_model.h5")
+    assert metadata["backbone"] == "vgg16"
+    assert "vgg16" in [layer.name for layer in model.layers]
 
 
 @pytest.mark.parametrize(

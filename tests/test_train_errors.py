@@ -116,7 +116,8 @@ def test_impossible_options_are_usage_errors(runner, data, option, message):
     assert not (data / "out").exists()
 
 
-def test_imagenet_weights_offline_name_the_fix(runner, data, monkeypatch, tmp_path):
+@pytest.mark.parametrize("backbone", ["mobilenetv2", "vgg16"])
+def test_imagenet_weights_offline_name_the_fix(runner, data, monkeypatch, tmp_path, backbone):
     """Offline, Keras' own get_file runs (its cache an empty folder) and its download fails: one line, exit 1."""
     import urllib.error
 
@@ -129,7 +130,7 @@ def test_imagenet_weights_offline_name_the_fix(runner, data, monkeypatch, tmp_pa
     monkeypatch.setattr(config, "_KERAS_DIR", str(tmp_path / "keras_home"))
     monkeypatch.setattr(file_utils, "urlretrieve", offline)
     args = ["--data_csv", str(data / "label.txt"), "--img_directory", str(data / "images"), "--output_dir", str(data / "out" / "r50"),
-            "--backbone", "mobilenetv2", "--weights", "imagenet", "--image_size", "32", "--epochs", "1"]
+            "--backbone", backbone, "--weights", "imagenet", "--image_size", "32", "--epochs", "1"]
     result = runner.invoke(train, args)
     assert result.exit_code == 1, result.output
     assert "Downloading" not in result.stdout and "Downloading" not in result.stderr
