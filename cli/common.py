@@ -316,12 +316,13 @@ def _read_background(ctx: click.Context, param: click.Parameter, value: str | No
     return None if value is None else background_name(parse_background(value))
 
 
-def background_option(default_help: str = "white"):
+def background_option(default_help: str = "white", default: str | None = None):
     """`--background white|black|R,G,B`: the colour transparent images are composited onto, checked when parsed.
 
-    None when not given, so a command that reads a recorded background (a
-    model's, a feature file's) can tell "not given" from "white".
+    Without a `default`, None when not given, so a command that reads a
+    recorded background (a model's, a feature file's) can tell "not given"
+    from "white".
     """
-    return click.option("--background", default=None, callback=_read_background, metavar="white|black|R,G,B",
+    return click.option("--background", default=default, callback=_read_background, metavar="white|black|R,G,B",
                         help=f"Colour that images with transparency (RGBA, LA, palette with a transparent colour) "
                              f"are composited onto before anything else (default: {default_help}).")
