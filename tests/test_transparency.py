@@ -111,12 +111,11 @@ def test_malformed_backgrounds_are_refused(text):
         parse_background(text)
 
 
-def _features(runner, folder, output, *extra):
+def _features(runner, folder, output, *extra, model=("--model", "pixels", "--image-size", "16")):
     from image_toolkit.cli.extract import get_transfer_layer
     from image_toolkit.data_tools.formats.features import read_features
 
-    result = runner.invoke(get_transfer_layer, [str(folder), str(output), "--model", "pixels", "--image-size", "16",
-                                                "--quiet", *extra])
+    result = runner.invoke(get_transfer_layer, [str(folder), str(output), *model, "--quiet", *extra])
     assert result.exit_code == 0, result.output
     return read_features(output)
 
@@ -149,3 +148,50 @@ def test_a_malformed_background_is_one_line(runner, pictures, tmp_path):
     assert result.exit_code == 2
     assert "--background: expected white, black or R,G,B" in one_line_error(result)
     assert not (tmp_path / "x.npz").exists()
+
+
+@pytest.fixture(scope="module")
+def black_run(tiny_set, tmp_path_factory):
+    """One epoch of small_cnn on 24 digits with --background black."""
+    from click.testing import CliRunner
+
+    from image_toolkit.cli.train import train
+    from tests.conftest import train_args
+
+    root, _ = tiny_set
+    output_dir = tmp_path_factory.mktemp("black_run")
+    result = CliRunner().invoke(train, train_args(root, output_dir, "--epochs", "1", "--background", "0,0,0"))
+    assert result.exit_code == 0, result.output
+    return root, output_dir
+
+
+def test_training_records_its_background_and_predictions_use_it(runner, black_run, pictures, tmp_path):
+    import json
+
+    from image_toolkit.data_tools.formats.model_file import read_h5_metadata
+    from image_toolkit.models.inference import classifier_probabilities, load_classifier
+
+    root, output_dir = black_run
+    assert json.loads((output_dir / "run.json").read_text())["options"]["background"] == "black"
+    assert read_h5_metadata(output_dir / "best_model.h5")["background"] == "black"
+    model, metadata = load_classifier(output_dir / "best_model.h5")
+    first, second = (classifier_probabilities([pictures / folder / "rgba.png"], model, metadata) for folder in "ab")
+    np.testing.assert_array_equal(first, second)
+    # Extraction from the model takes its background; another one is refused in one line.
+    features = _features(runner, root / "images", tmp_path / "model.npz", model=("--model", str(output_dir / "best_model.h5")))
+    assert features.metadata["background"] == "black"
+    from image_toolkit.cli.extract import get_transfer_layer
+
+    result = runner.invoke(get_transfer_layer, [str(root / "images"), str(tmp_path / "x.npz"), "--model",
+                                                str(output_dir / "best_model.h5"), "--background", "white"])
+    assert result.exit_code == 2 and "was trained with --background black" in one_line_error(result)
+
+
+def test_resume_with_another_background_is_refused(runner, black_run):
+    from image_toolkit.cli.train import train
+    from tests.conftest import train_args
+
+    root, output_dir = black_run
+    result = runner.invoke(train, train_args(root, output_dir, "--epochs", "2", "--resume", "--background", "white"))
+    assert result.exit_code == 2
+    assert "--background black, this one white" in one_line_error(result)
