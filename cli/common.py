@@ -308,3 +308,21 @@ def config_option(name: str, *, recorded_only: tuple[str, ...] = ()):
                         help=f"A run.json (of 'toolkit {name}', or the best of 'toolkit tune'): its options are the "
                              "defaults, options typed on the line win. Its output_dir, resume, strategy and "
                              "tensorboard are not taken.")
+
+
+def _read_background(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from image_toolkit.data_tools.formats.background import background_name, parse_background
+
+    return None if value is None else background_name(parse_background(value))
+
+
+def background_option(default_help: str = "white", default: str | None = None):
+    """`--background white|black|R,G,B`: the colour transparent images are composited onto, checked when parsed.
+
+    Without a `default`, None when not given, so a command that reads a
+    recorded background (a model's, a feature file's) can tell "not given"
+    from "white".
+    """
+    return click.option("--background", default=default, callback=_read_background, metavar="white|black|R,G,B",
+                        help=f"Colour that images with transparency (RGBA, LA, palette with a transparent colour) "
+                             f"are composited onto before anything else (default: {default_help}).")

@@ -8,6 +8,7 @@ import click
 
 from image_toolkit.cli.common import (
     FeaturePath,
+    background_option,
     command,
     echo_json,
     json_option,
@@ -31,6 +32,7 @@ extraction_options = option_group(
     click.option("--append", is_flag=True, help="Keep the rows already in OUTPUT_PATH and compute only the images not yet there."),
     click.option("--num-shards", type=click.IntRange(min=1), default=1, show_default=True, help="Split the images into this many shards (for a job array)..."),
     click.option("--shard-index", type=click.IntRange(min=0), default=0, show_default=True, help="...and compute shard number I (0-based); join with merge-features."),
+    background_option("a model file's own, else white; recorded in the feature metadata"),
     quiet_option,
     json_option,
 )
@@ -38,7 +40,7 @@ extraction_options = option_group(
 
 def run_extraction(output: str, image_path: str, output_path: str, model: str, layer: str | None, weights: str,
                    image_size: int | None, batch_size: int, precision: str, append: bool, num_shards: int,
-                   shard_index: int, quiet: bool, as_json: bool) -> None:
+                   shard_index: int, quiet: bool, as_json: bool, background: str | None = None) -> None:
     start(quiet)
     from image_toolkit.data_tools.atomic import writable_folder
     from image_toolkit.data_tools.formats.features import feature_format
@@ -47,7 +49,8 @@ def run_extraction(output: str, image_path: str, output_path: str, model: str, l
 
     feature_format(output_path)  # An unknown suffix is refused before the model is built, not after the work.
     writable_folder(Path(output_path).absolute().parent)
-    extractor = feature_extractor(model, output=output, layer=layer, weights=weights, image_size=image_size, precision=precision)
+    extractor = feature_extractor(model, output=output, layer=layer, weights=weights, image_size=image_size, precision=precision,
+                                  background=background)
     with progress_to_stderr(as_json):
         summary = extract(image_path, output_path, extractor, batch_size=batch_size, append=append,
                           num_shards=num_shards, shard_index=shard_index, verbose=progress_verbosity(quiet))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from image_toolkit.cli.common import command, echo_json, json_option, quiet_option, start
+from image_toolkit.cli.common import background_option, command, echo_json, json_option, quiet_option, start
 
 
 @command("serve", aliases={"--images": "--img-directory", "--labels": "--data-csv"})
@@ -39,11 +39,12 @@ from image_toolkit.cli.common import command, echo_json, json_option, quiet_opti
                    "made on the first thumbnail.")
 @click.option("--max-upload-mb", type=click.FloatRange(min=0, min_open=True), default=10, show_default=True,
               help="Largest query image accepted, in MiB.")
+@background_option("the index's features' own, else white; thumbnails")
 @quiet_option
 @json_option
 def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_csv: Path | None, scores: Path | None,
           host: str, port: int, token: str | None, allowed_hosts: tuple[str, ...], thumbnail_dir: Path | None,
-          max_upload_mb: float, quiet: bool, as_json: bool) -> None:
+          max_upload_mb: float, background: str | None, quiet: bool, as_json: bool) -> None:
     """Serve a search page over the index in INDEX_DIR: keyword or image queries, lasso, deselect, refine.
 
     The page shows the collection as a grid and as a map of every image
@@ -81,7 +82,7 @@ def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_
                      embed=lazy_embedder(lambda: app.state.collection.metadata),
                      max_upload_bytes=int(max_upload_mb * 1024 * 1024), host=host,
                      allowed_hosts=[*machine_names(host), *allowed_hosts], token=token,
-                     thumbnail_dir=thumbnail_dir or db.with_name(f"{db.stem}.thumbnails"))
+                     thumbnail_dir=thumbnail_dir or db.with_name(f"{db.stem}.thumbnails"), background=background)
     url = f"http://{host}:{port}/"
     if as_json:
         echo_json({"url": url, "images": len(app.state.collection.names), "db": str(db)})

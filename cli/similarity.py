@@ -6,6 +6,7 @@ import click
 
 from image_toolkit.cli.common import (
     OUTPUT_DIR,
+    background_option,
     command,
     config_option,
     echo_json,
@@ -115,6 +116,7 @@ training_options = option_group(
     click.option("--seed", type=int, default=42, show_default=True),
     strategy_option,
     tensorboard_option,
+    background_option("white; recorded in run.json, which extraction and assess then use", default="white"),
     quiet_option,
     json_option,
 )

@@ -6,6 +6,7 @@ import click
 
 from image_toolkit.cli.common import (
     OUTPUT_DIR,
+    background_option,
     command,
     config_option,
     echo_json,
@@ -40,6 +41,8 @@ def classifier_options(*, task: str = "multilabel"):
         click.option("--fine-tune", is_flag=True, help="Unfreeze the pretrained backbone."),
         click.option("--augment", is_flag=True, help="Random flips, rotations and zooms of training images."),
         click.option("--precision", type=click.Choice(names.PRECISIONS), default="fp32", show_default=True),
+        background_option("white; recorded in run.json and the model, which predict, evaluate and extraction then use",
+                          default="white"),
     )
 
 

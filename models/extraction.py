@@ -23,10 +23,12 @@ import numpy as np
 
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.formats.background import background_name, model_background, parse_background
 from image_toolkit.data_tools.formats.csv_files import read_checked_csv
 from image_toolkit.data_tools.formats.features import (
     COMPARABLE_KEYS,
     MODEL_FILE_WEIGHTS,
+    comparable,
     feature_blocks,
     open_features,
     shown_model,
@@ -92,6 +94,7 @@ def feature_extractor(
     weights: str = "imagenet",
     image_size: int | None = None,
     precision: str = "fp32",
+    background: str | None = None,
 ) -> FeatureExtractor:
     """Build the network that maps a preprocessed batch to features.
 
@@ -106,6 +109,11 @@ def feature_extractor(
     pipeline as any model, scaled to [0, 1] (pixel / 255), flattened to
     `image_size` x `image_size` x 3 float32 values in row, column, channel
     order. `weights` does not apply to it; a weights file is refused.
+
+    `background` ('white', 'black' or 'R,G,B') is what transparent images are
+    composited onto; recorded in the metadata. Default: a model file's own
+    (a different one is refused: its features would not be what it learned
+    from), else white.
     """
     if output not in OUTPUTS:
         raise OptionError(f"output: expected one of {OUTPUTS}. Received: {output!r}")
@@ -121,7 +129,8 @@ def feature_extractor(
         size = image_size or PIXELS_DEFAULT_SIZE
         check_range("--image-size", size, low=1)
         network = pixel_network(size)
-        metadata = {"model": PIXELS, "output": output, "layer": PIXELS, "image_size": size, "weights": "none", "precision": "fp32"}
+        metadata = {"model": PIXELS, "output": output, "layer": PIXELS, "image_size": size, "weights": "none",
+                    "precision": "fp32", "background": background_name(background)}
         return FeatureExtractor(network, traced_forward(network, False), unit_range, size, metadata)
     with precision_policy(precision):
         if model in NAMED_MODELS:
@@ -138,6 +147,7 @@ def feature_extractor(
             if image_size not in (None, saved["image_size"]):
                 raise OptionError(f"--image-size: {model} was trained at {saved['image_size']} px. Received: {image_size}.")
             size, preprocess = saved["image_size"], get_backbone(saved["backbone"]).preprocess
+            background = model_background(saved, background, model)
             # An embedding model's output is the embedding; a classifier's transfer layer is its penultimate.
             default = network.layers[-1].name if output == "scores" or embedding else _penultimate(network)
             layer_name = layer or default
@@ -148,7 +158,7 @@ def feature_extractor(
             weights, jit_compile = MODEL_FILE_WEIGHTS, False
             model = Path(model).resolve()  # Recorded absolute: the features can be used from any folder.
     metadata = {"model": str(model), "output": output, "layer": layer_name,
-                "image_size": size, "weights": weights, "precision": precision}
+                "image_size": size, "weights": weights, "precision": precision, "background": background_name(background)}
     return FeatureExtractor(network, traced_forward(network, jit_compile), preprocess, size, metadata)
 
 
@@ -165,6 +175,7 @@ def extractor_from_metadata(metadata: dict) -> FeatureExtractor:
         weights="none" if from_file else metadata["weights"],
         image_size=None if from_file else metadata["image_size"],
         precision=metadata.get("precision", "fp32"),
+        background=metadata.get("background"),
     )
 
 
@@ -208,7 +219,8 @@ def feature_batches(
     Extraction hands these straight to the writer, so a million images never
     have their features in memory at once.
     """
-    dataset = image_dataset(paths, image_size=extractor.image_size, preprocess=extractor.preprocess, batch_size=batch_size)
+    dataset = image_dataset(paths, image_size=extractor.image_size, preprocess=extractor.preprocess, batch_size=batch_size,
+                            background=parse_background(extractor.metadata.get("background")))
     bar = keras.utils.Progbar(len(paths), verbose=verbose, unit_name="image", stateful_metrics=["images/s"]) if verbose else None
     started, done = time.perf_counter(), 0
     for images in dataset:
@@ -257,10 +269,10 @@ def extract(
     if append and output_path.exists():
         previous = open_features(output_path)
         for key in COMPARABLE_KEYS:
-            if previous.metadata.get(key) != metadata.get(key):
+            if comparable(previous.metadata, key) != comparable(metadata, key):
                 raise DataError(
-                    f"{output_path}: made with {key}={previous.metadata.get(key)!r}, this run has "
-                    f"{key}={metadata.get(key)!r}; --append only extends a file with the same model and layer."
+                    f"{output_path}: made with {key}={comparable(previous.metadata, key)!r}, this run has "
+                    f"{key}={comparable(metadata, key)!r}; --append only extends a file with the same model, layer and background."
                 )
         known = set(previous.paths)
         paths = [path for path in paths if path not in known]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from image_toolkit.data_tools.errors import DataError
+from image_toolkit.data_tools.formats.background import background_name, parse_background
 from image_toolkit.data_tools.formats.images import check_images, find_images, require_readable
 from image_toolkit.data_tools.formats.model_file import model_file_format, read_h5_metadata
 from image_toolkit.models.backbones import BACKBONES, preprocessing
@@ -70,7 +72,16 @@ def load_embedding_model(path: str | Path) -> tuple[keras.Model, dict]:
     if not backbones:
         raise DataError(f"{path}: not an image-toolkit embedding model (no known backbone inside).")
     normalized = any(isinstance(layer, keras.layers.UnitNormalization) for layer in tower.layers)
-    return tower, {"backbone": backbones[0], "image_size": int(tower.input_shape[1]), "normalized": normalized}
+    return tower, {"backbone": backbones[0], "image_size": int(tower.input_shape[1]), "normalized": normalized,
+                   "background": _trained_background(path)}
+
+
+def _trained_background(path: Path) -> str:
+    """The --background of the run that made an embedding model, from the run.json beside it; white when none says."""
+    try:
+        return background_name(json.loads((path.parent / "run.json").read_text())["options"]["background"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return background_name(None)
 
 
 def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
@@ -111,6 +122,7 @@ def classifier_probabilities(paths: list[Path], model: keras.Model, metadata: di
         image_size=metadata["image_size"],
         preprocess=classifier_preprocess(metadata),
         batch_size=batch_size,
+        background=parse_background(metadata.get("background")),  # the training one; none recorded: white
     )
     batches = [model.predict_on_batch(batch) for batch in dataset]
     return np.concatenate(batches) if batches else np.zeros((0, len(metadata["label_names"])), np.float32)

@@ -283,6 +283,7 @@ def train_probe(options: ProbeOptions) -> dict:
         "image_size": extractor.image_size,
         "head_units": 0,
         "weights": extractor.metadata["weights"],
+        "background": extractor.metadata["background"],  # the features' own, so predict decodes as they were made
         "toolkit_version": toolkit_version(),
         "head": "linear",
         "preprocess": preprocess,

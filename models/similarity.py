@@ -21,6 +21,7 @@ import pandas as pd
 from image_toolkit.data_tools.atomic import atomic_path
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.formats.background import parse_background
 from image_toolkit.data_tools.formats.images import check_images, find_images, report_skipped, require_readable
 from image_toolkit.data_tools.formats.metadata import read_metadata
 from image_toolkit.data_tools.maps.plots import plot_training_curves
@@ -83,9 +84,11 @@ class SimilarityOptions:
     strategy: str = "default"
     resume: bool = False
     tensorboard: str | None = None
+    background: str = "white"
 
     def check(self) -> None:
         get_backbone(self.backbone)
+        parse_background(self.background)
         check_tensorboard(self.tensorboard)
         if self.strategy not in STRATEGIES:
             raise OptionError(f"--strategy: expected one of {', '.join(STRATEGIES)}. Received: {self.strategy!r}.")
@@ -176,6 +179,7 @@ def retrieval_gallery(frame: pd.DataFrame, options: SimilarityOptions):
         image_size=options.image_size,
         preprocess=get_backbone(options.backbone).preprocess,
         batch_size=64,
+        background=parse_background(options.background),
     )
     return dataset, held_out["class"].to_numpy()
 
@@ -204,7 +208,7 @@ def siamese_data(train: pd.DataFrame, options: SimilarityOptions, epochs: int, r
     def rows_dataset(rows: np.ndarray, batch_size: int):
         return pair_dataset(paths, first[rows], second[rows], {name: target[rows] for name, target in targets.items()},
                             image_size=options.image_size, preprocess=get_backbone(options.backbone).preprocess,
-                            batch_size=batch_size)
+                            batch_size=batch_size, background=parse_background(options.background))
 
     dataset = distributed_input(strategy, rows_dataset, len(first), batch_size=options.batch)
     return dataset, max(1, len(first) // (epochs * options.batch)), len(names)
@@ -227,7 +231,8 @@ def simclr_data(train: pd.DataFrame, options: SimilarityOptions, epochs: int, rn
 
     def rows_dataset(rows: np.ndarray, batch_size: int):
         return views_dataset(paths, order[rows], image_size=options.image_size,
-                             preprocess=get_backbone(options.backbone).preprocess, batch_size=batch_size, view=simclr_view)
+                             preprocess=get_backbone(options.backbone).preprocess, batch_size=batch_size, view=simclr_view,
+                             background=parse_background(options.background))
 
     return distributed_input(strategy, rows_dataset, len(order), batch_size=options.batch), steps, 0
 
@@ -363,7 +368,8 @@ def assess(model_path: str | Path, metadata_csv: str | Path, *, img_directory: s
     frame = _readable(frame, Path(metadata_csv), output_dir)
     paths, classes = list(frame["path"]), frame["class"].to_numpy()
     require_two_classes(classes, metadata_csv, images=f"image of split '{split}'", purpose="scoring retrieval")
-    extractor = FeatureExtractor(tower, traced_forward(tower, False), get_backbone(info["backbone"]).preprocess, info["image_size"], {})
+    extractor = FeatureExtractor(tower, traced_forward(tower, False), get_backbone(info["backbone"]).preprocess, info["image_size"],
+                                 {"background": info["background"]})
     embeddings = compute_features(extractor, paths, verbose=0)
     scores = retrieval_scores(embeddings, classes, metric=metric)
     scores.update(clustering_scores(embeddings, classes, metric=metric, seed=seed))
@@ -373,7 +379,7 @@ def assess(model_path: str | Path, metadata_csv: str | Path, *, img_directory: s
     plot_similarity_heatmap(embeddings, classes, output_dir / "similarity_heatmap.png", seed=seed)
     _, neighbors = exact_neighbors(embeddings, k=min(5, len(paths) - 1), metric=metric)
     queries = np.random.default_rng(seed).choice(len(paths), size=min(n_queries, len(paths)), replace=False)
-    plot_query_grid(paths, classes, neighbors, queries, output_dir / "query_grid.png")
+    plot_query_grid(paths, classes, neighbors, queries, output_dir / "query_grid.png", background=info["background"])
     if linear_probe:
         scores.update(linear_evaluation(embeddings, classes, seed=seed))
     return {"split": split, "images": len(paths), "metric": metric, **{k: round(v, 4) for k, v in scores.items()}}

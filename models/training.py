@@ -19,6 +19,7 @@ import pandas as pd
 from image_toolkit.data_tools.atomic import missing_folders
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.formats.background import background_name, parse_background
 from image_toolkit.data_tools.formats.images import check_images, report_skipped, require_readable
 from image_toolkit.data_tools.formats.labels import LabelTable, read_label_csv, split_table, write_label_csv
 from image_toolkit.data_tools.formats.missing_labels import fill_missing
@@ -86,6 +87,7 @@ class TrainOptions:
     val_csv: str | None = None
     thresholds: str = "fixed"
     tensorboard: str | None = None
+    background: str = "white"
 
     def check(self) -> None:
         """Refuse impossible values before any file is read or layer built."""
@@ -106,6 +108,7 @@ class TrainOptions:
         if self.thresholds == "tuned" and self.task == "multiclass":
             raise OptionError("--thresholds tuned: a multi-class model takes the top class, it has no thresholds; use it with --task multilabel.")
         check_tensorboard(self.tensorboard)
+        parse_background(self.background)
         if (self.train_csv is None) != (self.val_csv is None):
             raise OptionError("--train-csv and --val-csv go together: give both lists, or neither to split --data-csv.")
 
@@ -268,6 +271,7 @@ def classifier_dataset(options: TrainOptions, table: LabelTable, labels: np.ndar
             seed=options.seed,
             augment=random_augmentation(options.seed) if training and options.augment else None,
             cache=len(rows) * per_image_bytes < CACHE_BYTES,
+            background=parse_background(options.background),
         )
 
     return distributed_input(strategy, rows_dataset, len(table), batch_size=options.batch_size)
@@ -328,6 +332,7 @@ def _train(options: TrainOptions, strategy, output_dir: Path, started: float, *,
         "image_size": options.image_size,
         "head_units": options.head_units,
         "weights": options.weights,
+        "background": background_name(options.background),
         "toolkit_version": toolkit_version(),
     }
     keras.utils.set_random_seed(options.seed)

@@ -229,6 +229,8 @@ CASES = [
     case("train-csv-unnamed-column", "train --data-csv bad.csv --output-dir out", 1, "bad.csv",
          text("bad.csv", "image,even,\n0000.png,1,\n0001.png,0,\n")),
     case("train-multiclass-no-label-column", "train --task multiclass --output-dir out", 1, "label.txt"),
+    case("train-background-malformed", "train --output-dir out --background pink", 2, "--background"),
+    case("train-background-out-of-range", "train --output-dir out --background 0,0,256", 2, "--background"),
     case("train-img-directory-missing", "train --img-directory nowhere --output-dir out", 1, "nowhere"),
     case("train-images-all-corrupt", "train --output-dir out --backbone small_cnn --weights none --image-size 32",
          1, "no readable image", corrupt_images("images")),
@@ -391,6 +393,7 @@ CASES = [
     case("siamese-examples-without-classes", "train-siamese metadata.csv --examples-per-class 2 --output-dir out", 2,
          "--classes-per-batch"),
     # --- train-simclr ---
+    case("siamese-background-malformed", "train-siamese metadata.csv --background 0,-1,0", 2, "--background"),
     case("simclr-path-missing", "train-simclr nowhere", 2, "nowhere"),
     case("simclr-folder-empty", "train-simclr empty --output-dir out", 1, "empty", folder("empty")),
     case("simclr-images-all-corrupt", "train-simclr images --output-dir out --backbone small_cnn --image-size 32", 1, "images",
@@ -455,9 +458,12 @@ for name in ("get-inception-output", "get-transfer-layer"):
              data("bad.npz", BINARY), needs=needs),
         case(f"{short}-weights-missing", f"{name} images out.npz --model resnet50 --weights nowhere.h5", 2, "nowhere.h5"),
         case(f"{short}-two-spellings", f"{name} images out.npz --image-size 32 --image_size 64", 2, "given twice"),
+        case(f"{short}-background-malformed", f"{name} images out.npz --background 1,2", 2, "--background"),
     ]
 
 CASES += [
+    case("transfer-background-not-the-models", "get-transfer-layer images out.npz --model best_model.h5 --background black",
+         2, "--background", needs="classifier"),
     case("transfer-append-other-model", "get-transfer-layer images features.npz --model pixels --image-size 16 --append", 1,
          "features.npz"),
     # --- compute-distances ---
@@ -721,6 +727,7 @@ CASES += [
     case("serve-scores-other-images", "serve index --img-directory images --scores other.npz", 1, "other.npz",
          npz("other.npz", paths=np.array(["x.png", "y.png"]), features=np.ones((2, 10), np.float32))),
     case("serve-port-negative", "serve index --img-directory images --port -1", 2, "--port"),
+    case("serve-background-malformed", "serve index --img-directory images --background grey", 2, "--background"),
     case("serve-two-spellings", "serve index --images images --img-directory images", 2, "given twice"),
     # --- the root group ---
     case("unknown-command", "trian", 2, "trian"),

@@ -77,7 +77,9 @@ FORMATS = (".npz", ".h5", ".pkl", FOLDER)
 # The files of a feature folder, and nothing else: a folder holding more is not replaced.
 FOLDER_FILES = ("features.npy", "paths.txt", "metadata.json")
 # Metadata that must agree for feature rows to be comparable, and so to be merged.
-COMPARABLE_KEYS = ("model", "layer", "image_size", "weights")
+COMPARABLE_KEYS = ("model", "layer", "image_size", "weights", "background")
+# What a file made before a key was recorded meant by it: transparent images were then composited onto white.
+COMPARABLE_DEFAULTS = {"background": "white"}
 # Metadata that describes one shard of an extraction run and means nothing once merged.
 SHARD_KEYS = ("num_shards", "shard_index")
 REEXTRACT = "Re-extract with toolkit get-transfer-layer."
@@ -167,6 +169,11 @@ def _checked(paths: object, features: object, metadata: object, where: str, *, v
     if not isinstance(metadata, dict):
         raise DataError(f"{where}: 'metadata' must be a dict, got {type(metadata).__name__}. {REEXTRACT}")
     return FeatureSet(paths, features, dict(metadata))
+
+
+def comparable(metadata: dict, key: str):
+    """`metadata[key]` for comparing two feature files; a key older files lack reads as its COMPARABLE_DEFAULTS value."""
+    return metadata.get(key, COMPARABLE_DEFAULTS.get(key))
 
 
 def shown_model(metadata: dict) -> dict:
@@ -689,10 +696,10 @@ def merge_features(
             raise DataError(f"{name}: {width} features per row, but {first_name} has {dim}; "
                             "merge only shards of one extraction run.")
         for key in COMPARABLE_KEYS:
-            if metadata.get(key) != first_metadata.get(key):
+            if comparable(metadata, key) != comparable(first_metadata, key):
                 raise DataError(
-                    f"{name}: {key}={metadata.get(key)!r}, but {first_name} has "
-                    f"{key}={first_metadata.get(key)!r}; merge only shards of one extraction run."
+                    f"{name}: {key}={comparable(metadata, key)!r}, but {first_name} has "
+                    f"{key}={comparable(first_metadata, key)!r}; merge only shards of one extraction run."
                 )
     _check_complete(names, [metadata for _, metadata, _ in summaries])
     shard_paths = [paths for paths, _, _ in summaries]

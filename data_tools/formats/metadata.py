@@ -38,6 +38,7 @@ from PIL import Image
 from image_toolkit.data_tools.atomic import atomic_path, refuse_inputs
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.formats.background import to_rgb
 from image_toolkit.data_tools.formats.csv_files import read_checked_csv
 from image_toolkit.data_tools.formats.images import check_images, find_images, report_skipped
 from image_toolkit.data_tools.formats.splits import stratified_split
@@ -213,7 +214,7 @@ def filter_images(image_dir: str | Path, output_dir: str | Path, *, min_size: in
         with atomic_path(target) as temporary:  # makes the class folder with its first image
             if resize:
                 with Image.open(path) as image:
-                    image = image.convert("RGB").resize((resize, resize), Image.BICUBIC)
+                    image = to_rgb(image).resize((resize, resize), Image.BICUBIC)  # transparency onto white
                     image.save(temporary, format=Image.registered_extensions().get(target.suffix.lower(), "PNG"), quality=95)
             else:
                 shutil.copyfile(path, temporary)  # As it is: no second JPEG compression.

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from image_toolkit.data_tools.formats.background import to_rgb
 from image_toolkit.data_tools.maps.plots import _pyplot, save_figure
 
 
@@ -32,8 +33,12 @@ def plot_similarity_heatmap(embeddings: np.ndarray, classes: np.ndarray, path: s
     save_figure(figure, path)
 
 
-def plot_query_grid(paths: list[Path], classes: np.ndarray, neighbors: np.ndarray, queries: np.ndarray, path: str | Path) -> None:
-    """Each query (left) with its nearest neighbours; a red title marks a neighbour of another class."""
+def plot_query_grid(paths: list[Path], classes: np.ndarray, neighbors: np.ndarray, queries: np.ndarray, path: str | Path,
+                    *, background: str | None = None) -> None:
+    """Each query (left) with its nearest neighbours; a red title marks a neighbour of another class.
+
+    Transparent images are shown on `background` (default white), as the model saw them.
+    """
     plt = _pyplot()
     n_columns = neighbors.shape[1] + 1
     figure, axes = plt.subplots(len(queries), n_columns, figsize=(1.6 * n_columns, 1.8 * len(queries)), dpi=100, squeeze=False)
@@ -41,7 +46,7 @@ def plot_query_grid(paths: list[Path], classes: np.ndarray, neighbors: np.ndarra
         for column, index in enumerate([query, *neighbors[query]]):
             axis = axes[row, column]
             with Image.open(paths[index]) as image:
-                axis.imshow(image.convert("RGB"))
+                axis.imshow(to_rgb(image, background))
             same = classes[index] == classes[query]
             axis.set_title(("query: " if column == 0 else "") + str(classes[index]), fontsize=8,
                            color="black" if column == 0 or same else "red")

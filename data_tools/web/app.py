@@ -120,6 +120,7 @@ import numpy as np
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.feedback import store as feedback
+from image_toolkit.data_tools.formats.background import background_name, to_rgb
 from image_toolkit.data_tools.formats.labels import read_labels
 from image_toolkit.data_tools.search import rocchio
 from image_toolkit.data_tools.search.ranking import top_k
@@ -293,11 +294,12 @@ async def validation_error(request: "Request", error: "RequestValidationError") 
     return JSONResponse({"detail": finite(jsonable_encoder(error.errors()))}, status_code=422)
 
 
-def thumbnail_png(path: Path, what: str) -> bytes:
-    """A PNG of the image at most THUMBNAIL_SIZE px a side; DataError when it cannot be decoded or is over MAX_PIXELS."""
+def thumbnail_png(path: Path, what: str, background: str | None = None) -> bytes:
+    """A PNG of the image at most THUMBNAIL_SIZE px a side, transparency composited onto `background` (default white);
+    DataError when it cannot be decoded or is over MAX_PIXELS."""
     try:
         with open_image(path, what=what) as picture:
-            picture = picture.convert("RGB")
+            picture = to_rgb(picture, background)
             picture.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
             buffer = io.BytesIO()
             picture.save(buffer, format="PNG")
@@ -464,6 +466,7 @@ def create_app(
     gamma: float = rocchio.GAMMA,
     learned_weight: float = LEARNED_WEIGHT,
     thumbnail_dir: str | os.PathLike | None = None,
+    background: str | None = None,
 ):
     """The FastAPI app of `toolkit serve` (module docstring: API, keyword ranking, learned queries).
 
@@ -477,7 +480,9 @@ def create_app(
     of this machine). `token`: see "Exposure" in the module docstring.
     `wait`: seconds a feedback post waits for an import's write lock before
     its 503. `thumbnail_dir`: the folder thumbnails are kept in (made on the
-    first one written); None keeps them in memory only.
+    first one written); None keeps them in memory only. `background`:
+    what transparent images are composited onto in thumbnails (default: the
+    index's features' own, else white).
     """
     from typing import Annotated
 
@@ -491,6 +496,7 @@ def create_app(
     for name, weight in (("alpha", alpha), ("beta", beta), ("gamma", gamma), ("learned_weight", learned_weight)):
         check_range(name, weight, low=0)
     collection = Collection(index_dir, images_dir, scores=scores, map_csv=map_csv)
+    background = background_name(background or collection.metadata.get("background"))
     store = Store(Path(db_path), labels=labels, wait=wait)
     classes = Classes(collection.names, store.images, store.classes)
     thumbnails: OrderedDict[int, bytes] = OrderedDict()
@@ -794,7 +800,7 @@ def create_app(
               "headers": cache_headers}, **not_modified_answer, **answers(404)})
     def thumbnail(image_id: int, request: Request):
         path = indexed_file(image_id)
-        key = file_tag(path, collection.names[image_id])
+        key = file_tag(path, f"{collection.names[image_id]}\0{background}")  # a thumbnail per background
         headers = {"ETag": f'"{key}"', "Cache-Control": f"max-age={THUMBNAIL_MAX_AGE_S}"}
         if not_modified(request, headers["ETag"]):
             return Response(status_code=304, headers=headers)
@@ -804,7 +810,7 @@ def create_app(
             cached = disk.read(key) if disk else None
             if cached is None:
                 try:
-                    cached = thumbnail_png(path, f"image {image_id} ({collection.names[image_id]})")
+                    cached = thumbnail_png(path, f"image {image_id} ({collection.names[image_id]})", background)
                 except DataError as error:
                     raise invalid(str(error), "path", "image_id") from None
                 if disk:
