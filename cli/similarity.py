@@ -58,6 +58,7 @@ def make_metadata(image_dir: str, output_csv: str, balanced: bool, test_split: f
 @click.option("--min-per-class", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--sample", type=click.IntRange(min=1), default=None, help="Keep this many images at random.")
 @click.option("--resize", type=click.IntRange(min=8), default=None, help="Resize kept images to this square size.")
+@background_option("white; used by --resize, which writes RGB copies", default="white")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--drop-duplicates", is_flag=True, help="Keep only the first image of each group of duplicates (as toolkit inspect finds them).")
 @click.option("--drop-outliers", type=click.FloatRange(0, 1, max_open=True), default=None, metavar="FRACTION",
@@ -69,7 +70,7 @@ def make_metadata(image_dir: str, output_csv: str, balanced: bool, test_split: f
 @quiet_option
 @json_option
 def filter_images(image_dir: str, output_dir: str, min_size: int, min_per_class: int, sample: int | None, resize: int | None,
-                  seed: int, drop_duplicates: bool, drop_outliers: float | None, features: str | None,
+                  background: str, seed: int, drop_duplicates: bool, drop_outliers: float | None, features: str | None,
                   duplicate_distance: float, quiet: bool, as_json: bool) -> None:
     """Copy the images large enough, of classes with enough images, plus a metadata CSV.
 
@@ -88,7 +89,7 @@ def filter_images(image_dir: str, output_dir: str, min_size: int, min_per_class:
                                features=features, duplicate_distance=duplicate_distance)
     steps = []
     for step, count in run(image_dir, output_dir, min_size=min_size, min_per_class=min_per_class, sample=sample,
-                           resize=resize, seed=seed, filters=filters):
+                           resize=resize, background=background, seed=seed, filters=filters):
         steps.append({"step": step, "images": int(count)})
         if not (quiet or as_json):
             click.echo(f"{count:8d}  {step}")

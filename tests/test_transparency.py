@@ -10,6 +10,7 @@ same features.
 
 from __future__ import annotations
 
+import io
 import warnings
 
 import numpy as np
@@ -195,3 +196,47 @@ def test_resume_with_another_background_is_refused(runner, black_run):
     result = runner.invoke(train, train_args(root, output_dir, "--epochs", "2", "--resume", "--background", "white"))
     assert result.exit_code == 2
     assert "--background black, this one white" in one_line_error(result)
+
+
+def test_the_web_page_shows_the_composited_pictures(runner, pictures, tmp_path):
+    """/api/images and /api/thumbnails send what the model saw: two folders that differ only under alpha 0 look the same."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from image_toolkit.cli.index import index
+    from tests.test_webapp import create_app
+
+    seen, labels = {}, tmp_path / "labels.csv"
+    labels.write_text("image,label\n" + "".join(f"{name},{name.split('.')[1]}\n" for name in KINDS))
+    for folder in ("a", "b"):
+        _features(runner, pictures / folder, tmp_path / f"{folder}.npz")
+        result = runner.invoke(index, ["build", str(tmp_path / f"{folder}.npz"), str(tmp_path / f"{folder}_index"),
+                                       "--kind", "flat", "--quiet"])
+        assert result.exit_code == 0, result.output
+        client = TestClient(create_app(tmp_path / f"{folder}_index", pictures / folder, tmp_path / f"{folder}.sqlite",
+                                       labels=labels))
+        for image_id, name in enumerate(sorted(KINDS)):
+            for route in ("images", "thumbnails"):
+                answer = client.get(f"/api/{route}/{image_id}")
+                assert answer.status_code == 200 and answer.headers["content-type"] == "image/png", (route, name)
+                with Image.open(io.BytesIO(answer.content)) as sent:
+                    seen[folder, route, name] = np.asarray(sent.convert("RGB"))
+    for name in KINDS:
+        np.testing.assert_array_equal(seen["a", "images", name], _pillow_pixels(pictures / "a" / name), err_msg=name)
+        for route in ("images", "thumbnails"):
+            np.testing.assert_array_equal(seen["a", route, name], seen["b", route, name], err_msg=f"{route} {name}")
+
+
+def test_filter_images_resize_composites_onto_the_background(runner, pictures, tmp_path):
+    from image_toolkit.cli.similarity import filter_images
+
+    (tmp_path / "in" / "kind").mkdir(parents=True)
+    for name in KINDS:
+        (tmp_path / "in" / "kind" / name).write_bytes((pictures / "a" / name).read_bytes())
+    result = runner.invoke(filter_images, [str(tmp_path / "in"), str(tmp_path / "out"), "--min-size", "8", "--min-per-class", "1",
+                                           "--resize", "16", "--background", "black", "--quiet"])
+    assert result.exit_code == 0, result.output
+    for name in KINDS:
+        with Image.open(tmp_path / "out" / "kind" / name) as copy:
+            assert "transparency" not in copy.info and copy.mode in ("RGB", "P"), name  # GIF stays a palette file
+            assert copy.convert("RGB").getpixel((15, 15)) == (0, 0, 0), name  # a transparent corner, now black

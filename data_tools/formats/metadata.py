@@ -160,10 +160,11 @@ def _check_separate(image_dir: Path, output_dir: Path) -> None:
 
 
 def filter_images(image_dir: str | Path, output_dir: str | Path, *, min_size: int = 100, min_per_class: int = 50,
-                  sample: int | None = None, resize: int | None = None, seed: int = 0,
+                  sample: int | None = None, resize: int | None = None, background: str = "white", seed: int = 0,
                   filters: Sequence[tuple[str, Callable[[list[Path]], Sequence[bool]]]] = ()) -> list[tuple[str, int]]:
     """Copy (and optionally resize) the images that pass each filter; return (step, images left) counts.
 
+    Resized copies are RGB, transparency composited onto `background`.
     `filters` are more (step, keep) filters, applied after the size filter:
     `keep(paths)` flags the paths to keep (`data_tools.inspect.cleaning`:
     duplicates and outliers).
@@ -214,7 +215,7 @@ def filter_images(image_dir: str | Path, output_dir: str | Path, *, min_size: in
         with atomic_path(target) as temporary:  # makes the class folder with its first image
             if resize:
                 with Image.open(path) as image:
-                    image = to_rgb(image).resize((resize, resize), Image.BICUBIC)  # transparency onto white
+                    image = to_rgb(image, background).resize((resize, resize), Image.BICUBIC)
                     image.save(temporary, format=Image.registered_extensions().get(target.suffix.lower(), "PNG"), quality=95)
             else:
                 shutil.copyfile(path, temporary)  # As it is: no second JPEG compression.

@@ -120,7 +120,7 @@ import numpy as np
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.feedback import store as feedback
-from image_toolkit.data_tools.formats.background import background_name, to_rgb
+from image_toolkit.data_tools.formats.background import background_name, has_alpha, to_rgb
 from image_toolkit.data_tools.formats.labels import read_labels
 from image_toolkit.data_tools.search import rocchio
 from image_toolkit.data_tools.search.ranking import top_k
@@ -294,13 +294,14 @@ async def validation_error(request: "Request", error: "RequestValidationError") 
     return JSONResponse({"detail": finite(jsonable_encoder(error.errors()))}, status_code=422)
 
 
-def thumbnail_png(path: Path, what: str, background: str | None = None) -> bytes:
-    """A PNG of the image at most THUMBNAIL_SIZE px a side, transparency composited onto `background` (default white);
-    DataError when it cannot be decoded or is over MAX_PIXELS."""
+def thumbnail_png(path: Path, what: str, background: str | None = None, *, size: int | None = THUMBNAIL_SIZE) -> bytes:
+    """A PNG of the image at most `size` px a side (None: as large as it is), transparency composited onto
+    `background` (default white); DataError when it cannot be decoded or is over MAX_PIXELS."""
     try:
         with open_image(path, what=what) as picture:
             picture = to_rgb(picture, background)
-            picture.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+            if size is not None:
+                picture.thumbnail((size, size))
             buffer = io.BytesIO()
             picture.save(buffer, format="PNG")
     except (OSError, ValueError) as error:  # Pillow's UnidentifiedImageError is an OSError.
@@ -788,11 +789,23 @@ def create_app(
         200: {"description": "The image file as indexed.", "content": image_content, "headers": cache_headers},
         **not_modified_answer, **answers(404)})
     def image(image_id: int, request: Request):
+        # A file with transparency is sent composited onto the background, as the model and the thumbnails see it.
         path = indexed_file(image_id)
-        etag = f'"{file_tag(path, collection.names[image_id])}"'
+        etag = '"' + file_tag(path, f"{collection.names[image_id]}\0{background}\0full") + '"'
         headers = {"ETag": etag, "Cache-Control": f"max-age={IMAGE_MAX_AGE_S}"}
         if not_modified(request, etag):
             return Response(status_code=304, headers=headers)
+        what = f"image {image_id} ({collection.names[image_id]})"
+        try:
+            with open_image(path, what=what) as picture:
+                transparent = has_alpha(picture)
+        except (OSError, ValueError, DataError):  # undecodable or too large to decode: sent as it is, as before
+            transparent = False
+        if transparent:
+            try:
+                return Response(thumbnail_png(path, what, background, size=None), media_type="image/png", headers=headers)
+            except DataError as error:
+                raise invalid(str(error), "path", "image_id") from None
         return FileResponse(path, headers=headers)
 
     @app.get("/api/thumbnails/{image_id}", response_class=Response, responses={
