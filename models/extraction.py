@@ -38,7 +38,13 @@ from image_toolkit.data_tools.formats.images import IMAGE_SUFFIXES, check_images
 from image_toolkit.data_tools.formats.metadata import ROOT_COLUMN
 from image_toolkit.models.backbones import NO_WEIGHTS, PIXELS, build_backbone, get_backbone, unit_range
 from image_toolkit.models.inference import load_classifier, load_embedding_model
-from image_toolkit.models.openvino_runtime import check_runtime, file_digest, openvino_forward, resolve_precision
+from image_toolkit.models.openvino_runtime import (
+    check_runtime,
+    file_digest,
+    model_file_key,
+    openvino_forward,
+    resolve_precision,
+)
 from image_toolkit.models.pipeline import image_dataset
 from image_toolkit.models.runtime import keras, precision_policy, tf
 
@@ -181,11 +187,10 @@ def _cache_key(metadata: dict) -> dict | None:
     if metadata["weights"] in NO_WEIGHTS:
         return None
     if metadata["weights"] == MODEL_FILE_WEIGHTS:
-        source = {"model_sha256": file_digest(metadata["model"])}
-    else:
-        weights = metadata["weights"]
-        source = {"model": metadata["model"], "weights": file_digest(weights) if Path(weights).is_file() else weights}
-    return {**source, "output": metadata["output"], "layer": metadata["layer"], "image_size": metadata["image_size"]}
+        return model_file_key(metadata["model"], output=metadata["output"], layer=metadata["layer"], image_size=metadata["image_size"])
+    weights = metadata["weights"]
+    return {"model": metadata["model"], "weights": file_digest(weights) if Path(weights).is_file() else weights,
+            "output": metadata["output"], "layer": metadata["layer"], "image_size": metadata["image_size"]}
 
 
 def extractor_from_metadata(metadata: dict) -> FeatureExtractor:

@@ -55,13 +55,13 @@ def require_openvino():
     return openvino
 
 
-def check_runtime(runtime: str, precision: str) -> None:
-    """Refuse an unknown `--runtime`, or a `--precision` that the runtime does not run."""
+def check_runtime(runtime: str, precision: str, *, tensorflow: tuple[str, ...] = TENSORFLOW_PRECISIONS) -> None:
+    """Refuse an unknown `--runtime`, or a `--precision` that the runtime does not run (`tensorflow`: its precisions here)."""
     if runtime not in RUNTIMES:
         raise OptionError(f"--runtime: expected one of {', '.join(RUNTIMES)}. Received: {runtime!r}.")
     if runtime == "openvino":
         require_openvino()
-    allowed = OPENVINO_PRECISIONS if runtime == "openvino" else TENSORFLOW_PRECISIONS
+    allowed = OPENVINO_PRECISIONS if runtime == "openvino" else tensorflow
     if precision not in allowed:
         raise OptionError(f"--precision {precision}: --runtime {runtime} runs {', '.join(allowed)}; "
                           f"pick one of those{' or --runtime openvino' if runtime == 'tensorflow' else ''}.")
@@ -95,6 +95,11 @@ def file_digest(path: str | os.PathLike) -> str:
         for block in iter(functools.partial(handle.read, 1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def model_file_key(path: str | os.PathLike, *, output: str, layer: str, image_size: int) -> dict:
+    """The cache key of a toolkit model file cut at `layer`: its bytes, what it outputs and its input size."""
+    return {"model_sha256": file_digest(path), "output": output, "layer": layer, "image_size": int(image_size)}
 
 
 def cache_folder(key: dict) -> Path:

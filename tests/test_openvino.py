@@ -99,3 +99,20 @@ def test_a_tensorflow_only_precision_is_refused_for_openvino(runner, images, tmp
                                                 "--runtime", "openvino", "--precision", "mixed_bfloat16"])
     assert result.exit_code == 2
     assert "--precision mixed_bfloat16" in one_line_error(result)
+
+
+def test_predict_gives_tensorflows_labels(trained, digits_set, cache):
+    import pandas as pd
+
+    from image_toolkit.models.inference import predict_images
+
+    run, _, _ = trained
+    held_out = [digits_set[0] / "images" / name for name in pd.read_csv(run.parent / "test.csv")["image"]]
+    model = run / "best_model.h5"
+    expected, _ = predict_images(held_out, model)
+    fp32, _ = predict_images(held_out, model, runtime="openvino", precision="fp32")
+    assert [p.labels for p in fp32] == [p.labels for p in expected]
+    gaps = [abs(p.probabilities[name] - q.probabilities[name]) for p, q in zip(fp32, expected) for name in p.probabilities]
+    assert max(gaps) <= 1e-3
+    bf16, _ = predict_images(held_out, model, runtime="openvino", precision="bf16")
+    assert np.mean([p.labels == q.labels for p, q in zip(bf16, expected)]) >= 0.98
