@@ -144,9 +144,10 @@ def openvino_forward(model: keras.Model, *, key: dict | None, precision: str) ->
     else:
         folder = cache_folder({**key, "precision": precision})
         if (folder / IR_FILE).is_file():
-            logger.info("OpenVINO: converted model from the cache %s", folder)
+            logger.debug("OpenVINO: converted model from the cache %s", folder)
         else:
-            logger.info("OpenVINO: converting %s (cached in %s)", model.name, folder)
+            logger.info("OpenVINO: converting %s for the CPU (once: later runs read it from the cache)", model.name)
+            logger.debug("OpenVINO: cache folder %s", folder)
             _save_ir(model, folder)
         compiled = openvino.Core().compile_model(folder / IR_FILE, "CPU", {**config, "CACHE_DIR": str(folder)})
     request = compiled.create_infer_request()
