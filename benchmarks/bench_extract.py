@@ -15,16 +15,23 @@ folder of 224-299 px JPEGs, one run prints:
   (goal: the default fp32 path >= 85 % of it);
 * XLA on and off for the forward pass (the default per model follows this),
   and `mixed_bfloat16`: its rate and the cosine similarity of its features
-  to fp32 ones (recommended on CPUs only if >= 0.999).
+  to fp32 ones (recommended on CPUs only if >= 0.999);
+* `--runtime openvino` in fp32 and bf16 (the same weights, converted by
+  OpenVINO), files -> features and on in-memory tensors, with the cosine of
+  its features to TensorFlow fp32's (issue 18 goals: bf16 >= 2x TensorFlow
+  fp32 files -> features, fp32 >= 1.25x, cosine >= 0.999).
 
 The methods take turns, --rounds times, and each one's best rate counts.
 
     python benchmarks/bench_extract.py [--models inceptionv3 resnet50] [--images 64] [--rounds 3]
+    python benchmarks/bench_extract.py --quick    # ResNet50, 32 images, one turn: under 2 minutes
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +40,7 @@ import numpy as np
 from PIL import Image
 
 from image_toolkit.models.extraction import XLA_INFERENCE, compute_features, feature_extractor, traced_forward
+from image_toolkit.models.openvino_runtime import openvino_forward
 from image_toolkit.models.runtime import keras, tf
 
 
@@ -95,6 +103,18 @@ def best_rates(methods: dict, rounds: int) -> dict[str, float]:
     return best
 
 
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def openvino_extractors(extractor) -> dict:
+    """`extractor`'s network (its very weights) run by OpenVINO in fp32 and bf16; none without the extra."""
+    if importlib.util.find_spec("openvino") is None:
+        return {}
+    return {precision: dataclasses.replace(extractor, forward=openvino_forward(extractor.model, key=None, precision=precision))
+            for precision in ("fp32", "bf16")}
+
+
 def bench_model(name: str, paths: list[Path], batch_size: int, loop_images: int, peak: float, rounds: int) -> None:
     extractor = feature_extractor(name, output="pooled", weights="none")
     size = extractor.image_size
@@ -104,6 +124,11 @@ def bench_model(name: str, paths: list[Path], batch_size: int, loop_images: int,
     bf16 = feature_extractor(name, output="pooled", weights="none", precision="mixed_bfloat16")
     bf16.model.set_weights(extractor.model.get_weights())
     in_memory = batches * batch_size
+    openvino = openvino_extractors(extractor)
+    openvino_methods = {}
+    for precision, ov in openvino.items():
+        openvino_methods[f"ov {precision}"] = (lambda ov=ov: compute_features(ov, paths, batch_size=batch_size, verbose=0), len(paths))
+        openvino_methods[f"ov {precision} mem"] = (lambda ov=ov: [ov.forward(tensors) for _ in range(batches)], in_memory)
 
     def per_image_loop():
         for path in paths[:loop_images]:
@@ -119,6 +144,7 @@ def bench_model(name: str, paths: list[Path], batch_size: int, loop_images: int,
                                                           batch_size=batch_size, verbose=0), in_memory),
         "loop": (per_image_loop, loop_images),
         "bf16": (lambda: compute_features(bf16, paths, batch_size=batch_size, verbose=0), len(paths)),
+        **openvino_methods,
     }, rounds)
     ours, ceiling, keras_predict, loop, bf16_rate = (
         rates[key] for key in ("ours", "ceiling", "keras predict", "loop", "bf16")
@@ -128,9 +154,7 @@ def bench_model(name: str, paths: list[Path], batch_size: int, loop_images: int,
     roofline = peak / gflops
     fp32_features = compute_features(extractor, paths[:batch_size], batch_size=batch_size, verbose=0)
     bf16_features = compute_features(bf16, paths[:batch_size], batch_size=batch_size, verbose=0)
-    cosine = np.sum(fp32_features * bf16_features, axis=1) / (
-        np.linalg.norm(fp32_features, axis=1) * np.linalg.norm(bf16_features, axis=1)
-    )
+    cosine = cosines(fp32_features, bf16_features)
 
     print(f"\n{name} at {size} px, pooled {extractor.model.output.shape[-1]}-d, batch {batch_size}, "
           f"{gflops:.2f} GFLOPs/image, default XLA={'on' if XLA_INFERENCE[name] else 'off'}")
@@ -142,6 +166,11 @@ def bench_model(name: str, paths: list[Path], batch_size: int, loop_images: int,
     print(f"  forward pass XLA off / on:           {by_xla[False]:7.2f} / {by_xla[True]:.2f} images/s")
     print(f"  mixed_bfloat16, files -> features:   {bf16_rate:7.2f} images/s   x{bf16_rate / ours:.2f} fp32; "
           f"cosine to fp32 min {cosine.min():.5f}, mean {cosine.mean():.5f}")
+    for precision, ov in openvino.items():
+        files, memory = rates[f"ov {precision}"], rates[f"ov {precision} mem"]
+        similar = cosines(fp32_features, compute_features(ov, paths[:batch_size], batch_size=batch_size, verbose=0))
+        print(f"  OpenVINO {precision}, files / in-memory: {files:7.2f} / {memory:.2f} images/s   x{files / ours:.2f} TF fp32 "
+              f"files; files/mem = {files / memory:.3f}; cosine to TF fp32 min {similar.min():.5f}, mean {similar.mean():.5f}")
 
 
 def main() -> None:
@@ -151,7 +180,10 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--loop_images", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3, help="timed turns of every method; the best counts")
+    parser.add_argument("--quick", action="store_true", help="ResNet50 only, 32 images, one turn (under 2 minutes)")
     args = parser.parse_args()
+    if args.quick:
+        args.models, args.images, args.rounds, args.loop_images = ["resnet50"], 32, 1, 4
     peak = sgemm_gflops()
     print(f"sgemm (TensorFlow float32 matmul, 3072^3): {peak:.1f} GFLOP/s, "
           f"{tf.config.threading.get_intra_op_parallelism_threads() or 'all'} threads")

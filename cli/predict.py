@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from image_toolkit.cli.common import command, echo_json, json_option, quiet_option, start
+from image_toolkit.data_tools import names
 
 
 @command("predict", aliases={"--model_weights": "--model"})
@@ -12,9 +13,14 @@ from image_toolkit.cli.common import command, echo_json, json_option, quiet_opti
 @click.option("--model", "model_weights", default="./best_model.h5", show_default=True, help="A best_model.h5 written by 'toolkit train'.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Probability at or above which a label is given (multi-label; default: the model's tuned thresholds, or 0.5).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--runtime", type=click.Choice(names.RUNTIMES), default="tensorflow", show_default=True,
+              help="openvino: OpenVINO on the CPU, faster (pip install 'image-toolkit[openvino]'); the converted model is cached.")
+@click.option("--precision", type=click.Choice(names.OPENVINO_PRECISIONS), default=None,
+              help="tensorflow: fp32; openvino: fp32, bf16, or auto (default: bf16 where the CPU has it natively).")
 @quiet_option
 @json_option
-def predict(images: tuple[str, ...], model_weights: str, threshold: float | None, batch_size: int, quiet: bool, as_json: bool) -> None:
+def predict(images: tuple[str, ...], model_weights: str, threshold: float | None, batch_size: int, runtime: str,
+            precision: str | None, quiet: bool, as_json: bool) -> None:
     """Print each image's probability per label and the labels above --threshold.
 
     IMAGES are files or folders (searched recursively); any size or colour
@@ -24,11 +30,14 @@ def predict(images: tuple[str, ...], model_weights: str, threshold: float | None
     Example:
       toolkit predict images/0000.png images/0001.png --model runs/demo/best_model.h5
       toolkit predict images/ --json > predictions.jsonl
+      toolkit predict images/ --model runs/demo/best_model.h5 --runtime openvino
     """
     start(quiet)
     from image_toolkit.models.inference import predict_images
 
-    predictions, skipped = predict_images(list(images), model_weights, threshold=threshold, batch_size=batch_size)
+    precision = precision or ("auto" if runtime == "openvino" else "fp32")
+    predictions, skipped = predict_images(list(images), model_weights, threshold=threshold, batch_size=batch_size,
+                                          runtime=runtime, precision=precision)
     for path, reason in skipped:
         click.echo(f"Skipped {path}: {reason}", err=True)
     for prediction in predictions:

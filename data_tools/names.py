@@ -7,7 +7,13 @@ CLASS_WEIGHTS = ("none", "balanced")
 # `train --thresholds`: 0.5 for every label, or each label's best on the validation list.
 THRESHOLDS = ("fixed", "tuned")
 PRECISIONS = ("fp32", "mixed_bfloat16", "mixed_float16")
-EXTRACT_PRECISIONS = ("fp32", "mixed_bfloat16")
+# `--precision` of extraction and prediction: TensorFlow runs fp32 or mixed_bfloat16; OpenVINO (`--runtime openvino`)
+# fp32, bf16, or auto (bf16 where the CPU has native bf16, else fp32).
+TENSORFLOW_PRECISIONS = ("fp32", "mixed_bfloat16")
+OPENVINO_PRECISIONS = ("fp32", "bf16", "auto")
+EXTRACT_PRECISIONS = ("fp32", "mixed_bfloat16", "bf16", "auto")
+# `--runtime`: the engine that runs the forward pass.
+RUNTIMES = ("tensorflow", "openvino")
 STRATEGIES = ("default", "mirrored", "multiworker")
 # The suffix that makes a path a feature folder (features.npy, paths.txt, metadata.json).
 FEATURE_FOLDER_SUFFIX = ".feat"

@@ -36,9 +36,15 @@ from image_toolkit.data_tools.formats.features import (
 )
 from image_toolkit.data_tools.formats.images import IMAGE_SUFFIXES, check_images, find_images, report_skipped, require_readable
 from image_toolkit.data_tools.formats.metadata import ROOT_COLUMN
-from image_toolkit.data_tools.names import EXTRACT_PRECISIONS
 from image_toolkit.models.backbones import NO_WEIGHTS, PIXELS, build_backbone, get_backbone, unit_range
 from image_toolkit.models.inference import load_classifier, load_embedding_model
+from image_toolkit.models.openvino_runtime import (
+    check_runtime,
+    file_digest,
+    model_file_key,
+    openvino_forward,
+    resolve_precision,
+)
 from image_toolkit.models.pipeline import image_dataset
 from image_toolkit.models.runtime import keras, precision_policy, tf
 
@@ -95,6 +101,7 @@ def feature_extractor(
     image_size: int | None = None,
     precision: str = "fp32",
     background: str | None = None,
+    runtime: str = "tensorflow",
 ) -> FeatureExtractor:
     """Build the network that maps a preprocessed batch to features.
 
@@ -114,11 +121,14 @@ def feature_extractor(
     composited onto; recorded in the metadata. Default: a model file's own
     (a different one is refused: its features would not be what it learned
     from), else white.
+
+    `runtime` 'openvino' runs the same network with OpenVINO on the CPU
+    (`precision` fp32, bf16 or auto); the metadata then records the runtime
+    and the precision it ran.
     """
     if output not in OUTPUTS:
         raise OptionError(f"output: expected one of {OUTPUTS}. Received: {output!r}")
-    if precision not in EXTRACT_PRECISIONS:
-        raise OptionError(f"--precision: expected one of {', '.join(EXTRACT_PRECISIONS)}. Received: {precision!r}.")
+    check_runtime(runtime, precision)
     if model == PIXELS:
         if output == "scores":
             raise OptionError("--model pixels: raw pixels have no class scores; use toolkit get-transfer-layer --model pixels.")
@@ -126,13 +136,16 @@ def feature_extractor(
             raise OptionError("--layer: --model pixels has no layers to choose from; leave out --layer.")
         if weights not in (*NO_WEIGHTS, "imagenet"):
             raise OptionError(f"--weights {weights}: --model pixels has no weights; leave out --weights.")
+        if runtime != "tensorflow":
+            raise OptionError(f"--runtime {runtime}: --model pixels has no network to run; leave out --runtime.")
         size = image_size or PIXELS_DEFAULT_SIZE
         check_range("--image-size", size, low=1)
         network = pixel_network(size)
         metadata = {"model": PIXELS, "output": output, "layer": PIXELS, "image_size": size, "weights": "none",
                     "precision": "fp32", "background": background_name(background)}
         return FeatureExtractor(network, traced_forward(network, False), unit_range, size, metadata)
-    with precision_policy(precision):
+    # OpenVINO converts the fp32 network and applies its own precision.
+    with precision_policy(precision if runtime == "tensorflow" else "fp32"):
         if model in NAMED_MODELS:
             if layer is not None:
                 raise OptionError(f"--layer applies to a model file; {model} gives its {output} layer.")
@@ -159,7 +172,25 @@ def feature_extractor(
             model = Path(model).resolve()  # Recorded absolute: the features can be used from any folder.
     metadata = {"model": str(model), "output": output, "layer": layer_name,
                 "image_size": size, "weights": weights, "precision": precision, "background": background_name(background)}
-    return FeatureExtractor(network, traced_forward(network, jit_compile), preprocess, size, metadata)
+    if runtime == "tensorflow":
+        return FeatureExtractor(network, traced_forward(network, jit_compile), preprocess, size, metadata)
+    metadata.update(precision=resolve_precision(precision), runtime=runtime)
+    forward = openvino_forward(network, key=_cache_key(metadata), precision=metadata["precision"])
+    return FeatureExtractor(network, forward, preprocess, size, metadata)
+
+
+def _cache_key(metadata: dict) -> dict | None:
+    """What decides a converted network: the model file's bytes, or the named network and its weights; layer and size.
+
+    None for a named network without weights: each build has new random weights, which no cached copy has.
+    """
+    if metadata["weights"] in NO_WEIGHTS:
+        return None
+    if metadata["weights"] == MODEL_FILE_WEIGHTS:
+        return model_file_key(metadata["model"], output=metadata["output"], layer=metadata["layer"], image_size=metadata["image_size"])
+    weights = metadata["weights"]
+    return {"model": metadata["model"], "weights": file_digest(weights) if Path(weights).is_file() else weights,
+            "output": metadata["output"], "layer": metadata["layer"], "image_size": metadata["image_size"]}
 
 
 def extractor_from_metadata(metadata: dict) -> FeatureExtractor:
@@ -176,6 +207,7 @@ def extractor_from_metadata(metadata: dict) -> FeatureExtractor:
         image_size=None if from_file else metadata["image_size"],
         precision=metadata.get("precision", "fp32"),
         background=metadata.get("background"),
+        runtime=metadata.get("runtime", "tensorflow"),
     )
 
 
@@ -227,7 +259,7 @@ def feature_batches(
         n = int(images.shape[0])
         if n < batch_size:  # pad the last batch, so the compiled pass keeps one shape
             images = tf.concat([images, tf.zeros([batch_size - n, *images.shape[1:]], images.dtype)], axis=0)
-        yield extractor.forward(images).numpy()[:n].reshape(n, -1)
+        yield np.asarray(extractor.forward(images))[:n].reshape(n, -1)
         done += n
         if bar is not None:
             bar.update(done, values=[("images/s", done / (time.perf_counter() - started))])

@@ -15,6 +15,7 @@ from image_toolkit.data_tools.formats.background import background_name, parse_b
 from image_toolkit.data_tools.formats.images import check_images, find_images, require_readable
 from image_toolkit.data_tools.formats.model_file import model_file_format, read_h5_metadata
 from image_toolkit.models.backbones import BACKBONES, preprocessing
+from image_toolkit.models.openvino_runtime import check_runtime, model_file_key, openvino_forward, resolve_precision
 from image_toolkit.models.pipeline import image_dataset
 from image_toolkit.models.runtime import keras
 
@@ -115,8 +116,23 @@ def classifier_preprocess(metadata: dict):
     return preprocessing(metadata.get("preprocess", metadata["backbone"]))
 
 
-def classifier_probabilities(paths: list[Path], model: keras.Model, metadata: dict, *, batch_size: int = 32) -> np.ndarray:
-    """The model's probability per label (columns in metadata's label order) for each of `paths`, all readable."""
+def classifier_forward(model: keras.Model, model_path: str | os.PathLike, metadata: dict, *, runtime: str = "tensorflow",
+                       precision: str = "fp32"):
+    """A preprocessed batch to probabilities: Keras' `predict_on_batch`, or the model compiled by OpenVINO (`runtime`)."""
+    check_runtime(runtime, precision, tensorflow=("fp32",))
+    if runtime == "tensorflow":
+        return model.predict_on_batch
+    key = model_file_key(model_path, output="scores", layer=model.layers[-1].name, image_size=metadata["image_size"])
+    return openvino_forward(model, key=key, precision=resolve_precision(precision))
+
+
+def classifier_probabilities(paths: list[Path], model: keras.Model, metadata: dict, *, batch_size: int = 32,
+                             forward=None) -> np.ndarray:
+    """The model's probability per label (columns in metadata's label order) for each of `paths`, all readable.
+
+    `forward` runs a batch (default: the Keras model's `predict_on_batch`; see `classifier_forward`).
+    """
+    forward = forward or model.predict_on_batch
     dataset = image_dataset(
         paths,
         image_size=metadata["image_size"],
@@ -124,7 +140,7 @@ def classifier_probabilities(paths: list[Path], model: keras.Model, metadata: di
         batch_size=batch_size,
         background=parse_background(metadata.get("background")),  # the training one; none recorded: white
     )
-    batches = [model.predict_on_batch(batch) for batch in dataset]
+    batches = [np.asarray(forward(batch)) for batch in dataset]
     return np.concatenate(batches) if batches else np.zeros((0, len(metadata["label_names"])), np.float32)
 
 
@@ -149,19 +165,24 @@ def predict_images(
     *,
     threshold: float | None = None,
     batch_size: int = 32,
+    runtime: str = "tensorflow",
+    precision: str = "fp32",
 ) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """Predictions for every readable image, and (path, reason) for the unreadable ones.
 
     Images of any size and colour mode are accepted: the pipeline converts
     them to the model's RGB input size. A multi-label model gives the labels
     at or above `threshold`, by default its own per-label thresholds.
+    `runtime` 'openvino' runs the model with OpenVINO (`precision` fp32, bf16 or auto).
     """
+    check_runtime(runtime, precision, tensorflow=("fp32",))
     model, metadata = load_classifier(model_path)
     paths = expand_inputs(inputs)
     usable, skipped = check_images(paths)
     paths = [path for path, ok in zip(paths, usable) if ok]
     require_readable(len(paths), skipped, ", ".join(map(str, inputs)), fix="pass JPEG, PNG, BMP or GIF files or folders")
-    probabilities = classifier_probabilities(paths, model, metadata, batch_size=batch_size)
+    forward = classifier_forward(model, model_path, metadata, runtime=runtime, precision=precision)
+    probabilities = classifier_probabilities(paths, model, metadata, batch_size=batch_size, forward=forward)
     names = metadata["label_names"]
     decisions = decide(probabilities, metadata["task"], label_thresholds(metadata, threshold))
     chosen = [[name for name, given in zip(names, row) if given] for row in decisions]

@@ -58,6 +58,7 @@ def run_block(block: Block, cwd: Path, *, timeout: float = 600, merged: bool = F
     """
     environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     environment.pop("PYTHONPATH", None)
+    environment["TOOLKIT_OPENVINO_CACHE"] = str(Path(cwd) / ".cache" / "openvino")  # --runtime openvino's cache stays inside
     done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block.code], cwd=cwd, env=environment, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merged else subprocess.PIPE, timeout=timeout)
     if done.returncode != 0:
