@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from image_toolkit.data_tools.errors import DataError, ToolkitError
-from image_toolkit.data_tools.names import FEATURE_FOLDER_SUFFIX, STRATEGIES
+from image_toolkit.data_tools.names import FEATURE_FOLDER_SUFFIX, RUNTIMES, STRATEGIES
 
 
 def configure_logging(quiet: bool = False) -> None:
@@ -326,3 +326,9 @@ def background_option(default_help: str = "white", default: str | None = None):
     return click.option("--background", default=default, callback=_read_background, metavar="white|black|R,G,B",
                         help=f"Colour that images with transparency (RGBA, LA, palette with a transparent colour) "
                              f"are composited onto before anything else (default: {default_help}).")
+
+
+# `--runtime` of the commands that run a forward pass (get-transfer-layer, get-inception-output, predict).
+runtime_option = click.option(
+    "--runtime", type=click.Choice(RUNTIMES), default="tensorflow", show_default=True,
+    help="openvino: OpenVINO on the CPU, faster (pip install 'image-toolkit[openvino]'); the converted model is cached.")

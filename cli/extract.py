@@ -15,6 +15,7 @@ from image_toolkit.cli.common import (
     option_group,
     progress_to_stderr,
     quiet_option,
+    runtime_option,
     start,
 )
 from image_toolkit.data_tools import names
@@ -28,8 +29,7 @@ extraction_options = option_group(
     click.option("--weights", default="imagenet", show_default=True, help="imagenet, none, or a local weights file."),
     click.option("--image-size", type=click.IntRange(min=8), default=None, help="Input size (default: the model's own, 299 for InceptionV3, 224 for ResNet50, 32 for pixels; CNNs need at least 32)."),
     click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
-    click.option("--runtime", type=click.Choice(names.RUNTIMES), default="tensorflow", show_default=True,
-                 help="openvino: OpenVINO on the CPU, faster (pip install 'image-toolkit[openvino]'); the converted model is cached."),
+    runtime_option,
     click.option("--precision", type=click.Choice(names.EXTRACT_PRECISIONS), default=None,
                  help="tensorflow: fp32 (default) or mixed_bfloat16; openvino: fp32, bf16, or auto (default: bf16 where the CPU has it natively)."),
     click.option("--append", is_flag=True, help="Keep the rows already in OUTPUT_PATH and compute only the images not yet there."),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from image_toolkit.cli.common import command, echo_json, json_option, quiet_option, start
+from image_toolkit.cli.common import command, echo_json, json_option, quiet_option, runtime_option, start
 from image_toolkit.data_tools import names
 
 
@@ -13,8 +13,7 @@ from image_toolkit.data_tools import names
 @click.option("--model", "model_weights", default="./best_model.h5", show_default=True, help="A best_model.h5 written by 'toolkit train'.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Probability at or above which a label is given (multi-label; default: the model's tuned thresholds, or 0.5).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--runtime", type=click.Choice(names.RUNTIMES), default="tensorflow", show_default=True,
-              help="openvino: OpenVINO on the CPU, faster (pip install 'image-toolkit[openvino]'); the converted model is cached.")
+@runtime_option
 @click.option("--precision", type=click.Choice(names.OPENVINO_PRECISIONS), default=None,
               help="tensorflow: fp32; openvino: fp32, bf16, or auto (default: bf16 where the CPU has it natively).")
 @quiet_option
