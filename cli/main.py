@@ -36,6 +36,7 @@ COMMANDS = {
     "index": "image_toolkit.cli.index.index",
     "search": "image_toolkit.cli.search.search",
     "feedback": "image_toolkit.cli.feedback.feedback",
+    "suggest": "image_toolkit.cli.suggest.suggest",
     "resample": "image_toolkit.cli.resample.resample",
     "experiment": "image_toolkit.cli.experiment.experiment",
     "tsne": "image_toolkit.cli.tsne.tsne",

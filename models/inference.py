@@ -86,25 +86,32 @@ def _trained_background(path: Path) -> str:
 
 
 def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Image arguments as files: folders are searched recursively; missing paths are an error.
+    """Image arguments as files: folders are searched recursively; missing paths are an error (`named_inputs`)."""
+    return [path for path, _ in named_inputs(inputs)]
 
+
+def named_inputs(inputs: list[str | os.PathLike]) -> list[tuple[Path, str]]:
+    """Image arguments as (file, name): a folder's images named relative to it, a file by its path as given.
+
+    The names are what a label CSV or the feedback store calls the images
+    when the folder is the data set's image folder (`toolkit suggest`).
     A folder without images is worth a warning only beside inputs that
     have some; with none at all, the caller's error names the inputs.
     """
-    paths: list[Path] = []
+    named: list[tuple[Path, str]] = []
     empty = []
     for item in map(Path, inputs):
         if item.is_dir():
             found = find_images(item)
             empty += [] if found else [item]
-            paths.extend(found)
+            named.extend((path, path.relative_to(item).as_posix()) for path in found)
         elif item.exists():
-            paths.append(item)
+            named.append((item, str(item)))
         else:
             raise DataError(f"{item}: no such file or folder.")
-    for folder in empty if paths else []:
+    for folder in empty if named else []:
         logger.warning("%s: no image files in this folder", folder)
-    return paths
+    return named
 
 
 def classifier_preprocess(metadata: dict):

@@ -621,7 +621,27 @@ CASES += [
     case("simulate-output-is-data-csv", "feedback simulate --data-csv classes.csv --features features.npz "
          "-o classes.csv --method pca", 2, "classes.csv"),
     case("simulate-no-output", "feedback simulate --data-csv classes.csv --features features.npz", 2, "--output"),
+    case("simulate-features-and-suggest", "feedback simulate --data-csv classes.csv --features features.npz "
+         "--suggest s.csv -o e.jsonl", 2, "--suggest", text("s.csv", "rank,image,score,query_class,probability,predicted\n")),
+    case("simulate-neither-features-nor-suggest", "feedback simulate --data-csv classes.csv -o e.jsonl", 2, "--features"),
+    case("simulate-suggest-wrong-columns", "feedback simulate --data-csv classes.csv --suggest s.csv -o e.jsonl", 1, "s.csv",
+         text("s.csv", "image,score\n0000.png,0.1\n")),
     case("feedback-unknown-subcommand", "feedback purge", 2, "purge"),
+    # --- suggest ---
+    case("suggest-model-missing", "suggest nowhere.h5 images", 2, "nowhere.h5"),
+    case("suggest-n-above-images", "suggest best_model.h5 images --n 500", 2, "--n 500", needs="classifier",
+         misleading="Traceback"),
+    case("suggest-n-above-unjudged", "suggest best_model.h5 images --n 24 --data-csv part.csv", 2, "20 of them",
+         text("part.csv", "image,even,prime,big,round\n" + "".join(f"{i:04d}.png,1,0,1,0\n" for i in range(4))),
+         needs="classifier"),
+    case("suggest-feedback-labels-mismatch", "suggest best_model.h5 images --feedback image_feedback.csv", 1,
+         "do not match the model's", needs="classifier"),
+    case("suggest-data-csv-labels-mismatch", "suggest best_model.h5 images --data-csv other.csv", 1, "other.csv",
+         text("other.csv", "image,cat,dog\n0000.png,1,0\n"), needs="classifier"),
+    case("suggest-unknown-strategy", "suggest best_model.h5 images --strategy greedy", 2, "--strategy", needs="classifier"),
+    case("suggest-n-zero", "suggest best_model.h5 images --n 0", 2, "--n", needs="classifier"),
+    case("suggest-output-is-model", "suggest best_model.h5 images -o best_model.h5", 2, "best_model.h5", needs="classifier"),
+    case("suggest-no-images", "suggest best_model.h5", 2, "IMAGES", needs="classifier"),
     # --- resample ---
     case("resample-train-missing", "resample nowhere.csv image_feedback.csv -o out.csv --ratio deselected=3", 2,
          "nowhere.csv"),
