@@ -106,7 +106,9 @@ def export_events(db: Path, output: Path, wait: float, quiet: bool, as_json: boo
 
 @command("simulate")
 @click.option("--data-csv", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Label CSV: the true labels the simulated users know.")
-@click.option("--features", "features_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Feature file (.npz, .h5, .pkl) of the same images, mapped to 2-D for the users.")
+@click.option("--features", "features_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Feature file (.npz, .h5, .pkl) of the same images, mapped to 2-D for the users to lasso on.")
+@click.option("--suggest", "suggestions", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A suggestions CSV of 'toolkit suggest': the users judge these images for their query_class instead of lassoing a map.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The events file to write (.jsonl).")
 @click.option("--users", type=click.IntRange(min=1), default=20, show_default=True, help="Simulated users; each works on one class.")
 @click.option("--noise", type=click.FloatRange(0, 0.5, max_open=True), default=0.05, show_default=True, help="Error rate of a deselect: a wrong image missed, or a right one deselected.")
@@ -116,8 +118,8 @@ def export_events(db: Path, output: Path, wait: float, quiet: bool, as_json: boo
 @TASK_OPTION
 @quiet_option
 @json_option
-def simulate(data_csv: Path, features_path: Path, output: Path, users: int, noise: float, method: str, seed: int,
-             n_jobs: int | None, task: str | None, quiet: bool, as_json: bool) -> None:
+def simulate(data_csv: Path, features_path: Path | None, suggestions: Path | None, output: Path, users: int, noise: float,
+             method: str, seed: int, n_jobs: int | None, task: str | None, quiet: bool, as_json: bool) -> None:
     """Simulate users who lasso a class on a 2-D map and deselect the images of other classes.
 
     Each user picks a class, lassoes a disc around its centre on the t-SNE
@@ -126,24 +128,41 @@ def simulate(data_csv: Path, features_path: Path, output: Path, users: int, nois
     class's images just outside. The result is decision-boundary feedback
     derived from real labels, for measuring the loop without a crowd.
 
+    With --suggest SUGGESTIONS_CSV (of 'toolkit suggest') the users judge
+    what the model asked for instead: one user per query class of the list
+    deselects its suggested images whose true label is another class and
+    selects the right ones (error rate --noise); --users and --method do
+    not apply. The same CSV can be judged by people on 'toolkit serve
+    --suggest', so lassoing freely and judging the model's doubts compare
+    on one list.
+
     \b
     Example:
       toolkit feedback simulate --data-csv label.txt --features features.npz \\
                                 -o events.jsonl --users 20 --noise 0.05
+      toolkit feedback simulate --data-csv label.txt --suggest suggestions.csv -o suggested.jsonl
     """
+    if (features_path is None) == (suggestions is None):
+        raise click.UsageError("give --features (users lasso a map) or --suggest (users judge suggested images), not "
+                               + ("both." if features_path else "neither."))
     start(quiet)
     logging.getLogger("openTSNE").setLevel(logging.WARNING)  # It logs each step of its optimisation.
-    from image_toolkit.data_tools.feedback.simulate import simulate_feedback
+    from image_toolkit.data_tools.feedback.simulate import simulate_feedback, simulate_suggested
 
-    summary = simulate_feedback(data_csv, features_path, output, task=task, users=users, noise=noise,
-                                method=method, seed=seed, n_jobs=n_jobs,
-                                show=False if quiet else None)
+    if suggestions is not None:
+        summary = simulate_suggested(data_csv, suggestions, output, task=task, noise=noise, seed=seed)
+    else:
+        summary = simulate_feedback(data_csv, features_path, output, task=task, users=users, noise=noise,
+                                    method=method, seed=seed, n_jobs=n_jobs,
+                                    show=False if quiet else None)
     if as_json:
         echo_json(summary)
     elif not quiet:
         share = summary["deselects_of_another_class"]
+        judged = (f"{summary['suggested_images']} suggested images judged, {summary['selected_images']} selected"
+                  if suggestions else f"{summary['lassoed_images']} images lassoed")
         click.echo(
-            f"Wrote {summary['events']} events of {users} users to {output}: {summary['lassoed_images']} images lassoed, "
+            f"Wrote {summary['events']} events of {summary['users']} users to {output}: {judged}, "
             f"{summary['deselected_images']} deselected"
             + (f" ({share:.0%} of deselects truly another class)" if share is not None else "")
         )

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from image_toolkit.cli.common import background_option, command, echo_json, json_option, quiet_option, start
+from image_toolkit.data_tools.names import SUGGEST_STRATEGIES as STRATEGIES
 
 
 @command("serve", aliases={"--images": "--img-directory", "--labels": "--data-csv"})
@@ -39,12 +40,19 @@ from image_toolkit.cli.common import background_option, command, echo_json, json
                    "made on the first thumbnail.")
 @click.option("--max-upload-mb", type=click.FloatRange(min=0, min_open=True), default=10, show_default=True,
               help="Largest query image accepted, in MiB.")
+@click.option("--suggest", "suggest_model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A best_model.h5 (toolkit train): adds the view 'Review uncertain images' with the images it is least "
+                   "sure of (as toolkit suggest), leaving out those --db has feedback on.")
+@click.option("--suggest-n", type=click.IntRange(min=1), default=40, show_default=True, help="Images in that view.")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="margin", show_default=True,
+              help="How --suggest ranks (toolkit suggest --strategy).")
 @background_option("the index's features' own, else white; thumbnails")
 @quiet_option
 @json_option
 def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_csv: Path | None, scores: Path | None,
           host: str, port: int, token: str | None, allowed_hosts: tuple[str, ...], thumbnail_dir: Path | None,
-          max_upload_mb: float, background: str | None, quiet: bool, as_json: bool) -> None:
+          max_upload_mb: float, suggest_model: Path | None, suggest_n: int, strategy: str, background: str | None,
+          quiet: bool, as_json: bool) -> None:
     """Serve a search page over the index in INDEX_DIR: keyword or image queries, lasso, deselect, refine.
 
     The page shows the collection as a grid and as a map of every image
@@ -62,6 +70,7 @@ def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_
     Example:
       toolkit serve my_index/ --img-directory photos/ --data-csv label.txt --db feedback.sqlite
       toolkit serve my_index/ --img-directory photos/ --map tsne.csv --port 8080
+      toolkit serve my_index/ --img-directory photos/ --suggest runs/demo/best_model.h5 --suggest-n 40
     """
     from image_toolkit.data_tools.web.app import missing_extra
 
@@ -74,6 +83,11 @@ def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_
     from image_toolkit.data_tools.web.app import create_app, is_loopback
     from image_toolkit.models.upload_embedder import lazy_embedder
 
+    suggest = None
+    if suggest_model is not None:
+        from image_toolkit.models.suggest import collection_suggester
+
+        suggest = collection_suggester(suggest_model, images_dir, n=suggest_n, strategy=strategy)
     check_port(host, port)
     if not is_loopback(host):
         click.echo(f"Warning: {exposure(host, port, token)}", err=True)
@@ -82,7 +96,8 @@ def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_
                      embed=lazy_embedder(lambda: app.state.collection.metadata),
                      max_upload_bytes=int(max_upload_mb * 1024 * 1024), host=host,
                      allowed_hosts=[*machine_names(host), *allowed_hosts], token=token,
-                     thumbnail_dir=thumbnail_dir or db.with_name(f"{db.stem}.thumbnails"), background=background)
+                     thumbnail_dir=thumbnail_dir or db.with_name(f"{db.stem}.thumbnails"), background=background,
+                     suggest=suggest)
     url = f"http://{host}:{port}/"
     if as_json:
         echo_json({"url": url, "images": len(app.state.collection.names), "db": str(db)})

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from image_toolkit.cli.common import command, echo_json, json_option, quiet_option, start
-from image_toolkit.data_tools.feedback.suggest import STRATEGIES
+from image_toolkit.data_tools.names import SUGGEST_STRATEGIES as STRATEGIES
 
 # Rows of the ranking printed to the terminal; the CSV has all --n.
 SHOWN = 10

@@ -17,3 +17,5 @@ RUNTIMES = ("tensorflow", "openvino")
 STRATEGIES = ("default", "mirrored", "multiworker")
 # The suffix that makes a path a feature folder (features.npy, paths.txt, metadata.json).
 FEATURE_FOLDER_SUFFIX = ".feat"
+# How `toolkit suggest` and `serve --suggest` rank images (data_tools.feedback.suggest).
+SUGGEST_STRATEGIES = ("margin", "entropy", "random")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -75,15 +76,17 @@ def labelled_images(data_csv: str | os.PathLike, model_labels: list[str], task: 
 
 def rank_images(model_path: str | os.PathLike, named: list[tuple[Path, str]], *, n: int, strategy: str = "margin",
                 seed: int = 0, threshold: float | None = None, batch_size: int = 32,
-                loaded: tuple | None = None) -> tuple[list[Suggestion], list[tuple[str, str]]]:
+                loaded: tuple | None = None, clamp: bool = False) -> tuple[list[Suggestion], list[tuple[str, str]]]:
     """The `n` of the (file, name) images most worth asking about, and (path, reason) of the unreadable ones.
 
-    `loaded` is a (model, metadata) pair already loaded from `model_path`.
+    `loaded` is a (model, metadata) pair already loaded from `model_path`;
+    `clamp` gives all the readable images when fewer than `n` are (else an OptionError).
     """
     model, metadata = loaded or load_classifier(model_path)
     usable, skipped = check_images([path for path, _ in named])
     named = [item for item, ok in zip(named, usable) if ok]
     require_readable(len(named), skipped, "IMAGES", fix="pass JPEG, PNG, BMP or GIF files or folders")
+    n = min(n, len(named)) if clamp else n
     if n > len(named):
         raise OptionError(f"--n {n}: only {len(named)} readable images are left to suggest from "
                           f"({len(skipped)} unreadable); pass --n {len(named)} or fewer.")
@@ -135,3 +138,22 @@ def suggest_images(
         "judged": len(named) - len(left), "unreadable": len(skipped), "ranked": len(left) - len(skipped),
         "suggested": len(suggestions), "skipped": skipped, "suggestions": [dataclasses.asdict(s) for s in suggestions],
     }
+
+
+def collection_suggester(model_path: str | os.PathLike, images_dir: str | os.PathLike, *, n: int = 40,
+                         strategy: str = "margin", seed: int = 0) -> Callable[[list[str], set[str]], list[dict]]:
+    """The ranking `toolkit serve --suggest` hands the web app: (names, judged names) -> rows of the n most uncertain.
+
+    Names are relative to `images_dir`; the judged ones are left out, and
+    fewer than `n` left give them all.
+    """
+    def rank(names: list[str], judged: set[str]) -> list[dict]:
+        left = [(Path(images_dir) / name, name) for name in names if name not in judged]
+        if not left:
+            return []
+        suggestions, skipped = rank_images(model_path, left, n=n, strategy=strategy, seed=seed, clamp=True)
+        for path, reason in skipped:
+            logger.warning("--suggest: skipped %s: %s", path, reason)
+        return [dataclasses.asdict(s) for s in suggestions]
+
+    return rank

@@ -632,7 +632,7 @@ CASES += [
     case("suggest-n-above-images", "suggest best_model.h5 images --n 500", 2, "--n 500", needs="classifier",
          misleading="Traceback"),
     case("suggest-n-above-unjudged", "suggest best_model.h5 images --n 24 --data-csv part.csv", 2, "20 of them",
-         text("part.csv", "image,even,prime,big,round\n" + "".join(f"{i:04d}.png,1,0,1,0\n" for i in range(4))),
+         text("part.csv", "image,even,prime,five_or_more,closed_loop\n" + "".join(f"{i:04d}.png,1,0,1,0\n" for i in range(4))),
          needs="classifier"),
     case("suggest-feedback-labels-mismatch", "suggest best_model.h5 images --feedback image_feedback.csv", 1,
          "do not match the model's", needs="classifier"),

@@ -19,6 +19,11 @@ feedback. The events are built from the data set's real labels and real
 features, so the deselected images are the ones that a feature map puts on
 the wrong side of a class boundary. Images whose label is unknown are never
 deselected. Everything is drawn from `seed`.
+
+With `--suggest` (`simulate_suggested`), the users judge what the model
+asked for instead: each query class of a `toolkit suggest` list is one user,
+shown its suggested images for that class, who deselects those whose true
+label is another class and selects the right ones, with the same `noise`.
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from image_toolkit.data_tools.atomic import refuse_inputs, write_text
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.feedback.suggest import read_suggestions
 from image_toolkit.data_tools.formats.features import read_features
 from image_toolkit.data_tools.formats.labels import LabelTable, read_labels
 from image_toolkit.data_tools.maps.embedding import embed_2d
@@ -91,18 +98,53 @@ def simulate_events(table: LabelTable, coords: np.ndarray, *, users: int = 20, n
         caught = np.sort(lasso(coords, column, centre, rng.uniform(0.5, 0.9)))
         distance = np.linalg.norm(coords - centre, axis=1)
         radius = distance[caught].max()
-        draws = rng.random(len(caught))
-        wrong_class = column[caught] == 0
-        right_class = column[caught] == 1
-        deselected = caught[(wrong_class & (draws >= noise)) | (right_class & (draws < noise))]
+        deselected = caught[judged_wrong(column[caught], rng.random(len(caught)), noise)]
         outside = members[distance[members] > radius]
         selected = outside[np.argsort(distance[outside], kind="stable")][: rng.integers(0, MAX_SELECTS + 1)]
-        moment = START + timedelta(minutes=10 * user)
-        base = {"user": f"sim{user:03d}", "session": f"sim-{seed}-{user:03d}", "query_class": query_class}
-        for step, (action, rows) in enumerate([("lasso", caught), ("deselect", deselected), ("select", selected)]):
-            if len(rows):
-                timestamp = (moment + timedelta(seconds=20 * step)).isoformat().replace("+00:00", "Z")
-                events.append({**base, "timestamp": timestamp, "action": action, "images": images[rows].tolist()})
+        events += user_events(user, seed, query_class, [("lasso", images[caught]), ("deselect", images[deselected]),
+                                                        ("select", images[selected])])
+    return events
+
+
+def judged_wrong(column: np.ndarray, draws: np.ndarray, noise: float) -> np.ndarray:
+    """Which images a user deselects: truly another class (0) unless missed, or of the class (1) by mistake.
+
+    `draws` are uniform in [0, 1), one per image: below `noise` the user
+    errs. An unknown label (NaN) is never deselected.
+    """
+    return ((column == 0) & (draws >= noise)) | ((column == 1) & (draws < noise))
+
+
+def user_events(user: int, seed: int, query_class: str, steps: list[tuple[str, np.ndarray]]) -> list[dict]:
+    """One simulated user's events: an action per step (empty ones left out), 20 s apart, users 10 min apart."""
+    moment = START + timedelta(minutes=10 * user)
+    base = {"user": f"sim{user:03d}", "session": f"sim-{seed}-{user:03d}", "query_class": query_class}
+    events = []
+    for step, (action, images) in enumerate(steps):
+        if len(images):
+            timestamp = (moment + timedelta(seconds=20 * step)).isoformat().replace("+00:00", "Z")
+            events.append({**base, "timestamp": timestamp, "action": action, "images": list(images)})
+    return events
+
+
+def suggested_events(table: LabelTable, suggestions: pd.DataFrame, *, noise: float = 0.05, seed: int = 0) -> list[dict]:
+    """The events of users who judge the suggested images (rows of `table`) for their `query_class`.
+
+    One user per query class, in the order the classes first appear in the
+    ranking; each deselects the images whose true label is another class and
+    selects the rest of the class's ones, erring with probability `noise`.
+    An image whose label for the class is unknown is not judged.
+    """
+    check_range("--noise", noise, low=0, high=0.5, high_open=True, why="an error rate")
+    rng = np.random.default_rng(seed)
+    row_of = {image: row for row, image in enumerate(table.images)}
+    events: list[dict] = []
+    for user, (query_class, group) in enumerate(suggestions.groupby("query_class", sort=False)):
+        column = table.labels[[row_of[image] for image in group["image"]], table.label_names.index(query_class)]
+        images = group["image"].to_numpy(dtype=object)
+        wrong = judged_wrong(column, rng.random(len(images)), noise)
+        right = ~wrong & ~np.isnan(column)
+        events += user_events(user, seed, query_class, [("deselect", images[wrong]), ("select", images[right])])
     return events
 
 
@@ -143,15 +185,42 @@ def simulate_feedback(
     coords = embed_2d(features, method=method, seed=seed, n_jobs=n_jobs, show=show)
     events = simulate_events(table, coords, users=users, noise=noise, seed=seed)
     write_text(output, "".join(json.dumps(event) + "\n" for event in events))
+    return {**events_summary(events, table, output), "users": users, "method": method}
+
+
+def events_summary(events: list[dict], table: LabelTable, output: str | Path) -> dict:
+    """What simulated events hold: counts of events and images, and the share of deselects that were right."""
     truth = {image: row for row, image in enumerate(table.images)}
     deselected = {(event["query_class"], image) for event in events if event["action"] == "deselect" for image in event["images"]}
     right = sum(table.labels[truth[image], table.label_names.index(name)] == 0 for name, image in deselected)
     return {
         "output": str(output),
-        "users": users,
+        "users": len({event["user"] for event in events}),
         "events": len(events),
         "lassoed_images": len({image for event in events if event["action"] == "lasso" for image in event["images"]}),
         "deselected_images": len({image for _, image in deselected}),
+        "selected_images": len({image for event in events if event["action"] == "select" for image in event["images"]}),
         "deselects_of_another_class": round(right / len(deselected), 4) if deselected else None,
-        "method": method,
     }
+
+
+def simulate_suggested(data_csv: str | Path, suggestions_path: str | Path, output: str | Path, *, task: str | None = None,
+                       noise: float = 0.05, seed: int = 0) -> dict:
+    """Simulated users judge the images of a `toolkit suggest` list; their events are written as JSON lines."""
+    if Path(output).suffix.lower() != ".jsonl":
+        raise OptionError(f"-o {output}: simulated events are written as JSON lines; give a name ending in .jsonl.")
+    refuse_inputs(output, (data_csv, suggestions_path), option="-o")
+    table = read_labels(data_csv, task)
+    suggestions = read_suggestions(suggestions_path)
+    known = set(table.images)
+    missing = [image for image in suggestions["image"] if image not in known]
+    if missing:
+        raise DataError(f"{suggestions_path}: image '{missing[0]}' is not in {data_csv} ({len(missing)} such); "
+                        "suggest from the images of the data set the users judge.")
+    unknown = sorted(set(suggestions["query_class"]) - set(table.label_names))
+    if unknown:
+        raise DataError(f"{suggestions_path}: query class '{unknown[0]}' is not a class of {data_csv} "
+                        f"({', '.join(table.label_names)}); suggest with a model of this data set.")
+    events = suggested_events(table, suggestions, noise=noise, seed=seed)
+    write_text(output, "".join(json.dumps(event) + "\n" for event in events))
+    return {**events_summary(events, table, output), "method": "suggest", "suggested_images": len(suggestions)}

@@ -28,8 +28,9 @@ from scipy.stats import entropy
 
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.labels import SEPARATOR
+from image_toolkit.data_tools.names import SUGGEST_STRATEGIES
 
-STRATEGIES = ("margin", "entropy", "random")
+STRATEGIES = SUGGEST_STRATEGIES
 SUGGESTION_COLUMNS = ["rank", "image", "score", "query_class", "probability", "predicted"]
 
 

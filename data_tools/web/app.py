@@ -468,6 +468,7 @@ def create_app(
     learned_weight: float = LEARNED_WEIGHT,
     thumbnail_dir: str | os.PathLike | None = None,
     background: str | None = None,
+    suggest: Callable[[list[str], set[str]], list[dict]] | None = None,
 ):
     """The FastAPI app of `toolkit serve` (module docstring: API, keyword ranking, learned queries).
 
@@ -483,7 +484,12 @@ def create_app(
     its 503. `thumbnail_dir`: the folder thumbnails are kept in (made on the
     first one written); None keeps them in memory only. `background`:
     what transparent images are composited onto in thumbnails (default: the
-    index's features' own, else white).
+    index's features' own, else white). `suggest` ranks images for the
+    "Review uncertain images" view: given the collection's names and those
+    the store has feedback on, the rows of `toolkit suggest` (rank, image,
+    score, query_class, probability, predicted); called once, here, so a
+    model's errors show at start-up (`toolkit serve --suggest` passes the
+    model's ranking in: this package runs no network).
     """
     from typing import Annotated
 
@@ -503,6 +509,14 @@ def create_app(
     thumbnails: OrderedDict[int, bytes] = OrderedDict()
     thumbnail_lock = threading.Lock()
     disk = ThumbnailFolder(thumbnail_dir) if thumbnail_dir is not None else None
+    suggested = None
+    if suggest is not None:
+        judged_names = set(feedback.image_feedback(store.db, wait=wait)["image"]) if store.db.exists() else set()
+        suggested = [row for row in suggest(list(collection.names), judged_names) if row["image"] in collection.ids]
+        foreign = sorted({row["query_class"] for row in suggested} - set(store.classes))
+        if foreign:
+            raise DataError(f"--suggest: the model's classes do not match the feedback store's ({', '.join(foreign[:5])} "
+                            f"unknown to {store.db}, which has {', '.join(store.classes)}); suggest with a model of this data set.")
 
     assets = docs_assets_dir()
     offline = {"docs_url": None, "redoc_url": None} if assets else {}
@@ -675,7 +689,18 @@ def create_app(
             "feedback": store.counts(), "max_upload_bytes": max_upload_bytes,
             "rocchio": {"alpha": alpha, "beta": beta, "gamma": gamma}, "learned_weight": learned_weight,
             "default_k": DEFAULT_K, "max_k": MAX_K, "max_event_images": MAX_EVENT_IMAGES,
+            "suggestions": None if suggested is None else len(suggested),
         }
+
+    @app.get("/api/suggestions", responses=answers(404))
+    def suggestions():
+        """The images the model is least sure of (`toolkit serve --suggest`), most uncertain first, to judge for query_class."""
+        if suggested is None:
+            raise HTTPException(404, "this server was started without --suggest MODEL, so it has no suggested images.")
+        rows = [{**result, **{key: row[key] for key in ("query_class", "probability", "predicted")}}
+                for row, result in zip(suggested, results([collection.ids[row["image"]] for row in suggested],
+                                                          [row["score"] for row in suggested]))]
+        return {"total": len(rows), "results": rows}
 
     ClassQuery = Query(None, alias="class", max_length=feedback.MAX_NAME_LENGTH,
                        description="Rank only the images carrying this label (one of `classes`).")
