@@ -621,3 +621,37 @@ def test_browser_submit_retries_while_an_import_holds_the_store(digits, tmp_path
                                   "JOIN images ON images.id = event_images.image").fetchall()
     assert [(action, image) for _, action, image in rows] == [("select", digits["names"][chosen])]
     assert rows[0][0].startswith("s-")  # The page's own event id, the same on every try.
+
+
+# The model's suggestions (`toolkit serve --suggest`): the app takes the ranking as a function, so no network here.
+
+
+def test_suggested_images_are_listed_for_review_without_the_judged_ones(digits, tmp_path):
+    seen = {}
+
+    def suggest(names, judged):
+        seen["judged"] = judged
+        left = [name for name in names if name not in judged]
+        return [{"rank": rank, "image": name, "score": 0.01 * rank, "query_class": "even", "probability": 0.5,
+                 "predicted": "even"} for rank, name in enumerate(left[:5], start=1)]
+
+    db = tmp_path / "feedback.sqlite"
+    client = TestClient(make_app(digits, db))
+    assert client.get("/api/info").json()["suggestions"] is None
+    assert client.get("/api/suggestions").status_code == 404
+    assert client.post("/api/feedback", json=event(digits["names"][:2], action="deselect")).status_code == 200
+    client = TestClient(make_app(digits, db, suggest=suggest))
+    assert seen["judged"] == set(digits["names"][:2])
+    answer = client.get("/api/suggestions").json()
+    assert answer["total"] == 5 == client.get("/api/info").json()["suggestions"]
+    first = answer["results"][0]
+    assert first["image"] == digits["names"][2] and first["id"] == 2 and first["rank"] == 1
+    assert first["query_class"] == "even" and first["predicted"] == "even" and first["score"] == 0.01
+
+
+def test_suggestions_of_a_model_of_other_classes_are_refused(digits, tmp_path):
+    def suggest(names, judged):
+        return [{"rank": 1, "image": names[0], "score": 0.0, "query_class": "cat", "probability": 0.5, "predicted": "cat"}]
+
+    with pytest.raises(Exception, match="do not match"):
+        make_app(digits, tmp_path / "feedback.sqlite", suggest=suggest)
