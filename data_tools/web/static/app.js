@@ -227,6 +227,24 @@ $("upload").addEventListener("change", async () => {
   } catch (error) { status(error.message, true); }
 });
 
+// The model's suggestions (toolkit serve --suggest): the images it is least sure of, judged like any others.
+// Each is shown for the class the model asks about, the one "Judged for" is set to (first in rank order).
+
+async function reviewSuggested() {
+  status("Loading the model's suggestions…");
+  const ticket = ++state.ticket;
+  const answer = await api("/api/suggestions");
+  if (ticket !== state.ticket) return;
+  state.query = null;
+  state.judged.clear();
+  const first = answer.results.find((r) => r.query_class);
+  if (first) answer.query_class = first.query_class;
+  for (const r of answer.results) r.class = `asks: ${r.query_class} (p ${Number(r.probability).toFixed(2)})`;
+  status(show(answer, "Uncertain images the model asks about") + " Deselect the ones that are not the class it asks, then Submit.");
+}
+
+$("suggested").addEventListener("click", () => reviewSuggested().catch((error) => status(error.message, true)));
+
 // The class filter and the colouring.
 
 function setFilter(label) {
@@ -818,6 +836,7 @@ function sidebar() {
     if (info.examples.length) $("q").placeholder = `Keyword, e.g. ${info.examples.join(", ")}`;
     $("query-class").replaceChildren(new Option("(choose)", ""), ...info.classes.map((name) => new Option(name, name)));
     showCounts({ ...info.feedback, confirmed: 0, rejected: 0 }, "");
+    $("suggested").hidden = !info.suggestions;
     sidebar();
     renderReview();
     await Promise.all([browse(), loadMap()]);
