@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from image_toolkit.data_tools.errors import DataError, ToolkitError
-from image_toolkit.data_tools.names import FEATURE_FOLDER_SUFFIX, RUNTIMES, STRATEGIES
+from image_toolkit.data_tools.names import FEATURE_FOLDER_SUFFIX, RUNTIMES, STRATEGIES, TENSORFLOW_PRECISIONS
 
 
 def configure_logging(quiet: bool = False) -> None:
@@ -328,7 +328,24 @@ def background_option(default_help: str = "white", default: str | None = None):
                              f"are composited onto before anything else (default: {default_help}).")
 
 
-# `--runtime` of the commands that run a forward pass (get-transfer-layer, get-inception-output, predict).
-runtime_option = click.option(
-    "--runtime", type=click.Choice(RUNTIMES), default="tensorflow", show_default=True,
-    help="openvino: OpenVINO on the CPU, faster (pip install 'image-toolkit[openvino]'); the converted model is cached.")
+def runtime_options(precisions: tuple[str, ...], *, recorded: str | None = None):
+    """`--runtime` and `--precision` of the commands that run a forward pass.
+
+    `recorded` says what a command runs when `--runtime` is not given (search
+    and serve: the runtime that made the index's features); without it the
+    default is tensorflow. `precisions` are the ones the command accepts.
+    """
+    runtime = click.option(
+        "--runtime", type=click.Choice(RUNTIMES), default=None if recorded else "tensorflow", show_default=not recorded,
+        help='openvino: OpenVINO on the CPU, faster (pip install "image-toolkit[openvino]"); the converted model is cached'
+             + (f" (default: {recorded})." if recorded else "."))
+    tensorflow = " or ".join(precision for precision in TENSORFLOW_PRECISIONS if precision in precisions)
+    precision = click.option(
+        "--precision", type=click.Choice(precisions), default=None,
+        help=f"tensorflow: {tensorflow}; openvino: fp32, bf16, or auto (default: bf16 where the CPU has it natively)"
+             + (f"; default with neither option: {recorded}." if recorded else "."))
+
+    def decorate(function):
+        return runtime(precision(function))
+
+    return decorate

@@ -15,7 +15,7 @@ from image_toolkit.cli.common import (
     option_group,
     progress_to_stderr,
     quiet_option,
-    runtime_option,
+    runtime_options,
     start,
 )
 from image_toolkit.data_tools import names
@@ -29,9 +29,7 @@ extraction_options = option_group(
     click.option("--weights", default="imagenet", show_default=True, help="imagenet, none, or a local weights file."),
     click.option("--image-size", type=click.IntRange(min=8), default=None, help="Input size (default: the model's own, 299 for InceptionV3, 224 for ResNet50, 32 for pixels; CNNs need at least 32)."),
     click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
-    runtime_option,
-    click.option("--precision", type=click.Choice(names.EXTRACT_PRECISIONS), default=None,
-                 help="tensorflow: fp32 (default) or mixed_bfloat16; openvino: fp32, bf16, or auto (default: bf16 where the CPU has it natively)."),
+    runtime_options(names.EXTRACT_PRECISIONS),
     click.option("--append", is_flag=True, help="Keep the rows already in OUTPUT_PATH and compute only the images not yet there."),
     click.option("--num-shards", type=click.IntRange(min=1), default=1, show_default=True, help="Split the images into this many shards (for a job array)..."),
     click.option("--shard-index", type=click.IntRange(min=0), default=0, show_default=True, help="...and compute shard number I (0-based); join with merge-features."),
@@ -53,8 +51,8 @@ def run_extraction(output: str, image_path: str, output_path: str, model: str, l
 
     feature_format(output_path)  # An unknown suffix is refused before the model is built, not after the work.
     writable_folder(Path(output_path).absolute().parent)
-    precision = precision or ("auto" if runtime == "openvino" else "fp32")
-    extractor = feature_extractor(model, output=output, layer=layer, weights=weights, image_size=image_size, precision=precision,
+    extractor = feature_extractor(model, output=output, layer=layer, weights=weights, image_size=image_size,
+                                  precision=names.default_precision(runtime, precision),
                                   background=background, runtime=runtime)
     with progress_to_stderr(as_json):
         summary = extract(image_path, output_path, extractor, batch_size=batch_size, append=append,

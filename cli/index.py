@@ -71,7 +71,7 @@ def index() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an index already in INDEX_DIR.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="faiss", show_default=True,
               help="faiss: the index file in INDEX_DIR; milvus: a Milvus collection (--kind hnsw, ivf or flat), "
-                   "INDEX_DIR keeping its paths and settings. Needs pip install 'image-toolkit[milvus]'.")
+                   'INDEX_DIR keeping its paths and settings. Needs pip install "image-toolkit[milvus]".')
 @click.option("--uri", default=None,
               help="--backend milvus: a Milvus Lite file ending .db, run in-process (default: INDEX_DIR/milvus.db), "
                    "or a server, http://host:19530.")

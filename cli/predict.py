@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from image_toolkit.cli.common import command, echo_json, json_option, quiet_option, runtime_option, start
+from image_toolkit.cli.common import command, echo_json, json_option, quiet_option, runtime_options, start
 from image_toolkit.data_tools import names
 
 
@@ -13,9 +13,7 @@ from image_toolkit.data_tools import names
 @click.option("--model", "model_weights", default="./best_model.h5", show_default=True, help="A best_model.h5 written by 'toolkit train'.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Probability at or above which a label is given (multi-label; default: the model's tuned thresholds, or 0.5).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@runtime_option
-@click.option("--precision", type=click.Choice(names.OPENVINO_PRECISIONS), default=None,
-              help="tensorflow: fp32; openvino: fp32, bf16, or auto (default: bf16 where the CPU has it natively).")
+@runtime_options(names.OPENVINO_PRECISIONS)
 @quiet_option
 @json_option
 def predict(images: tuple[str, ...], model_weights: str, threshold: float | None, batch_size: int, runtime: str,
@@ -34,9 +32,8 @@ def predict(images: tuple[str, ...], model_weights: str, threshold: float | None
     start(quiet)
     from image_toolkit.models.inference import predict_images
 
-    precision = precision or ("auto" if runtime == "openvino" else "fp32")
     predictions, skipped = predict_images(list(images), model_weights, threshold=threshold, batch_size=batch_size,
-                                          runtime=runtime, precision=precision)
+                                          runtime=runtime, precision=names.default_precision(runtime, precision))
     for path, reason in skipped:
         click.echo(f"Skipped {path}: {reason}", err=True)
     for prediction in predictions:

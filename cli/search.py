@@ -11,7 +11,17 @@ from pathlib import Path
 
 import click
 
-from image_toolkit.cli.common import FeaturePath, command, echo_json, json_option, progress_to_stderr, quiet_option, start
+from image_toolkit.cli.common import (
+    FeaturePath,
+    command,
+    echo_json,
+    json_option,
+    progress_to_stderr,
+    quiet_option,
+    runtime_options,
+    start,
+)
+from image_toolkit.data_tools.names import EXTRACT_PRECISIONS
 
 
 @command("search")
@@ -32,11 +42,12 @@ from image_toolkit.cli.common import FeaturePath, command, echo_json, json_optio
 @click.option("--min-similarity", type=click.FloatRange(-1, 1), default=0.5, show_default=True,
               help="--text with --word-vectors: least similarity for a class word to count.")
 @click.option("--n-jobs", "n_threads", type=int, default=-1, show_default=True, help="Threads for faiss and BLAS (-1: all cores).")
+@runtime_options(EXTRACT_PRECISIONS, recorded="the one that made the index's features (--image)")
 @quiet_option
 @json_option
 def search(index_dir: Path, images: tuple[Path, ...], features: Path | None, text: str | None, k: int,
            output: Path | None, word_vectors: Path | None, scores: Path | None, min_similarity: float,
-           n_threads: int, quiet: bool, as_json: bool) -> None:
+           n_threads: int, runtime: str | None, precision: str | None, quiet: bool, as_json: bool) -> None:
     """Find the K images of the index in INDEX_DIR nearest to a query, or best for a keyword.
 
     Give exactly one query: --image (reverse image search), --features
@@ -48,6 +59,7 @@ def search(index_dir: Path, images: tuple[Path, ...], features: Path | None, tex
     \b
     Example:
       toolkit search my_index/ --image query.jpg -k 5
+      toolkit search my_index/ --image query.jpg --runtime openvino
       toolkit search my_index/ --features queries.npz --output results.csv
       toolkit search scores_index/ --text "shark" --json
       toolkit search my_index/ --text sofa --scores scores.npz --word-vectors vectors.txt
@@ -57,6 +69,8 @@ def search(index_dir: Path, images: tuple[Path, ...], features: Path | None, tex
         raise click.UsageError(f"give exactly one of --image, --features or --text. Received: {', '.join(given) or 'none'}")
     if text is None and (word_vectors or scores):
         raise click.UsageError("--word-vectors and --scores apply to --text only.")
+    if not images and (runtime or precision):
+        raise click.UsageError("--runtime and --precision apply to --image only: they embed the query images.")
     start(quiet)
     logging.getLogger("faiss").setLevel(logging.WARNING)  # Its loader logs every CPU feature it tries.
     from image_toolkit.data_tools.search.backends import load_index
@@ -68,7 +82,7 @@ def search(index_dir: Path, images: tuple[Path, ...], features: Path | None, tex
         queries = [_keyword_query(image_index, index_dir, text, k, scores, word_vectors, min_similarity)]
     else:
         if images:
-            names, blocks = [str(image) for image in images], [(0, _embed(image_index, index_dir, list(images), as_json))]
+            names, blocks = [str(image) for image in images], [(0, _embed(image_index, index_dir, list(images), as_json, runtime, precision))]
         else:
             from image_toolkit.data_tools.formats.features import feature_blocks, open_features
 
@@ -88,7 +102,7 @@ def search(index_dir: Path, images: tuple[Path, ...], features: Path | None, tex
     _show(queries, value_name, output, as_json, quiet)
 
 
-def _embed(image_index, index_dir: Path, images: list[Path], as_json: bool):
+def _embed(image_index, index_dir: Path, images: list[Path], as_json: bool, runtime: str | None, precision: str | None):
     """The query images' features, from the model recorded in the index."""
     from image_toolkit.data_tools.errors import DataError
     from image_toolkit.data_tools.formats.features import MODEL_FILE_WEIGHTS
@@ -110,7 +124,7 @@ def _embed(image_index, index_dir: Path, images: list[Path], as_json: bool):
     from image_toolkit.models.extraction import compute_features, extractor_from_metadata
 
     with progress_to_stderr(as_json):
-        extractor = extractor_from_metadata(image_index.features_metadata_)
+        extractor = extractor_from_metadata(image_index.features_metadata_, runtime=runtime, precision=precision)
         return compute_features(extractor, images, batch_size=len(images), verbose=0)
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import click
 
-from image_toolkit.cli.common import background_option, command, echo_json, json_option, quiet_option, start
+from image_toolkit.cli.common import background_option, command, echo_json, json_option, quiet_option, runtime_options, start
+from image_toolkit.data_tools.errors import require_package
+from image_toolkit.data_tools.names import EXTRACT_PRECISIONS
 from image_toolkit.data_tools.names import SUGGEST_STRATEGIES as STRATEGIES
 
 
@@ -47,12 +49,13 @@ from image_toolkit.data_tools.names import SUGGEST_STRATEGIES as STRATEGIES
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="margin", show_default=True,
               help="How --suggest ranks (toolkit suggest --strategy).")
 @background_option("the index's features' own, else white; thumbnails")
+@runtime_options(EXTRACT_PRECISIONS, recorded="the one that made the index's features; it embeds uploaded query images")
 @quiet_option
 @json_option
 def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_csv: Path | None, scores: Path | None,
           host: str, port: int, token: str | None, allowed_hosts: tuple[str, ...], thumbnail_dir: Path | None,
           max_upload_mb: float, suggest_model: Path | None, suggest_n: int, strategy: str, background: str | None,
-          quiet: bool, as_json: bool) -> None:
+          runtime: str | None, precision: str | None, quiet: bool, as_json: bool) -> None:
     """Serve a search page over the index in INDEX_DIR: keyword or image queries, lasso, deselect, refine.
 
     The page shows the collection as a grid and as a map of every image
@@ -71,6 +74,7 @@ def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_
       toolkit serve my_index/ --img-directory photos/ --data-csv label.txt --db feedback.sqlite
       toolkit serve my_index/ --img-directory photos/ --map tsne.csv --port 8080
       toolkit serve my_index/ --img-directory photos/ --suggest runs/demo/best_model.h5 --suggest-n 40
+      toolkit serve my_index/ --img-directory photos/ --runtime openvino
     """
     from image_toolkit.data_tools.web.app import missing_extra
 
@@ -83,6 +87,8 @@ def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_
     from image_toolkit.data_tools.web.app import create_app, is_loopback
     from image_toolkit.models.upload_embedder import lazy_embedder
 
+    if runtime == "openvino":  # Checked now: the embedder is built on the first upload.
+        require_package("openvino", "--runtime openvino", "the openvino package", "openvino")
     suggest = None
     if suggest_model is not None:
         from image_toolkit.models.suggest import collection_suggester
@@ -93,7 +99,7 @@ def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_
         click.echo(f"Warning: {exposure(host, port, token)}", err=True)
     # The embedder reads the index's feature metadata from the app on the first upload.
     app = create_app(index_dir, images_dir, db, map_csv, labels=labels, scores=scores,
-                     embed=lazy_embedder(lambda: app.state.collection.metadata),
+                     embed=lazy_embedder(lambda: app.state.collection.metadata, runtime=runtime, precision=precision),
                      max_upload_bytes=int(max_upload_mb * 1024 * 1024), host=host,
                      allowed_hosts=[*machine_names(host), *allowed_hosts], token=token,
                      thumbnail_dir=thumbnail_dir or db.with_name(f"{db.stem}.thumbnails"), background=background,

@@ -14,6 +14,11 @@ OPENVINO_PRECISIONS = ("fp32", "bf16", "auto")
 EXTRACT_PRECISIONS = ("fp32", "mixed_bfloat16", "bf16", "auto")
 # `--runtime`: the engine that runs the forward pass.
 RUNTIMES = ("tensorflow", "openvino")
+
+
+def default_precision(runtime: str, precision: str | None) -> str:
+    """`--precision` when not given: OpenVINO picks by the CPU (auto), TensorFlow runs fp32."""
+    return precision or ("auto" if runtime == "openvino" else "fp32")
 STRATEGIES = ("default", "mirrored", "multiworker")
 # The suffix that makes a path a feature folder (features.npy, paths.txt, metadata.json).
 FEATURE_FOLDER_SUFFIX = ".feat"

@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 
 from image_toolkit.data_tools.atomic import flush_to_disk, make_folder, remove_empty, staging_folder
-from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.errors import DataError, OptionError, missing_extra
 from image_toolkit.data_tools.formats.model_file import model_file_format
 from image_toolkit.models.inference import classifier_preprocess, load_classifier, load_embedding_model
 from image_toolkit.models.runtime import keras
@@ -62,10 +62,7 @@ def require_extra(format_name: str) -> None:
     """Fail before any work when `format_name` needs packages that are not installed, naming the pip command."""
     missing = [name for name in FORMATS[format_name].packages if importlib.util.find_spec(name) is None]
     if missing:
-        raise DataError(
-            f"--format {format_name} needs {' and '.join(missing)} (not installed): "
-            f'pip install "image-toolkit[{format_name}]"'
-        )
+        raise missing_extra(f"--format {format_name}", " and ".join(missing), format_name)
 
 
 def default_output(model_path: str | os.PathLike, format_name: str) -> Path:

@@ -26,7 +26,7 @@ from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.formats.background import background_name, model_background, parse_background
 from image_toolkit.data_tools.formats.csv_files import read_checked_csv
 from image_toolkit.data_tools.formats.features import (
-    COMPARABLE_KEYS,
+    EXTRACTION_KEYS,
     MODEL_FILE_WEIGHTS,
     comparable,
     feature_blocks,
@@ -36,6 +36,7 @@ from image_toolkit.data_tools.formats.features import (
 )
 from image_toolkit.data_tools.formats.images import IMAGE_SUFFIXES, check_images, find_images, report_skipped, require_readable
 from image_toolkit.data_tools.formats.metadata import ROOT_COLUMN
+from image_toolkit.data_tools.names import default_precision
 from image_toolkit.models.backbones import NO_WEIGHTS, PIXELS, build_backbone, get_backbone, unit_range
 from image_toolkit.models.inference import load_classifier, load_embedding_model
 from image_toolkit.models.openvino_runtime import (
@@ -43,7 +44,6 @@ from image_toolkit.models.openvino_runtime import (
     file_digest,
     model_file_key,
     openvino_forward,
-    resolve_precision,
 )
 from image_toolkit.models.pipeline import image_dataset
 from image_toolkit.models.runtime import keras, precision_policy, tf
@@ -174,9 +174,8 @@ def feature_extractor(
                 "image_size": size, "weights": weights, "precision": precision, "background": background_name(background)}
     if runtime == "tensorflow":
         return FeatureExtractor(network, traced_forward(network, jit_compile), preprocess, size, metadata)
-    metadata.update(precision=resolve_precision(precision), runtime=runtime)
-    forward = openvino_forward(network, key=_cache_key(metadata), precision=metadata["precision"])
-    return FeatureExtractor(network, forward, preprocess, size, metadata)
+    forward, ran = openvino_forward(network, key=_cache_key(metadata), precision=precision, preprocess=preprocess)
+    return FeatureExtractor(network, forward, preprocess, size, {**metadata, "precision": ran, "runtime": runtime})
 
 
 def _cache_key(metadata: dict) -> dict | None:
@@ -193,8 +192,16 @@ def _cache_key(metadata: dict) -> dict | None:
             "output": metadata["output"], "layer": metadata["layer"], "image_size": metadata["image_size"]}
 
 
-def extractor_from_metadata(metadata: dict) -> FeatureExtractor:
-    """Rebuild the extractor that made a feature file, from its metadata (to embed a query image)."""
+def extractor_from_metadata(metadata: dict, *, runtime: str | None = None, precision: str | None = None) -> FeatureExtractor:
+    """Rebuild the extractor that made a feature file, from its metadata (to embed a query image).
+
+    `runtime` and `precision` (None: the recorded ones) run the same network
+    another way: OpenVINO's outputs are checked to be within cosine 0.999 of
+    TensorFlow fp32's, so a query embedded by one finds the rows the other made.
+    """
+    recorded = metadata.get("runtime", "tensorflow")
+    if precision is None:
+        precision = metadata.get("precision", "fp32") if runtime in (None, recorded) else default_precision(runtime, None)
     missing = sorted({"model", "output", "layer", "image_size", "weights"} - metadata.keys())
     if missing:
         raise DataError(f"the features' metadata lacks {', '.join(missing)}; re-extract them with this toolkit version.")
@@ -205,9 +212,9 @@ def extractor_from_metadata(metadata: dict) -> FeatureExtractor:
         layer=metadata["layer"] if from_file else None,
         weights="none" if from_file else metadata["weights"],
         image_size=None if from_file else metadata["image_size"],
-        precision=metadata.get("precision", "fp32"),
+        precision=precision,
         background=metadata.get("background"),
-        runtime=metadata.get("runtime", "tensorflow"),
+        runtime=runtime or recorded,
     )
 
 
@@ -300,11 +307,11 @@ def extract(
     previous = None
     if append and output_path.exists():
         previous = open_features(output_path)
-        for key in COMPARABLE_KEYS:
+        for key in EXTRACTION_KEYS:
             if comparable(previous.metadata, key) != comparable(metadata, key):
                 raise DataError(
                     f"{output_path}: made with {key}={comparable(previous.metadata, key)!r}, this run has "
-                    f"{key}={comparable(metadata, key)!r}; --append only extends a file with the same model, layer and background."
+                    f"{key}={comparable(metadata, key)!r}; --append only extends a file with the same model, layer, background, runtime and precision."
                 )
         known = set(previous.paths)
         paths = [path for path in paths if path not in known]

@@ -15,7 +15,7 @@ from image_toolkit.data_tools.formats.background import background_name, parse_b
 from image_toolkit.data_tools.formats.images import check_images, find_images, require_readable
 from image_toolkit.data_tools.formats.model_file import model_file_format, read_h5_metadata
 from image_toolkit.models.backbones import BACKBONES, preprocessing
-from image_toolkit.models.openvino_runtime import check_runtime, model_file_key, openvino_forward, resolve_precision
+from image_toolkit.models.openvino_runtime import check_runtime, model_file_key, openvino_forward
 from image_toolkit.models.pipeline import image_dataset
 from image_toolkit.models.runtime import keras
 
@@ -130,7 +130,7 @@ def classifier_forward(model: keras.Model, model_path: str | os.PathLike, metada
     if runtime == "tensorflow":
         return model.predict_on_batch
     key = model_file_key(model_path, output="scores", layer=model.layers[-1].name, image_size=metadata["image_size"])
-    return openvino_forward(model, key=key, precision=resolve_precision(precision))
+    return openvino_forward(model, key=key, precision=precision, preprocess=classifier_preprocess(metadata))[0]
 
 
 def classifier_probabilities(paths: list[Path], model: keras.Model, metadata: dict, *, batch_size: int = 32,

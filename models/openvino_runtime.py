@@ -28,15 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from image_toolkit.data_tools.atomic import staging_folder
-from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.atomic import staging_folder, write_text
+from image_toolkit.data_tools.errors import DataError, OptionError, require_package
 from image_toolkit.data_tools.names import OPENVINO_PRECISIONS, RUNTIMES, TENSORFLOW_PRECISIONS
 from image_toolkit.models.runtime import keras, tf
 
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "TOOLKIT_OPENVINO_CACHE"
-INSTALL = "pip install 'image-toolkit[openvino]'"
 # OpenVINO's names for our precisions (INFERENCE_PRECISION_HINT).
 HINTS = {"fp32": "f32", "bf16": "bf16"}
 # CPU flags of native bf16 arithmetic (Cooper Lake and later, Sapphire Rapids' AMX).
@@ -44,14 +43,17 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # One synchronous batch at a time: LATENCY measured 1.9x THROUGHPUT on 2 cores (issue 18).
 PERFORMANCE_HINT = "LATENCY"
 IR_FILE = "model.xml"
+# The cosine of a cached model's outputs to TensorFlow fp32's, measured when it was converted.
+PARITY_FILE = "parity.json"
+# Least cosine similarity to TensorFlow fp32 per probe image: below it, nearest neighbours change (issue 18).
+MIN_COSINE = 0.999
 
 
 def require_openvino():
     """The `openvino` module, or a one-line error naming the extra to install."""
-    try:
-        import openvino
-    except ImportError:
-        raise DataError(f"--runtime openvino needs the openvino package (not installed): {INSTALL}") from None
+    require_package("openvino", "--runtime openvino", "the openvino package", "openvino")
+    import openvino
+
     return openvino
 
 
@@ -130,15 +132,33 @@ def _save_ir(model: keras.Model, folder: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def openvino_forward(model: keras.Model, *, key: dict | None, precision: str) -> Callable[[object], np.ndarray]:
-    """`model`'s forward pass compiled by OpenVINO for the CPU: a batch (NHWC float32) to float32 features.
+def probe_batch(model: keras.Model, preprocess: Callable, *, count: int = 4, seed: int = 0) -> np.ndarray:
+    """A few smooth random pictures (coarse noise, resized up) at the model's input size, preprocessed as photos are.
 
-    `key` names the model (file digest or network and weights, layer, input
-    size) for the cache; None for a model no key names (random weights),
-    converted anew. `precision` is fp32 or bf16 (resolved already).
+    Inputs in the range and texture of real images, so that the parity check
+    sees the activations real images give, not those of white noise.
     """
+    size = model.input_shape[1:3]
+    coarse = np.random.default_rng(seed).integers(0, 256, (count, 8, 8, 3)).astype(np.float32)
+    pictures = tf.image.resize(coarse, size, method="bicubic")
+    return np.asarray(preprocess(tf.clip_by_value(pictures, 0, 255)), np.float32)
+
+
+def cosine_to_tensorflow(model: keras.Model, forward: Callable, probe: np.ndarray) -> float:
+    """The least cosine similarity, over the probe's rows, of `forward`'s outputs to the Keras model's own in fp32."""
+    reference = np.asarray(model(probe, training=False), np.float64).reshape(len(probe), -1)
+    ours = np.asarray(forward(probe), np.float64).reshape(len(probe), -1)
+    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(ours, axis=1)
+    same = np.all(reference == ours, axis=1)  # All-zero rows (a ReLU output) are equal, with no angle to measure.
+    cosine = np.where(same, 1.0, np.sum(reference * ours, axis=1) / np.where(norms > 0, norms, 1.0))
+    return float(cosine.min())
+
+
+def _compile(model: keras.Model, key: dict | None, precision: str, preprocess: Callable) -> tuple[Callable, float]:
+    """The compiled forward pass at `precision`, and its cosine to TensorFlow fp32 (kept in the cache folder)."""
     openvino = require_openvino()
     config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": PERFORMANCE_HINT}
+    folder = None
     if key is None:
         compiled = openvino.Core().compile_model(convert(model), "CPU", config)
     else:
@@ -156,4 +176,38 @@ def openvino_forward(model: keras.Model, *, key: dict | None, precision: str) ->
     def forward(images) -> np.ndarray:
         return request.infer([np.asarray(images, np.float32)])[output]
 
-    return forward
+    parity = folder / PARITY_FILE if folder is not None else None
+    if parity is not None and parity.is_file():
+        return forward, json.loads(parity.read_text())["min_cosine"]
+    cosine = cosine_to_tensorflow(model, forward, probe_batch(model, preprocess))
+    if parity is not None:
+        write_text(parity, json.dumps({"min_cosine": cosine, "probe_images": 4}))
+    return forward, cosine
+
+
+def openvino_forward(model: keras.Model, *, key: dict | None, precision: str,
+                     preprocess: Callable) -> tuple[Callable[[object], np.ndarray], str]:
+    """`model`'s forward pass compiled by OpenVINO for the CPU (a batch, NHWC float32, to float32), and its precision.
+
+    `key` names the model (file digest or network and weights, layer, input
+    size) for the cache; None for a model no key names (random weights),
+    converted anew. `precision` is fp32, bf16 or auto (`resolve_precision`).
+
+    Before any image goes through it, the compiled pass runs a probe batch
+    (`preprocess`ed pictures) beside TensorFlow fp32: a precision whose
+    outputs fall below MIN_COSINE of TensorFlow's is refused, as its
+    neighbours would no longer be TensorFlow's; `auto` then falls back to
+    fp32. The cosine is measured once per cached model.
+    """
+    chosen = resolve_precision(precision)
+    forward, cosine = _compile(model, key, chosen, preprocess)
+    if cosine < MIN_COSINE and precision == "auto" and chosen != "fp32":
+        logger.warning("OpenVINO %s: outputs only cosine %.5f from TensorFlow fp32's (below %s); running fp32",
+                       chosen, cosine, MIN_COSINE)
+        chosen = "fp32"
+        forward, cosine = _compile(model, key, chosen, preprocess)
+    if cosine < MIN_COSINE:
+        fix = "run --precision fp32" if chosen != "fp32" else "run --runtime tensorflow"
+        raise DataError(f"--runtime openvino --precision {chosen}: {model.name}'s outputs are only cosine {cosine:.5f} "
+                        f"from TensorFlow fp32's on probe images (at least {MIN_COSINE} keeps the same neighbours); {fix}.")
+    return forward, chosen

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.errors import DataError, OptionError, missing_extra
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -281,7 +281,7 @@ def fitting(model: keras.Model, strategy) -> Iterator[keras.Model]:
 def check_tensorboard(log_dir: str | None) -> None:
     """Refuse `--tensorboard` before any work when the optional `tensorboard` package is not installed."""
     if log_dir is not None and importlib.util.find_spec("tensorboard") is None:
-        raise DataError('--tensorboard needs the tensorboard package, an optional extra: pip install "image-toolkit[tensorboard]"')
+        raise missing_extra("--tensorboard", "the tensorboard package", "tensorboard")
 
 
 def tensorboard_callbacks(log_dir: str | None, strategy, output_dir: Path) -> list:

@@ -35,7 +35,7 @@ import pandas as pd
 
 from image_toolkit.data_tools.atomic import missing_folders, write_text
 from image_toolkit.data_tools.checks import check_range
-from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.errors import DataError, OptionError, missing_extra
 from image_toolkit.data_tools.formats.json_files import read_json
 from image_toolkit.data_tools.maps.plots import plot_trials
 from image_toolkit.models.callbacks import RetrievalEvaluation
@@ -97,7 +97,7 @@ def _keras_tuner():
     try:
         import keras_tuner
     except ImportError:
-        raise DataError('toolkit tune needs KerasTuner, which is not installed: pip install "image-toolkit[tune]".') from None
+        raise missing_extra("toolkit tune", "KerasTuner", "tune") from None
     return keras_tuner
 
 

@@ -16,8 +16,12 @@ import numpy as np
 from image_toolkit.data_tools.errors import DataError
 
 
-def lazy_embedder(index_metadata: Callable[[], dict]) -> Callable[[list[Path]], np.ndarray]:
-    """A function embedding image files with the model an index records, built (TensorFlow imported) on its first call."""
+def lazy_embedder(index_metadata: Callable[[], dict], *, runtime: str | None = None,
+                  precision: str | None = None) -> Callable[[list[Path]], np.ndarray]:
+    """A function embedding image files with the model an index records, built (TensorFlow imported) on its first call.
+
+    `runtime` and `precision` (None: those that made the index's features) as for `extractor_from_metadata`.
+    """
     lock = threading.Lock()
     extractor: list = []
 
@@ -29,7 +33,7 @@ def lazy_embedder(index_metadata: Callable[[], dict]) -> Callable[[list[Path]], 
                 metadata = index_metadata()
                 if not metadata.get("model"):
                     raise DataError("the index records no feature model, so an uploaded image cannot be embedded.")
-                extractor.append(extractor_from_metadata(metadata))
+                extractor.append(extractor_from_metadata(metadata, runtime=runtime, precision=precision))
             return compute_features(extractor[0], paths, batch_size=len(paths), verbose=0)
 
     return embed

@@ -575,6 +575,8 @@ CASES += [
     case("search-output-is-folder", "search index --features features.npz -o images", 2, "images"),
     case("search-output-under-file", "search index --features features.npz -o afile/r.csv", 1, "afile"),
     case("search-output-read-only", "search index --features features.npz -o {ro}/r.csv", 1, "{ro}"),
+    case("search-runtime-without-image", "search index --features features.npz --runtime openvino", 2, "--image"),
+    case("search-unknown-runtime", "search index --image images/0000.png --runtime onnx", 2, "--runtime"),
     # --- feedback import / export / simulate ---
     case("import-events-missing", "feedback import nowhere.jsonl", 2, "nowhere.jsonl"),
     case("import-events-suffix", "feedback import label.txt --db fb.sqlite --data-csv classes.csv", 2, "label.txt"),
@@ -738,6 +740,8 @@ CASES += [
     case("serve-no-images-option", "serve index", 2, "--img-directory"),
     case("serve-index-empty", "serve empty --img-directory images", 1, "empty", folder("empty")),
     case("serve-port-out-of-range", "serve index --img-directory images --port 70000", 2, "--port"),
+    case("serve-unknown-runtime", "serve index --img-directory images --runtime onnx", 2, "--runtime"),
+    case("serve-unknown-precision", "serve index --img-directory images --precision fp8", 2, "--precision"),
     case("serve-upload-limit-zero", "serve index --img-directory images --max-upload-mb 0", 2, "--max-upload-mb"),
     case("serve-db-read-only", "serve index --img-directory images --db {ro}/fb.sqlite --data-csv classes.csv", 1, "{ro}"),
     case("serve-db-under-file", "serve index --img-directory images --db afile/fb.sqlite --data-csv classes.csv", 1,

@@ -164,7 +164,7 @@ def test_without_pymilvus_the_error_says_what_to_install(runner, built, tmp_path
     root, _ = built
     monkeypatch.setitem(sys.modules, "pymilvus", None)  # As if not installed: importing it raises ImportError.
     result = runner.invoke(index, ["build", str(root / "features.npz"), str(tmp_path / "i"), "--backend", "milvus"])
-    assert result.exit_code == 1 and "pip install 'image-toolkit[milvus]'" in one_line_error(result)
+    assert result.exit_code == 1 and 'pip install "image-toolkit[milvus]"' in one_line_error(result)
     assert cli_index.BACKENDS == backends.BACKENDS  # Repeated in the CLI so that --help loads no faiss.
 
 

@@ -1,5 +1,6 @@
 """`--runtime openvino`: the same features and labels as TensorFlow, the disk cache, the missing extra."""
 
+import json
 import shutil
 import sys
 
@@ -72,8 +73,10 @@ def test_a_keras_application_gives_tensorflows_features(images):
     from image_toolkit.models.runtime import keras
 
     network = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, include_top=False, pooling="avg")
-    forward = openvino_forward(network, key=None, precision="fp32")  # random weights: converted anew, not cached
     preprocess = get_backbone("mobilenetv2").preprocess
+    # Random weights: converted anew, not cached.
+    forward, precision = openvino_forward(network, key=None, precision="fp32", preprocess=preprocess)
+    assert precision == "fp32"
     batch = next(iter(image_dataset(sorted(images.iterdir()), image_size=32, preprocess=preprocess, batch_size=8)))
     assert cosine(forward(batch), network(batch, training=False).numpy()).min() >= 0.999
 
@@ -90,7 +93,7 @@ def test_without_the_extra_one_line_names_the_pip_command(runner, images, tmp_pa
     monkeypatch.setitem(sys.modules, "openvino", None)
     result = runner.invoke(get_transfer_layer, [str(images), str(tmp_path / "out.npz"), "--model", "resnet50", "--runtime", "openvino"])
     assert result.exit_code == 1
-    assert "pip install 'image-toolkit[openvino]'" in one_line_error(result)
+    assert 'pip install "image-toolkit[openvino]"' in one_line_error(result)
     assert not (tmp_path / "out.npz").exists()
 
 
@@ -116,3 +119,63 @@ def test_predict_gives_tensorflows_labels(trained, digits_set, cache):
     assert max(gaps) <= 1e-3
     bf16, _ = predict_images(held_out, model, runtime="openvino", precision="bf16")
     assert np.mean([p.labels == q.labels for p, q in zip(bf16, expected)]) >= 0.98
+
+
+def test_a_precision_below_the_cosine_bar_is_refused_before_any_image(runner, trained, images, cache, tmp_path, monkeypatch):
+    from image_toolkit.models import openvino_runtime
+
+    monkeypatch.setattr(openvino_runtime, "MIN_COSINE", 1.5)  # no precision reaches it
+    for precision, fix in (("bf16", "run --precision fp32"), ("fp32", "run --runtime tensorflow")):
+        output = tmp_path / f"{precision}.npz"
+        result = runner.invoke(get_transfer_layer, [str(images), str(output), "--model", str(trained[0] / "best_model.h5"),
+                                                    "--runtime", "openvino", "--precision", precision])
+        assert result.exit_code == 1, result.output
+        line = one_line_error(result)
+        assert f"--precision {precision}" in line and "cosine" in line and fix in line
+        assert not output.exists()
+
+
+def test_auto_falls_back_to_fp32_when_bf16_misses_the_bar(monkeypatch, caplog):
+    from image_toolkit.models import openvino_runtime
+
+    compiled = []
+
+    def fake_compile(model, key, precision, preprocess):
+        compiled.append(precision)
+        return (lambda images: images), {"bf16": 0.99, "fp32": 1.0}[precision]
+
+    monkeypatch.setattr(openvino_runtime, "_compile", fake_compile)
+    monkeypatch.setattr(openvino_runtime, "native_bf16", lambda: True)
+    _, precision = openvino_runtime.openvino_forward(None, key=None, precision="auto", preprocess=None)
+    assert precision == "fp32" and compiled == ["bf16", "fp32"]
+    assert "running fp32" in caplog.text
+
+
+def test_append_refuses_rows_of_another_runtime(runner, trained, images, cache, tmp_path):
+    model = trained[0] / "best_model.h5"
+    output = tmp_path / "features.npz"
+    transfer(runner, images, output, model)
+    before = output.read_bytes()
+    result = runner.invoke(get_transfer_layer, [str(images), str(output), "--model", str(model), "--append",
+                                                "--runtime", "openvino", "--precision", "fp32"])
+    assert result.exit_code == 1
+    assert "runtime='tensorflow'" in one_line_error(result) and "runtime='openvino'" in result.stderr
+    assert output.read_bytes() == before
+
+
+def test_search_embeds_a_query_with_another_runtime(runner, trained, images, cache, tmp_path):
+    from image_toolkit.cli.main import toolkit
+
+    transfer(runner, images, tmp_path / "features.npz", trained[0] / "best_model.h5")
+    built = runner.invoke(toolkit, ["index", "build", str(tmp_path / "features.npz"), str(tmp_path / "index"), "--quiet"])
+    assert built.exit_code == 0, built.output
+    query = sorted(images.iterdir())[3]
+    results = {}
+    for runtime in ("tensorflow", "openvino"):
+        result = runner.invoke(toolkit, ["search", str(tmp_path / "index"), "--image", str(query), "-k", "3",
+                                         "--runtime", runtime, "--json"])
+        assert result.exit_code == 0, result.output
+        results[runtime] = json.loads(result.stdout)["results"]
+    assert results["openvino"][0]["path"] == query.name  # the query itself, found by OpenVINO's embedding
+    assert [r["path"] for r in results["openvino"]] == [r["path"] for r in results["tensorflow"]]
+    assert results["openvino"][0]["distance"] == pytest.approx(0, abs=1e-4)

@@ -388,10 +388,10 @@ def test_serve_help_and_default_host(runner):
 def test_missing_extra_is_one_line(runner, monkeypatch, digits):
     import image_toolkit.data_tools.web.app
 
-    monkeypatch.setattr(image_toolkit.data_tools.web.app, "missing_extra", lambda: "toolkit serve needs: pip install 'image-toolkit[serve]'")
+    monkeypatch.setattr(image_toolkit.data_tools.web.app, "missing_extra", lambda: 'toolkit serve needs: pip install "image-toolkit[serve]"')
     root = digits["root"]
     result = runner.invoke(toolkit, ["serve", str(root / "index"), "--images", str(root / "images")])
-    assert result.exit_code == 1 and "pip install 'image-toolkit[serve]'" in one_line_error(result)
+    assert result.exit_code == 1 and 'pip install "image-toolkit[serve]"' in one_line_error(result)
 
 
 def test_no_data_set_in_the_store_is_one_line(runner, digits, tmp_path):

@@ -78,8 +78,13 @@ FORMATS = (".npz", ".h5", ".pkl", FOLDER)
 FOLDER_FILES = ("features.npy", "paths.txt", "metadata.json")
 # Metadata that must agree for feature rows to be comparable, and so to be merged.
 COMPARABLE_KEYS = ("model", "layer", "image_size", "weights", "background")
-# What a file made before a key was recorded meant by it: transparent images were then composited onto white.
-COMPARABLE_DEFAULTS = {"background": "white"}
+# What a file made before a key was recorded meant by it: transparent images were then composited onto white, and
+# TensorFlow computed the features in fp32.
+COMPARABLE_DEFAULTS = {"background": "white", "runtime": "tensorflow", "precision": "fp32"}
+# What the rows of one extraction run share, so that --append extends and merge-features joins only such rows: the
+# comparable keys, and the runtime and precision that computed them (OpenVINO bf16 rows are close to TensorFlow fp32
+# ones, not equal). A query or an index may come from another runtime: they compare COMPARABLE_KEYS only.
+EXTRACTION_KEYS = (*COMPARABLE_KEYS, "runtime", "precision")
 # Metadata that describes one shard of an extraction run and means nothing once merged.
 SHARD_KEYS = ("num_shards", "shard_index")
 REEXTRACT = "Re-extract with toolkit get-transfer-layer."
@@ -695,7 +700,7 @@ def merge_features(
         if width != dim:
             raise DataError(f"{name}: {width} features per row, but {first_name} has {dim}; "
                             "merge only shards of one extraction run.")
-        for key in COMPARABLE_KEYS:
+        for key in EXTRACTION_KEYS:
             if comparable(metadata, key) != comparable(first_metadata, key):
                 raise DataError(
                     f"{name}: {key}={comparable(metadata, key)!r}, but {first_name} has "

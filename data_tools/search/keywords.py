@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from image_toolkit.data_tools.checks import check_range
-from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.errors import DataError, OptionError, missing_extra
 from image_toolkit.data_tools.formats.features import FeatureSet
 from image_toolkit.data_tools.search.ranking import top_k
 
@@ -113,7 +113,7 @@ def read_word_vectors(path: str | os.PathLike):
     try:
         from gensim.models import KeyedVectors
     except ImportError:
-        raise OptionError("--word-vectors needs gensim: pip install 'image-toolkit[words]'.") from None
+        raise missing_extra("--word-vectors", "gensim", "words", error=OptionError) from None
     path = Path(path)
     first_binary = path.suffix.lower() == ".bin"
     for binary in (first_binary, not first_binary):

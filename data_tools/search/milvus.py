@@ -52,7 +52,7 @@ import numpy as np
 
 from image_toolkit.data_tools.atomic import flush_to_disk, make_folder, remove_empty
 from image_toolkit.data_tools.checks import check_range
-from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.errors import DataError, OptionError, missing_extra
 from image_toolkit.data_tools.formats.features import check_features, feature_blocks, located_model
 from image_toolkit.data_tools.formats.json_files import read_json
 from image_toolkit.data_tools.progress import progress_bar, track
@@ -81,7 +81,6 @@ from image_toolkit.data_tools.search.neighbors import ALL_CORES, NearestRows
 logger = logging.getLogger(__name__)
 
 BACKEND = "milvus"
-INSTALL = "pip install 'image-toolkit[milvus]'"
 LITE_FILE = "milvus.db"
 SERVER_SCHEMES = ("http://", "https://", "tcp://", "unix:")
 INDEX_TYPES = {"hnsw": "HNSW", "ivf": "IVF_FLAT", "flat": "FLAT"}
@@ -115,7 +114,7 @@ def connect(uri: str):
         from pymilvus import MilvusClient
         from pymilvus.exceptions import MilvusException
     except ImportError:
-        raise DataError(f"--backend milvus needs pymilvus and milvus-lite, which are not installed: {INSTALL}") from None
+        raise missing_extra("--backend milvus", "pymilvus and milvus-lite", "milvus") from None
     # Milvus Lite logs the start and stop of its in-process server, and a failed start with a traceback: the first is
     # no news to the user, the second is said in one line below.
     logging.getLogger("milvus_lite").setLevel(logging.WARNING)
@@ -125,7 +124,7 @@ def connect(uri: str):
     except MilvusException as error:
         reason = getattr(error, "message", str(error))
         if "milvus-lite is required" in reason:
-            raise DataError(f"{uri}: a Milvus Lite file needs milvus-lite, which is not installed: {INSTALL}") from None
+            raise missing_extra(f"{uri}: a Milvus Lite file", "milvus-lite", "milvus") from None
         if is_lite(uri):
             reason = "" if reason == "Open local milvus failed" else f" ({reason})"  # pymilvus's words when Lite did not start.
             raise DataError(f"{uri}: cannot open this Milvus Lite database{reason}; another process "

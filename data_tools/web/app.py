@@ -119,6 +119,7 @@ import numpy as np
 
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.errors import missing_extra as missing_extra_error
 from image_toolkit.data_tools.feedback import store as feedback
 from image_toolkit.data_tools.formats.background import background_name, has_alpha, to_rgb
 from image_toolkit.data_tools.formats.labels import read_labels
@@ -180,7 +181,7 @@ def missing_extra() -> str | None:
 
     if all(importlib.util.find_spec(name) for name in ("fastapi", "uvicorn", "multipart")):
         return None
-    return "toolkit serve needs: pip install 'image-toolkit[serve]'"
+    return str(missing_extra_error("toolkit serve", "FastAPI, uvicorn and python-multipart", "serve"))
 
 
 def docs_assets_dir() -> Path | None:
