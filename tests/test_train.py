@@ -96,13 +96,16 @@ def test_multiclass_task_from_a_label_column(digits_set, tmp_path, runner):
     assert len(pd.read_csv(tmp_path / "train.csv")["label"].unique()) == 10
 
 
-def test_resnet50_without_weights_trains_a_step_at_64px(tiny_set, tmp_path, runner):
+def test_resnet50_without_weights_trains_a_step_at_32px(tiny_set, tmp_path, runner):
+    """The default backbone (25M parameters) at its smallest input, 8 images: it builds, trains a step and reloads."""
     root, _ = tiny_set
-    args = ["--data_csv", str(root / "label.txt"), "--img_directory", str(root / "images"), "--output_dir", str(tmp_path),
-            "--backbone", "resnet50", "--weights", "none", "--image_size", "64", "--epochs", "1", "--batch_size", "32", "--quiet"]
+    (tmp_path / "few.csv").write_text("\n".join((root / "label.txt").read_text().splitlines()[:9]) + "\n")
+    args = ["--data_csv", str(tmp_path / "few.csv"), "--img_directory", str(root / "images"), "--output_dir", str(tmp_path / "run"),
+            "--backbone", "resnet50", "--weights", "none", "--image_size", "32", "--epochs", "1", "--batch_size", "4", "--quiet"]
     result = runner.invoke(train, args)
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "best_model.h5").is_file()
+    _, metadata = load_classifier(tmp_path / "run" / "best_model.h5")
+    assert metadata["backbone"] == "resnet50" and metadata["image_size"] == 32
 
 
 def test_vgg16_without_weights_trains_a_step_at_32px(tiny_set, tmp_path, runner):
