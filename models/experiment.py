@@ -271,7 +271,8 @@ def minimum_detectable_difference(sd: float, n: int, *, power: float = 0.8, alph
     critical = stats.t.ppf(1 - alpha / 2, df)
 
     def shortfall(ncp: float) -> float:
-        return stats.nct.sf(critical, df, ncp) + stats.nct.cdf(-critical, df, ncp) - power
+        # The lower tail is tiny (< 1e-8 here) and scipy returns NaN for some of its values: count it as 0 then.
+        return stats.nct.sf(critical, df, ncp) + np.nan_to_num(stats.nct.cdf(-critical, df, ncp)) - power
 
     ncp = optimize.brentq(shortfall, 0.0, 100.0)
     return float(ncp * sd / np.sqrt(n))
