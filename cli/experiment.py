@@ -6,9 +6,7 @@ import click
 
 from image_toolkit.cli.common import OUTPUT_DIR, command, echo_json, json_option, progress_to_stderr, quiet_option, start
 from image_toolkit.cli.train import classifier_options
-
-# Kept here rather than imported from models.experiment, so `toolkit --help` loads no TensorFlow.
-DEFAULT_SEEDS = 3
+from image_toolkit.data_tools.names import EXPERIMENT_SEEDS, EXPERIMENT_VARIANTS, FEEDBACK_USES
 
 
 @command("experiment")
@@ -16,9 +14,9 @@ DEFAULT_SEEDS = 3
 @click.option("--img-directory", default="./images", show_default=True, help="Folder the 'image' paths are relative to.")
 @click.option("--feedback", required=True, type=click.Path(exists=True, dir_okay=False), help="Image feedback CSV from 'toolkit feedback export'.")
 @click.option("--ratio", "ratios", multiple=True, metavar="GROUP=RATIO[,RATIO...]", help="How the meta list repeats (or weights) rows, as for 'toolkit resample' (e.g. deselected=3); repeatable; a comma list sweeps that group (deselected=1,2,3,5). Not needed with --use relabel.")
-@click.option("--variants", default="baseline,meta,random,steps", show_default=True, help="Arms to train: baseline and meta, and the controls random (as many extra rows, on random images) and steps (the baseline list repeated to meta's length).")
-@click.option("--use", type=click.Choice(["upsample", "weight", "relabel"]), default="upsample", show_default=True, help="How feedback enters training: repeated rows, a loss weight (the ratio), or (multilabel) a known 0 for the query class of deselected images.")
-@click.option("--seeds", type=click.IntRange(min=1), default=DEFAULT_SEEDS, show_default=True, help="Training seeds: --seed-base, --seed-base + 1, ... The summary says how many an interval of ±0.02 needs.")
+@click.option("--variants", default=",".join(EXPERIMENT_VARIANTS), show_default=True, help="Arms to train: baseline and meta, and the controls random (as many extra rows, on random images) and steps (the baseline list repeated to meta's length).")
+@click.option("--use", type=click.Choice(FEEDBACK_USES), default="upsample", show_default=True, help="How feedback enters training: repeated rows, a loss weight (the ratio), or (multilabel) a known 0 for the query class of deselected images.")
+@click.option("--seeds", type=click.IntRange(min=1), default=EXPERIMENT_SEEDS, show_default=True, help="Training seeds: --seed-base, --seed-base + 1, ... The summary says how many an interval of ±0.02 needs.")
 @click.option("--seed-base", type=int, default=0, show_default=True)
 @click.option("--test-split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True, help="Share of --data-csv held out as the fixed test split (stratified for multiclass).")
 @click.option("--test-csv", type=click.Path(exists=True, dir_okay=False), default=None, help="A fixed test list instead of --test-split (its images must not be in --data-csv).")

@@ -17,3 +17,9 @@ RUNTIMES = ("tensorflow", "openvino")
 STRATEGIES = ("default", "mirrored", "multiworker")
 # The suffix that makes a path a feature folder (features.npy, paths.txt, metadata.json).
 FEATURE_FOLDER_SUFFIX = ".feat"
+# `experiment --variants`: the arms (baseline, feedback, and the controls for which images and for how many steps).
+EXPERIMENT_VARIANTS = ("baseline", "meta", "random", "steps")
+# `experiment --use`: how feedback enters training.
+FEEDBACK_USES = ("upsample", "weight", "relabel")
+# `experiment --seeds` by default: set from the digits proof's seed-to-seed spread (README "Proof on real digits").
+EXPERIMENT_SEEDS = 3

@@ -1,30 +1,35 @@
-"""Baseline vs feedback ("meta") training on one fixed test split: `toolkit experiment`.
+"""Baseline vs feedback ("meta") training, with controls, on one fixed test split: `toolkit experiment`.
 
-The question: does repeating the images people deselected (the decision
-boundary images, `image_toolkit.data_tools.feedback.store`) in the training list help? The run,
-in the order of the work:
+The question: does feedback on the images people deselected (the decision
+boundary images, `image_toolkit.data_tools.feedback.store`) help training?
+The run, in the order of the work:
 
 1. Read the label CSV; drop rows without a class and unreadable images.
 2. Fix the test split (`--test-csv`, or a stratified split drawn with
    `split_seed`) and the validation split of the rest, with `split_seed`,
    independent of the training seeds. Neither is ever resampled.
-3. For each training seed: the baseline trains on the training list as it
-   is; the meta model on the same list resampled by the ratios
-   (`image_toolkit.data_tools.feedback.resample`, drawn with that seed). All other options are
-   identical. Both are scored on the same test split, loading each run's
+3. Draw, for each training seed and ratio set, the lists of meta and its
+   controls (`image_toolkit.data_tools.feedback.controls`: random for
+   *which* images, steps for *how many* gradient steps), before any
+   training, so a feedback CSV that names no training image fails at once.
+4. For each seed: the baseline once (it does not depend on the ratio), then
+   every other arm at every ratio of the sweep. All other options are
+   identical. Every run is scored on the same test split, from its
    best_model.h5.
-4. Append one row per run to ExperimentLog.csv and per-class precision,
-   recall and F1 plus macro-F1 to Results.csv as each run ends; draw
-   experiment.png.
-5. Report mean ± std of test macro-F1 per variant and the paired difference
-   (meta - baseline, by seed) with scipy's paired t 95 % interval, whatever
-   it says; a NaN score or a single seed is reported as not decidable.
+5. Append one row per run to ExperimentLog.csv (the columns of old logs;
+   the run's ratios in `ratios`, `--use` in `options`) and per-class
+   precision, recall and F1 plus macro-F1 to Results.csv as each run ends;
+   draw experiment.png, and sweep.png for a sweep.
+6. Report mean ± std of test macro-F1 per arm, each arm against baseline and
+   meta against random (paired by seed, scipy's paired t 95 % interval),
+   whatever they say, and the minimum detectable difference of the run; a
+   NaN score or a single seed is reported as not decidable.
 
 Everything goes to `output_dir`: lists/<experiment>/ (the exact CSVs trained
-and scored on), runs/<experiment>/<variant>_seed<N>/ (each training's
+and scored on), runs/<experiment>/<variant>[_r<K>]_seed<N>/ (each training's
 outputs), the two logs (appended to, one experiment id per run of the
-command, so the folders of every logged run stay), experiment.png and
-experiment.json (of the latest experiment).
+command, so the folders of every logged run stay), experiment.png,
+sweep.png and experiment.json (of the latest experiment).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from image_toolkit.data_tools.feedback.store import read_image_feedback
 from image_toolkit.data_tools.formats.images import check_images
 from image_toolkit.data_tools.formats.labels import LabelTable, read_label_csv, split_table, write_label_csv
 from image_toolkit.data_tools.maps.plots import plot_class_f1, plot_sweep
+from image_toolkit.data_tools.names import EXPERIMENT_SEEDS as DEFAULT_SEEDS
 from image_toolkit.data_tools.progress import progress_bar
 from image_toolkit.models.evaluation import MACRO, score_predictions
 from image_toolkit.models.inference import predict_images
@@ -54,9 +60,6 @@ from image_toolkit.models.training import TrainOptions, train_classifier
 
 logger = logging.getLogger(__name__)
 
-# Seeds by default: what the digits proof needs for a meta - random interval of about +-0.02
-# (benchmarks/feedback_experiment_digits.py; README "Proof on real digits").
-DEFAULT_SEEDS = 3
 LOG_COLUMNS = [
     "time", "experiment", "variant", "seed", "epochs", "best_epoch", "wall_time_s", "best_val_macro_f1",
     "test_macro_f1", "train_rows", "train_images", "val_images", "test_images", "ratios", "feedback", "options",

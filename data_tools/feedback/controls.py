@@ -34,11 +34,11 @@ import pandas as pd
 from image_toolkit.data_tools.errors import DataError, OptionError
 from image_toolkit.data_tools.feedback.resample import resample_table, row_ratios
 from image_toolkit.data_tools.formats.labels import LabelTable
+from image_toolkit.data_tools.names import EXPERIMENT_VARIANTS as VARIANTS
+from image_toolkit.data_tools.names import FEEDBACK_USES as USES
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = ("baseline", "meta", "random", "steps")
-USES = ("upsample", "weight", "relabel")
 # Arms that the list of each use can have: weighting or relabelling keeps the list's length, so steps = baseline.
 USE_VARIANTS = {"upsample": VARIANTS, "weight": ("baseline", "meta", "random"), "relabel": ("baseline", "meta", "random")}
 RELABEL_WHY = ('--use relabel: a multi-class image already has exactly one class, so "not class X" adds nothing; '
