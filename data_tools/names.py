@@ -24,3 +24,11 @@ STRATEGIES = ("default", "mirrored", "multiworker")
 FEATURE_FOLDER_SUFFIX = ".feat"
 # How `toolkit suggest` and `serve --suggest` rank images (data_tools.feedback.suggest).
 SUGGEST_STRATEGIES = ("margin", "entropy", "random")
+# `experiment --variants`: the arms (baseline, feedback, and the controls for which images and for how many steps).
+EXPERIMENT_VARIANTS = ("baseline", "meta", "random", "steps")
+# `experiment --use`: how feedback enters training.
+FEEDBACK_USES = ("upsample", "weight", "relabel")
+# `experiment --seeds` by default: on the digits proof (80 epochs, 5 seeds) meta - random varied with sd 0.045 from
+# seed to seed, so a paired t interval of +-0.02 needs 23 seeds (README "Proof on real digits"). The summary
+# prints the number each run's own spread asks for.
+EXPERIMENT_SEEDS = 23

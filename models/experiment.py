@@ -1,30 +1,35 @@
-"""Baseline vs feedback ("meta") training on one fixed test split: `toolkit experiment`.
+"""Baseline vs feedback ("meta") training, with controls, on one fixed test split: `toolkit experiment`.
 
-The question: does repeating the images people deselected (the decision
-boundary images, `image_toolkit.data_tools.feedback.store`) in the training list help? The run,
-in the order of the work:
+The question: does feedback on the images people deselected (the decision
+boundary images, `image_toolkit.data_tools.feedback.store`) help training?
+The run, in the order of the work:
 
 1. Read the label CSV; drop rows without a class and unreadable images.
 2. Fix the test split (`--test-csv`, or a stratified split drawn with
    `split_seed`) and the validation split of the rest, with `split_seed`,
    independent of the training seeds. Neither is ever resampled.
-3. For each training seed: the baseline trains on the training list as it
-   is; the meta model on the same list resampled by the ratios
-   (`image_toolkit.data_tools.feedback.resample`, drawn with that seed). All other options are
-   identical. Both are scored on the same test split, loading each run's
+3. Draw, for each training seed and ratio set, the lists of meta and its
+   controls (`image_toolkit.data_tools.feedback.controls`: random for
+   *which* images, steps for *how many* gradient steps), before any
+   training, so a feedback CSV that names no training image fails at once.
+4. For each seed: the baseline once (it does not depend on the ratio), then
+   every other arm at every ratio of the sweep. All other options are
+   identical. Every run is scored on the same test split, from its
    best_model.h5.
-4. Append one row per run to ExperimentLog.csv and per-class precision,
-   recall and F1 plus macro-F1 to Results.csv as each run ends; draw
-   experiment.png.
-5. Report mean ± std of test macro-F1 per variant and the paired difference
-   (meta - baseline, by seed) with scipy's paired t 95 % interval, whatever
-   it says; a NaN score or a single seed is reported as not decidable.
+5. Append one row per run to ExperimentLog.csv (the columns of old logs;
+   the run's ratios in `ratios`, `--use` in `options`) and per-class
+   precision, recall and F1 plus macro-F1 to Results.csv as each run ends;
+   draw experiment.png, and sweep.png for a sweep.
+6. Report mean ± std of test macro-F1 per arm, each arm against baseline and
+   meta against random (paired by seed, scipy's paired t 95 % interval),
+   whatever they say, and the minimum detectable difference of the run; a
+   NaN score or a single seed is reported as not decidable.
 
 Everything goes to `output_dir`: lists/<experiment>/ (the exact CSVs trained
-and scored on), runs/<experiment>/<variant>_seed<N>/ (each training's
+and scored on), runs/<experiment>/<variant>[_r<K>]_seed<N>/ (each training's
 outputs), the two logs (appended to, one experiment id per run of the
-command, so the folders of every logged run stay), experiment.png and
-experiment.json (of the latest experiment).
+command, so the folders of every logged run stay), experiment.png,
+sweep.png and experiment.json (of the latest experiment).
 """
 
 from __future__ import annotations
@@ -42,11 +47,12 @@ import pandas as pd
 from image_toolkit.data_tools.atomic import atomic_path, write_text
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
-from image_toolkit.data_tools.feedback.resample import resample_table
+from image_toolkit.data_tools.feedback.controls import RELABEL_WHY, USES, VARIANTS, arm_lists
 from image_toolkit.data_tools.feedback.store import read_image_feedback
 from image_toolkit.data_tools.formats.images import check_images
 from image_toolkit.data_tools.formats.labels import LabelTable, read_label_csv, split_table, write_label_csv
-from image_toolkit.data_tools.maps.plots import plot_class_f1
+from image_toolkit.data_tools.maps.plots import plot_class_f1, plot_sweep
+from image_toolkit.data_tools.names import EXPERIMENT_SEEDS as DEFAULT_SEEDS
 from image_toolkit.data_tools.progress import progress_bar
 from image_toolkit.models.evaluation import MACRO, score_predictions
 from image_toolkit.models.inference import predict_images
@@ -54,7 +60,6 @@ from image_toolkit.models.training import TrainOptions, train_classifier
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = ("baseline", "meta")
 LOG_COLUMNS = [
     "time", "experiment", "variant", "seed", "epochs", "best_epoch", "wall_time_s", "best_val_macro_f1",
     "test_macro_f1", "train_rows", "train_images", "val_images", "test_images", "ratios", "feedback", "options",
@@ -66,23 +71,43 @@ PER_RUN = ("output_dir", "seed", "train_csv", "val_csv", "resume")
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentOptions:
-    """What the experiment adds to the training options."""
+    """What the experiment adds to the training options.
+
+    `ratios` is one ratio set ({"deselected": 3.0}) or a list of them (a
+    sweep, from `parse_ratio_sweep`); `variants` the arms (baseline and meta,
+    and the controls random, steps); `use` how feedback enters training.
+    """
 
     feedback: str
-    ratios: dict[str, float]
-    seeds: int = 3
+    ratios: dict[str, float] | list[dict[str, float]]
+    seeds: int = DEFAULT_SEEDS
     seed_base: int = 0
     test_split: float = 0.2
     split_seed: int = 12345
     test_csv: str | None = None
     min_test_per_class: int = 3
+    variants: tuple[str, ...] = VARIANTS
+    use: str = "upsample"
 
-    def check(self) -> None:
+    @property
+    def ratio_sets(self) -> list[dict[str, float]]:
+        return [self.ratios] if isinstance(self.ratios, dict) else list(self.ratios)
+
+    def check(self, task: str = "multiclass") -> None:
         check_range("--seeds", self.seeds, low=1)
         check_range("--test-split", self.test_split, low=0, high=1, low_open=True, high_open=True)
         check_range("--min-test-per-class", self.min_test_per_class, low=1)
-        if not self.ratios:
+        if self.use not in USES:
+            raise OptionError(f"--use: expected one of {', '.join(USES)}. Received: {self.use!r}.")
+        if self.use == "relabel" and task != "multilabel":
+            raise OptionError(RELABEL_WHY)
+        if self.use == "relabel" and len(self.ratio_sets) > 1:
+            raise OptionError("--use relabel: a relabelled image gets one known 0, not a ratio; give no ratio sweep.")
+        if self.use != "relabel" and (not self.ratio_sets or not all(self.ratio_sets)):
             raise OptionError("--ratio: give at least one, e.g. --ratio deselected=3.")
+        unknown = [variant for variant in self.variants if variant not in VARIANTS]
+        if unknown or "baseline" not in self.variants or "meta" not in self.variants:
+            raise OptionError(f"--variants: expected baseline, meta and any of random, steps. Received: {','.join(self.variants)!r}.")
 
 
 # --- Lists --------------------------------------------------------------------------------------
@@ -175,8 +200,11 @@ def append_csv(path: Path, rows: pd.DataFrame) -> None:
         rows.to_csv(temporary, index=False)
 
 
-def paired_difference(baseline: np.ndarray, meta: np.ndarray, seeds=None) -> dict:
+def paired_difference(baseline: np.ndarray, meta: np.ndarray, seeds=None, *, names: tuple[str, str] = ("meta", "baseline")) -> dict:
     """Mean of meta - baseline over seeds, with scipy's paired t 95 % interval.
+
+    `names` (first, second) name the two arms in the verdict: meta - random
+    reads "meta better than random".
 
     Undecidable cases say so and why, in `verdict`, with `decidable` False and
     no interval: a seed whose score is missing or NaN (a run that failed, or a
@@ -203,37 +231,110 @@ def paired_difference(baseline: np.ndarray, meta: np.ndarray, seeds=None) -> dic
     mean = float(differences.mean())
     if not (np.isfinite(low) and np.isfinite(high)):
         return {**result, "mean": mean, "verdict": "not decidable: the t interval is undefined for these scores"}
+    first, second = names
     if low > 0:
-        verdict = "meta better than baseline (the 95 % interval is above 0)"
+        verdict = f"{first} better than {second} (the 95 % interval is above 0)"
     elif high < 0:
-        verdict = "meta worse than baseline (the 95 % interval is below 0)"
+        verdict = f"{first} worse than {second} (the 95 % interval is below 0)"
     else:
         verdict = "no clear difference (the 95 % interval includes 0)"
     return {"mean": mean, "low": low, "high": high, "n": n, "decidable": True, "verdict": verdict}
 
 
-def summarise(log: pd.DataFrame, results: pd.DataFrame) -> dict:
-    """Mean ± std of test macro-F1 per variant, the paired difference, and per-class F1 per variant."""
-    by_seed = log.pivot(index="seed", columns="variant", values="test_macro_f1").reindex(columns=list(VARIANTS))
-    variants = {}
-    for variant in VARIANTS:
-        runs = log[log["variant"] == variant]
-        scores = runs["test_macro_f1"].astype(float)
-        variants[variant] = {
+def seeds_for_halfwidth(sd: float, halfwidth: float = 0.02, *, confidence: float = 0.95) -> int | None:
+    """Seeds n whose paired t interval is at most ±`halfwidth`: n = (t(n-1) * sd / halfwidth)^2, iterated to a fixed point.
+
+    Starts from the normal quantile and raises n until t_{n-1} * sd / sqrt(n)
+    fits; None for a spread that is not a finite number.
+    """
+    from scipy import stats
+
+    if sd is None or not np.isfinite(sd):
+        return None
+    if sd == 0:
+        return 2
+    n = max(2, int(np.ceil((stats.norm.ppf(0.5 + confidence / 2) * sd / halfwidth) ** 2)))
+    while stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / np.sqrt(n) > halfwidth:
+        n += 1
+    return n
+
+
+def minimum_detectable_difference(sd: float, n: int, *, power: float = 0.8, alpha: float = 0.05) -> float | None:
+    """The smallest true mean difference a paired t test of n seeds finds with `power` (two-sided `alpha`).
+
+    Exact for the t test: the noncentrality d * sqrt(n) / sd at which the
+    noncentral t (scipy.stats.nct, n - 1 degrees of freedom) exceeds the
+    critical t with probability `power`, solved with brentq. None below 2 seeds.
+    """
+    from scipy import optimize, stats
+
+    if n < 2 or sd is None or not np.isfinite(sd):
+        return None
+    df = n - 1
+    critical = stats.t.ppf(1 - alpha / 2, df)
+
+    def shortfall(ncp: float) -> float:
+        # The lower tail is tiny (< 1e-8 here) and scipy returns NaN for some of its values: count it as 0 then.
+        return stats.nct.sf(critical, df, ncp) + np.nan_to_num(stats.nct.cdf(-critical, df, ncp)) - power
+
+    ncp = optimize.brentq(shortfall, 0.0, 100.0)
+    return float(ncp * sd / np.sqrt(n))
+
+
+def _label(variant: str, ratios: str, sweep: bool) -> str:
+    """How a run is named in the summary: its variant, and its ratios in a sweep (the baseline has none)."""
+    if not sweep or variant == "baseline":
+        return variant
+    return f"{variant} " + ",".join(f"{group}={value:g}" for group, value in json.loads(ratios).items())
+
+
+def comparison_pairs(variants) -> list[tuple[str, str]]:
+    """(first, second) of each reported difference: every arm against baseline, and meta against random."""
+    pairs = [(variant, "baseline") for variant in variants if variant != "baseline"]
+    return pairs + ([("meta", "random")] if "random" in variants else [])
+
+
+def summarise(log: pd.DataFrame, results: pd.DataFrame, *, variants=("baseline", "meta"), ratio_sets=None) -> dict:
+    """Mean ± std of test macro-F1 per run label, the paired differences per ratio set, the power, and per-class F1."""
+    ratio_sets = ratio_sets or [{}]
+    sweep = len(ratio_sets) > 1
+    log = log.assign(label=[_label(v, r, sweep) for v, r in zip(log["variant"], log["ratios"])])
+    labels = list(dict.fromkeys(log["label"]))
+    by_seed = log.pivot_table(index="seed", columns="label", values="test_macro_f1", aggfunc="first").reindex(columns=labels)
+    runs = {}
+    for label in labels:
+        rows = log[log["label"] == label]
+        scores = rows["test_macro_f1"].astype(float)
+        runs[label] = {
             "test_macro_f1_mean": float(scores.mean()),
             "test_macro_f1_std": float(scores.std(ddof=1)) if len(scores) > 1 else None,
-            "best_val_macro_f1_mean": float(runs["best_val_macro_f1"].astype(float).mean()),
-            "train_rows": int(runs["train_rows"].iloc[0]) if len(runs) else 0,
-            "runs": len(runs),
+            "best_val_macro_f1_mean": float(rows["best_val_macro_f1"].astype(float).mean()),
+            "train_rows": int(rows["train_rows"].iloc[0]) if len(rows) else 0,
+            "runs": len(rows),
         }
+    comparisons = []
+    for ratios in ratio_sets:
+        ratio_json = json.dumps(ratios)
+        for first, second in comparison_pairs(variants):
+            a, b = (_label(v, ratio_json, sweep) for v in (first, second))
+            if a not in by_seed or b not in by_seed:
+                continue
+            difference = paired_difference(by_seed[b].to_numpy(float), by_seed[a].to_numpy(float), by_seed.index, names=(first, second))
+            differences = by_seed[a].to_numpy(float) - by_seed[b].to_numpy(float)
+            sd = float(np.std(differences, ddof=1)) if len(differences) > 1 else None
+            comparisons.append({"first": first, "second": second, "ratios": ratios, "sd": sd,
+                                "mde": minimum_detectable_difference(sd, len(differences)),
+                                "seeds_for_0.02": seeds_for_halfwidth(sd), **difference})
     per_class = (
-        results.astype({"f1": float}).groupby(["class", "variant"], sort=False)["f1"]
+        results.astype({"f1": float}).assign(variant=results["label"]).groupby(["class", "variant"], sort=False)["f1"]
         .agg(mean="mean", std=lambda values: values.std(ddof=1) if len(values) > 1 else 0.0).reset_index()
     )
+    main = next((c for c in comparisons if (c["first"], c["second"]) == ("meta", "baseline")), None)
     return {
-        "variants": variants,
-        "by_seed": [{"seed": int(seed), **{v: float(row[v]) for v in VARIANTS}} for seed, row in by_seed.iterrows()],
-        "difference": paired_difference(by_seed["baseline"].to_numpy(), by_seed["meta"].to_numpy(), by_seed.index),
+        "variants": runs,
+        "by_seed": [{"seed": int(seed), **{label: float(row[label]) for label in labels}} for seed, row in by_seed.iterrows()],
+        "comparisons": comparisons,
+        "difference": main,
         "per_class": per_class.to_dict(orient="records"),
     }
 
@@ -242,9 +343,31 @@ def _signed(value: float | None) -> str:
     return "n/a" if value is None else f"{value:+.4f}"
 
 
+def _comparison_line(comparison: dict, sweep: bool) -> str:
+    at = " at " + ",".join(f"{g}={v:g}" for g, v in comparison["ratios"].items()) if sweep and comparison.get("ratios") else ""
+    interval = "" if comparison["low"] is None else f", 95 % interval [{comparison['low']:+.4f}, {comparison['high']:+.4f}]"
+    return (f"Paired difference {comparison.get('first', 'meta')} − {comparison.get('second', 'baseline')}{at}: "
+            f"{_signed(comparison['mean'])}{interval}: {comparison['verdict']}.")
+
+
+def power_line(comparisons: list[dict]) -> str | None:
+    """The minimum detectable difference of the run, from the spread of meta − random (else meta − baseline)."""
+    chosen = [c for c in comparisons if (c.get("first"), c.get("second")) == ("meta", "random")] or \
+             [c for c in comparisons if (c.get("first"), c.get("second")) == ("meta", "baseline")]
+    if not chosen or chosen[0].get("sd") is None:
+        return None
+    c = chosen[0]
+    mde = "n/a" if c["mde"] is None else f"±{c['mde']:.4f}"
+    return (f"Power: seed-to-seed sd of {c['first']} − {c['second']} {c['sd']:.4f}; with {c['n']} seeds the minimum detectable "
+            f"difference (paired t, 80 % power, α 0.05, noncentral t) is {mde}; an interval of ±0.02 needs "
+            f"{c['seeds_for_0.02']} seeds (--seeds).")
+
+
 def format_report(summary: dict, *, per_class: bool = False) -> str:
     """The summary as Markdown tables (they read well on a terminal too)."""
-    n = summary["difference"]["n"]
+    comparisons = summary.get("comparisons") or ([summary["difference"]] if summary.get("difference") else [])
+    n = comparisons[0]["n"] if comparisons else len(summary["by_seed"])
+    sweep = len({json.dumps(c.get("ratios")) for c in comparisons}) > 1
     lines = [
         f"| variant | test macro-F1, mean ± std over {n} seed{'s' if n != 1 else ''} | best val macro-F1 (mean) | training rows |",
         "|---|---|---|---|",
@@ -252,32 +375,51 @@ def format_report(summary: dict, *, per_class: bool = False) -> str:
     for variant, stats in summary["variants"].items():
         std = "n/a" if stats["test_macro_f1_std"] is None else f"{stats['test_macro_f1_std']:.4f}"
         lines.append(f"| {variant} | {stats['test_macro_f1_mean']:.4f} ± {std} | {stats['best_val_macro_f1_mean']:.4f} | {stats['train_rows']} |")
-    lines += ["", "| seed | baseline | meta | meta − baseline |", "|---|---|---|---|"]
-    for row in summary["by_seed"]:
-        lines.append(f"| {row['seed']} | {row['baseline']:.4f} | {row['meta']:.4f} | {row['meta'] - row['baseline']:+.4f} |")
-    difference = summary["difference"]
-    interval = "" if difference["low"] is None else f", 95 % interval [{difference['low']:+.4f}, {difference['high']:+.4f}]"
-    lines += ["", f"Paired difference meta − baseline: {_signed(difference['mean'])}{interval}: {difference['verdict']}."]
+    labels = list(summary["variants"])
+    if summary["by_seed"]:
+        pairs = [(c["first"], c["second"]) for c in comparisons if c.get("ratios") == comparisons[0].get("ratios")] if not sweep else []
+        lines += ["", "| seed | " + " | ".join(labels + [f"{a} − {b}" for a, b in pairs]) + " |",
+                  "|---" * (1 + len(labels) + len(pairs)) + "|"]
+        for row in summary["by_seed"]:
+            cells = [f"{row[label]:.4f}" for label in labels] + [f"{row[a] - row[b]:+.4f}" for a, b in pairs]
+            lines.append(f"| {row['seed']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [_comparison_line(c, sweep) for c in comparisons]
+    power = power_line(comparisons)
+    if power:
+        lines.append(power)
     if per_class:
         table = pd.DataFrame(summary["per_class"])
-        lines += ["", "| class | baseline F1 | meta F1 |", "|---|---|---|"]
+        lines += ["", "| class | " + " | ".join(f"{v} F1" for v in labels) + " |", "|---" * (1 + len(labels)) + "|"]
         for name in dict.fromkeys(table["class"]):
-            cells = [table[(table["class"] == name) & (table["variant"] == v)] for v in VARIANTS]
+            cells = [table[(table["class"] == name) & (table["variant"] == v)] for v in labels]
             lines.append(f"| {name} | " + " | ".join(f"{c['mean'].iloc[0]:.3f} ± {c['std'].iloc[0]:.3f}" for c in cells) + " |")
     return "\n".join(lines)
+
+
+def sweep_frame(summary: dict) -> pd.DataFrame:
+    """One row per comparison and swept ratio: comparison, ratio, mean, low, high (NaN where undecidable)."""
+    comparisons = summary["comparisons"]
+    sets = [c["ratios"] for c in comparisons]
+    swept = [g for g in sets[0] if len({s[g] for s in sets}) > 1]
+    return pd.DataFrame([{"comparison": f"{c['first']} − {c['second']}", "ratio": c["ratios"][swept[0]] if swept else np.nan,
+                          "group": swept[0] if swept else "", "mean": c["mean"], "low": c["low"], "high": c["high"]}
+                         for c in comparisons], dtype=object).astype({"ratio": float, "mean": float, "low": float, "high": float})
 
 
 # --- The experiment -----------------------------------------------------------------------------
 
 
 def run_experiment(training: TrainOptions, options: ExperimentOptions, *, verbose: int = 0, show: bool | None = None) -> dict:
-    """Train and score baseline and meta for every seed; append the logs; return the summary.
+    """Train and score every arm for every seed and ratio set; append the logs; return the summary.
 
-    `show` draws a bar of the finished runs (2 per seed) on stderr, advanced
-    between runs (None: when stderr is a terminal; False for --quiet).
+    The baseline does not depend on the ratio, so it trains once per seed
+    and every ratio set of a sweep is compared with that same run. `show`
+    draws a bar of the finished runs on stderr, advanced between runs (None:
+    when stderr is a terminal; False for --quiet).
     """
     training.check()
-    options.check()
+    options.check(training.task)
     if training.train_csv is not None or training.resume:
         raise OptionError("the experiment makes its own training lists; leave out --train-csv, --val-csv and --resume.")
     started = datetime.now(timezone.utc)
@@ -292,41 +434,47 @@ def run_experiment(training: TrainOptions, options: ExperimentOptions, *, verbos
     base_csv, val_csv, test_csv = lists / "train_baseline.csv", lists / "val.csv", lists / "test.csv"
     for table, path in ((train, base_csv), (val, val_csv), (test, test_csv)):
         write_label_csv(table, path)
-    logger.info("Experiment %s: %d training, %d validation, %d test images; ratios %s",
-                experiment, len(train), len(val), len(test), options.ratios)
-    shared = {key: value for key, value in dataclasses.asdict(training).items() if key not in PER_RUN}
+    ratio_sets = options.ratio_sets
+    variants = [v for v in VARIANTS if v in options.variants]
+    logger.info("Experiment %s: %d training, %d validation, %d test images; ratios %s; --use %s; variants %s",
+                experiment, len(train), len(val), len(test), ratio_sets, options.use, ",".join(variants))
+    # The use of the feedback is the same for every run, so it goes with the options (the log keeps its columns).
+    shared = {**{key: value for key, value in dataclasses.asdict(training).items() if key not in PER_RUN}, "use": options.use}
+    held_out = {str(val_csv): val.images, str(test_csv): test.images}
+    # Every arm list is drawn before any training, so a feedback CSV that names no training image fails at once.
+    plans = {(seed, index): arm_lists(train, feedback, ratios, use=options.use, variants=variants, seed=seed,
+                                      held_out=held_out, source=str(base_csv), feedback_source=options.feedback)
+             for seed in range(options.seed_base, options.seed_base + options.seeds) for index, ratios in enumerate(ratio_sets)}
     log_rows, result_rows = [], []
-    with progress_bar(2 * options.seeds, "Experiment runs", show=show) as advance:
+    per_seed = 1 + len(ratio_sets) * (len(variants) - 1)
+    with progress_bar(per_seed * options.seeds, "Experiment runs", show=show) as advance:
         for seed in range(options.seed_base, options.seed_base + options.seeds):
-            meta = resample_table(train, feedback, options.ratios, seed=seed,
-                                  held_out={str(val_csv): val.images, str(test_csv): test.images}, source=str(base_csv))
-            grouped = meta.counts[~meta.counts["group"].isin(["other", "total"])]
-            if grouped["rows_before"].sum() == 0:
-                raise DataError(
-                    f"{options.feedback}: no training image is in a group of --ratio {options.ratios}, so the meta model "
-                    "would train on the baseline list; check that the feedback CSV names the images of --data-csv."
-                )
-            meta_csv = lists / f"train_meta_seed{seed}.csv"
-            write_label_csv(meta.table, meta_csv)
-            logger.info("Seed %d, meta list:\n%s", seed, meta.counts.to_string(index=False))
-            for variant, train_csv, rows in (("baseline", base_csv, train), ("meta", meta_csv, meta.table)):
+            jobs = [("baseline", "baseline", base_csv, train, None, {})]
+            for index, ratios in enumerate(ratio_sets):
+                suffix = f"_r{index}" if len(ratio_sets) > 1 else ""
+                for variant, arm in plans[(seed, index)].items():
+                    path = base_csv if arm.table is train else lists / f"train_{variant}{suffix}_seed{seed}.csv"
+                    if arm.table is not train:
+                        write_label_csv(arm.table, path)
+                    jobs.append((variant, variant + suffix, path, arm.table, arm.weights, ratios))
+            for variant, name, train_csv, rows, weights, ratios in jobs:
                 run_options = dataclasses.replace(
-                    training, output_dir=str(output_dir / "runs" / experiment / f"{variant}_seed{seed}"), seed=seed,
+                    training, output_dir=str(output_dir / "runs" / experiment / f"{name}_seed{seed}"), seed=seed,
                     train_csv=str(train_csv), val_csv=str(val_csv),
                 )
-                logger.info("Training %s, seed %d, on %d rows", variant, seed, len(rows))
+                logger.info("Training %s, seed %d, on %d rows", name, seed, len(rows))
                 run_started = time.time()
-                summary = train_classifier(run_options, verbose=verbose)
+                summary = train_classifier(run_options, verbose=verbose, image_weights=weights)
                 scores = evaluate(summary["model"], test, image_dir, batch_size=training.batch_size)
                 now = datetime.now(timezone.utc).isoformat(timespec="seconds")
                 macro_f1 = float(scores.loc[scores["class"] == MACRO, "f1"].iloc[0])
-                logger.info("%s seed %d: test macro-F1 %.4f", variant, seed, macro_f1)
+                logger.info("%s seed %d: test macro-F1 %.4f", name, seed, macro_f1)
                 run_log = {
                     "time": now, "experiment": experiment, "variant": variant, "seed": seed,
                     "epochs": summary["epochs"], "best_epoch": summary["best_epoch"],
                     "wall_time_s": round(time.time() - run_started, 2), "best_val_macro_f1": summary["best_val_macro_f1"],
                     "test_macro_f1": round(macro_f1, 6), "train_rows": len(rows), "train_images": len(set(rows.images)),
-                    "val_images": len(val), "test_images": len(test), "ratios": json.dumps(options.ratios),
+                    "val_images": len(val), "test_images": len(test), "ratios": json.dumps(ratios),
                     "feedback": options.feedback, "options": json.dumps(shared, default=str),
                 }
                 run_results = [{"time": now, "experiment": experiment, "variant": variant, "seed": seed, **row}
@@ -335,20 +483,27 @@ def run_experiment(training: TrainOptions, options: ExperimentOptions, *, verbos
                 append_csv(output_dir / "ExperimentLog.csv", pd.DataFrame([run_log], columns=LOG_COLUMNS))
                 append_csv(output_dir / "Results.csv", pd.DataFrame(run_results, columns=RESULT_COLUMNS))
                 log_rows.append(run_log)
-                result_rows.extend(run_results)
+                result_rows.extend({**row, "ratios": run_log["ratios"],
+                                    "label": _label(variant, run_log["ratios"], len(ratio_sets) > 1)} for row in run_results)
                 advance(1)
     log = pd.DataFrame(log_rows, columns=LOG_COLUMNS)
-    results = pd.DataFrame(result_rows, columns=RESULT_COLUMNS)
+    results = pd.DataFrame(result_rows)
     summary = {
         "experiment": experiment,
         "output_dir": str(output_dir),
         "task": training.task,
         "seeds": list(range(options.seed_base, options.seed_base + options.seeds)),
-        "ratios": options.ratios,
+        "ratios": ratio_sets if len(ratio_sets) > 1 else ratio_sets[0],
+        "use": options.use,
         "n_train": len(train), "n_val": len(val), "n_test": len(test),
-        **summarise(log, results),
+        **summarise(log, results, variants=variants, ratio_sets=ratio_sets),
     }
     plot_class_f1(pd.DataFrame(summary["per_class"]), output_dir / "experiment.png",
                   title=f"Test F1 per class, mean ± std over {options.seeds} seed(s)")
+    if len(ratio_sets) > 1:
+        frame = sweep_frame(summary)
+        plot_sweep(frame, output_dir / "sweep.png", group=frame["group"].iloc[0],
+                   title=f"Δ test macro-F1 (--use {options.use}), mean and 95 % interval over {options.seeds} seed(s)")
+        summary["sweep_plot"] = str(output_dir / "sweep.png")
     write_text(output_dir / "experiment.json", json.dumps(summary, indent=2, default=str))
     return summary

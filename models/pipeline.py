@@ -89,8 +89,12 @@ def image_dataset(
     augment: Callable[[tf.Tensor], tf.Tensor] | None = None,
     cache: bool = False,
     background: Background | None = None,
+    weights: np.ndarray | None = None,
 ) -> tf.data.Dataset:
     """Batches of preprocessed images (and labels, when given), in file order unless shuffled.
+
+    `weights` (with labels) adds a per-image loss weight as the third element,
+    which Keras `fit` takes as `sample_weight`.
 
     `cache` keeps the decoded, resized images in memory after the first epoch:
     right for training sets that fit in RAM, where decoding would otherwise be
@@ -98,9 +102,10 @@ def image_dataset(
     """
     dataset = tf.data.Dataset.from_tensor_slices(list(map(str, paths)))
     if labels is not None:
-        dataset = tf.data.Dataset.zip(
-            dataset, tf.data.Dataset.from_tensor_slices(np.asarray(labels, dtype=np.float32))
-        )
+        columns = [np.asarray(labels, dtype=np.float32)]
+        if weights is not None:
+            columns.append(np.asarray(weights, dtype=np.float32))
+        dataset = tf.data.Dataset.zip(dataset, *map(tf.data.Dataset.from_tensor_slices, columns))
     else:
         dataset = dataset.map(lambda path: (path,))
 

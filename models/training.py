@@ -254,8 +254,12 @@ def training_labels(options: TrainOptions, train: LabelTable) -> np.ndarray:
     return fill_missing(train.labels, options.missing_labels, seed=options.seed) if options.task == "multilabel" else train.labels
 
 
-def classifier_dataset(options: TrainOptions, table: LabelTable, labels: np.ndarray, strategy, *, training: bool):
-    """The tf.data pipeline of a list: shuffled (and augmented with --augment) when `training`, cached when it fits."""
+def classifier_dataset(options: TrainOptions, table: LabelTable, labels: np.ndarray, strategy, *, training: bool,
+                       weights: np.ndarray | None = None):
+    """The tf.data pipeline of a list: shuffled (and augmented with --augment) when `training`, cached when it fits.
+
+    `weights`, one per row, travel with the images as Keras `sample_weight`.
+    """
     backbone = get_backbone(options.backbone)
     image_dir = Path(options.img_directory)
     per_image_bytes = options.image_size**2 * 3 * 4
@@ -272,6 +276,7 @@ def classifier_dataset(options: TrainOptions, table: LabelTable, labels: np.ndar
             augment=random_augmentation(options.seed) if training and options.augment else None,
             cache=len(rows) * per_image_bytes < CACHE_BYTES,
             background=parse_background(options.background),
+            weights=None if weights is None else weights[rows],
         )
 
     return distributed_input(strategy, rows_dataset, len(table), batch_size=options.batch_size)
@@ -298,24 +303,47 @@ def fit_class_weight(options: TrainOptions, train_labels: np.ndarray) -> dict[in
     return balanced_class_weights(train_labels) if options.task == "multiclass" and options.class_weight == "balanced" else None
 
 
-def train_classifier(options: TrainOptions, *, verbose: int = 1) -> dict:
+def fit_sample_weights(options: TrainOptions, train: LabelTable, train_labels: np.ndarray,
+                       image_weights: dict[str, float] | None) -> np.ndarray | None:
+    """Per-row loss weights of a fit: `image_weights` (1 for images not named) times the row's class weight.
+
+    Keras refuses `class_weight` together with a `sample_weight` in the
+    dataset, so with image weights the multiclass class weight (--class-weight
+    balanced) is folded in here, multiplicatively, and `fit` gets no
+    `class_weight`. Multilabel class weights live in the loss and multiply on
+    their own. None when there are no image weights.
+    """
+    if image_weights is None:
+        return None
+    weights = np.array([image_weights.get(image, 1.0) for image in train.images], dtype=np.float32)
+    class_weight = fit_class_weight(options, train_labels)
+    if class_weight is not None:
+        weights *= np.array([class_weight[c] for c in train_labels.argmax(axis=1)], dtype=np.float32)
+    return weights
+
+
+def train_classifier(options: TrainOptions, *, verbose: int = 1, image_weights: dict[str, float] | None = None) -> dict:
     """Run a whole training; return the summary also written to `run.json`.
 
     The distribution strategy comes first: a multi-worker one must exist
     before TensorFlow runs any op. On a cluster every worker runs this same
     function; only the chief writes into --output-dir (`worker_output_dir`).
+    `image_weights` gives named training images a loss weight (`toolkit
+    experiment --use weight`); run.json counts the rows weighted.
     """
     options.check()
     started = time.time()
     missing_folders(Path(options.output_dir))  # A file where the folder should be: one line now, not after the lists are read.
     strategy = distribution_strategy(options.strategy)
     with worker_output_dir(Path(options.output_dir), strategy) as output_dir:
-        summary = _train(options, strategy, output_dir, started, verbose=verbose if is_chief(strategy) else 0)
+        summary = _train(options, strategy, output_dir, started, verbose=verbose if is_chief(strategy) else 0,
+                         image_weights=image_weights)
     # "chief": whether this process wrote the model (on a cluster, the other workers' outputs were temporary).
     return {**summary, "model": str(Path(options.output_dir) / "best_model.h5"), "chief": is_chief(strategy)}
 
 
-def _train(options: TrainOptions, strategy, output_dir: Path, started: float, *, verbose: int) -> dict:
+def _train(options: TrainOptions, strategy, output_dir: Path, started: float, *, verbose: int,
+           image_weights: dict[str, float] | None = None) -> dict:
     # The folder itself is made with the first output written into it (data_tools.atomic), so a run
     # that fails before (no ImageNet weights offline, say) leaves no empty folder behind.
     state = check_resumable(dataclasses.asdict(options), output_dir) if options.resume else None
@@ -323,6 +351,7 @@ def _train(options: TrainOptions, strategy, output_dir: Path, started: float, *,
     train, val = load_lists(options, output_dir)
     logger.info("Training on %d images, validating on %d; labels: %s", len(train), len(val), ", ".join(train.label_names))
     train_labels = training_labels(options, train)
+    sample_weights = fit_sample_weights(options, train, train_labels, image_weights)
 
     metadata = {
         "format_version": 1,
@@ -358,12 +387,12 @@ def _train(options: TrainOptions, strategy, output_dir: Path, started: float, *,
         if initial_epoch < options.epochs:
             with fitting(model, strategy):
                 model.fit(
-                    classifier_dataset(options, train, train_labels, strategy, training=True),
+                    classifier_dataset(options, train, train_labels, strategy, training=True, weights=sample_weights),
                     validation_data=classifier_dataset(options, val, val.labels, strategy, training=False),
                     epochs=options.epochs,
                     shuffle=False,  # the dataset shuffles itself, with the run's seed
                     initial_epoch=initial_epoch,
-                    class_weight=fit_class_weight(options, train_labels),
+                    class_weight=fit_class_weight(options, train_labels) if sample_weights is None else None,
                     callbacks=[checkpoints, *tensorboard_callbacks(options.tensorboard, strategy, output_dir)],
                     verbose=verbose,
                 )
@@ -382,6 +411,7 @@ def _train(options: TrainOptions, strategy, output_dir: Path, started: float, *,
         "epochs": int(history["epoch"].max()) + 1,
         "n_train": len(train),
         "n_val": len(val),
+        **({} if image_weights is None else {"weighted_rows": sum(image_weights.get(image, 1.0) != 1.0 for image in train.images)}),
         "label_names": train.label_names,
         **tuned,
         "wall_time_s": round(time.time() - started, 2),

@@ -681,6 +681,12 @@ CASES += [
     case("experiment-no-ratio", "experiment --data-csv classes.csv --feedback image_feedback.csv", 2, "--ratio"),
     case("experiment-ratio-bad", "experiment --data-csv classes.csv --feedback image_feedback.csv --ratio deselected=x",
          2, "deselected"),
+    case("experiment-variant-unknown", "experiment --data-csv classes.csv --feedback image_feedback.csv --ratio deselected=3 "
+         "--variants baseline,meta,shuffled", 2, "unknown variant 'shuffled'"),
+    case("experiment-ratio-sweep-non-positive", "experiment --data-csv classes.csv --feedback image_feedback.csv "
+         "--ratio deselected=1,0,3", 2, "must be a positive number"),
+    case("experiment-relabel-multiclass", "experiment --data-csv classes.csv --feedback image_feedback.csv "
+         "--use relabel --task multiclass", 2, "already has exactly one class"),
     case("experiment-data-csv-missing", "experiment --data-csv nowhere.csv --feedback image_feedback.csv "
          "--ratio deselected=3 --output-dir exp", 1, "nowhere.csv"),
     case("experiment-data-csv-binary", "experiment --data-csv bad.csv --feedback image_feedback.csv --ratio deselected=3 "

@@ -1,5 +1,6 @@
 """`toolkit experiment`: baseline vs meta on a fixed test split, on real digits (plumbing: 1 epoch, 32 px)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -46,19 +47,44 @@ def multiclass_run(setup):
 def test_experiment_trains_both_variants_per_seed_and_logs_them(multiclass_run):
     output_dir, result = multiclass_run
     log = pd.read_csv(output_dir / "ExperimentLog.csv")
-    assert list(zip(log["variant"], log["seed"])) == [("baseline", 0), ("meta", 0), ("baseline", 1), ("meta", 1)]
+    arms = ["baseline", "meta", "random", "steps"]  # the default --variants
+    assert list(zip(log["variant"], log["seed"])) == [(arm, seed) for seed in (0, 1) for arm in arms]
+    assert json.loads(log["options"].iloc[0])["use"] == "upsample"
+    assert (log["ratios"] == ["{}", '{"deselected": 3.0}', '{"deselected": 3.0}', '{"deselected": 3.0}'] * 2).all()
     for column in ["time", "options", "epochs", "wall_time_s", "best_val_macro_f1", "test_macro_f1"]:
         assert log[column].notna().all(), column
     assert log["options"].nunique() == 1  # identical training options for every run
     results = pd.read_csv(output_dir / "Results.csv")
-    assert len(results) == 4 * 11 and set(results["class"]) >= {"three", "eight", "macro"}
+    assert len(results) == 8 * 11 and set(results["class"]) >= {"three", "eight", "macro"}
     macro = results[results["class"] == "macro"]
     np.testing.assert_allclose(macro["f1"].to_numpy(), log["test_macro_f1"].to_numpy(), atol=1e-6)
     assert (output_dir / "experiment.png").stat().st_size > 1000
-    for line in ["| baseline |", "| meta |", "±", "Paired difference meta − baseline", "95 % interval"]:
+    for line in ["| baseline |", "| meta |", "| random |", "| steps |", "±", "Paired difference meta − baseline",
+                 "Paired difference meta − random", "Paired difference steps − baseline", "95 % interval",
+                 "minimum detectable difference"]:
         assert line in result.stdout, line
     summary = json.loads((output_dir / "experiment.json").read_text())
     assert summary["seeds"] == [0, 1] and summary["difference"]["n"] == 2
+    pairs = [(c["first"], c["second"]) for c in summary["comparisons"]]
+    assert pairs == [("meta", "baseline"), ("random", "baseline"), ("steps", "baseline"), ("meta", "random")]
+    assert summary["comparisons"][-1]["mde"] > 0 and summary["comparisons"][-1]["seeds_for_0.02"] >= 2
+
+
+def test_random_adds_as_many_rows_and_steps_makes_as_many_gradient_steps_as_meta(multiclass_run, setup):
+    output_dir, _ = multiclass_run
+    experiment = json.loads((output_dir / "experiment.json").read_text())["experiment"]
+    lists, runs = output_dir / "lists" / experiment, output_dir / "runs" / experiment
+    train = pd.read_csv(lists / "train_baseline.csv")["image"]
+    meta, random, steps = (pd.read_csv(lists / f"train_{arm}_seed1.csv")["image"].value_counts() for arm in ["meta", "random", "steps"])
+    # random: the same copy counts as meta, on other images (not only the deselected ones).
+    assert random.sum() == meta.sum() and sorted(random) == sorted(meta) and set(random.index) == set(train)
+    assert set(random[random > 1].index) != set(meta[meta > 1].index)
+    # steps: the baseline list evenly repeated (every image 1 or 2 times here) to meta's length.
+    assert steps.sum() == meta.sum() and set(steps.index) == set(train) and steps.max() - steps.min() <= 1
+    record = {arm: json.loads((runs / f"{arm}_seed1" / "run.json").read_text()) for arm in ["baseline", "meta", "steps"]}
+    batch = record["meta"]["options"]["batch_size"]
+    gradient_steps = {arm: r["epochs"] * -(-r["n_train"] // batch) for arm, r in record.items()}
+    assert gradient_steps["steps"] == gradient_steps["meta"] > gradient_steps["baseline"]
 
 
 def test_lists_are_fixed_and_only_training_rows_are_resampled(multiclass_run, setup):
@@ -82,13 +108,13 @@ def test_lists_are_fixed_and_only_training_rows_are_resampled(multiclass_run, se
 def test_the_same_seed_gives_the_same_result_and_logs_are_appended(multiclass_run, setup):
     output_dir, _ = multiclass_run
     first = pd.read_csv(output_dir / "ExperimentLog.csv")
-    result = CliRunner().invoke(toolkit, experiment_args(setup, output_dir, "--seeds", "1"))
+    result = CliRunner().invoke(toolkit, experiment_args(setup, output_dir, "--seeds", "1", "--variants", "baseline,meta"))
     assert result.exit_code == 0, result.output
     log = pd.read_csv(output_dir / "ExperimentLog.csv")
-    assert len(log) == 6 and log["experiment"].nunique() == 2
+    assert len(log) == 10 and log["experiment"].nunique() == 2
     for experiment in log["experiment"].unique():  # Every logged run keeps its folder.
         assert (output_dir / "runs" / experiment / "baseline_seed0" / "best_model.h5").is_file()
-    again = log.iloc[4:].reset_index(drop=True)
+    again = log.iloc[8:].reset_index(drop=True)
     expected = first.iloc[:2].reset_index(drop=True)
     for column in ["variant", "seed", "best_val_macro_f1", "test_macro_f1", "train_rows"]:
         assert again[column].tolist() == expected[column].tolist(), column
@@ -99,7 +125,8 @@ def test_multilabel_experiment_scores_each_label_on_known_cells(setup, digits_se
     root, table = digits_set
     labels = tmp_path / "label.txt"
     pd.read_csv(root / "label.txt").iloc[:120].to_csv(labels, index=False)
-    result = CliRunner().invoke(toolkit, experiment_args(setup, tmp_path / "out", "--seeds", "1", data_csv=labels, task="multilabel"))
+    result = CliRunner().invoke(toolkit, experiment_args(setup, tmp_path / "out", "--seeds", "1", "--variants", "baseline,meta",
+                                                         data_csv=labels, task="multilabel"))
     assert result.exit_code == 0, result.output
     results = pd.read_csv(tmp_path / "out" / "Results.csv")
     assert set(results["class"]) == {"even", "prime", "five_or_more", "closed_loop", "macro"}
@@ -217,3 +244,104 @@ def test_an_output_folder_that_is_a_file_is_one_line(setup, tmp_path, output):
     line = one_line_error(result)
     assert str(tmp_path / "afile") in line and "is a file" in line
     assert (tmp_path / "afile").read_text() == "my notes"
+
+
+def test_a_ratio_sweep_trains_the_baseline_once_per_seed_and_every_ratio(setup, tmp_path):
+    args = experiment_args(setup, tmp_path / "out", "--seeds", "1", "--variants", "baseline,meta")
+    args[args.index("deselected=3")] = "deselected=2,3"
+    result = CliRunner().invoke(toolkit, args)
+    assert result.exit_code == 0, result.output
+    log = pd.read_csv(tmp_path / "out" / "ExperimentLog.csv")
+    assert list(log["variant"]) == ["baseline", "meta", "meta"]
+    assert list(log["ratios"]) == ["{}", '{"deselected": 2.0}', '{"deselected": 3.0}']
+    assert log["train_rows"].iloc[1] < log["train_rows"].iloc[2]
+    assert (tmp_path / "out" / "sweep.png").stat().st_size > 1000
+    assert "meta − baseline at deselected=2" in result.stdout and "meta − baseline at deselected=3" in result.stdout
+
+
+def test_weight_gives_the_deselected_rows_the_ratio_as_loss_weight(setup, tmp_path):
+    args = experiment_args(setup, tmp_path / "out", "--seeds", "1", "--variants", "baseline,meta,random,steps", "--use", "weight")
+    result = CliRunner().invoke(toolkit, args)
+    assert result.exit_code == 0, result.output
+    log = pd.read_csv(tmp_path / "out" / "ExperimentLog.csv")
+    assert list(log["variant"]) == ["baseline", "meta", "random"]  # weights keep the length: no steps arm
+    assert log["train_rows"].nunique() == 1
+    runs = tmp_path / "out" / "runs" / log["experiment"].iloc[0]
+    train = set(pd.read_csv(runs / "meta_seed0" / "train.csv")["image"])
+    weighted = {arm: json.loads((runs / f"{arm}_seed0" / "run.json").read_text()).get("weighted_rows") for arm in ["baseline", "meta", "random"]}
+    assert weighted == {"baseline": None, "meta": len(train & setup["deselected"]), "random": len(train & setup["deselected"])}
+
+
+def test_sample_weights_travel_with_the_images_and_multiply_class_weights(setup):
+    from image_toolkit.data_tools.formats.labels import read_label_csv
+    from image_toolkit.models.training import TrainOptions, classifier_dataset, fit_sample_weights
+
+    options = TrainOptions(data_csv=str(setup["labels"]), img_directory=str(setup["root"] / "images"), task="multiclass",
+                           backbone="small_cnn", weights="none", image_size=32, batch_size=8, class_weight="balanced")
+    table = read_label_csv(setup["labels"], "multiclass").subset(range(16))
+    deselected = {image: 3.0 for image in table.images if image in setup["deselected"]}
+    weights = fit_sample_weights(options, table, table.labels, deselected)
+    plain = fit_sample_weights(dataclasses.replace(options, class_weight="none"), table, table.labels, deselected)
+    np.testing.assert_allclose(plain, [3.0 if image in deselected else 1.0 for image in table.images])
+    from image_toolkit.models.training import balanced_class_weights
+
+    by_class = balanced_class_weights(table.labels)
+    np.testing.assert_allclose(weights, plain * np.array([by_class[c] for c in table.labels.argmax(axis=1)]), rtol=1e-6)
+    assert fit_sample_weights(options, table, table.labels, None) is None
+    batches = list(classifier_dataset(options, table, table.labels, None, training=False, weights=plain))
+    assert all(len(batch) == 3 for batch in batches)
+    np.testing.assert_allclose(np.concatenate([batch[2].numpy() for batch in batches]), plain)
+
+
+def test_relabel_sets_the_blank_query_class_cell_of_deselected_images_to_a_known_zero():
+    from image_toolkit.data_tools.feedback.controls import arm_lists, relabel_deselected
+    from image_toolkit.data_tools.formats.labels import LabelTable
+
+    nan = np.nan
+    labels = np.array([[nan, 1, nan], [nan, nan, 0], [1, nan, nan], [nan, nan, nan]])
+    table = LabelTable(["a", "b", "c", "d"], labels, ["even", "prime", "odd"], "multilabel")
+    feedback = pd.DataFrame({"image": ["a", "b", "c", "d"], "class": "", "query_class": ["even", "odd", "even", "prime"],
+                             "lasso_count": 1, "deselect_count": [1, 1, 1, 0], "select_count": 0, "users": 1})
+    relabelled, filled = relabel_deselected(table, feedback)
+    # a: blank 'even' becomes a known 0; b: 'odd' was already known (0), kept; c: 'even' was known 1, kept;
+    # d: not deselected. Every other blank stays blank (masked).
+    expected = labels.copy()
+    expected[0, 0] = 0
+    np.testing.assert_array_equal(relabelled, expected)
+    assert filled.sum() == 1
+    arms = arm_lists(table, feedback, {}, use="relabel", variants=["baseline", "meta", "random"], seed=0)
+    np.testing.assert_array_equal(arms["meta"].table.labels, expected)
+    random = arms["random"].table.labels
+    assert (np.isnan(random).sum() == np.isnan(labels).sum() - 1) and np.nansum(random) == np.nansum(labels)
+
+
+def test_parse_ratio_sweep_sweeps_one_group():
+    from image_toolkit.data_tools.errors import OptionError
+    from image_toolkit.data_tools.feedback.resample import parse_ratio_sweep
+
+    assert parse_ratio_sweep(["deselected=1,3", "class:eight=2"]) == [{"deselected": 1.0, "class:eight": 2.0},
+                                                                      {"deselected": 3.0, "class:eight": 2.0}]
+    assert parse_ratio_sweep(["deselected=3"]) == [{"deselected": 3.0}]
+    for bad in (["deselected=1,-2"], ["deselected=1,2", "selected=1,2"], ["deselected=2,2"]):
+        with pytest.raises(OptionError):
+            parse_ratio_sweep(bad)
+
+
+def test_power_numbers_follow_the_t_distribution(tmp_path):
+    from scipy import stats
+
+    from image_toolkit.data_tools.maps.plots import plot_sweep
+    from image_toolkit.models.experiment import minimum_detectable_difference, seeds_for_halfwidth
+
+    n = seeds_for_halfwidth(0.05)
+    assert stats.t.ppf(0.975, n - 1) * 0.05 / np.sqrt(n) <= 0.02 < stats.t.ppf(0.975, n - 2) * 0.05 / np.sqrt(n - 1)
+    mde = minimum_detectable_difference(0.05, 10)
+    critical = stats.t.ppf(0.975, 9)
+    assert stats.nct.sf(critical, 9, mde * np.sqrt(10) / 0.05) == pytest.approx(0.8, abs=1e-6)
+    # Many seeds: the normal approximation (z_0.975 + z_0.8) * sd / sqrt(n).
+    assert minimum_detectable_difference(0.05, 400) == pytest.approx((1.959964 + 0.841621) * 0.05 / 20, rel=0.01)
+    assert minimum_detectable_difference(0.05, 1) is None
+    frame = pd.DataFrame({"comparison": ["meta − baseline"] * 2 + ["meta − random"] * 2, "ratio": [2.0, 3.0] * 2,
+                          "mean": [0.01, 0.02, 0.0, -0.01], "low": [-0.02, np.nan, -0.03, -0.04], "high": [0.04, np.nan, 0.03, 0.02]})
+    plot_sweep(frame, tmp_path / "sweep.png", group="deselected")
+    assert (tmp_path / "sweep.png").stat().st_size > 1000

@@ -42,27 +42,69 @@ MAX_RATIO = 1000
 CLASS_PREFIX = "class:"
 
 
+def _group_and_value(item: str) -> tuple[str, str]:
+    """`"deselected=3"` -> `("deselected", "3")`, with the group checked."""
+    group, equals, value = item.partition("=")
+    group = group.strip()
+    if not equals or not group:
+        raise OptionError(f"--ratio {item}: expected GROUP=RATIO, e.g. deselected=3 or class:kitchen=2.")
+    if group not in FEEDBACK_GROUPS and not (group.startswith(CLASS_PREFIX) and len(group) > len(CLASS_PREFIX)):
+        raise OptionError(
+            f"--ratio {item}: unknown group '{group}'; expected one of {', '.join(FEEDBACK_GROUPS)} or class:NAME."
+        )
+    return group, value
+
+
+def _ratio_value(item: str, value: str) -> float:
+    """One ratio, refused unless it is a positive number up to MAX_RATIO."""
+    try:
+        ratio = float(value)
+    except ValueError:
+        ratio = math.nan
+    if not (math.isfinite(ratio) and 0 < ratio <= MAX_RATIO):
+        raise OptionError(
+            f"--ratio {item}: the ratio must be a positive number up to {MAX_RATIO} "
+            f"(1 keeps the rows, 3 triples them, 0.5 keeps half). Received: {value.strip()!r}."
+        )
+    return ratio
+
+
+def parse_ratio_sweep(items: Iterable[str]) -> list[dict[str, float]]:
+    """`["deselected=1,3", "class:kitchen=2"]` -> `[{"deselected": 1.0, "class:kitchen": 2.0}, {"deselected": 3.0, ...}]`.
+
+    A comma list of values sweeps its group: one ratio set per value, the
+    other groups fixed. Only one group may be swept, so that a sweep is a
+    line (Δ against one ratio), not a grid nobody can plot or afford.
+    """
+    groups: dict[str, list[float]] = {}
+    for item in items:
+        group, value = _group_and_value(item)
+        if group in groups:
+            raise OptionError(f"--ratio {item}: group '{group}' is given twice; give each group once.")
+        values = [_ratio_value(item, part) for part in value.split(",")]
+        if len(set(values)) < len(values):
+            raise OptionError(f"--ratio {item}: a value is listed twice; list each ratio of the sweep once.")
+        groups[group] = values
+    if not groups:
+        raise OptionError("--ratio: give at least one, e.g. --ratio deselected=3.")
+    swept = [group for group, values in groups.items() if len(values) > 1]
+    if len(swept) > 1:
+        raise OptionError(
+            f"--ratio: the groups {', '.join(swept)} each list several values; sweep one group at a time "
+            "(give the others a single ratio)."
+        )
+    if not swept:
+        return [{group: values[0] for group, values in groups.items()}]
+    return [{group: (value if group == swept[0] else values[0]) for group, values in groups.items()}
+            for value in groups[swept[0]]]
+
+
 def parse_ratios(items: Iterable[str]) -> dict[str, float]:
     """`["deselected=3", "class:kitchen=2"]` -> `{"deselected": 3.0, "class:kitchen": 2.0}`."""
     ratios: dict[str, float] = {}
     for item in items:
-        group, equals, value = item.partition("=")
-        group = group.strip()
-        if not equals or not group:
-            raise OptionError(f"--ratio {item}: expected GROUP=RATIO, e.g. deselected=3 or class:kitchen=2.")
-        if group not in FEEDBACK_GROUPS and not (group.startswith(CLASS_PREFIX) and len(group) > len(CLASS_PREFIX)):
-            raise OptionError(
-                f"--ratio {item}: unknown group '{group}'; expected one of {', '.join(FEEDBACK_GROUPS)} or class:NAME."
-            )
-        try:
-            ratio = float(value)
-        except ValueError:
-            ratio = math.nan
-        if not (math.isfinite(ratio) and 0 < ratio <= MAX_RATIO):
-            raise OptionError(
-                f"--ratio {item}: the ratio must be a positive number up to {MAX_RATIO} "
-                f"(1 keeps the rows, 3 triples them, 0.5 keeps half). Received: {value.strip()!r}."
-            )
+        group, value = _group_and_value(item)
+        ratio = _ratio_value(item, value)
         if group in ratios:
             raise OptionError(f"--ratio {item}: group '{group}' is given twice; give each group once.")
         ratios[group] = ratio
@@ -127,6 +169,26 @@ def check_copies(per_row: np.ndarray, masks: dict[str, np.ndarray], train: Label
         )
 
 
+def row_ratios(train: LabelTable, feedback: pd.DataFrame, ratios: dict[str, float], *,
+               source: str = "the training list") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Each training row's ratio (the product of its groups' ratios) and the group masks.
+
+    The one place a ratio becomes per-row: as copies (`resample_table`) or as
+    a loss weight (`toolkit experiment --use weight`).
+    """
+    masks = group_members(train, feedback, ratios, source=source)
+    for group, mask in masks.items():
+        if not mask.any():
+            logger.warning("--ratio %s: no row of %s is in this group; it changes nothing", group, source)
+    outside = sorted(set(feedback["image"]) - set(train.images))
+    if outside:
+        logger.info("%d images with feedback are not in %s (validation, test or unlabelled) and are not added", len(outside), source)
+    per_row = np.ones(len(train))
+    for group, mask in masks.items():
+        per_row[mask] *= ratios[group]
+    return per_row, masks
+
+
 def resample_table(
     train: LabelTable,
     feedback: pd.DataFrame,
@@ -142,16 +204,7 @@ def resample_table(
     for group, ratio in ratios.items():
         check_range(f"--ratio {group}", ratio, low=0, high=MAX_RATIO, low_open=True, why="copies per row")
     check_no_leak(train, held_out or {}, source)
-    masks = group_members(train, feedback, ratios, source=source)
-    for group, mask in masks.items():
-        if not mask.any():
-            logger.warning("--ratio %s: no row of %s is in this group; it changes nothing", group, source)
-    outside = sorted(set(feedback["image"]) - set(train.images))
-    if outside:
-        logger.info("%d images with feedback are not in %s (validation, test or unlabelled) and are not added", len(outside), source)
-    per_row = np.ones(len(train))
-    for group, mask in masks.items():
-        per_row[mask] *= ratios[group]
+    per_row, masks = row_ratios(train, feedback, ratios, source=source)
     check_copies(per_row, masks, train)
     whole = np.floor(per_row)
     draws = np.random.default_rng(seed).random(len(train))

@@ -136,6 +136,33 @@ def plot_class_f1(per_class: pd.DataFrame, path: str | Path, *, title: str = "Te
     save_figure(figure, path)
 
 
+def plot_sweep(sweep: pd.DataFrame, path: str | Path, *, group: str = "ratio", title: str = "Δ test macro-F1 by ratio") -> None:
+    """Each comparison's mean Δ macro-F1 against the swept ratio, whiskers its 95 % interval; a line at 0.
+
+    `sweep` has columns comparison, ratio, mean, low, high; an undecidable
+    point (NaN interval, e.g. one seed) is drawn without whiskers.
+    """
+    import numpy as np
+
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4), dpi=100)
+    comparisons = list(dict.fromkeys(sweep["comparison"]))
+    spread = 0.03 * (sweep["ratio"].max() - sweep["ratio"].min() or 1)
+    for index, name in enumerate(comparisons):
+        rows = sweep[sweep["comparison"] == name].sort_values("ratio")
+        x = rows["ratio"].to_numpy(float) + (index - (len(comparisons) - 1) / 2) * spread
+        mean = rows["mean"].to_numpy(float)
+        errors = np.nan_to_num(np.vstack([mean - rows["low"].to_numpy(float), rows["high"].to_numpy(float) - mean]))
+        axis.errorbar(x, mean, yerr=errors, marker="o", capsize=3, label=name)
+    axis.axhline(0, color="grey", linewidth=1, linestyle="--")
+    axis.set_xlabel(f"{group} ratio")
+    axis.set_ylabel("Δ test macro-F1")
+    axis.legend()
+    axis.set_title(title, fontsize=10)
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
 def plot_pr_curves(labels, probabilities, names: list[str], path: str | Path) -> None:
     """Each label's precision-recall curve over its known cells, its average precision in the legend."""
     import numpy as np
