@@ -15,10 +15,6 @@ EXTRACT_PRECISIONS = ("fp32", "mixed_bfloat16", "bf16", "auto")
 # `--runtime`: the engine that runs the forward pass.
 RUNTIMES = ("tensorflow", "openvino")
 
-
-def default_precision(runtime: str, precision: str | None) -> str:
-    """`--precision` when not given: OpenVINO picks by the CPU (auto), TensorFlow runs fp32."""
-    return precision or ("auto" if runtime == "openvino" else "fp32")
 STRATEGIES = ("default", "mirrored", "multiworker")
 # The suffix that makes a path a feature folder (features.npy, paths.txt, metadata.json).
 FEATURE_FOLDER_SUFFIX = ".feat"
@@ -32,3 +28,8 @@ FEEDBACK_USES = ("upsample", "weight", "relabel")
 # seed to seed, so a paired t interval of +-0.02 needs 23 seeds (README "Proof on real digits"). The summary
 # prints the number each run's own spread asks for.
 EXPERIMENT_SEEDS = 23
+
+
+def default_precision(runtime: str, precision: str | None) -> str:
+    """`--precision` when not given: OpenVINO picks by the CPU (auto), TensorFlow runs fp32."""
+    return precision or ("auto" if runtime == "openvino" else "fp32")
