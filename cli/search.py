@@ -124,7 +124,8 @@ def _embed(image_index, index_dir: Path, images: list[Path], as_json: bool, runt
     from image_toolkit.models.extraction import compute_features, extractor_from_metadata
 
     with progress_to_stderr(as_json):
-        extractor = extractor_from_metadata(image_index.features_metadata_, runtime=runtime, precision=precision)
+        extractor = extractor_from_metadata(image_index.features_metadata_, runtime=runtime, precision=precision,
+                                            queries=True)
         return compute_features(extractor, images, batch_size=len(images), verbose=0)
 
 

@@ -40,6 +40,8 @@ from image_toolkit.data_tools.names import default_precision
 from image_toolkit.models.backbones import NO_WEIGHTS, PIXELS, build_backbone, get_backbone, unit_range
 from image_toolkit.models.inference import load_classifier, load_embedding_model
 from image_toolkit.models.openvino_runtime import (
+    BATCHES,
+    QUERIES,
     check_runtime,
     file_digest,
     model_file_key,
@@ -102,6 +104,7 @@ def feature_extractor(
     precision: str = "fp32",
     background: str | None = None,
     runtime: str = "tensorflow",
+    queries: bool = False,
 ) -> FeatureExtractor:
     """Build the network that maps a preprocessed batch to features.
 
@@ -124,7 +127,8 @@ def feature_extractor(
 
     `runtime` 'openvino' runs the same network with OpenVINO on the CPU
     (`precision` fp32, bf16 or auto); the metadata then records the runtime
-    and the precision it ran.
+    and the precision it ran. `queries` tunes it for a few images at a time
+    (a search query) rather than for batches.
     """
     if output not in OUTPUTS:
         raise OptionError(f"output: expected one of {OUTPUTS}. Received: {output!r}")
@@ -174,7 +178,8 @@ def feature_extractor(
                 "image_size": size, "weights": weights, "precision": precision, "background": background_name(background)}
     if runtime == "tensorflow":
         return FeatureExtractor(network, traced_forward(network, jit_compile), preprocess, size, metadata)
-    forward, ran = openvino_forward(network, key=_cache_key(metadata), precision=precision, preprocess=preprocess)
+    forward, ran = openvino_forward(network, key=_cache_key(metadata), precision=precision, preprocess=preprocess,
+                                    hint=QUERIES if queries else BATCHES)
     return FeatureExtractor(network, forward, preprocess, size, {**metadata, "precision": ran, "runtime": runtime})
 
 
@@ -192,7 +197,8 @@ def _cache_key(metadata: dict) -> dict | None:
             "output": metadata["output"], "layer": metadata["layer"], "image_size": metadata["image_size"]}
 
 
-def extractor_from_metadata(metadata: dict, *, runtime: str | None = None, precision: str | None = None) -> FeatureExtractor:
+def extractor_from_metadata(metadata: dict, *, runtime: str | None = None, precision: str | None = None,
+                            queries: bool = False) -> FeatureExtractor:
     """Rebuild the extractor that made a feature file, from its metadata (to embed a query image).
 
     `runtime` and `precision` (None: the recorded ones) run the same network
@@ -215,6 +221,7 @@ def extractor_from_metadata(metadata: dict, *, runtime: str | None = None, preci
         precision=precision,
         background=metadata.get("background"),
         runtime=runtime or recorded,
+        queries=queries,
     )
 
 

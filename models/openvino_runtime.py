@@ -40,8 +40,11 @@ CACHE_ENV = "TOOLKIT_OPENVINO_CACHE"
 HINTS = {"fp32": "f32", "bf16": "bf16"}
 # CPU flags of native bf16 arithmetic (Cooper Lake and later, Sapphire Rapids' AMX).
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-# One synchronous batch at a time: LATENCY measured 1.9x THROUGHPUT on 2 cores (issue 18).
-PERFORMANCE_HINT = "LATENCY"
+# OpenVINO's performance hints, by what a run feeds the model. Batches (extraction, predict): THROUGHPUT, with the
+# batch split across its streams, one request each, in flight together; on 2 cores (benchmarks/bench_extract.py) it
+# ran 0.98-2.4x LATENCY's one synchronous request (InceptionV3 1.3-2.4x, ResNet50 1.0-1.3x). One query image at a time
+# (search --image, serve): LATENCY, one stream on every core, where THROUGHPUT's streams would leave cores idle.
+BATCHES, QUERIES = "THROUGHPUT", "LATENCY"
 IR_FILE = "model.xml"
 # The cosine of a cached model's outputs to TensorFlow fp32's, measured when it was converted.
 PARITY_FILE = "parity.json"
@@ -154,10 +157,32 @@ def cosine_to_tensorflow(model: keras.Model, forward: Callable, probe: np.ndarra
     return float(cosine.min())
 
 
-def _compile(model: keras.Model, key: dict | None, precision: str, preprocess: Callable) -> tuple[Callable, float]:
+def _runner(compiled, hint: str) -> Callable[[object], np.ndarray]:
+    """A batch to outputs: one synchronous request (LATENCY), or the batch split over the streams, run together."""
+    if hint == QUERIES:
+        request, output = compiled.create_infer_request(), compiled.output(0)
+        return lambda images: request.infer([np.asarray(images, np.float32)])[output]
+    openvino = require_openvino()
+    queue = openvino.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    parts: dict[int, np.ndarray] = {}
+    queue.set_callback(lambda request, part: parts.__setitem__(part, request.get_output_tensor(0).data.copy()))
+
+    def forward(images) -> np.ndarray:
+        chunks = [chunk for chunk in np.array_split(np.asarray(images, np.float32), len(queue)) if len(chunk)]
+        parts.clear()
+        for part, chunk in enumerate(chunks):
+            queue.start_async([chunk], userdata=part)
+        queue.wait_all()
+        return np.concatenate([parts[part] for part in range(len(chunks))])
+
+    return forward
+
+
+def _compile(model: keras.Model, key: dict | None, precision: str, preprocess: Callable,
+             hint: str) -> tuple[Callable, float]:
     """The compiled forward pass at `precision`, and its cosine to TensorFlow fp32 (kept in the cache folder)."""
     openvino = require_openvino()
-    config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": PERFORMANCE_HINT}
+    config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": hint}
     folder = None
     if key is None:
         compiled = openvino.Core().compile_model(convert(model), "CPU", config)
@@ -170,12 +195,7 @@ def _compile(model: keras.Model, key: dict | None, precision: str, preprocess: C
             logger.debug("OpenVINO: cache folder %s", folder)
             _save_ir(model, folder)
         compiled = openvino.Core().compile_model(folder / IR_FILE, "CPU", {**config, "CACHE_DIR": str(folder)})
-    request = compiled.create_infer_request()
-    output = compiled.output(0)
-
-    def forward(images) -> np.ndarray:
-        return request.infer([np.asarray(images, np.float32)])[output]
-
+    forward = _runner(compiled, hint)
     parity = folder / PARITY_FILE if folder is not None else None
     if parity is not None and parity.is_file():
         return forward, json.loads(parity.read_text())["min_cosine"]
@@ -185,13 +205,14 @@ def _compile(model: keras.Model, key: dict | None, precision: str, preprocess: C
     return forward, cosine
 
 
-def openvino_forward(model: keras.Model, *, key: dict | None, precision: str,
-                     preprocess: Callable) -> tuple[Callable[[object], np.ndarray], str]:
+def openvino_forward(model: keras.Model, *, key: dict | None, precision: str, preprocess: Callable,
+                     hint: str = BATCHES) -> tuple[Callable[[object], np.ndarray], str]:
     """`model`'s forward pass compiled by OpenVINO for the CPU (a batch, NHWC float32, to float32), and its precision.
 
     `key` names the model (file digest or network and weights, layer, input
     size) for the cache; None for a model no key names (random weights),
     converted anew. `precision` is fp32, bf16 or auto (`resolve_precision`).
+    `hint` is BATCHES for runs over many images, QUERIES for one at a time.
 
     Before any image goes through it, the compiled pass runs a probe batch
     (`preprocess`ed pictures) beside TensorFlow fp32: a precision whose
@@ -200,12 +221,12 @@ def openvino_forward(model: keras.Model, *, key: dict | None, precision: str,
     fp32. The cosine is measured once per cached model.
     """
     chosen = resolve_precision(precision)
-    forward, cosine = _compile(model, key, chosen, preprocess)
+    forward, cosine = _compile(model, key, chosen, preprocess, hint)
     if cosine < MIN_COSINE and precision == "auto" and chosen != "fp32":
         logger.warning("OpenVINO %s: outputs only cosine %.5f from TensorFlow fp32's (below %s); running fp32",
                        chosen, cosine, MIN_COSINE)
         chosen = "fp32"
-        forward, cosine = _compile(model, key, chosen, preprocess)
+        forward, cosine = _compile(model, key, chosen, preprocess, hint)
     if cosine < MIN_COSINE:
         fix = "run --precision fp32" if chosen != "fp32" else "run --runtime tensorflow"
         raise DataError(f"--runtime openvino --precision {chosen}: {model.name}'s outputs are only cosine {cosine:.5f} "

@@ -33,7 +33,7 @@ def lazy_embedder(index_metadata: Callable[[], dict], *, runtime: str | None = N
                 metadata = index_metadata()
                 if not metadata.get("model"):
                     raise DataError("the index records no feature model, so an uploaded image cannot be embedded.")
-                extractor.append(extractor_from_metadata(metadata, runtime=runtime, precision=precision))
+                extractor.append(extractor_from_metadata(metadata, runtime=runtime, precision=precision, queries=True))
             return compute_features(extractor[0], paths, batch_size=len(paths), verbose=0)
 
     return embed

@@ -140,7 +140,7 @@ def test_auto_falls_back_to_fp32_when_bf16_misses_the_bar(monkeypatch, caplog):
 
     compiled = []
 
-    def fake_compile(model, key, precision, preprocess):
+    def fake_compile(model, key, precision, preprocess, hint):
         compiled.append(precision)
         return (lambda images: images), {"bf16": 0.99, "fp32": 1.0}[precision]
 
