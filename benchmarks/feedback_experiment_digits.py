@@ -82,6 +82,50 @@ def harder_label_lists(table: pd.DataFrame, root: Path, *, test_share: float, pe
     return test_csv, labelled_csv
 
 
+def last_ratio(sweep: str) -> str:
+    """The last ratio of a sweep: `deselected=2,3` -> `deselected=3`."""
+    group, values = sweep.split("=")
+    return f"{group}={values.split(',')[-1]}"
+
+
+def experiment_args(root: Path, labelled_csv: Path, test_csv: Path, feedback: Path, args, use: str, ratio: str,
+                    variants: str, output_dir: Path) -> list[str]:
+    """The `toolkit experiment` command line of one arm of the proof."""
+    return ["experiment", "--data_csv", str(labelled_csv), "--img_directory", str(root / "images"), "--feedback", str(feedback),
+            "--ratio", ratio, "--use", use, "--variants", variants, "--seeds", str(args.seeds),
+            "--test_csv", str(test_csv), "--val_split", "0.25",
+            "--task", "multiclass", "--backbone", "small_cnn", "--weights", "none", "--image_size", str(args.image_size),
+            "--epochs", str(args.epochs), "--batch_size", "16", "--output_dir", str(output_dir), "--quiet"]
+
+
+def suggested_experiment(root: Path, labelled_csv: Path, test_csv: Path, args) -> float:
+    """"Users judge what the model asked for": feedback on `--suggest` images a model is least sure of, then the experiment.
+
+    A model trained on the labelled list (one seed) ranks the labelled
+    images by margin; simulated users (error rate --noise) deselect the
+    suggested ones whose predicted class is wrong. The experiment then
+    upsamples those deselected images by the sweep's last ratio, against
+    the random control, as the lasso arm does.
+    """
+    started = time.time()
+    folder = root / "suggested"
+    model_dir, suggestions = folder / "model", folder / "suggestions.csv"
+    events, db, feedback = folder / "events.jsonl", folder / "feedback.sqlite", folder / "image_feedback.csv"
+    for stale in (db, Path(f"{db}-wal"), Path(f"{db}-shm"), folder / "ExperimentLog.csv", folder / "Results.csv"):
+        stale.unlink(missing_ok=True)
+    run("train", "--data_csv", str(labelled_csv), "--img_directory", str(root / "images"), "--task", "multiclass",
+        "--backbone", "small_cnn", "--weights", "none", "--image_size", str(args.image_size), "--epochs", str(args.epochs),
+        "--batch_size", "16", "--val_split", "0.25", "--output_dir", str(model_dir), "--quiet")
+    run("suggest", str(model_dir / "best_model.h5"), str(labelled_csv), "--img_directory", str(root / "images"),
+        "--n", str(args.suggest), "-o", str(suggestions), "--quiet")
+    run("feedback", "simulate", "--data_csv", str(root / "all_labels.csv"), "--suggest", str(suggestions), "-o", str(events),
+        "--noise", str(args.noise), "--seed", "0", "--quiet")
+    run("feedback", "import", str(events), "--data_csv", str(root / "all_labels.csv"), "--db", str(db), "--quiet")
+    run("feedback", "export", "--db", str(db), "-o", str(feedback), "--quiet")
+    run(*experiment_args(root, labelled_csv, test_csv, feedback, args, "upsample", last_ratio(args.ratio), "baseline,meta,random", folder))
+    return time.time() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="runs/feedback_digits")
@@ -96,6 +140,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--noise", type=float, default=0.05)
     parser.add_argument("--image_size", type=int, default=32)
+    parser.add_argument("--suggest", type=int, default=40,
+                        help="images a model asks about (toolkit suggest), judged by simulated users; 0: no such arm")
     args = parser.parse_args()
     started = time.time()
     root = Path(args.output_dir)
@@ -122,25 +168,24 @@ def main() -> None:
     run("feedback", "export", "--db", str(db), "-o", str(feedback), "--quiet")
     run("tsne", str(root / "pixels.npz"), "--labels", str(root / "all_labels.csv"), "--highlight", str(feedback),
         "-o", str(root / "tsne.png"), "--quiet")
-    first_ratio = args.ratio.split("=")[0] + "=" + args.ratio.split("=")[1].split(",")[-1]
-    run("resample", str(labelled_csv), str(feedback), "-o", str(root / "labelled_meta.csv"), "--ratio", first_ratio,
+    run("resample", str(labelled_csv), str(feedback), "-o", str(root / "labelled_meta.csv"), "--ratio", last_ratio(args.ratio),
         "--test_csv", str(test_csv), "--quiet")
     timings = {}
     for use in uses:
         use_started = time.time()
-        run("experiment", "--data_csv", str(labelled_csv), "--img_directory", str(root / "images"), "--feedback", str(feedback),
-            "--ratio", args.ratio, "--use", use, "--variants", args.variants, "--seeds", str(args.seeds),
-            "--test_csv", str(test_csv), "--val_split", "0.25",
-            "--task", "multiclass", "--backbone", "small_cnn", "--weights", "none", "--image_size", str(args.image_size),
-            "--epochs", str(args.epochs), "--batch_size", "16", "--output_dir", str(root / use), "--quiet")
+        run(*experiment_args(root, labelled_csv, test_csv, feedback, args, use, args.ratio, args.variants, root / use))
         timings[use] = time.time() - use_started
+    if args.suggest:
+        timings["suggested"] = suggested_experiment(root, labelled_csv, test_csv, args)
+        uses.append("suggested")
 
     from image_toolkit.models.experiment import format_report
 
     print(f"\nResult ({time.time() - started:.0f} s in all; outputs in {root}):")
     for use in uses:
         summary = json.loads((root / use / "experiment.json").read_text())
-        print(f"\n--use {use} ({timings[use]:.0f} s):\n")
+        print(f"\n{'feedback on suggested images, --use upsample' if use == 'suggested' else '--use ' + use} "
+              f"({timings[use]:.0f} s):\n")
         print(format_report(summary, per_class=True))
 
 
