@@ -149,7 +149,8 @@ def probe_batch(model: keras.Model, preprocess: Callable, *, count: int = 4, see
 
 def cosine_to_tensorflow(model: keras.Model, forward: Callable, probe: np.ndarray) -> float:
     """The least cosine similarity, over the probe's rows, of `forward`'s outputs to the Keras model's own in fp32."""
-    reference = np.asarray(model(probe, training=False), np.float64).reshape(len(probe), -1)
+    # A tensor, not the array: Keras warns that an array "doesn't match the expected structure" of a cut model's inputs.
+    reference = np.asarray(model(tf.constant(probe), training=False), np.float64).reshape(len(probe), -1)
     ours = np.asarray(forward(probe), np.float64).reshape(len(probe), -1)
     norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(ours, axis=1)
     same = np.all(reference == ours, axis=1)  # All-zero rows (a ReLU output) are equal, with no angle to measure.
