@@ -27,6 +27,7 @@ import pandas as pd
 from scipy.stats import entropy
 
 from image_toolkit.data_tools.errors import DataError, OptionError
+from image_toolkit.data_tools.formats.csv_files import read_checked_csv
 from image_toolkit.data_tools.formats.labels import SEPARATOR
 from image_toolkit.data_tools.names import SUGGEST_STRATEGIES
 
@@ -111,15 +112,13 @@ def suggestions_csv(suggestions: list[Suggestion]) -> str:
 
 def read_suggestions(path: str | Path) -> pd.DataFrame:
     """Read and check a suggestions CSV (the output of `toolkit suggest`), in rank order."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: suggestions CSV not found; write one with 'toolkit suggest MODEL IMAGES'.")
-    try:
-        frame = pd.read_csv(path, dtype={"image": str, "query_class": str, "predicted": str}, keep_default_na=False)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: not a readable CSV ({str(error).splitlines()[0]}).") from None
-    missing = [column for column in SUGGESTION_COLUMNS if column not in frame.columns]
-    if missing:
-        raise DataError(f"{path}: no '{missing[0]}' column; expected the columns {','.join(SUGGESTION_COLUMNS)} "
-                        "written by 'toolkit suggest'.")
+    frame = read_checked_csv(path, required=SUGGESTION_COLUMNS, kind="suggestions CSV", example=",".join(SUGGESTION_COLUMNS),
+                             missing_fix="write one with 'toolkit suggest MODEL IMAGES'")
+    for column in ("rank", "score", "probability"):
+        values = pd.to_numeric(frame[column], errors="coerce")
+        if values.isna().any():
+            row = int(values.isna().to_numpy().argmax())
+            raise DataError(f"{path}: column '{column}' row {row + 2}: {frame[column].iloc[row]!r} is not a number; "
+                            "write the file again with 'toolkit suggest'.")
+        frame[column] = values
     return frame.sort_values("rank", kind="stable").reset_index(drop=True)
