@@ -12,8 +12,7 @@ from pathlib import Path
 import click
 
 from image_toolkit.cli.common import background_option, command, echo_json, json_option, quiet_option, runtime_options, start
-from image_toolkit.data_tools.errors import require_package
-from image_toolkit.data_tools.names import EXTRACT_PRECISIONS
+from image_toolkit.data_tools.names import EXTRACT_PRECISIONS, check_runtime, default_precision
 from image_toolkit.data_tools.names import SUGGEST_STRATEGIES as STRATEGIES
 
 
@@ -87,8 +86,11 @@ def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_
     from image_toolkit.data_tools.web.app import create_app, is_loopback
     from image_toolkit.models.upload_embedder import lazy_embedder
 
-    if runtime == "openvino":  # Checked now: the embedder is built on the first upload.
-        require_package("openvino", "--runtime openvino", "the openvino package", "openvino")
+    if runtime or precision:  # Checked now, not on the first upload, which builds the embedder.
+        from image_toolkit.data_tools.search.backends import load_index
+
+        chosen = runtime or load_index(index_dir, mmap=True).features_metadata_.get("runtime", "tensorflow")  # header only
+        check_runtime(chosen, default_precision(chosen, precision))
     suggest = None
     if suggest_model is not None:
         from image_toolkit.models.suggest import collection_suggester

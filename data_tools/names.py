@@ -1,5 +1,7 @@
 """The choices options accept, and names the CLI checks, importable without TensorFlow or numpy (for `--help`)."""
 
+from image_toolkit.data_tools.errors import OptionError, require_package
+
 BACKBONES = ("resnet50", "inceptionv3", "mobilenetv2", "efficientnetb0", "vgg16", "resnet18", "small_cnn")
 TASKS = ("multilabel", "multiclass")
 MISSING_LABELS = ("mask", "mean", "mf")
@@ -33,3 +35,19 @@ EXPERIMENT_SEEDS = 23
 def default_precision(runtime: str, precision: str | None) -> str:
     """`--precision` when not given: OpenVINO picks by the CPU (auto), TensorFlow runs fp32."""
     return precision or ("auto" if runtime == "openvino" else "fp32")
+
+
+def check_runtime(runtime: str, precision: str, *, tensorflow: tuple[str, ...] = TENSORFLOW_PRECISIONS) -> None:
+    """Refuse an unknown `--runtime`, a missing openvino package, or a `--precision` the runtime does not run.
+
+    `tensorflow` is what TensorFlow runs for the caller (predict: fp32 only).
+    Importing nothing heavy, so `serve` checks its options before it serves.
+    """
+    if runtime not in RUNTIMES:
+        raise OptionError(f"--runtime: expected one of {', '.join(RUNTIMES)}. Received: {runtime!r}.")
+    if runtime == "openvino":
+        require_package("openvino", "--runtime openvino", "the openvino package", "openvino")
+    allowed = OPENVINO_PRECISIONS if runtime == "openvino" else tensorflow
+    if precision not in allowed:
+        raise OptionError(f"--precision {precision}: --runtime {runtime} runs {', '.join(allowed)}; "
+                          f"pick one of those{' or --runtime openvino' if runtime == 'tensorflow' else ''}.")

@@ -36,13 +36,12 @@ from image_toolkit.data_tools.formats.features import (
 )
 from image_toolkit.data_tools.formats.images import IMAGE_SUFFIXES, check_images, find_images, report_skipped, require_readable
 from image_toolkit.data_tools.formats.metadata import ROOT_COLUMN
-from image_toolkit.data_tools.names import default_precision
+from image_toolkit.data_tools.names import check_runtime, default_precision
 from image_toolkit.models.backbones import NO_WEIGHTS, PIXELS, build_backbone, get_backbone, unit_range
 from image_toolkit.models.inference import load_classifier, load_embedding_model
 from image_toolkit.models.openvino_runtime import (
     BATCHES,
     QUERIES,
-    check_runtime,
     file_digest,
     model_file_key,
     openvino_forward,

@@ -14,8 +14,9 @@ from image_toolkit.data_tools.errors import DataError
 from image_toolkit.data_tools.formats.background import background_name, parse_background
 from image_toolkit.data_tools.formats.images import check_images, find_images, require_readable
 from image_toolkit.data_tools.formats.model_file import model_file_format, read_h5_metadata
+from image_toolkit.data_tools.names import check_runtime
 from image_toolkit.models.backbones import BACKBONES, preprocessing
-from image_toolkit.models.openvino_runtime import check_runtime, model_file_key, openvino_forward
+from image_toolkit.models.openvino_runtime import model_file_key, openvino_forward
 from image_toolkit.models.pipeline import image_dataset
 from image_toolkit.models.runtime import keras
 

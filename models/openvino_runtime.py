@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from image_toolkit.data_tools.atomic import staging_folder, write_text
-from image_toolkit.data_tools.errors import DataError, OptionError, require_package
-from image_toolkit.data_tools.names import OPENVINO_PRECISIONS, RUNTIMES, TENSORFLOW_PRECISIONS
+from image_toolkit.data_tools.errors import DataError, require_package
 from image_toolkit.models.runtime import keras, tf
 
 logger = logging.getLogger(__name__)
@@ -58,18 +57,6 @@ def require_openvino():
     import openvino
 
     return openvino
-
-
-def check_runtime(runtime: str, precision: str, *, tensorflow: tuple[str, ...] = TENSORFLOW_PRECISIONS) -> None:
-    """Refuse an unknown `--runtime`, or a `--precision` that the runtime does not run (`tensorflow`: its precisions here)."""
-    if runtime not in RUNTIMES:
-        raise OptionError(f"--runtime: expected one of {', '.join(RUNTIMES)}. Received: {runtime!r}.")
-    if runtime == "openvino":
-        require_openvino()
-    allowed = OPENVINO_PRECISIONS if runtime == "openvino" else tensorflow
-    if precision not in allowed:
-        raise OptionError(f"--precision {precision}: --runtime {runtime} runs {', '.join(allowed)}; "
-                          f"pick one of those{' or --runtime openvino' if runtime == 'tensorflow' else ''}.")
 
 
 def native_bf16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:

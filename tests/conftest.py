@@ -13,7 +13,6 @@ from click.testing import CliRunner
 
 from image_toolkit.data_tools.make_demo_data import write_digits_dataset
 
-
 # Files run first, longest first: the README's blocks (one file, one worker, in order) take about a third of the
 # suite. Left to xdist's default order (most tests first) they started late and ran on alone while the other worker
 # idled; first, the other worker takes the rest meanwhile, and the long files go early so that short ones end the run.

@@ -748,6 +748,7 @@ CASES += [
     case("serve-port-out-of-range", "serve index --img-directory images --port 70000", 2, "--port"),
     case("serve-unknown-runtime", "serve index --img-directory images --runtime onnx", 2, "--runtime"),
     case("serve-unknown-precision", "serve index --img-directory images --precision fp8", 2, "--precision"),
+    case("serve-precision-not-the-indexs-runtime", "serve index --img-directory images --precision bf16", 2, "--precision bf16"),
     case("serve-upload-limit-zero", "serve index --img-directory images --max-upload-mb 0", 2, "--max-upload-mb"),
     case("serve-db-read-only", "serve index --img-directory images --db {ro}/fb.sqlite --data-csv classes.csv", 1, "{ro}"),
     case("serve-db-under-file", "serve index --img-directory images --db afile/fb.sqlite --data-csv classes.csv", 1,
