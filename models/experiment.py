@@ -281,11 +281,15 @@ def minimum_detectable_difference(sd: float, n: int, *, power: float = 0.8, alph
     return float(ncp * sd / np.sqrt(n))
 
 
+def _ratio_text(ratios: dict[str, float]) -> str:
+    return ",".join(f"{group}={value:g}" for group, value in ratios.items())
+
+
 def _label(variant: str, ratios: str, sweep: bool) -> str:
     """How a run is named in the summary: its variant, and its ratios in a sweep (the baseline has none)."""
     if not sweep or variant == "baseline":
         return variant
-    return f"{variant} " + ",".join(f"{group}={value:g}" for group, value in json.loads(ratios).items())
+    return f"{variant} {_ratio_text(json.loads(ratios))}"
 
 
 def comparison_pairs(variants) -> list[tuple[str, str]]:
@@ -351,14 +355,19 @@ def _comparison_line(comparison: dict, sweep: bool) -> str:
 
 
 def power_line(comparisons: list[dict]) -> str | None:
-    """The minimum detectable difference of the run, from the spread of meta − random (else meta − baseline)."""
+    """The minimum detectable difference of the run, from the spread of meta − random (else meta − baseline).
+
+    In a sweep, the ratio whose spread is largest: the seeds it asks for are enough at every ratio.
+    """
     chosen = [c for c in comparisons if (c.get("first"), c.get("second")) == ("meta", "random")] or \
              [c for c in comparisons if (c.get("first"), c.get("second")) == ("meta", "baseline")]
-    if not chosen or chosen[0].get("sd") is None:
+    chosen = [c for c in chosen if c.get("sd") is not None]
+    if not chosen:
         return None
-    c = chosen[0]
+    c = max(chosen, key=lambda comparison: comparison["sd"])
     mde = "n/a" if c["mde"] is None else f"±{c['mde']:.4f}"
-    return (f"Power: seed-to-seed sd of {c['first']} − {c['second']} {c['sd']:.4f}; with {c['n']} seeds the minimum detectable "
+    at = f" at {_ratio_text(c['ratios'])}" if len(chosen) > 1 and c.get("ratios") else ""
+    return (f"Power: seed-to-seed sd of {c['first']} − {c['second']}{at} {c['sd']:.4f}; with {c['n']} seeds the minimum detectable "
             f"difference (paired t, 80 % power, α 0.05, noncentral t) is {mde}; an interval of ±0.02 needs "
             f"{c['seeds_for_0.02']} seeds (--seeds).")
 
