@@ -26,7 +26,10 @@ the controls random (as many extra rows, or as much weight, on random
 images) and steps (upsample only: the baseline list repeated to meta's
 length, so the same gradient steps). small_cnn, identical options. Each use
 writes to its own folder under --output_dir (<use>/ExperimentLog.csv, ...,
-sweep.png).
+sweep.png). Last, "users judge what the model asked for" (`--suggest`, 40):
+a model trained on the labelled list suggests the labelled images it is
+least sure of, simulated users judge them, and their deselected images are
+upsampled by the sweep's last ratio, against random (suggested/).
 
     python benchmarks/feedback_experiment_digits.py [--epochs 80] [--seeds 12] [--output_dir runs/feedback_digits]
 
@@ -35,8 +38,10 @@ Runs per use: seeds x (1 + ratios x (arms - 1)); one run of 80 epochs took
 35 s on average on 2 shared CPU cores (measured: --uses upsample --variants
 baseline,meta,random --ratio deselected=3 --seeds 5, 15 runs, 556 s in all),
 so the default (12 seeds, the number a meta - random interval of +-0.03
-needs at the sd of 0.045 measured there; 2 ratios; upsample and weight) is
-12 x (7 + 5) = 144 runs, about 85 minutes.
+needs at the sd of 0.045 measured there; 2 ratios; upsample and weight; the
+suggested arm) is 12 x (7 + 5 + 3) + 1 = 181 runs, about 105 minutes.
+`--seeds 4` (61 runs) took 1,733 s on 2 cores shared with other work; its
+tables are in README ("Proof on real digits").
 """
 
 from __future__ import annotations
