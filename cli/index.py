@@ -120,6 +120,7 @@ def build(features: Path, index_dir: Path, kind: str, metric: str, target_recall
     image_index.fit(feature_set, show=False if quiet else None)
     seconds = time.monotonic() - started
     image_index.save(index_dir)
+    image_index.close()
     _report(image_index, index_dir, as_json, quiet, f"Built {index_dir} in {seconds:.1f} s", seconds=round(seconds, 3))
 
 
@@ -150,6 +151,7 @@ def add(index_dir: Path, features: Path, n_threads: int, quiet: bool, as_json: b
     image_index.add(open_features(features), where=features.name, show=False if quiet else None)
     if image_index.size > before:
         image_index.save(index_dir)
+    image_index.close()
     _report(image_index, index_dir, as_json, quiet, f"Added {image_index.size - before} images to {index_dir}",
             added=image_index.size - before)
 

@@ -52,6 +52,8 @@ class SearchIndex(Protocol):
 
     def save(self, directory: str | os.PathLike) -> list[Path]: ...
 
+    def close(self) -> None: ...
+
 
 def new_index(backend: str, *, index_dir: str | os.PathLike, uri: str | None = None, **config) -> SearchIndex:
     """An unfitted index of `backend` with the options of `toolkit index build`, checked before any file is read.

@@ -670,6 +670,9 @@ class ImageIndex:
 
     # Saving and loading.
 
+    def close(self) -> None:
+        """Nothing to release: a faiss index is memory or a mapped file (`SearchIndex.close` is for servers)."""
+
     def save(self, directory: str | os.PathLike) -> list[Path]:
         """Write the index folder as one unit: a new set of files, then the manifest naming it; return the set's files.
 

@@ -485,6 +485,18 @@ class MilvusIndex:
 
     # Saving and loading.
 
+    def close(self) -> None:
+        """Stop a Milvus Lite database's in-process server, after its background compaction and index writes.
+
+        A write command calls it before it exits: Milvus Lite writes segment
+        index files in a background thread, and a run that ended with one
+        half-written left the next command a truncated `.idx` ("read error
+        ... 0 != 1"), seen under load. A server URI has nothing to release.
+        """
+        if is_lite(self.uri):
+            _release_lite(Path(self.uri))
+            self.client_ = None
+
     def save(self, directory: str | os.PathLike) -> list[Path]:
         """Write the index folder as `ImageIndex.save` does (a new set, then the manifest); then drop a collection it replaced."""
         from pymilvus.exceptions import MilvusException
