@@ -40,8 +40,9 @@ HINTS = {"fp32": "f32", "bf16": "bf16"}
 # CPU flags of native bf16 arithmetic (Cooper Lake and later, Sapphire Rapids' AMX).
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # OpenVINO's performance hints, by what a run feeds the model. Batches (extraction, predict): THROUGHPUT, with the
-# batch split across its streams, one request each, in flight together; on 2 cores (benchmarks/bench_extract.py) it
-# ran 0.98-2.4x LATENCY's one synchronous request (InceptionV3 1.3-2.4x, ResNet50 1.0-1.3x). One query image at a time
+# batch split across its streams, one request each, in flight together; on 2 cores it ran 1.02-1.06x LATENCY's one
+# synchronous request on an idle machine (benchmarks/bench_extract.py) and 0.98-2.4x on a busy one, where a stream per
+# core loses less to other programs (InceptionV3 1.3-2.4x, ResNet50 1.0-1.3x). One query image at a time
 # (search --image, serve): LATENCY, one stream on every core, where THROUGHPUT's streams would leave cores idle.
 BATCHES, QUERIES = "THROUGHPUT", "LATENCY"
 IR_FILE = "model.xml"
