@@ -47,7 +47,7 @@ import pandas as pd
 from image_toolkit.data_tools.atomic import atomic_path, write_text
 from image_toolkit.data_tools.checks import check_range
 from image_toolkit.data_tools.errors import DataError, OptionError
-from image_toolkit.data_tools.feedback.controls import RELABEL_WHY, USES, VARIANTS, arm_lists
+from image_toolkit.data_tools.feedback.controls import RELABEL_WHY, VARIANTS, arm_lists, check_variants
 from image_toolkit.data_tools.feedback.store import read_image_feedback
 from image_toolkit.data_tools.formats.images import check_images
 from image_toolkit.data_tools.formats.labels import LabelTable, read_label_csv, split_table, write_label_csv
@@ -97,17 +97,13 @@ class ExperimentOptions:
         check_range("--seeds", self.seeds, low=1)
         check_range("--test-split", self.test_split, low=0, high=1, low_open=True, high_open=True)
         check_range("--min-test-per-class", self.min_test_per_class, low=1)
-        if self.use not in USES:
-            raise OptionError(f"--use: expected one of {', '.join(USES)}. Received: {self.use!r}.")
+        check_variants(self.variants, self.use)
         if self.use == "relabel" and task != "multilabel":
             raise OptionError(RELABEL_WHY)
         if self.use == "relabel" and len(self.ratio_sets) > 1:
             raise OptionError("--use relabel: a relabelled image gets one known 0, not a ratio; give no ratio sweep.")
         if self.use != "relabel" and (not self.ratio_sets or not all(self.ratio_sets)):
             raise OptionError("--ratio: give at least one, e.g. --ratio deselected=3.")
-        unknown = [variant for variant in self.variants if variant not in VARIANTS]
-        if unknown or "baseline" not in self.variants or "meta" not in self.variants:
-            raise OptionError(f"--variants: expected baseline, meta and any of random, steps. Received: {','.join(self.variants)!r}.")
 
 
 # --- Lists --------------------------------------------------------------------------------------
@@ -348,7 +344,7 @@ def _signed(value: float | None) -> str:
 
 
 def _comparison_line(comparison: dict, sweep: bool) -> str:
-    at = " at " + ",".join(f"{g}={v:g}" for g, v in comparison["ratios"].items()) if sweep and comparison.get("ratios") else ""
+    at = f" at {_ratio_text(comparison['ratios'])}" if sweep and comparison.get("ratios") else ""
     interval = "" if comparison["low"] is None else f", 95 % interval [{comparison['low']:+.4f}, {comparison['high']:+.4f}]"
     return (f"Paired difference {comparison.get('first', 'meta')} − {comparison.get('second', 'baseline')}{at}: "
             f"{_signed(comparison['mean'])}{interval}: {comparison['verdict']}.")

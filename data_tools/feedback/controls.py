@@ -45,9 +45,10 @@ RELABEL_WHY = ('--use relabel: a multi-class image already has exactly one class
                "use it with --task multilabel, or --use upsample or weight.")
 
 
-def parse_variants(text: str, use: str = "upsample") -> tuple[str, ...]:
-    """`"baseline,meta,random"` -> the arms, in VARIANTS order; baseline and meta are always among them."""
-    names = [name.strip() for name in text.split(",") if name.strip()]
+def check_variants(names: Iterable[str], use: str) -> None:
+    """Refuse an unknown arm or `--use`, or arms without baseline and meta (the comparison)."""
+    names = list(names)
+    text = ",".join(names)
     unknown = [name for name in names if name not in VARIANTS]
     if unknown:
         raise OptionError(f"--variants: unknown variant '{unknown[0]}'; expected some of {', '.join(VARIANTS)}. Received: {text!r}.")
@@ -55,6 +56,12 @@ def parse_variants(text: str, use: str = "upsample") -> tuple[str, ...]:
         raise OptionError(f"--use: expected one of {', '.join(USES)}. Received: {use!r}.")
     if "baseline" not in names or "meta" not in names:
         raise OptionError(f"--variants {text}: baseline and meta are the comparison; list both (and random, steps as controls).")
+
+
+def parse_variants(text: str, use: str = "upsample") -> tuple[str, ...]:
+    """`"baseline,meta,random"` -> the arms, in VARIANTS order; baseline and meta are always among them."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    check_variants(names, use)
     dropped = [name for name in names if name not in USE_VARIANTS[use]]
     if dropped:
         logger.warning("--use %s keeps the list's length, so '%s' would train as the baseline; it is left out", use, dropped[0])

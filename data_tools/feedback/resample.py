@@ -100,17 +100,12 @@ def parse_ratio_sweep(items: Iterable[str]) -> list[dict[str, float]]:
 
 
 def parse_ratios(items: Iterable[str]) -> dict[str, float]:
-    """`["deselected=3", "class:kitchen=2"]` -> `{"deselected": 3.0, "class:kitchen": 2.0}`."""
-    ratios: dict[str, float] = {}
-    for item in items:
-        group, value = _group_and_value(item)
-        ratio = _ratio_value(item, value)
-        if group in ratios:
-            raise OptionError(f"--ratio {item}: group '{group}' is given twice; give each group once.")
-        ratios[group] = ratio
-    if not ratios:
-        raise OptionError("--ratio: give at least one, e.g. --ratio deselected=3.")
-    return ratios
+    """`["deselected=3", "class:kitchen=2"]` -> `{"deselected": 3.0, "class:kitchen": 2.0}`: one ratio per group."""
+    ratio_sets = parse_ratio_sweep(items)
+    if len(ratio_sets) > 1:
+        swept = next(group for group in ratio_sets[0] if ratio_sets[0][group] != ratio_sets[1][group])
+        raise OptionError(f"--ratio {swept}: give one ratio per group here; a list of values sweeps it in toolkit experiment.")
+    return ratio_sets[0]
 
 
 def group_members(table: LabelTable, feedback: pd.DataFrame, groups: Iterable[str], *, source: str = "the training list") -> dict[str, np.ndarray]:

@@ -148,6 +148,18 @@ def suggested_events(table: LabelTable, suggestions: pd.DataFrame, *, noise: flo
     return events
 
 
+def check_events_output(output: str | Path, inputs: tuple) -> None:
+    """Refuse an events file that is not .jsonl, or that is one of the inputs, before any work."""
+    if Path(output).suffix.lower() != ".jsonl":
+        raise OptionError(f"-o {output}: simulated events are written as JSON lines; give a name ending in .jsonl.")
+    refuse_inputs(output, inputs, option="-o")
+
+
+def write_events(output: str | Path, events: list[dict]) -> None:
+    """The events as JSON lines, written whole or not at all."""
+    write_text(output, "".join(json.dumps(event) + "\n" for event in events))
+
+
 def simulate_feedback(
     data_csv: str | Path,
     features_path: str | Path,
@@ -166,9 +178,7 @@ def simulate_feedback(
     `n_jobs` None picks the t-SNE thread count by size; `show` draws the t-SNE
     progress bar on stderr (None: when stderr is a terminal; False for --quiet).
     """
-    if Path(output).suffix.lower() != ".jsonl":
-        raise OptionError(f"-o {output}: simulated events are written as JSON lines; give a name ending in .jsonl.")
-    refuse_inputs(output, (data_csv, features_path), option="-o")
+    check_events_output(output, (data_csv, features_path))
     table = read_labels(data_csv, task)
     feature_set = read_features(features_path)
     row_of = {path: row for row, path in enumerate(feature_set.paths)}
@@ -184,7 +194,7 @@ def simulate_feedback(
     features = feature_set.features[[row_of[image] for image in table.images]]
     coords = embed_2d(features, method=method, seed=seed, n_jobs=n_jobs, show=show)
     events = simulate_events(table, coords, users=users, noise=noise, seed=seed)
-    write_text(output, "".join(json.dumps(event) + "\n" for event in events))
+    write_events(output, events)
     return {**events_summary(events, table, output), "users": users, "method": method}
 
 
@@ -207,9 +217,7 @@ def events_summary(events: list[dict], table: LabelTable, output: str | Path) ->
 def simulate_suggested(data_csv: str | Path, suggestions_path: str | Path, output: str | Path, *, task: str | None = None,
                        noise: float = 0.05, seed: int = 0) -> dict:
     """Simulated users judge the images of a `toolkit suggest` list; their events are written as JSON lines."""
-    if Path(output).suffix.lower() != ".jsonl":
-        raise OptionError(f"-o {output}: simulated events are written as JSON lines; give a name ending in .jsonl.")
-    refuse_inputs(output, (data_csv, suggestions_path), option="-o")
+    check_events_output(output, (data_csv, suggestions_path))
     table = read_labels(data_csv, task)
     suggestions = read_suggestions(suggestions_path)
     known = set(table.images)
@@ -222,5 +230,5 @@ def simulate_suggested(data_csv: str | Path, suggestions_path: str | Path, outpu
         raise DataError(f"{suggestions_path}: query class '{unknown[0]}' is not a class of {data_csv} "
                         f"({', '.join(table.label_names)}); suggest with a model of this data set.")
     events = suggested_events(table, suggestions, noise=noise, seed=seed)
-    write_text(output, "".join(json.dumps(event) + "\n" for event in events))
+    write_events(output, events)
     return {**events_summary(events, table, output), "method": "suggest", "suggested_images": len(suggestions)}
