@@ -361,7 +361,10 @@ def power_line(comparisons: list[dict]) -> str | None:
     if not chosen:
         return None
     c = max(chosen, key=lambda comparison: comparison["sd"])
-    mde = "n/a" if c["mde"] is None else f"±{c['mde']:.4f}"
+    if c["mde"] is None:
+        mde = "n/a"
+    else:  # A macro-F1 difference lies in [-1, 1]: beyond it, no difference is detectable at all.
+        mde = f"±{c['mde']:.4f}" if c["mde"] <= 1 else f"more than any (±{c['mde']:.2f}, past macro-F1's range of ±1)"
     at = f" at {_ratio_text(c['ratios'])}" if len(chosen) > 1 and c.get("ratios") else ""
     return (f"Power: seed-to-seed sd of {c['first']} − {c['second']}{at} {c['sd']:.4f}; with {c['n']} seeds the minimum detectable "
             f"difference (paired t, 80 % power, α 0.05, noncentral t) is {mde}; an interval of ±0.02 needs "
