@@ -100,8 +100,8 @@ class ExperimentOptions:
         check_variants(self.variants, self.use)
         if self.use == "relabel" and task != "multilabel":
             raise OptionError(RELABEL_WHY)
-        if self.use == "relabel" and len(self.ratio_sets) > 1:
-            raise OptionError("--use relabel: a relabelled image gets one known 0, not a ratio; give no ratio sweep.")
+        if self.use == "relabel" and any(self.ratio_sets):
+            raise OptionError("--ratio: --use relabel gives a deselected image one known 0, not a ratio; leave out --ratio.")
         if self.use != "relabel" and (not self.ratio_sets or not all(self.ratio_sets)):
             raise OptionError("--ratio: give at least one, e.g. --ratio deselected=3.")
 

@@ -687,6 +687,8 @@ CASES += [
          "--ratio deselected=1,0,3", 2, "must be a positive number"),
     case("experiment-relabel-multiclass", "experiment --data-csv classes.csv --feedback image_feedback.csv "
          "--use relabel --task multiclass", 2, "already has exactly one class"),
+    case("experiment-relabel-ratio", "experiment --data-csv classes.csv --feedback image_feedback.csv "
+         "--use relabel --task multilabel --ratio deselected=3", 2, "--use relabel gives a deselected image one known 0"),
     case("experiment-data-csv-missing", "experiment --data-csv nowhere.csv --feedback image_feedback.csv "
          "--ratio deselected=3 --output-dir exp", 1, "nowhere.csv"),
     case("experiment-data-csv-binary", "experiment --data-csv bad.csv --feedback image_feedback.csv --ratio deselected=3 "
