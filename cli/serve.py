@@ -41,19 +41,20 @@ from image_toolkit.data_tools.names import SUGGEST_STRATEGIES as STRATEGIES
                    "made on the first thumbnail.")
 @click.option("--max-upload-mb", type=click.FloatRange(min=0, min_open=True), default=10, show_default=True,
               help="Largest query image accepted, in MiB.")
-@click.option("--suggest", "suggest_model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--suggest", "suggest_source", metavar="MODEL|CSV", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A best_model.h5 (toolkit train): adds the view 'Review uncertain images' with the images it is least "
-                   "sure of (as toolkit suggest), leaving out those --db has feedback on.")
+                   "sure of (as toolkit suggest), leaving out those --db has feedback on; the model scores every image at "
+                   "start-up. Or a suggestions.csv of toolkit suggest, read in a second: right for a large collection.")
 @click.option("--suggest-n", type=click.IntRange(min=1), default=40, show_default=True, help="Images in that view.")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="margin", show_default=True,
-              help="How --suggest ranks (toolkit suggest --strategy).")
+              help="How --suggest MODEL ranks (toolkit suggest --strategy).")
 @background_option("the index's features' own, else white; thumbnails")
 @runtime_options(EXTRACT_PRECISIONS, recorded="the one that made the index's features; it embeds uploaded query images")
 @quiet_option
 @json_option
 def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_csv: Path | None, scores: Path | None,
           host: str, port: int, token: str | None, allowed_hosts: tuple[str, ...], thumbnail_dir: Path | None,
-          max_upload_mb: float, suggest_model: Path | None, suggest_n: int, strategy: str, background: str | None,
+          max_upload_mb: float, suggest_source: Path | None, suggest_n: int, strategy: str, background: str | None,
           runtime: str | None, precision: str | None, quiet: bool, as_json: bool) -> None:
     """Serve a search page over the index in INDEX_DIR: keyword or image queries, lasso, deselect, refine.
 
@@ -73,6 +74,7 @@ def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_
       toolkit serve my_index/ --img-directory photos/ --data-csv label.txt --db feedback.sqlite
       toolkit serve my_index/ --img-directory photos/ --map tsne.csv --port 8080
       toolkit serve my_index/ --img-directory photos/ --suggest runs/demo/best_model.h5 --suggest-n 40
+      toolkit serve my_index/ --img-directory photos/ --suggest suggestions.csv
       toolkit serve my_index/ --img-directory photos/ --runtime openvino
     """
     from image_toolkit.data_tools.web.app import missing_extra
@@ -92,10 +94,14 @@ def serve(index_dir: Path, images_dir: Path, db: Path, labels: Path | None, map_
         chosen = runtime or load_index(index_dir, mmap=True).features_metadata_.get("runtime", "tensorflow")  # header only
         check_runtime(chosen, default_precision(chosen, precision))
     suggest = None
-    if suggest_model is not None:
+    if suggest_source is not None and suggest_source.suffix.lower() == ".csv":
+        from image_toolkit.data_tools.feedback.suggest import listed_suggester
+
+        suggest = listed_suggester(suggest_source, n=suggest_n)
+    elif suggest_source is not None:
         from image_toolkit.models.suggest import collection_suggester
 
-        suggest = collection_suggester(suggest_model, images_dir, n=suggest_n, strategy=strategy)
+        suggest = collection_suggester(suggest_source, images_dir, n=suggest_n, strategy=strategy)
     check_port(host, port)
     if not is_loopback(host):
         click.echo(f"Warning: {exposure(host, port, token)}", err=True)

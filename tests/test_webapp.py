@@ -655,3 +655,22 @@ def test_suggestions_of_a_model_of_other_classes_are_refused(digits, tmp_path):
 
     with pytest.raises(Exception, match="do not match"):
         make_app(digits, tmp_path / "feedback.sqlite", suggest=suggest)
+
+
+def test_a_suggestions_csv_is_served_without_its_judged_rows_and_one_of_another_folder_is_refused(digits, tmp_path):
+    from image_toolkit.data_tools.feedback.suggest import listed_suggester
+
+    names = digits["names"]
+    path = tmp_path / "suggestions.csv"
+    rows = [f"{rank},{name},{0.1 * rank:.1f},even,0.5,odd" for rank, name in enumerate([names[3], "elsewhere.png", *names[:3]], 1)]
+    path.write_text("rank,image,score,query_class,probability,predicted\n" + "\n".join(rows) + "\n")
+    db = tmp_path / "feedback.sqlite"
+    client = TestClient(make_app(digits, db))
+    assert client.post("/api/feedback", json=event(names[:1], action="deselect")).status_code == 200
+    answer = TestClient(make_app(digits, db, suggest=listed_suggester(path, n=2))).get("/api/suggestions").json()
+    assert answer["total"] == 2  # names[3] and names[1] (ranked 1 and 2 in the view): not the judged names[0] nor the unknown file, at most n
+    assert [(row["image"], row["rank"], row["predicted"]) for row in answer["results"]] == [(names[3], 1, "odd"), (names[1], 2, "odd")]
+
+    path.write_text("rank,image,score,query_class,probability,predicted\n1,photos/a.jpg,0.1,even,0.5,odd\n")
+    with pytest.raises(Exception, match="none of its images"):
+        make_app(digits, db, suggest=listed_suggester(path, n=2))

@@ -20,6 +20,7 @@ judgement that would settle the model's doubt. Ties rank by input order.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +123,25 @@ def read_suggestions(path: str | Path) -> pd.DataFrame:
                             "write the file again with 'toolkit suggest'.")
         frame[column] = values
     return frame.sort_values("rank", kind="stable").reset_index(drop=True)
+
+
+def listed_suggester(path: str | Path, *, n: int) -> Callable[[list[str], set[str]], list[dict]]:
+    """The ranking `toolkit serve --suggest suggestions.csv` hands the web app: (names, judged names) -> the first n rows.
+
+    Scoring a million images takes the model hours, too long for a server's
+    start-up; `toolkit suggest` scores them once (on any machine, streaming)
+    and the server reads its ranking in a second. Rows of judged images and
+    of images the index lacks are left out.
+    """
+    frame = read_suggestions(path)
+
+    def rank(names: list[str], judged: set[str]) -> list[dict]:
+        known = frame["image"].isin(set(names))
+        if len(frame) and not known.any():
+            raise DataError(f"{path}: none of its images ({frame['image'].iloc[0]!r}, ...) are in the index; run "
+                            "toolkit suggest on the folder given as --img-directory, whose names the index uses.")
+        rows = frame[known & ~frame["image"].isin(judged)].head(n)
+        return [{**row, "rank": int(row["rank"]), "score": float(row["score"]), "probability": float(row["probability"])}
+                for row in rows.to_dict("records")]
+
+    return rank

@@ -697,7 +697,7 @@ def create_app(
     def suggestions():
         """The images the model is least sure of (`toolkit serve --suggest`), most uncertain first, to judge for query_class."""
         if suggested is None:
-            raise HTTPException(404, "this server was started without --suggest MODEL, so it has no suggested images.")
+            raise HTTPException(404, "this server was started without --suggest MODEL or --suggest CSV, so it has no suggested images.")
         rows = [{**result, **{key: row[key] for key in ("query_class", "probability", "predicted")}}
                 for row, result in zip(suggested, results([collection.ids[row["image"]] for row in suggested],
                                                           [row["score"] for row in suggested]))]
