@@ -13,7 +13,7 @@ from image_toolkit.data_tools.names import EXPERIMENT_SEEDS, EXPERIMENT_VARIANTS
 @click.option("--data-csv", default="./label.txt", show_default=True, help="Label CSV of every image (test, validation and training lists are drawn from it).")
 @click.option("--img-directory", default="./images", show_default=True, help="Folder the 'image' paths are relative to.")
 @click.option("--feedback", required=True, type=click.Path(exists=True, dir_okay=False), help="Image feedback CSV from 'toolkit feedback export'.")
-@click.option("--ratio", "ratios", multiple=True, metavar="GROUP=RATIO[,RATIO...]", help="How the meta list repeats (or weights) rows, as for 'toolkit resample' (e.g. deselected=3); repeatable; a comma list sweeps that group (deselected=1,2,3,5). Not needed with --use relabel.")
+@click.option("--ratio", "ratios", multiple=True, metavar="GROUP=RATIO[,RATIO...]", help="How the meta list repeats (or weights) rows, as for 'toolkit resample' (e.g. deselected=3); repeatable; a comma list sweeps that group (deselected=1,2,3,5). Refused with --use relabel.")
 @click.option("--variants", default=",".join(EXPERIMENT_VARIANTS), show_default=True, help="Arms to train: baseline and meta, and the controls random (as many extra rows, on random images) and steps (the baseline list repeated to meta's length).")
 @click.option("--use", type=click.Choice(FEEDBACK_USES), default="upsample", show_default=True, help="How feedback enters training: repeated rows, a loss weight (the ratio), or (multilabel) a known 0 for the query class of deselected images.")
 @click.option("--seeds", type=click.IntRange(min=1), default=EXPERIMENT_SEEDS, show_default=True, help="Training seeds: --seed-base, --seed-base + 1, ... The summary says how many an interval of ±0.02 needs.")
