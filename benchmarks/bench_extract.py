@@ -127,8 +127,8 @@ def openvino_extractors(extractor) -> dict:
     """`extractor`'s network (its very weights) run by OpenVINO in fp32 and bf16; none without the extra."""
     if importlib.util.find_spec("openvino") is None:
         return {}
-    return {precision: dataclasses.replace(extractor, forward=openvino_forward(extractor.model, key=None, precision=precision,
-                                                                                        preprocess=extractor.preprocess)[0])
+    return {precision: dataclasses.replace(extractor, forward=openvino_forward(
+                lambda: extractor.model, label=extractor.model.name, key=None, precision=precision, preprocess=extractor.preprocess)[0])
             for precision in ("fp32", "bf16")}
 
 

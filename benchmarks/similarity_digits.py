@@ -25,7 +25,7 @@ from image_toolkit.data_tools.make_demo_data import write_digit_folders
 from image_toolkit.data_tools.search.retrieval import retrieval_scores
 from image_toolkit.models.backbones import get_backbone
 from image_toolkit.models.embedding import EmbeddingTower
-from image_toolkit.models.extraction import FeatureExtractor, compute_features, traced_forward
+from image_toolkit.models.extraction import compute_features, keras_extractor
 from image_toolkit.models.inference import load_embedding_model
 from image_toolkit.models.runtime import keras
 from image_toolkit.models.similarity import SimilarityOptions, train_embedding
@@ -33,7 +33,7 @@ from image_toolkit.models.similarity import SimilarityOptions, train_embedding
 
 def embed(tower, paths):
     """Embeddings of the gallery by a small_cnn tower at 32 px."""
-    extractor = FeatureExtractor(tower, traced_forward(tower, False), get_backbone("small_cnn").preprocess, 32, {})
+    extractor = keras_extractor(tower, get_backbone("small_cnn").preprocess, 32, {})
     return compute_features(extractor, paths, verbose=0)
 
 

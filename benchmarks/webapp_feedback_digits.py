@@ -48,7 +48,7 @@ def simclr_features(folder: Path, epochs: int, seed: int) -> np.ndarray:
     """Every digit's SimCLR embedding (rows in the order of `digits_pixels`), trained without labels."""
     from image_toolkit.data_tools.formats.metadata import make_metadata
     from image_toolkit.models.backbones import get_backbone
-    from image_toolkit.models.extraction import FeatureExtractor, compute_features, traced_forward
+    from image_toolkit.models.extraction import compute_features, keras_extractor
     from image_toolkit.models.inference import load_embedding_model
     from image_toolkit.models.similarity import SimilarityOptions, train_embedding
 
@@ -58,7 +58,7 @@ def simclr_features(folder: Path, epochs: int, seed: int) -> np.ndarray:
                                 embedding_dim=64, temperature=0.2, projection_dim=64, epochs=epochs, batch_size=128,
                                 seed=seed, output_dir=str(folder.parent / "simclr"))
     tower, _ = load_embedding_model(train_embedding(options, verbose=0)["model"])
-    extractor = FeatureExtractor(tower, traced_forward(tower, False), get_backbone("small_cnn").preprocess, 32, {})
+    extractor = keras_extractor(tower, get_backbone("small_cnn").preprocess, 32, {})
     return compute_features(extractor, paths, verbose=0)
 
 

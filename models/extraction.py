@@ -12,11 +12,12 @@ merged afterwards.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,13 +38,13 @@ from image_toolkit.data_tools.formats.features import (
 from image_toolkit.data_tools.formats.images import IMAGE_SUFFIXES, check_images, find_images, report_skipped, require_readable
 from image_toolkit.data_tools.formats.metadata import ROOT_COLUMN
 from image_toolkit.data_tools.names import check_runtime, default_precision
-from image_toolkit.models.backbones import NO_WEIGHTS, PIXELS, build_backbone, get_backbone, unit_range
+from image_toolkit.models.backbones import NO_WEIGHTS, PIXELS, build_backbone, get_backbone, preprocessing, unit_range
 from image_toolkit.models.inference import load_classifier, load_embedding_model
 from image_toolkit.models.openvino_runtime import (
     BATCHES,
     QUERIES,
+    cached_facts,
     file_digest,
-    model_file_key,
     openvino_forward,
 )
 from image_toolkit.models.pipeline import image_dataset
@@ -61,13 +62,28 @@ XLA_INFERENCE = {"resnet50": False, "inceptionv3": False}
 
 @dataclasses.dataclass(frozen=True)
 class FeatureExtractor:
-    """A model cut at the wanted layer, its traced forward pass, the input it expects and how it was made."""
+    """A model cut at the wanted layer, its traced forward pass, the input it expects and how it was made.
 
-    model: keras.Model
+    `load_model` gives the Keras network, built on first use of `model`: an
+    OpenVINO extractor read from its cache runs without it, and skips the
+    1-2 s that building ResNet50 or InceptionV3 and loading their weights take.
+    """
+
+    load_model: Callable[[], keras.Model]
     forward: object
     preprocess: object
     image_size: int
     metadata: dict
+
+    @functools.cached_property
+    def model(self) -> keras.Model:
+        return self.load_model()
+
+
+def keras_extractor(network: keras.Model, preprocess: Callable, image_size: int, metadata: dict, *,
+                    jit_compile: bool = False) -> FeatureExtractor:
+    """An extractor that runs `network` in TensorFlow: its traced forward pass (XLA if `jit_compile`)."""
+    return FeatureExtractor(lambda: network, traced_forward(network, jit_compile), preprocess, image_size, metadata)
 
 
 def _penultimate(model: keras.Model) -> str:
@@ -146,23 +162,43 @@ def feature_extractor(
         network = pixel_network(size)
         metadata = {"model": PIXELS, "output": output, "layer": PIXELS, "image_size": size, "weights": "none",
                     "precision": "fp32", "background": background_name(background)}
-        return FeatureExtractor(network, traced_forward(network, False), unit_range, size, metadata)
+        return keras_extractor(network, unit_range, size, metadata)
+    if runtime == "tensorflow":
+        network, preprocess_name, metadata, jit_compile = _network(
+            model, output=output, layer=layer, weights=weights, image_size=image_size, precision=precision, background=background)
+        return keras_extractor(network, preprocessing(preprocess_name), metadata["image_size"], metadata, jit_compile=jit_compile)
+    key = _cache_key(model, output=output, layer=layer, weights=weights, image_size=image_size, background=background)
     # OpenVINO converts the fp32 network and applies its own precision.
-    with precision_policy(precision if runtime == "tensorflow" else "fp32"):
+    built = functools.cache(lambda: _network(model, output=output, layer=layer, weights=weights, image_size=image_size,
+                                             precision="fp32", background=background))
+    facts = cached_facts(key, precision) if key is not None else None
+    if facts is None:
+        _, preprocess_name, metadata, _ = built()
+        facts = {"metadata": {**metadata, "precision": precision}, "preprocess": preprocess_name}
+    metadata, preprocess = facts["metadata"], preprocessing(facts["preprocess"])
+    label = f"{Path(metadata['model']).name} ({metadata['layer']})"
+    forward, ran = openvino_forward(lambda: built()[0], label=label, key=key, precision=precision, preprocess=preprocess,
+                                    hint=QUERIES if queries else BATCHES, facts=facts)
+    return FeatureExtractor(lambda: built()[0], forward, preprocess, metadata["image_size"],
+                            {**metadata, "precision": ran, "runtime": runtime})
+
+
+def _network(model: str, *, output: str, layer: str | None, weights: str, image_size: int | None, precision: str,
+             background: str | None) -> tuple[keras.Model, str, dict, bool]:
+    """The Keras network cut at the layer, the name of its preprocessing, the features' metadata, and whether XLA runs it."""
+    with precision_policy(precision):
         if model in NAMED_MODELS:
             if layer is not None:
                 raise OptionError(f"--layer applies to a model file; {model} gives its {output} layer.")
             size = image_size or get_backbone(model).default_size
             network = build_backbone(model, weights=weights, image_size=size, include_top=output == "scores")
-            preprocess = get_backbone(model).preprocess
-            layer_name = network.layers[-1].name
-            jit_compile = XLA_INFERENCE[model]
+            preprocess_name, layer_name, jit_compile = model, network.layers[-1].name, XLA_INFERENCE[model]
         else:
             embedding = Path(model).suffix == ".keras"
             network, saved = load_embedding_model(model) if embedding else load_classifier(model)
             if image_size not in (None, saved["image_size"]):
                 raise OptionError(f"--image-size: {model} was trained at {saved['image_size']} px. Received: {image_size}.")
-            size, preprocess = saved["image_size"], get_backbone(saved["backbone"]).preprocess
+            size, preprocess_name = saved["image_size"], saved["backbone"]
             background = model_background(saved, background, model)
             # An embedding model's output is the embedding; a classifier's transfer layer is its penultimate.
             default = network.layers[-1].name if output == "scores" or embedding else _penultimate(network)
@@ -175,25 +211,27 @@ def feature_extractor(
             model = Path(model).resolve()  # Recorded absolute: the features can be used from any folder.
     metadata = {"model": str(model), "output": output, "layer": layer_name,
                 "image_size": size, "weights": weights, "precision": precision, "background": background_name(background)}
-    if runtime == "tensorflow":
-        return FeatureExtractor(network, traced_forward(network, jit_compile), preprocess, size, metadata)
-    forward, ran = openvino_forward(network, key=_cache_key(metadata), precision=precision, preprocess=preprocess,
-                                    hint=QUERIES if queries else BATCHES)
-    return FeatureExtractor(network, forward, preprocess, size, {**metadata, "precision": ran, "runtime": runtime})
+    return network, preprocess_name, metadata, jit_compile
 
 
-def _cache_key(metadata: dict) -> dict | None:
-    """What decides a converted network: the model file's bytes, or the named network and its weights; layer and size.
+def _cache_key(model: str, *, output: str, layer: str | None, weights: str, image_size: int | None,
+               background: str | None) -> dict | None:
+    """What decides a converted network and the metadata of its features: the request, with the model file's bytes.
 
-    None for a named network without weights: each build has new random weights, which no cached copy has.
+    Keyed by what was asked (not by the layer and size it resolves to), so
+    that a second run finds its entry before building the network. None for
+    a named network without weights (each build has new random weights,
+    which no cached copy has) and for a model file that is not there (the
+    build names the fix).
     """
-    if metadata["weights"] in NO_WEIGHTS:
+    request = {"output": output, "layer": layer, "image_size": image_size, "background": background}
+    if model in NAMED_MODELS:
+        if weights in NO_WEIGHTS:
+            return None
+        return {"model": model, "weights": file_digest(weights) if Path(weights).is_file() else weights, **request}
+    if not Path(model).is_file():
         return None
-    if metadata["weights"] == MODEL_FILE_WEIGHTS:
-        return model_file_key(metadata["model"], output=metadata["output"], layer=metadata["layer"], image_size=metadata["image_size"])
-    weights = metadata["weights"]
-    return {"model": metadata["model"], "weights": file_digest(weights) if Path(weights).is_file() else weights,
-            "output": metadata["output"], "layer": metadata["layer"], "image_size": metadata["image_size"]}
+    return {"model_sha256": file_digest(model), **request}
 
 
 def extractor_from_metadata(metadata: dict, *, runtime: str | None = None, precision: str | None = None,

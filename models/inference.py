@@ -131,7 +131,8 @@ def classifier_forward(model: keras.Model, model_path: str | os.PathLike, metada
     if runtime == "tensorflow":
         return model.predict_on_batch
     key = model_file_key(model_path, output="scores", layer=model.layers[-1].name, image_size=metadata["image_size"])
-    return openvino_forward(model, key=key, precision=precision, preprocess=classifier_preprocess(metadata))[0]
+    return openvino_forward(lambda: model, label=Path(model_path).name, key=key, precision=precision,
+                            preprocess=classifier_preprocess(metadata))[0]
 
 
 def classifier_probabilities(paths: list[Path], model: keras.Model, metadata: dict, *, batch_size: int = 32,

@@ -10,8 +10,10 @@ converted model is saved as OpenVINO IR in a cache folder named by a hash of
 what decides its result: the model file's bytes (or a named network and its
 weights), the layer, the input size, the precision and OpenVINO's version.
 The compiled blob is cached there too, by OpenVINO's own `CACHE_DIR`
-property. A second run with the same key skips both the conversion and the
-compilation; a changed model file gets a new folder. The cache lives under
+property, with the cosine check's result and what the caller needs besides
+the model (the features' metadata, the preprocessing). A second run with the
+same key skips the conversion, the compilation, the check and building the
+Keras network; a changed model file gets a new folder. The cache lives under
 `~/.cache/image-toolkit/openvino`, or under `$TOOLKIT_OPENVINO_CACHE`.
 """
 
@@ -48,6 +50,9 @@ BATCHES, QUERIES = "THROUGHPUT", "LATENCY"
 IR_FILE = "model.xml"
 # The cosine of a cached model's outputs to TensorFlow fp32's, measured when it was converted.
 PARITY_FILE = "parity.json"
+# What the caller needs besides the compiled model (its features' metadata, its preprocessing), so a run that finds
+# its entry never builds the Keras network.
+FACTS_FILE = "extractor.json"
 # Least cosine similarity to TensorFlow fp32 per probe image: below it, nearest neighbours change (issue 18).
 MIN_COSINE = 0.999
 
@@ -167,41 +172,60 @@ def _runner(compiled, hint: str) -> Callable[[object], np.ndarray]:
     return forward
 
 
-def _compile(model: keras.Model, key: dict | None, precision: str, preprocess: Callable,
-             hint: str) -> tuple[Callable, float]:
-    """The compiled forward pass at `precision`, and its cosine to TensorFlow fp32 (kept in the cache folder)."""
+def cached_facts(key: dict, precision: str) -> dict | None:
+    """The facts stored with a converted model whose conversion and parity check are done, else None (build it)."""
+    folder = cache_folder({**key, "precision": resolve_precision(precision)})
+    if all((folder / name).is_file() for name in (IR_FILE, PARITY_FILE, FACTS_FILE)):
+        return json.loads((folder / FACTS_FILE).read_text())
+    return None
+
+
+def _compile(load: Callable[[], keras.Model], label: str, key: dict | None, precision: str, preprocess: Callable,
+             hint: str, facts: dict | None) -> tuple[Callable, float]:
+    """The compiled forward pass at `precision`, and its cosine to TensorFlow fp32 (kept in the cache folder).
+
+    The Keras network (`load`) is built only for what the cache lacks: the
+    conversion, or the parity check.
+    """
     openvino = require_openvino()
     config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": hint}
     folder = None
     if key is None:
-        compiled = openvino.Core().compile_model(convert(model), "CPU", config)
+        compiled = openvino.Core().compile_model(convert(load()), "CPU", config)
     else:
         folder = cache_folder({**key, "precision": precision})
         if (folder / IR_FILE).is_file():
             logger.debug("OpenVINO: converted model from the cache %s", folder)
         else:
-            logger.info("OpenVINO: converting %s for the CPU (once: later runs read it from the cache)", model.name)
+            logger.info("OpenVINO: converting %s for the CPU (once: later runs read it from the cache)", label)
             logger.debug("OpenVINO: cache folder %s", folder)
-            _save_ir(model, folder)
+            _save_ir(load(), folder)
         compiled = openvino.Core().compile_model(folder / IR_FILE, "CPU", {**config, "CACHE_DIR": str(folder)})
     forward = _runner(compiled, hint)
-    parity = folder / PARITY_FILE if folder is not None else None
-    if parity is not None and parity.is_file():
+    if folder is None:
+        return forward, cosine_to_tensorflow(load(), forward, probe_batch(load(), preprocess))
+    if facts is not None and not (folder / FACTS_FILE).is_file():
+        write_text(folder / FACTS_FILE, json.dumps(facts))
+    parity = folder / PARITY_FILE
+    if parity.is_file():
         return forward, json.loads(parity.read_text())["min_cosine"]
-    cosine = cosine_to_tensorflow(model, forward, probe_batch(model, preprocess))
-    if parity is not None:
-        write_text(parity, json.dumps({"min_cosine": cosine, "probe_images": 4}))
+    cosine = cosine_to_tensorflow(load(), forward, probe_batch(load(), preprocess))
+    write_text(parity, json.dumps({"min_cosine": cosine, "probe_images": 4}))
     return forward, cosine
 
 
-def openvino_forward(model: keras.Model, *, key: dict | None, precision: str, preprocess: Callable,
-                     hint: str = BATCHES) -> tuple[Callable[[object], np.ndarray], str]:
-    """`model`'s forward pass compiled by OpenVINO for the CPU (a batch, NHWC float32, to float32), and its precision.
+def openvino_forward(load: Callable[[], keras.Model], *, label: str, key: dict | None, precision: str,
+                     preprocess: Callable, hint: str = BATCHES,
+                     facts: dict | None = None) -> tuple[Callable[[object], np.ndarray], str]:
+    """A Keras network's forward pass compiled by OpenVINO for the CPU (a batch, NHWC float32, to float32), and its precision.
 
-    `key` names the model (file digest or network and weights, layer, input
-    size) for the cache; None for a model no key names (random weights),
-    converted anew. `precision` is fp32, bf16 or auto (`resolve_precision`).
-    `hint` is BATCHES for runs over many images, QUERIES for one at a time.
+    `load` gives the network (cut at the layer), called only when the cache
+    lacks what it is needed for; `label` names it in messages. `key` names
+    the network for the cache (see `cache_folder`); None for one no key
+    names (random weights), converted anew. `precision` is fp32, bf16 or
+    auto (`resolve_precision`). `hint` is BATCHES for runs over many images,
+    QUERIES for one at a time. `facts` (JSON) are stored beside the model,
+    for `cached_facts` to give a later run.
 
     Before any image goes through it, the compiled pass runs a probe batch
     (`preprocess`ed pictures) beside TensorFlow fp32: a precision whose
@@ -210,14 +234,14 @@ def openvino_forward(model: keras.Model, *, key: dict | None, precision: str, pr
     fp32. The cosine is measured once per cached model.
     """
     chosen = resolve_precision(precision)
-    forward, cosine = _compile(model, key, chosen, preprocess, hint)
+    forward, cosine = _compile(load, label, key, chosen, preprocess, hint, facts)
     if cosine < MIN_COSINE and precision == "auto" and chosen != "fp32":
         logger.warning("OpenVINO %s: outputs only cosine %.5f from TensorFlow fp32's (below %s); running fp32",
                        chosen, cosine, MIN_COSINE)
         chosen = "fp32"
-        forward, cosine = _compile(model, key, chosen, preprocess, hint)
+        forward, cosine = _compile(load, label, key, chosen, preprocess, hint, facts)
     if cosine < MIN_COSINE:
         fix = "run --precision fp32" if chosen != "fp32" else "run --runtime tensorflow"
-        raise DataError(f"--runtime openvino --precision {chosen}: {model.name}'s outputs are only cosine {cosine:.5f} "
+        raise DataError(f"--runtime openvino --precision {chosen}: {label}'s outputs are only cosine {cosine:.5f} "
                         f"from TensorFlow fp32's on probe images (at least {MIN_COSINE} keeps the same neighbours); {fix}.")
     return forward, chosen

@@ -355,7 +355,7 @@ def assess(model_path: str | Path, metadata_csv: str | Path, *, img_directory: s
     from image_toolkit.data_tools.maps.retrieval_plots import plot_query_grid, plot_similarity_heatmap
     from image_toolkit.data_tools.search.neighbors import exact_neighbors
     from image_toolkit.data_tools.search.retrieval import clustering_scores, retrieval_scores
-    from image_toolkit.models.extraction import FeatureExtractor, compute_features, traced_forward
+    from image_toolkit.models.extraction import compute_features, keras_extractor
 
     tower, info = load_embedding_model(model_path)
     index = _comparable_index(search_index, tower, info, model_path) if search_index is not None else None
@@ -368,8 +368,8 @@ def assess(model_path: str | Path, metadata_csv: str | Path, *, img_directory: s
     frame = _readable(frame, Path(metadata_csv), output_dir)
     paths, classes = list(frame["path"]), frame["class"].to_numpy()
     require_two_classes(classes, metadata_csv, images=f"image of split '{split}'", purpose="scoring retrieval")
-    extractor = FeatureExtractor(tower, traced_forward(tower, False), get_backbone(info["backbone"]).preprocess, info["image_size"],
-                                 {"background": info["background"]})
+    extractor = keras_extractor(tower, get_backbone(info["backbone"]).preprocess, info["image_size"],
+                                {"background": info["background"]})
     embeddings = compute_features(extractor, paths, verbose=0)
     scores = retrieval_scores(embeddings, classes, metric=metric)
     scores.update(clustering_scores(embeddings, classes, metric=metric, seed=seed))

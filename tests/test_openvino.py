@@ -52,10 +52,19 @@ def test_a_toolkit_model_gives_tensorflows_features_and_its_conversion_is_cached
         assert features.metadata["runtime"] == "openvino" and features.metadata["precision"] == precision
     first = entries(cache)
     assert len(first) == 2  # one converted model per precision, with OpenVINO's compiled blob beside it
-    assert all("model.xml" in files and any(name.endswith(".blob") for name in files) for files in first.values())
+    assert all({"model.xml", "parity.json", "extractor.json"} <= set(files) and any(name.endswith(".blob") for name in files)
+               for files in first.values())
 
-    again = transfer(runner, images, tmp_path / "again.npz", model, "--runtime", "openvino", "--precision", "fp32")
+    def no_build(*args, **kwargs):
+        raise AssertionError("a cached model was built again")
+
+    from image_toolkit.models import extraction
+
+    with pytest.MonkeyPatch.context() as patch:  # A cache hit needs no Keras network: its metadata is stored with it.
+        patch.setattr(extraction, "load_classifier", no_build)
+        again = transfer(runner, images, tmp_path / "again.npz", model, "--runtime", "openvino", "--precision", "fp32")
     assert entries(cache) == first  # nothing converted, compiled or written again
+    assert again.metadata == read_features(tmp_path / "fp32.npz").metadata
     np.testing.assert_allclose(again.features, read_features(tmp_path / "fp32.npz").features, rtol=1e-5, atol=1e-6)
 
     changed = tmp_path / "changed.h5"
@@ -75,7 +84,7 @@ def test_a_keras_application_gives_tensorflows_features(images):
     network = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, include_top=False, pooling="avg")
     preprocess = get_backbone("mobilenetv2").preprocess
     # Random weights: converted anew, not cached.
-    forward, precision = openvino_forward(network, key=None, precision="fp32", preprocess=preprocess)
+    forward, precision = openvino_forward(lambda: network, label=network.name, key=None, precision="fp32", preprocess=preprocess)
     assert precision == "fp32"
     batch = next(iter(image_dataset(sorted(images.iterdir()), image_size=32, preprocess=preprocess, batch_size=8)))
     assert cosine(forward(batch), network(batch, training=False).numpy()).min() >= 0.999
@@ -140,13 +149,13 @@ def test_auto_falls_back_to_fp32_when_bf16_misses_the_bar(monkeypatch, caplog):
 
     compiled = []
 
-    def fake_compile(model, key, precision, preprocess, hint):
+    def fake_compile(load, label, key, precision, preprocess, hint, facts):
         compiled.append(precision)
         return (lambda images: images), {"bf16": 0.99, "fp32": 1.0}[precision]
 
     monkeypatch.setattr(openvino_runtime, "_compile", fake_compile)
     monkeypatch.setattr(openvino_runtime, "native_bf16", lambda: True)
-    _, precision = openvino_runtime.openvino_forward(None, key=None, precision="auto", preprocess=None)
+    _, precision = openvino_runtime.openvino_forward(None, label="m", key=None, precision="auto", preprocess=None)
     assert precision == "fp32" and compiled == ["bf16", "fp32"]
     assert "running fp32" in caplog.text
 

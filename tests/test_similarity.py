@@ -37,13 +37,13 @@ def untrained_embeddings(root, **tower_options):
     """An untrained small_cnn tower's embeddings of the test split, and their classes."""
     from image_toolkit.models.backbones import get_backbone
     from image_toolkit.models.embedding import EmbeddingTower
-    from image_toolkit.models.extraction import FeatureExtractor, compute_features, traced_forward
+    from image_toolkit.models.extraction import compute_features, keras_extractor
     from image_toolkit.models.runtime import keras
 
     keras.utils.set_random_seed(0)
     tower = EmbeddingTower("small_cnn", image_size=32, embedding_dim=32, **tower_options)
     gallery = pd.read_csv(root / "metadata.csv").query("split == 'test'")
-    extractor = FeatureExtractor(tower, traced_forward(tower, False), get_backbone("small_cnn").preprocess, 32, {})
+    extractor = keras_extractor(tower, get_backbone("small_cnn").preprocess, 32, {})
     embeddings = compute_features(extractor, [root / image for image in gallery["image"]], verbose=0)
     return embeddings, gallery["class"].to_numpy()
 
