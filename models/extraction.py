@@ -175,7 +175,9 @@ def feature_extractor(
     if facts is None:
         _, preprocess_name, metadata, _ = built()
         facts = {"metadata": {**metadata, "precision": precision}, "preprocess": preprocess_name}
-    metadata, preprocess = facts["metadata"], preprocessing(facts["preprocess"])
+    # The entry is keyed by the files' bytes: the paths recorded are this run's (a model file may have moved).
+    here = {"weights": weights} if model in NAMED_MODELS else {"model": str(Path(model).resolve())}
+    metadata, preprocess = {**facts["metadata"], **here}, preprocessing(facts["preprocess"])
     label = f"{Path(metadata['model']).name} ({metadata['layer']})"
     forward, ran = openvino_forward(lambda: built()[0], label=label, key=key, precision=precision, preprocess=preprocess,
                                     hint=QUERIES if queries else BATCHES, facts=facts)

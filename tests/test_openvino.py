@@ -67,6 +67,13 @@ def test_a_toolkit_model_gives_tensorflows_features_and_its_conversion_is_cached
     assert again.metadata == read_features(tmp_path / "fp32.npz").metadata
     np.testing.assert_allclose(again.features, read_features(tmp_path / "fp32.npz").features, rtol=1e-5, atol=1e-6)
 
+    moved = tmp_path / "moved" / "best_model.h5"  # the same bytes elsewhere: the same entry, the new path recorded
+    moved.parent.mkdir()
+    shutil.copy(model, moved)
+    assert transfer(runner, images, tmp_path / "moved.npz", moved, "--runtime", "openvino", "--precision", "fp32"
+                    ).metadata["model"] == str(moved.resolve())
+    assert entries(cache) == first
+
     changed = tmp_path / "changed.h5"
     shutil.copy(model, changed)
     with h5py.File(changed, "a") as handle:
