@@ -171,17 +171,21 @@ def feature_extractor(
     # OpenVINO converts the fp32 network and applies its own precision.
     built = functools.cache(lambda: _network(model, output=output, layer=layer, weights=weights, image_size=image_size,
                                              precision="fp32", background=background))
+
+    def load_network() -> keras.Model:
+        return built()[0]
+
     facts = cached_facts(key, precision) if key is not None else None
     if facts is None:
         _, preprocess_name, metadata, _ = built()
-        facts = {"metadata": {**metadata, "precision": precision}, "preprocess": preprocess_name}
+        facts = {"metadata": metadata, "preprocess": preprocess_name}
     # The entry is keyed by the files' bytes: the paths recorded are this run's (a model file may have moved).
     here = {"weights": weights} if model in NAMED_MODELS else {"model": str(Path(model).resolve())}
     metadata, preprocess = {**facts["metadata"], **here}, preprocessing(facts["preprocess"])
     label = f"{Path(metadata['model']).name} ({metadata['layer']})"
-    forward, ran = openvino_forward(lambda: built()[0], label=label, key=key, precision=precision, preprocess=preprocess,
+    forward, ran = openvino_forward(load_network, label=label, key=key, precision=precision, preprocess=preprocess,
                                     hint=QUERIES if queries else BATCHES, facts=facts)
-    return FeatureExtractor(lambda: built()[0], forward, preprocess, metadata["image_size"],
+    return FeatureExtractor(load_network, forward, preprocess, metadata["image_size"],
                             {**metadata, "precision": ran, "runtime": runtime})
 
 

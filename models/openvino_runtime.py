@@ -202,15 +202,14 @@ def _compile(load: Callable[[], keras.Model], label: str, key: dict | None, prec
             _save_ir(load(), folder)
         compiled = openvino.Core().compile_model(folder / IR_FILE, "CPU", {**config, "CACHE_DIR": str(folder)})
     forward = _runner(compiled, hint)
-    if folder is None:
-        return forward, cosine_to_tensorflow(load(), forward, probe_batch(load(), preprocess))
-    if facts is not None and not (folder / FACTS_FILE).is_file():
+    if folder is not None and facts is not None and not (folder / FACTS_FILE).is_file():
         write_text(folder / FACTS_FILE, json.dumps(facts))
-    parity = folder / PARITY_FILE
-    if parity.is_file():
+    parity = folder / PARITY_FILE if folder is not None else None
+    if parity is not None and parity.is_file():
         return forward, json.loads(parity.read_text())["min_cosine"]
     cosine = cosine_to_tensorflow(load(), forward, probe_batch(load(), preprocess))
-    write_text(parity, json.dumps({"min_cosine": cosine, "probe_images": 4}))
+    if parity is not None:
+        write_text(parity, json.dumps({"min_cosine": cosine, "probe_images": 4}))
     return forward, cosine
 
 

@@ -140,8 +140,6 @@ def listed_suggester(path: str | Path, *, n: int) -> Callable[[list[str], set[st
         if len(frame) and not known.any():
             raise DataError(f"{path}: none of its images ({frame['image'].iloc[0]!r}, ...) are in the index; run "
                             "toolkit suggest on the folder given as --img-directory, whose names the index uses.")
-        rows = frame[known & ~frame["image"].isin(judged)].head(n)
-        return [{**row, "rank": int(row["rank"]), "score": float(row["score"]), "probability": float(row["probability"])}
-                for row in rows.to_dict("records")]
+        return frame[known & ~frame["image"].isin(judged)].head(n).to_dict("records")  # Python numbers, for JSON
 
     return rank
