@@ -45,6 +45,7 @@ from image_toolkit.models.openvino_runtime import (
     QUERIES,
     cached_facts,
     file_digest,
+    model_file_key,
     openvino_forward,
 )
 from image_toolkit.models.pipeline import image_dataset
@@ -237,7 +238,7 @@ def _cache_key(model: str, *, output: str, layer: str | None, weights: str, imag
         return {"model": model, "weights": file_digest(weights) if Path(weights).is_file() else weights, **request}
     if not Path(model).is_file():
         return None
-    return {"model_sha256": file_digest(model), **request}
+    return model_file_key(model, **request)
 
 
 def extractor_from_metadata(metadata: dict, *, runtime: str | None = None, precision: str | None = None,

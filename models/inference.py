@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -37,6 +38,12 @@ class Prediction:
 
 def load_classifier(path: str | os.PathLike) -> tuple[keras.Model, dict]:
     """Load a toolkit classifier and its metadata (label names, backbone, image size, task)."""
+    metadata = classifier_metadata(path)
+    return keras.models.load_model(path, compile=False), metadata
+
+
+def classifier_metadata(path: str | os.PathLike) -> dict:
+    """A toolkit classifier's metadata, read without building the model (OpenVINO's cache may not need it)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: model file not found; pass the best_model.h5 of a training run, or train one with toolkit train (python train.py).")
@@ -48,8 +55,7 @@ def load_classifier(path: str | os.PathLike) -> tuple[keras.Model, dict]:
         raise DataError(
             f"{path}: not an image-toolkit model (no label metadata); use the best_model.h5 written by toolkit train (python train.py)."
         )
-    model = keras.models.load_model(path, compile=False)
-    return model, metadata
+    return metadata
 
 
 def load_embedding_model(path: str | Path) -> tuple[keras.Model, dict]:
@@ -124,22 +130,28 @@ def classifier_preprocess(metadata: dict):
     return preprocessing(metadata.get("preprocess", metadata["backbone"]))
 
 
-def classifier_forward(model: keras.Model, model_path: str | os.PathLike, metadata: dict, *, runtime: str = "tensorflow",
+def classifier_forward(model_path: str | os.PathLike, metadata: dict, *, runtime: str = "tensorflow",
                        precision: str = "fp32"):
-    """A preprocessed batch to probabilities: Keras' `predict_on_batch`, or the model compiled by OpenVINO (`runtime`)."""
+    """A preprocessed batch to probabilities: Keras' `predict_on_batch`, or the model compiled by OpenVINO (`runtime`).
+
+    The Keras model is loaded for TensorFlow, and for OpenVINO only when its
+    cache lacks the converted model or its parity check.
+    """
     check_runtime(runtime, precision, tensorflow=("fp32",))
+    load = functools.cache(lambda: keras.models.load_model(model_path, compile=False))
     if runtime == "tensorflow":
-        return model.predict_on_batch
-    key = model_file_key(model_path, output="scores", layer=model.layers[-1].name, image_size=metadata["image_size"])
-    return openvino_forward(lambda: model, label=Path(model_path).name, key=key, precision=precision,
+        return load().predict_on_batch
+    key = model_file_key(model_path, output="scores", layer=None, image_size=metadata["image_size"])  # the whole model
+    return openvino_forward(load, label=Path(model_path).name, key=key, precision=precision,
                             preprocess=classifier_preprocess(metadata))[0]
 
 
-def classifier_probabilities(paths: list[Path], model: keras.Model, metadata: dict, *, batch_size: int = 32,
+def classifier_probabilities(paths: list[Path], model: keras.Model | None, metadata: dict, *, batch_size: int = 32,
                              forward=None) -> np.ndarray:
     """The model's probability per label (columns in metadata's label order) for each of `paths`, all readable.
 
-    `forward` runs a batch (default: the Keras model's `predict_on_batch`; see `classifier_forward`).
+    `forward` runs a batch (default: the Keras model's `predict_on_batch`; see `classifier_forward`, with which
+    `model` may be None).
     """
     forward = forward or model.predict_on_batch
     dataset = image_dataset(
@@ -185,13 +197,13 @@ def predict_images(
     `runtime` 'openvino' runs the model with OpenVINO (`precision` fp32, bf16 or auto).
     """
     check_runtime(runtime, precision, tensorflow=("fp32",))
-    model, metadata = load_classifier(model_path)
+    metadata = classifier_metadata(model_path)
     paths = expand_inputs(inputs)
     usable, skipped = check_images(paths)
     paths = [path for path, ok in zip(paths, usable) if ok]
     require_readable(len(paths), skipped, ", ".join(map(str, inputs)), fix="pass JPEG, PNG, BMP or GIF files or folders")
-    forward = classifier_forward(model, model_path, metadata, runtime=runtime, precision=precision)
-    probabilities = classifier_probabilities(paths, model, metadata, batch_size=batch_size, forward=forward)
+    forward = classifier_forward(model_path, metadata, runtime=runtime, precision=precision)
+    probabilities = classifier_probabilities(paths, None, metadata, batch_size=batch_size, forward=forward)
     names = metadata["label_names"]
     decisions = decide(probabilities, metadata["task"], label_thresholds(metadata, threshold))
     chosen = [[name for name, given in zip(names, row) if given] for row in decisions]

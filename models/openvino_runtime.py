@@ -95,9 +95,9 @@ def file_digest(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def model_file_key(path: str | os.PathLike, *, output: str, layer: str, image_size: int) -> dict:
-    """The cache key of a toolkit model file cut at `layer`: its bytes, what it outputs and its input size."""
-    return {"model_sha256": file_digest(path), "output": output, "layer": layer, "image_size": int(image_size)}
+def model_file_key(path: str | os.PathLike, **request) -> dict:
+    """The cache key of a toolkit model file: its bytes and what was asked of it (output, layer, input size, ...)."""
+    return {"model_sha256": file_digest(path), **request}
 
 
 def cache_folder(key: dict) -> Path:

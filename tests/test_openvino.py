@@ -131,6 +131,15 @@ def test_predict_gives_tensorflows_labels(trained, digits_set, cache):
     expected, _ = predict_images(held_out, model)
     fp32, _ = predict_images(held_out, model, runtime="openvino", precision="fp32")
     assert [p.labels for p in fp32] == [p.labels for p in expected]
+    from image_toolkit.models.runtime import keras
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a cached model was loaded again")
+
+    with pytest.MonkeyPatch.context() as patch:  # The second run reads the cache: no Keras model is loaded.
+        patch.setattr(keras.models, "load_model", no_load)
+        again, _ = predict_images(held_out, model, runtime="openvino", precision="fp32")
+    assert [p.probabilities for p in again] == [p.probabilities for p in fp32]
     gaps = [abs(p.probabilities[name] - q.probabilities[name]) for p, q in zip(fp32, expected) for name in p.probabilities]
     assert max(gaps) <= 1e-3
     bf16, _ = predict_images(held_out, model, runtime="openvino", precision="bf16")
