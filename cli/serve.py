@@ -44,7 +44,7 @@ from image_toolkit.data_tools.names import SUGGEST_STRATEGIES as STRATEGIES
 @click.option("--suggest", "suggest_source", metavar="MODEL|CSV", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A best_model.h5 (toolkit train): adds the view 'Review uncertain images' with the images it is least "
                    "sure of (as toolkit suggest), leaving out those --db has feedback on; the model scores every image at "
-                   "start-up. Or a suggestions.csv of toolkit suggest, read in a second: right for a large collection.")
+                   "start-up. Or a suggestions.csv of toolkit suggest, read in seconds: right for a large collection.")
 @click.option("--suggest-n", type=click.IntRange(min=1), default=40, show_default=True, help="Images in that view.")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="margin", show_default=True,
               help="How --suggest MODEL ranks (toolkit suggest --strategy).")
